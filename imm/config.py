@@ -1,0 +1,262 @@
+"""Run configuration: OmegaConf structured configs, dotted `key=value` overrides, and validation that
+names the field and its allowed values before anything expensive starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from imm.kernels import KERNELS
+from imm.losses import ESTIMATORS
+from imm.mapping import MAPPINGS
+from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
+from imm.sampling import SAMPLERS, SCHEDULES
+from imm.trajectories import TRAJECTORIES
+from imm.weighting import TIME_SAMPLERS, WEIGHTINGS
+
+METHODS = ("imm", "fm")
+ARCHS = ("mlp",)
+OPTIMIZERS = ("adam", "adamw", "radam")
+METHOD_SAMPLERS = {"imm": ("pushforward", "restart"), "fm": ("euler", "heun")}
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: the message names the key and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "8gaussians"  # a toy 2D set, or npy:PATH (an (N, D) float array)
+    n_train: int = 20000  # toy sets: points generated for training
+    n_heldout: int = 5000  # toy sets: held-out points for metrics
+    heldout_fraction: float = 0.1  # npy: share of rows held out
+    seed: int = 0  # the data set's own seed (fixed across runs so metrics compare)
+    sigma_d: float | None = None  # data std; None = measured on the training set
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+    dropout: float = 0.0
+    parameterization: str = "simple_edm"
+    s_embedding: str = "identity"
+
+
+@dataclass
+class IMMConfig:
+    group_size: int = 4  # M
+    kernel: str = "laplace"
+    mapping: str = "constant_eta"
+    k: int = 12  # mapping decrement 2^-k
+    eta_max: float = 160.0
+    eta_min: float = 0.0
+    delta: float = 0.0  # low-precision floor on t - r (the paper's 1e-4); 0 = off
+    weighting: str = "sigmoid"
+    a: float = 1.0
+    b: float = 5.0
+    weight_elbo: bool = True  # the factors of the sigmoid weighting, switchable one by one
+    weight_alpha: bool = True
+    weight_norm: bool = True
+    estimator: str = "v"  # v: the paper's V-statistic; u: unbiased U-statistic
+    time_sampler: str = "uniform"
+    p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
+    p_std: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    ema_decay: float = 0.999
+    seed: int = 0
+    out_dir: str = "./imm-runs/local"
+    keep_checkpoints: int = 2
+    checkpoint_every: int = 1000
+    log_every: int = 100
+
+
+@dataclass
+class SampleConfig:
+    sampler: str | None = None  # None = the method's default (pushforward for imm, euler for fm)
+    schedule: str = "uniform"
+    times: list[float] | None = None  # an explicit grid [T, ..., eps_t]; overrides steps and schedule
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1000
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    n_samples: int = 4000
+    seed: int = 1234
+    inception_weights: str | None = None
+
+
+@dataclass
+class TrainerConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 0
+
+
+@dataclass
+class StorageConfig:
+    root: str = "./imm-runs"
+    ray_storage: str | None = None
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    method: str = "imm"
+    trajectory: str = "ot_fm"
+    eps_t: float = 0.0
+    T: float | None = None  # None = the trajectory's default (0.994 ot_fm, 0.996 cosine)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    imm: IMMConfig = field(default_factory=IMMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "trajectory": tuple(TRAJECTORIES),
+    "model.arch": ARCHS,
+    "model.parameterization": PARAMETERIZATIONS,
+    "model.s_embedding": S_EMBEDDINGS,
+    "imm.kernel": tuple(KERNELS),
+    "imm.mapping": MAPPINGS,
+    "imm.weighting": WEIGHTINGS,
+    "imm.estimator": ESTIMATORS,
+    "imm.time_sampler": TIME_SAMPLERS,
+    "train.optimizer": OPTIMIZERS,
+    "sample.schedule": SCHEDULES,
+}
+
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema <- YAML file <- dotted overrides, validated. `path` may name a built-in config ("toy2d")."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        layers = [schema]
+        if path is not None:
+            layers.append(OmegaConf.load(_resolve_path(path)))
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_omegaconf_message(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> DictConfig:
+    """A validated config from a plain dict (e.g. the resolved config stored in a checkpoint)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_omegaconf_message(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def _resolve_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    builtin = BUILTIN_CONFIGS / f"{path}.yaml"
+    if builtin.exists():
+        return builtin
+    known = sorted(q.stem for q in BUILTIN_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"config file {str(path)!r} not found (built-in configs: {known})")
+
+
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first bad field and the allowed values."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    if cfg.sample.sampler is not None and cfg.sample.sampler not in METHOD_SAMPLERS[cfg.method]:
+        raise ConfigError(
+            f"sample.sampler: {cfg.sample.sampler!r} does not apply to method={cfg.method}; "
+            f"choose one of {list(METHOD_SAMPLERS[cfg.method])} (all samplers: {list(SAMPLERS)})"
+        )
+    if cfg.method == "fm" and cfg.trajectory != "ot_fm":
+        raise ConfigError(f"trajectory: flow matching (method=fm) uses 'ot_fm', got {cfg.trajectory!r}")
+    _check_range(cfg, "imm.k", 1, 20)
+    _check_range(cfg, "imm.group_size", 1, None)
+    _check_range(cfg, "train.batch_size", 1, None)
+    _check_range(cfg, "train.steps", 0, None)
+    _check_range(cfg, "train.lr", 0.0, None, strict_low=True)
+    _check_range(cfg, "train.ema_decay", 0.0, 1.0)
+    _check_range(cfg, "train.keep_checkpoints", 1, None)
+    _check_range(cfg, "train.checkpoint_every", 1, None)
+    _check_range(cfg, "train.log_every", 1, None)
+    _check_range(cfg, "model.dropout", 0.0, 1.0)
+    _check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
+    _check_range(cfg, "eval.every", 1, None)
+    _check_range(cfg, "eval.n_samples", 2, None)
+    _check_range(cfg, "trainer.num_workers", 1, None)
+    _check_range(cfg, "trainer.max_failures", -1, None)
+    T = resolved_T(cfg)
+    if not 0.0 <= cfg.eps_t < T < 1.0:
+        raise ConfigError(f"eps_t, T: need 0 <= eps_t < T < 1, got eps_t={cfg.eps_t}, T={T}")
+    m, b, w = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers
+    if b % w:
+        raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")
+    if cfg.method == "imm" and (b // w) % m:
+        raise ConfigError(
+            f"imm.group_size: M={m} must divide the per-worker batch "
+            f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}"
+        )
+    if cfg.imm.estimator == "u" and m < 2:
+        raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
+    steps = list(cfg.eval.steps) if isinstance(cfg.eval.steps, ListConfig) else cfg.eval.steps
+    if not steps or any((not isinstance(k, int)) or k < 1 for k in steps):
+        raise ConfigError(f"eval.steps: a non-empty list of sampling step counts >= 1, got {steps}")
+    if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
+        raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
+
+
+def _check_range(cfg, key, low, high, strict_low=False):
+    v = _get(cfg, key)
+    too_low = v <= low if strict_low else v < low
+    if too_low or (high is not None and v > high):
+        bound = f"> {low}" if strict_low else f">= {low}"
+        allowed = f"{bound} and <= {high}" if high is not None else bound
+        raise ConfigError(f"{key}: {v!r} is out of range (allowed: {allowed})")
+
+
+def resolved_T(cfg: DictConfig) -> float:
+    return cfg.T if cfg.T is not None else TRAJECTORIES[cfg.trajectory].default_T
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,24 @@
+"""Flow matching (Lipman et al. 2023; method notes section 10): v-prediction on the ot_fm path,
+L = || v_theta(x_t, t) - (eps - x) ||^2 with x_t = (1 - t) x + t eps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from imm.methods.imm import _unwrap
+
+
+@dataclass
+class FlowMatchingLoss:
+    eps_t: float = 0.0
+    T: float = 0.994
+
+    def __call__(self, model, x: Tensor) -> Tensor:
+        t = self.eps_t + (self.T - self.eps_t) * torch.rand(x.shape[0], device=x.device)
+        eps = torch.randn_like(x) * _unwrap(model).sigma_d
+        tb = t.view(-1, *([1] * (x.ndim - 1)))
+        x_t = (1 - tb) * x + tb * eps
+        return (model(x_t, t) - (eps - x)).square().mean()

@@ -1,0 +1,6 @@
+"""Architectures (G_theta) and the preconditioning that turns one into the one-step model f_{s,t}."""
+
+from imm.networks.mlp import MLP
+from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS, OneStepModel, VelocityModel
+
+__all__ = ["MLP", "OneStepModel", "PARAMETERIZATIONS", "S_EMBEDDINGS", "VelocityModel"]

@@ -1,0 +1,56 @@
+"""A residual MLP for vector data that embeds t and s separately (notes section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(c_noise: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer-style features of the (already scaled, e.g. 1000 t) noise level: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=c_noise.device) / half)
+    args = c_noise.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _embedder(emb_dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        z = self.fc1(nn.functional.silu(self.norm(h))) + self.emb(emb)
+        return h + self.fc2(self.dropout(nn.functional.silu(z)))
+
+
+class MLP(nn.Module):
+    """G(x, c_noise(t), c_noise(s)) for x: (B, D). s has its own embedding MLP, added to t's."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, emb_dim: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.t_embed = _embedder(emb_dim, hidden)
+        self.s_embed = _embedder(emb_dim, hidden)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, dropout) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, c_noise_t: Tensor, c_noise_s: Tensor) -> Tensor:
+        emb = self.t_embed(sinusoidal_embedding(c_noise_t, self.emb_dim))
+        emb = nn.functional.silu(emb + self.s_embed(sinusoidal_embedding(c_noise_s, self.emb_dim)))
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(nn.functional.silu(self.out_norm(h)))

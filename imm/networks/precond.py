@@ -1,0 +1,85 @@
+"""The one-step model f_{s,t}(x_t) built from a network G (method notes section 3).
+
+G sees c_in x_t with c_in = 1 / (sigma_d sqrt(alpha_t^2 + sigma_t^2)), c_noise(t) = 1000 t, and s as
+c_noise(s) (`identity`) or 1000 (t - s) (`stride`). Every parameterisation gives f_{t,t}(x_t) = x_t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imm.trajectories import Trajectory, ddim
+
+PARAMETERIZATIONS = ("simple_edm", "euler_fm", "identity")
+S_EMBEDDINGS = ("identity", "stride")
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against x."""
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class OneStepModel(nn.Module):
+    def __init__(
+        self,
+        net: nn.Module,
+        traj: Trajectory,
+        parameterization: str = "simple_edm",
+        sigma_d: float = 0.5,
+        s_embedding: str = "identity",
+    ):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+        if s_embedding not in S_EMBEDDINGS:
+            raise ValueError(f"unknown s_embedding {s_embedding!r}; choose one of {S_EMBEDDINGS}")
+        self.net, self.traj = net, traj
+        self.parameterization, self.s_embedding = parameterization, s_embedding
+        self.register_buffer("sigma_d", torch.tensor(float(sigma_d)))
+
+    def network_output(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """G(c_in x_t, c_noise(t), c_noise(s) or 1000 (t - s)); s, t: (B,)."""
+        a, sg = self.traj.alpha(t), self.traj.sigma(t)
+        c_in = 1 / (self.sigma_d * torch.sqrt(a**2 + sg**2))
+        c_s = 1000 * s if self.s_embedding == "identity" else 1000 * (t - s)
+        return self.net(_bcast(c_in, x_t) * x_t, 1000 * t, c_s)
+
+    def forward(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """f_{s,t}(x_t): x_t moved from time t to time s <= t."""
+        return self.combine(x_t, self.network_output(x_t, s, t), s, t)
+
+    def combine(self, x_t: Tensor, g: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """The parameterisation's skip/output mix of x_t and the network output g (guidance acts on g)."""
+        if self.parameterization == "identity":  # G predicts clean data
+            return ddim(x_t, g, _bcast(s, x_t), _bcast(t, x_t), self.traj)
+        if self.parameterization == "euler_fm":  # G is a velocity in units of sigma_d
+            return x_t - _bcast((t - s) * self.sigma_d, x_t) * g
+        c_skip, c_out = self.simple_edm_coefficients(s, t)
+        return _bcast(c_skip, x_t) * x_t + _bcast(c_out, x_t) * g
+
+    def simple_edm_coefficients(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """c_skip = (a_t a_s + s_t s_s) / (a_t^2 + s_t^2), c_out = -(a_s s_t - a_t s_s) sigma_d / sqrt(a_t^2 + s_t^2)."""
+        a_t, s_t, a_s, s_s = self.traj.alpha(t), self.traj.sigma(t), self.traj.alpha(s), self.traj.sigma(s)
+        norm = a_t**2 + s_t**2
+        c_skip = (a_t * a_s + s_t * s_s) / norm
+        c_out = -(a_s * s_t - a_t * s_s) * self.sigma_d / torch.sqrt(norm)
+        return c_skip, c_out
+
+    def kernel_scale(self, s: Tensor, t: Tensor) -> Tensor:
+        """w~(s, t) = 1 / |c_out(s, t)|: 1 / ((t - s) sigma_d) for euler_fm, simple_edm's c_out otherwise."""
+        if self.parameterization == "euler_fm":
+            return 1 / ((t - s) * self.sigma_d)
+        return 1 / self.simple_edm_coefficients(s, t)[1].abs()
+
+
+
+class VelocityModel(OneStepModel):
+    """Flow matching's v(x_t, t) = sigma_d G(c_in x_t, t, s = t): the euler_fm model's velocity as s -> t,
+    so f_{s,t} = x_t - (t - s) v is one Euler step. `forward` is the velocity, so DDP wraps it as is."""
+
+    def __init__(self, net: nn.Module, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity"):
+        super().__init__(net, traj, "euler_fm", sigma_d, s_embedding)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.sigma_d * self.network_output(x_t, t, t)

@@ -1,0 +1,214 @@
+"""One training loop, the same on a laptop CPU and inside each Ray Train worker.
+
+`train_loop` knows nothing about the cluster: rank, world size and a `report(metrics, checkpoint_dir)`
+callback are parameters. Every rank calls `report` at the same steps (Ray's report is a barrier);
+only rank 0 evaluates and writes checkpoints. `python -m imm.train CONFIG [key=value ...]` runs it
+alone and keeps `checkpoint.pt` under `train.out_dir`, resuming from it when it is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from imm.config import ConfigError, load_config
+from imm.data import load_data, shard
+from imm.evaluate import evaluate
+from imm.methods import build_loss, build_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+Report = Callable[[dict[str, float], "str | None"], None]
+
+
+def _optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[cfg.train.optimizer]
+    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    """A checkpoint dict from a checkpoint.pt file or a folder holding one (weights_only: no pickled code)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path!r} (expected {CHECKPOINT_FILE} or a folder holding it)")
+    return torch.load(p, map_location=map_location, weights_only=True)
+
+
+def train_loop(
+    cfg: DictConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device | None = None,
+    report: Report | None = None,
+    resume: dict[str, Any] | None = None,
+    on_eval: Callable[[int, dict[int, torch.Tensor]], None] | None = None,
+) -> dict[str, float]:
+    """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics.
+
+    report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
+    (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
+    on_eval(step, {steps_K: samples}) is called on rank 0 after each evaluation.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tc = cfg.train
+    start = int(resume["step"]) if resume else 0
+    # Reseeding from (seed, rank, start step) makes every worker distinct and a resumed run reproducible.
+    torch.manual_seed(tc.seed + 100_003 * rank + 1_000_003 * start)
+
+    train_set, heldout = load_data(cfg.data)
+    sigma_d = float(cfg.data.sigma_d or train_set.std())
+    data = shard(train_set, rank, world_size).to(device)
+    data_shape = tuple(train_set.shape[1:])
+    model = build_model(cfg, data_shape, sigma_d).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    opt = _optimizer(cfg, model.parameters())
+    warmup = max(tc.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
+    if resume:
+        model.load_state_dict(resume["model"])
+        ema.module.load_state_dict(resume["ema"])
+        ema.n_averaged.fill_(int(resume["ema_updates"]))
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+
+    ddp = model
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    loss_fn = build_loss(cfg)
+    per_worker = tc.batch_size // world_size
+    report = report or (lambda metrics, checkpoint_dir: None)
+
+    last: dict[str, float] = {}
+    loss_sum, loss_n, t_window = torch.zeros((), device=device), 0, time.perf_counter()
+    for step in range(start + 1, tc.steps + 1):
+        x = data[torch.randint(len(data), (per_worker,), device=device)]
+        loss = loss_fn(ddp, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update_parameters(model)
+        loss_sum += loss.detach()
+        loss_n += 1
+
+        is_last = step == tc.steps
+        do_log, do_eval = step % tc.log_every == 0 or is_last, step % cfg.eval.every == 0 or is_last
+        do_ckpt = step % tc.checkpoint_every == 0 or is_last
+        if not (do_log or do_eval or do_ckpt):
+            continue
+        mean_loss = float(loss_sum / loss_n)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"train/loss became {mean_loss} by step {step}; lower train.lr or check the data")
+        elapsed = time.perf_counter() - t_window
+        metrics = {
+            "train/loss": mean_loss,
+            "train/lr": opt.param_groups[0]["lr"],
+            "throughput/samples_per_s": loss_n * tc.batch_size / elapsed,
+        }
+        if do_eval and rank == 0:
+            quality, samples = evaluate(ema.module, cfg, heldout)
+            metrics.update(quality)
+            if on_eval:
+                on_eval(step, samples)
+        metrics["step"] = step
+        ckpt_dir = None
+        with tempfile.TemporaryDirectory(prefix="imm-ckpt-") as tmp:
+            if do_ckpt and rank == 0:
+                state = {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "ema": ema.module.state_dict(),
+                    "ema_updates": int(ema.n_averaged),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "sigma_d": sigma_d,
+                    "data_shape": list(data_shape),
+                }
+                torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
+                ckpt_dir = tmp
+            report(metrics, ckpt_dir)
+        last = metrics
+        loss_sum.zero_()
+        loss_n, t_window = 0, time.perf_counter()
+    return last
+
+
+class LocalReporter:
+    """The single-process `report`: a progress line per report and checkpoint.pt kept under out_dir."""
+
+    def __init__(self, out_dir: str | Path, total_steps: int, stream=sys.stdout):
+        self.out_dir, self.total, self.stream = Path(out_dir), total_steps, stream
+        self.t0, self.first_step = time.perf_counter(), None
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        step = int(metrics["step"])
+        if self.first_step is None:
+            self.first_step, self.t0 = step, time.perf_counter()
+        done = step - self.first_step
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        quality = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k.startswith("energy/"))
+        eta_str = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        print(
+            f"step {step}/{self.total}  loss {metrics['train/loss']:.4g}  "
+            f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta_str}  {quality}".rstrip(),
+            file=self.stream, flush=True,
+        )
+        if checkpoint_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
+            shutil.copyfile(os.path.join(checkpoint_dir, CHECKPOINT_FILE), tmp)
+            os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
+
+
+def train(cfg: DictConfig, device: str | None = None, stream=sys.stdout) -> dict[str, float]:
+    """Single-process training under train.out_dir, resuming from its checkpoint.pt if present."""
+    out = Path(cfg.train.out_dir)
+    resume = None
+    if (out / CHECKPOINT_FILE).is_file():
+        resume = load_checkpoint(out)
+        print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m imm.train",
+        description="Train IMM (or a baseline) in this process; resumes from train.out_dir/checkpoint.pt.",
+        epilog="example: python -m imm.train toy2d imm.group_size=8 train.steps=2000 train.out_dir=runs/m8",
+    )
+    parser.add_argument("config", help="a YAML config file, or the name of a built-in one (toy2d)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. imm.kernel=rbf")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        metrics = train(cfg, device=args.device)
+    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {cfg.train.out_dir}/{CHECKPOINT_FILE}  " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

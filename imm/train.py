@@ -153,8 +153,8 @@ def train_loop(
 class LocalReporter:
     """The single-process `report`: a progress line per report and checkpoint.pt kept under out_dir."""
 
-    def __init__(self, out_dir: str | Path, total_steps: int, stream=sys.stdout):
-        self.out_dir, self.total, self.stream = Path(out_dir), total_steps, stream
+    def __init__(self, out_dir: str | Path, total_steps: int, stream=None):
+        self.out_dir, self.total, self.stream = Path(out_dir), total_steps, stream or sys.stdout
         self.t0, self.first_step = time.perf_counter(), None
 
     def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
@@ -178,13 +178,13 @@ class LocalReporter:
             os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
 
 
-def train(cfg: DictConfig, device: str | None = None, stream=sys.stdout) -> dict[str, float]:
+def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, float]:
     """Single-process training under train.out_dir, resuming from its checkpoint.pt if present."""
     out = Path(cfg.train.out_dir)
     resume = None
     if (out / CHECKPOINT_FILE).is_file():
         resume = load_checkpoint(out)
-        print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream)
+        print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume)

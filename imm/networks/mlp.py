@@ -48,8 +48,8 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, c_noise_t: Tensor, c_noise_s: Tensor) -> Tensor:
-        emb = self.t_embed(sinusoidal_embedding(c_noise_t, self.emb_dim))
-        emb = nn.functional.silu(emb + self.s_embed(sinusoidal_embedding(c_noise_s, self.emb_dim)))
+        emb = self.t_embed(sinusoidal_embedding(c_noise_t, self.emb_dim).to(x.dtype))
+        emb = nn.functional.silu(emb + self.s_embed(sinusoidal_embedding(c_noise_s, self.emb_dim).to(x.dtype)))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -1,0 +1,82 @@
+"""Cost of one IMM training step against one flow-matching step, same MLP, same batch.
+
+IMM runs one extra no-grad forward per sample (the target), so about 4/3 of FM's forward + backward
+is the floor; the grouped kernel must not grow with M. Prints IMM/FM and IMM(M)/IMM(M=4) ratios.
+
+    .venv/bin/python benchmarks/step_cost.py [--batch 4096] [--hidden 256] [--depth 4] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from imm.config import load_config
+from imm.methods import build_loss, build_model
+
+
+def make_step(method: str, m: int, args):
+    cfg = load_config("toy2d", [
+        f"method={method}", f"imm.group_size={m}", f"train.batch_size={args.batch}",
+        f"model.hidden={args.hidden}", f"model.depth={args.depth}",
+    ])
+    torch.manual_seed(0)
+    model = build_model(cfg, (2,), sigma_d=1.4).to(args.device)
+    loss_fn = build_loss(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(args.batch, 2, device=args.device)
+
+    def step():
+        loss = loss_fn(model, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step, n: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20, help="steps per timing")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved timings; the median is reported")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+
+    cases = {"fm": make_step("fm", 1, args)} | {f"imm M={m}": make_step("imm", m, args) for m in (2, 4, 8, 16)}
+    for step in cases.values():  # warm-up
+        timed(step, 3, args.device)
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.repeats):  # interleave so that machine noise hits every case alike
+        for name, step in cases.items():
+            samples[name].append(timed(step, args.steps, args.device))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+
+    print(f"device={args.device} batch={args.batch} mlp hidden={args.hidden} depth={args.depth} "
+          f"threads={torch.get_num_threads()} (median of {args.repeats} x {args.steps} steps)")
+    print(f"{'case':<12} {'ms/step':>9} {'vs FM':>7} {'vs M=4':>7}")
+    for name, t in med.items():
+        vs_m4 = f"{t / med['imm M=4']:.3f}" if name.startswith("imm") else "-"
+        print(f"{name:<12} {1e3 * t:9.2f} {t / med['fm']:7.3f} {vs_m4:>7}")
+    imm = [med[f"imm M={m}"] for m in (2, 4, 8, 16)]
+    print(f"IMM(M=4)/FM = {med['imm M=4'] / med['fm']:.3f} (target <= 1.35); "
+          f"spread over M = {max(imm) / min(imm) - 1:.1%} (target <= 5%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,11 +20,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 test: venv
-	$(BIN)/ruff check imm orchestrator tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check imm orchestrator tests benchmarks
+	$(BIN)/ruff check .
 
 bench: venv
 	$(BIN)/python benchmarks/step_cost.py

@@ -1,0 +1,64 @@
+"""Which Ray a command runs on: an embedded local Ray started for the command, or an existing cluster.
+
+With no `--address` a local Ray is started (and stopped afterwards) with enough logical CPUs for the
+workers. `--address` takes `auto`, a head `host:6379` or a client `ray://host:10001`; this checkout's
+`imm` and `orchestrator` packages are shipped with the job (`py_modules`), the cluster supplies the
+rest (torch, ray, mlflow). A Ray already initialised in this process (tests, notebooks) is used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imm.config import ConfigError
+
+
+def check_local(cfg) -> None:
+    """Fail before starting an embedded Ray that could never place the workers."""
+    if cfg.trainer.use_gpu:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < cfg.trainer.num_workers:
+            raise ConfigError(
+                f"trainer.use_gpu: {cfg.trainer.num_workers} GPU worker(s) need as many GPUs, this machine has {have}; "
+                "set trainer.use_gpu=false or pass --address of a GPU cluster"
+            )
+
+
+def _code_modules() -> list[str]:
+    import imm
+    import orchestrator
+
+    return [str(Path(m.__file__).parent) for m in (imm, orchestrator)]
+
+
+@contextmanager
+def connect(address: str | None = None, *, num_workers: int = 1, stream=sys.stdout) -> Iterator[str]:
+    """Yield a description of the Ray in use (for the `ray.address` tag); shut down only a Ray started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield address or f"existing ({ray.get_runtime_context().gcs_address})"
+        return
+    if address:
+        try:
+            ray.init(address=address, runtime_env={"py_modules": _code_modules()}, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
+        description = address
+    else:
+        # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.
+        ctx = ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING)
+        description = f"embedded ({ray.get_runtime_context().gcs_address})"
+        if ctx.dashboard_url:
+            print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream, flush=True)
+    try:
+        yield description
+    finally:
+        ray.shutdown()

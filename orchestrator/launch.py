@@ -1,0 +1,212 @@
+"""One training run as a Ray Train `TorchTrainer`, tracked in one MLflow run.
+
+`plan_run` resolves everything a run needs without touching Ray (the run name, storage, tracking, the
+resources), so `--dry-run` and validation happen before any cluster starts. `launch` then opens the
+MLflow run on the driver, fits the trainer (workers run `orchestrator.worker.train_worker`) and closes
+the run. The run name is deterministic (never a timestamp): Ray Train restores a run relaunched with the
+same (storage_path, name), and the MLflow run is found again by the same two values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from imm.config import ConfigError
+from orchestrator import storage, tracking
+from orchestrator.worker import KillSwitch, train_worker, worker_config
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in current Ray; older 2.x need the flag
+
+DEFAULT_EXPERIMENT = "imm"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    cfg: DictConfig  # resolved, with `name` set
+    storage: storage.RayStorage
+    tracking_uri: str
+    experiment: str
+
+    @property
+    def num_workers(self) -> int:
+        return int(self.cfg.trainer.num_workers)
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        """What ScalingConfig(use_gpu=...) asks for per worker: one CPU, or one GPU."""
+        return {"GPU": 1.0} if self.cfg.trainer.use_gpu else {"CPU": 1.0}
+
+    def describe(self) -> str:
+        total = {k: v * self.num_workers for k, v in self.resources_per_worker.items()}
+        per = ", ".join(f"{v:g} {k}" for k, v in self.resources_per_worker.items())
+        tot = ", ".join(f"{v:g} {k}" for k, v in total.items())
+        t, tr = self.cfg.train, self.cfg.trainer
+        backend = "NCCL" if tr.use_gpu else "gloo"
+        return "\n".join([
+            f"run name:     {self.name}",
+            f"workers:      {self.num_workers} x ({per}) = {tot}; DDP over {backend}; "
+            f"per-worker batch {t.batch_size // self.num_workers}",
+            f"retries:      trainer.max_failures={tr.max_failures}",
+            f"checkpoints:  {self.storage.run_uri(self.name)} (every {t.checkpoint_every} steps, keep {t.keep_checkpoints})",
+            f"tracking:     {self.tracking_uri} (experiment {self.experiment!r})",
+        ])
+
+
+def run_name(cfg: DictConfig, explicit: str | None = None) -> str:
+    """--name, else the config's `name`, else method-dataset-<hash of the resolved config>: the same command
+    gets the same name, so relaunching it resumes the run instead of starting over."""
+    name = explicit or cfg.name
+    if name:
+        if not NAME_RE.match(name):
+            raise ConfigError(f"name: {name!r} must be 1-128 of letters, digits, '.', '_', '-' (it names a folder)")
+        return name
+    body = OmegaConf.to_container(cfg, resolve=True)
+    body.pop("name", None)
+    digest = hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(body)).encode()).hexdigest()[:8]
+    dataset = re.sub(r"[^A-Za-z0-9]+", "_", Path(cfg.data.name.removeprefix("npy:")).stem).strip("_") or "data"
+    return f"{cfg.method}-{dataset}-{digest}"
+
+
+def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | None = None,
+             experiment: str | None = None) -> RunPlan:
+    """Everything about the run that can be decided (and be wrong) before Ray starts."""
+    name = run_name(cfg, name)
+    cfg = cfg.copy()
+    cfg.name = name
+    return RunPlan(
+        name=name,
+        cfg=cfg,
+        storage=storage.ray_storage(cfg),
+        tracking_uri=tracking.tracking_uri(cfg, tracking_uri),
+        experiment=experiment or DEFAULT_EXPERIMENT,
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    name: str
+    checkpoint: str | None  # where the final checkpoint lives (a folder or s3:// URI)
+    metrics: dict
+    resumed: bool  # the MLflow run existed already (a relaunch)
+
+
+class ProgressBoard:
+    """A Ray actor rank 0 pushes its reports to; the driver drains it to print progress."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def push(self, item: dict) -> None:
+        self.items.append(item)
+
+    def drain(self) -> list[dict]:
+        items, self.items = self.items, []
+        return items
+
+
+class ProgressPrinter:
+    """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics."""
+
+    def __init__(self, total_steps: int, stream=sys.stdout):
+        self.total, self.stream = total_steps, stream
+        self.t0 = self.step0 = None
+
+    def __call__(self, item: dict) -> None:
+        now = time.perf_counter()
+        if item.get("event") == "resumed":
+            self.t0 = self.step0 = None
+            print(f"resumed from the checkpoint at step {item['step']}", file=self.stream, flush=True)
+            return
+        step = int(item["step"])
+        if self.t0 is None:
+            self.t0, self.step0 = now, step
+        rate = (step - self.step0) / (now - self.t0) if now > self.t0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else math.nan
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(("energy/", "fid/")))
+        line = (f"step {step}/{self.total}  loss {item['train/loss']:.4g}  "
+                f"{item['throughput/samples_per_s']:,.0f} samples/s  ETA {eta_s}  {quality}")
+        print(line.rstrip(), file=self.stream, flush=True)
+
+
+def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
+    import ray
+
+    while True:
+        stopping = stop.wait(0.5)
+        try:
+            items = ray.get(board.drain.remote(), timeout=30)
+        except Exception:  # progress is best effort: never let it break a run
+            items = []
+        for item in items:
+            printer(item)
+        if stopping:
+            return
+
+
+def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=sys.stdout) -> RunResult:
+    """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = plan.cfg
+    mlc = tracking.client(plan.tracking_uri)
+    artifacts = storage.root(cfg) / "artifacts" if tracking.is_embedded(plan.tracking_uri, cfg) else None
+    exp_id = tracking.experiment_id(mlc, plan.experiment, artifacts)
+    tags = tracking.run_tags(cfg, plan.name, plan.storage.uri, ray_address)
+    run_id, resumed = tracking.open_run(mlc, exp_id, cfg, tags)
+    print(f"mlflow run: {run_id} ({'resumed' if resumed else 'new'}; experiment {plan.experiment!r}, "
+          f"{plan.tracking_uri})", file=stream, flush=True)
+    print(f"checkpoints: {plan.storage.run_uri(plan.name)}", file=stream, flush=True)
+
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill),
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=bool(cfg.trainer.use_gpu)),
+        run_config=RunConfig(
+            name=plan.name,
+            storage_path=plan.storage.path,
+            storage_filesystem=plan.storage.filesystem(),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.train.keep_checkpoints)),
+            failure_config=FailureConfig(max_failures=int(cfg.trainer.max_failures)),
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from rank 0, once per report
+        ),
+    )
+    stop = threading.Event()
+    pump = threading.Thread(target=_pump, args=(board, ProgressPrinter(cfg.train.steps, stream), stop), daemon=True)
+    pump.start()
+    status = "FAILED"
+    try:
+        result = trainer.fit()
+        stop.set()
+        pump.join()
+        if result.checkpoint is not None:
+            tracking.log_checkpoint(mlc, run_id, result.checkpoint)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        stop.set()
+        pump.join()
+        tracking.close_run(mlc, run_id, status)
+        ray.kill(board)
+    ckpt = result.checkpoint
+    ckpt_uri = (f"s3://{ckpt.path}" if plan.storage.is_s3 else ckpt.path) if ckpt is not None else None
+    return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),
+                     resumed=resumed)

@@ -1,0 +1,211 @@
+"""MLflow for one run: the tracking URI, the run itself (found again on relaunch), and rank 0's logger.
+
+The driver owns the MLflow run: it creates it before Ray starts training (or finds it again by the tags
+`imm.run_name` and `imm.ray_storage` when the same run is relaunched), logs params, tags and the config,
+and closes it. Worker retries and relaunches therefore write into the same run. Only rank 0 writes
+metrics, through `RankZeroLogger`, which holds them until the checkpoint covering them is saved.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imm.config import ConfigError
+from orchestrator import storage
+
+RUN_NAME_TAG = "imm.run_name"
+STORAGE_TAG = "imm.ray_storage"
+LOSS_KEY = "train/loss"  # reported at every report step: its history tells how far a run was logged
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri(cfg: DictConfig, explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded SQLite file `<storage.root>/mlflow.db`."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{storage.root(cfg) / 'mlflow.db'}"
+
+
+def is_embedded(uri: str, cfg: DictConfig) -> bool:
+    return uri == f"sqlite:///{storage.root(cfg) / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str, artifact_root: Path | None = None) -> str:
+    """The experiment's id, creating it (with artifacts under `artifact_root` when given) if needed."""
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"--experiment: {name!r} is deleted in this tracking store; restore it or pick another name")
+        return exp.experiment_id
+    location = artifact_root.as_uri() if artifact_root is not None else None
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"imm": {"k": 12}} -> {"imm.k": "12"}; lists stay one value ("[1, 2]"), as MLflow params are strings."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def git_commit() -> tuple[str, bool] | None:
+    """(commit, dirty) of the checkout this code runs from, or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str) -> dict[str, str]:
+    tags = {
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "ray.address": ray_address,
+        RUN_NAME_TAG: run_name,
+        STORAGE_TAG: storage_uri,
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit[0]
+        tags["git.dirty"] = str(commit[1]).lower()
+    return tags
+
+
+def find_run(mlflow_client, exp_id: str, run_name: str, storage_uri: str):
+    """The live (not deleted) run made for this Ray run (same name and storage), or None."""
+
+    def q(s: str) -> str:
+        return s.replace("\\", "\\\\").replace("'", "\\'")
+
+    flt = f"tags.`{RUN_NAME_TAG}` = '{q(run_name)}' and tags.`{STORAGE_TAG}` = '{q(storage_uri)}'"
+    runs = mlflow_client.search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=sys.stderr) -> tuple[str, bool]:
+    """(run id, resumed): a new RUNNING run with params, tags and config.yaml, or the existing one set RUNNING again.
+
+    MLflow params cannot change once logged: on a relaunch with a changed config the first values stay and a
+    warning names the keys.
+    """
+    from mlflow.entities import Param, RunTag
+
+    params = config_params(cfg)
+    existing = find_run(mlflow_client, exp_id, tags[RUN_NAME_TAG], tags[STORAGE_TAG])
+    if existing is None:
+        run = mlflow_client.create_run(exp_id, run_name=tags[RUN_NAME_TAG], tags=tags)
+        run_id, old_params = run.info.run_id, {}
+    else:
+        run_id, old_params = existing.info.run_id, existing.data.params
+        mlflow_client.update_run(run_id, status="RUNNING")
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    changed = sorted(k for k in params if k in old_params and old_params[k] != params[k])
+    if changed:
+        print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream)
+    new = [Param(k, v) for k, v in params.items() if k not in old_params]
+    for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
+        mlflow_client.log_batch(run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])
+    mlflow_client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    return run_id, existing is not None
+
+
+def close_run(mlflow_client, run_id: str, status: str) -> None:
+    """FINISHED, FAILED or KILLED; a relaunch sets it RUNNING again."""
+    mlflow_client.set_terminated(run_id, status)
+
+
+def log_checkpoint(mlflow_client, run_id: str, checkpoint) -> None:
+    """The final Ray checkpoint's files as the run's `checkpoint/` artifact (it may live on S3: copy via Ray)."""
+    with checkpoint.as_directory() as d:
+        mlflow_client.log_artifacts(run_id, d, "checkpoint")
+    mlflow_client.set_tag(run_id, "imm.checkpoint_path", checkpoint.path)
+
+
+def last_logged_step(mlflow_client, run_id: str) -> int:
+    return max((m.step for m in mlflow_client.get_metric_history(run_id, LOSS_KEY)), default=0)
+
+
+class RankZeroLogger:
+    """Rank 0's MLflow writer, holding metrics and sample plots until a checkpoint covers their step.
+
+    A worker that dies after step s restarts from the last checkpoint c <= s and computes steps c+1..s
+    again. Logging them at once would leave two values for those steps; MLflow cannot delete metric points,
+    so nothing past the last saved checkpoint is sent (`commit` runs after Ray saved it). As a second guard
+    (Ray may restore an older checkpoint than the last one saved), steps already in the run are skipped.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.client = client(tracking_uri)
+        self.run_id = run_id
+        self.logged_through = last_logged_step(self.client, run_id)
+        self.pending: list = []
+        self.plots = Path(tempfile.mkdtemp(prefix="imm-plots-"))
+
+    def record(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        step = int(metrics["step"])
+        if step <= self.logged_through:
+            return
+        ts = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"]
+
+    def on_eval(self, step: int, samples: dict) -> None:
+        """Scatter plots of 2D samples, one per sampling step count (image grids come with image data)."""
+        from imm.sample import scatter_png
+
+        if step <= self.logged_through:
+            return
+        for k, x in samples.items():
+            if x.ndim == 2 and x.shape[-1] == 2:
+                out = self.plots / f"step_{step:07d}" / f"steps_{k}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                scatter_png(x, out, title=f"step {step}, {k} sampling step(s)")
+
+    def commit(self) -> None:
+        """Send what is held: call once the checkpoint at the newest held step is saved."""
+        for i in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + MAX_METRICS_PER_BATCH])
+        if self.pending:
+            self.logged_through = max(m.step for m in self.pending)
+        self.pending = []
+        if any(self.plots.iterdir()):
+            self.client.log_artifacts(self.run_id, str(self.plots), "samples")
+            shutil.rmtree(self.plots)
+            self.plots.mkdir()
+
+    def close(self) -> None:
+        shutil.rmtree(self.plots, ignore_errors=True)

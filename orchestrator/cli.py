@@ -72,7 +72,8 @@ def prepare_train(args):
     return plan, kill
 
 
-def run_train(args, plan, kill, out=sys.stdout) -> int:
+def run_train(args, plan, kill, out=None) -> int:
+    out = out or sys.stdout
     from imm.config import to_yaml
     from orchestrator import cluster
 

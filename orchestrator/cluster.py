@@ -39,7 +39,7 @@ def _code_modules() -> list[str]:
 
 
 @contextmanager
-def connect(address: str | None = None, *, num_workers: int = 1, stream=sys.stdout) -> Iterator[str]:
+def connect(address: str | None = None, *, num_workers: int = 1, stream=None) -> Iterator[str]:
     """Yield a description of the Ray in use (for the `ray.address` tag); shut down only a Ray started here."""
     import ray
 
@@ -57,7 +57,7 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=sys.stdo
         ctx = ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING)
         description = f"embedded ({ray.get_runtime_context().gcs_address})"
         if ctx.dashboard_url:
-            print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream, flush=True)
+            print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream or sys.stdout, flush=True)
     try:
         yield description
     finally:

@@ -120,8 +120,8 @@ class ProgressBoard:
 class ProgressPrinter:
     """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics."""
 
-    def __init__(self, total_steps: int, stream=sys.stdout):
-        self.total, self.stream = total_steps, stream
+    def __init__(self, total_steps: int, stream=None):
+        self.total, self.stream = total_steps, stream or sys.stdout
         self.t0 = self.step0 = None
 
     def __call__(self, item: dict) -> None:
@@ -157,8 +157,9 @@ def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
             return
 
 
-def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=sys.stdout) -> RunResult:
+def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None) -> RunResult:
     """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED."""
+    stream = stream or sys.stdout
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

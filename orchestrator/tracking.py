@@ -115,7 +115,7 @@ def find_run(mlflow_client, exp_id: str, run_name: str, storage_uri: str):
     return runs[0] if runs else None
 
 
-def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=sys.stderr) -> tuple[str, bool]:
+def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=None) -> tuple[str, bool]:
     """(run id, resumed): a new RUNNING run with params, tags and config.yaml, or the existing one set RUNNING again.
 
     MLflow params cannot change once logged: on a relaunch with a changed config the first values stay and a
@@ -134,7 +134,7 @@ def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], 
         mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     changed = sorted(k for k in params if k in old_params and old_params[k] != params[k])
     if changed:
-        print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream)
+        print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream or sys.stderr)
     new = [Param(k, v) for k, v in params.items() if k not in old_params]
     for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
         mlflow_client.log_batch(run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])

@@ -1,0 +1,101 @@
+"""`imm-orch train` before any cluster: help, --dry-run, and bad input failing fast with one line naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from orchestrator import cli, cluster
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Trip if the command gets as far as connecting to Ray."""
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started for input that should have been rejected first")
+
+    monkeypatch.setattr(cluster, "connect", tripwire)
+
+
+def test_train_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "examples:" in out and "imm-orch train toy2d" in out and "ray job submit" in out
+    for option in ("--address", "--tracking-uri", "--experiment", "--dry-run", "--name", "--debug"):
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["imm.bogus=1"], "imm.bogus"),
+        (["imm.kernel=cosine"], "imm.kernel"),
+        (["train.lr=-1"], "train.lr"),
+        (["trainer.num_workers=2", "train.batch_size=64", "imm.group_size=3"], "imm.group_size"),
+        (["trainer.num_workers=3", "train.batch_size=64"], "train.batch_size"),
+        (["storage.ray_storage=gs://bucket/x"], "storage.ray_storage"),
+        (["name=has/slash"], "name"),
+    ],
+    ids=["unknown-key", "bad-choice", "bad-range", "M-not-dividing-per-worker-batch", "uneven-split", "bad-storage",
+         "bad-name"],
+)
+def test_bad_input_fails_before_ray_naming_the_field(overrides, field, capsys, no_ray, tmp_path):
+    code = cli.main(["train", "toy2d", f"storage.root={tmp_path}", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("imm-orch: error: ")
+    assert field in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_run_without_gpu_fails_before_ray(capsys, no_ray):
+    assert cli.main(["train", "toy2d", "trainer.use_gpu=true"]) == 2
+    assert "trainer.use_gpu" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_config_and_resources_without_ray(capsys, no_ray, tmp_path, tiny_toy2d):
+    code = cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "--name", "tiny", "--experiment", "e1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "group_size: 4" in out and "hidden: 32" in out and "name: tiny" in out  # the resolved config
+    assert "2 x (1 CPU) = 2 CPU" in out and "gloo" in out and "per-worker batch 32" in out
+    assert f"{tmp_path / 'runs' / 'ray' / 'tiny'}" in out
+    assert "experiment 'e1'" in out and "sqlite:///" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_default_run_name_is_the_same_for_the_same_command(capsys, no_ray):
+    def name(*args):
+        assert cli.main(["train", "toy2d", "--dry-run", *args]) == 0
+        return next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("run name:")).split()[-1]
+
+    first = name("train.steps=10")
+    assert first.startswith("imm-8gaussians-")
+    assert name("train.steps=10") == first
+    assert name("train.steps=11") != first
+    assert name("train.steps=10", "--name", "mine") == "mine"
+
+
+def test_options_may_come_after_overrides(capsys, no_ray):
+    assert cli.main(["train", "toy2d", "train.steps=7", "--dry-run", "eval.every=7", "--name", "n1"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "every: 7" in out and "run name:     n1" in out
+
+
+def test_console_script_user_error_is_one_line_and_debug_shows_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "orchestrator.cli", "train", "toy2d", "imm.group_size=3", f"storage.root={tmp_path}"]
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2
+    assert plain.stderr.strip().splitlines() == [
+        "imm-orch: error: imm.group_size: M=3 must divide the per-worker batch "
+        "train.batch_size / trainer.num_workers = 512/1 = 512"
+    ]
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr

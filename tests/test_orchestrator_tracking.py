@@ -1,0 +1,151 @@
+"""MLflow bookkeeping without Ray: a real SQLite store, the run found again on relaunch, and rank 0's logger
+never leaving a duplicated step when an attempt dies past its last checkpoint."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from imm.config import ConfigError, load_config
+from orchestrator import storage, tracking
+from orchestrator.launch import plan_run
+
+
+def _history(client, run_id, key="train/loss"):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _metrics(step, loss):
+    return {"train/loss": loss, "train/lr": 1e-3, "throughput/samples_per_s": 100.0, "step": step}
+
+
+@pytest.fixture
+def run(mlflow_uri, tmp_path, request):
+    cfg = load_config("toy2d", [f"storage.root={tmp_path}"])
+    client = tracking.client(mlflow_uri)
+    exp = tracking.experiment_id(client, request.node.name, tmp_path / "artifacts")
+    tags = tracking.run_tags(cfg, "r1", str(tmp_path / "ray"), "test")
+    run_id, resumed = tracking.open_run(client, exp, cfg, tags)
+    assert not resumed
+    return client, run_id, exp, cfg, tags
+
+
+def test_flatten_gives_dotted_param_names():
+    flat = tracking.flatten({"imm": {"k": 12, "kernel": "laplace"}, "eval": {"steps": [1, 2]}, "T": None})
+    assert flat == {"imm.k": "12", "imm.kernel": "laplace", "eval.steps": "[1, 2]", "T": "None"}
+
+
+def test_open_run_logs_params_tags_and_config(run):
+    client, run_id, _, cfg, _ = run
+    r = client.get_run(run_id)
+    assert r.info.status == "RUNNING"
+    assert r.data.params["imm.group_size"] == str(cfg.imm.group_size)
+    assert r.data.params["data.name"] == "8gaussians"
+    assert r.data.tags["method"] == "imm" and r.data.tags["dataset"] == "8gaussians"
+    assert r.data.tags["ray.address"] == "test"
+    assert len(r.data.tags["mlflow.source.git.commit"]) == 40
+    assert "config.yaml" in [f.path for f in client.list_artifacts(run_id)]
+
+
+def test_relaunch_finds_the_same_run_and_sets_it_running(run):
+    client, run_id, exp, cfg, tags = run
+    tracking.close_run(client, run_id, "FAILED")
+    again, resumed = tracking.open_run(client, exp, cfg, tags)
+    assert (again, resumed) == (run_id, True)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    other, resumed = tracking.open_run(client, exp, cfg, {**tags, tracking.STORAGE_TAG: "/elsewhere"})
+    assert other != run_id and not resumed
+
+
+def test_relaunch_with_changed_config_keeps_first_params_and_warns(run):
+    client, run_id, exp, cfg, tags = run
+    changed = cfg.copy()
+    changed.train.steps = 123
+    err = io.StringIO()
+    tracking.open_run(client, exp, changed, tags, stream=err)
+    assert "train.steps" in err.getvalue()
+    assert client.get_run(run_id).data.params["train.steps"] == str(cfg.train.steps)
+
+
+def test_metrics_are_held_until_a_checkpoint_covers_them(run, mlflow_uri):
+    client, run_id, *_ = run
+    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    for step in (5, 10, 15):
+        log.record(_metrics(step, 1.0))
+    assert _history(client, run_id) == []
+    log.record(_metrics(20, 0.5))
+    log.commit()
+    assert [s for s, _ in _history(client, run_id)] == [5, 10, 15, 20]
+    assert [s for s, _ in _history(client, run_id, "throughput/samples_per_s")] == [5, 10, 15, 20]
+    log.close()
+
+
+def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_uri):
+    client, run_id, *_ = run
+    first = tracking.RankZeroLogger(mlflow_uri, run_id)
+    for step in (5, 10, 15, 20):
+        first.record(_metrics(step, 1.0))
+    first.commit()  # checkpoint at 20 saved
+    first.record(_metrics(25, 9.0))
+    first.record(_metrics(30, 9.0))  # ... then the worker dies: 25 and 30 are computed again
+    first.close()
+
+    second = tracking.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
+    for step in (25, 30, 35, 40):
+        second.record(_metrics(step, 2.0))
+    second.commit()
+    hist = _history(client, run_id)
+    assert [s for s, _ in hist] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert dict(hist)[25] == 2.0  # the value of the attempt whose weights carried on
+
+
+def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
+    """If Ray restores a checkpoint older than the last one rank 0 saw saved, nothing is logged twice."""
+    client, run_id, *_ = run
+    first = tracking.RankZeroLogger(mlflow_uri, run_id)
+    for step in (10, 20, 30):
+        first.record(_metrics(step, 1.0))
+    first.commit()
+    second = tracking.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
+    assert second.logged_through == 30
+    for step in (30, 40):
+        second.record(_metrics(step, 2.0))
+    second.commit()
+    assert _history(client, run_id) == [(10, 1.0), (20, 1.0), (30, 1.0), (40, 2.0)]
+
+
+def test_scatter_plots_are_logged_with_their_checkpoint(run, mlflow_uri):
+    client, run_id, *_ = run
+    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    log.on_eval(20, {1: torch.randn(50, 2), 2: torch.randn(50, 2)})
+    log.record(_metrics(20, 1.0))
+    assert not any(f.path == "samples" for f in client.list_artifacts(run_id))
+    log.commit()
+    pngs = [f.path for f in client.list_artifacts(run_id, "samples/step_0000020")]
+    assert pngs == ["samples/step_0000020/steps_1.png", "samples/step_0000020/steps_2.png"]
+    log.close()
+
+
+def test_embedded_default_keeps_everything_under_storage_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plan = plan_run(load_config("toy2d", [f"storage.root={tmp_path}"]))
+    assert plan.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert plan.storage.path == str(tmp_path / "ray") and not plan.storage.is_s3
+    assert plan_run(plan.cfg, tracking_uri="http://mlflow:5000").tracking_uri == "http://mlflow:5000"
+
+
+def test_s3_storage_uses_an_explicit_endpoint(tmp_path, monkeypatch):
+    from pyarrow import fs
+
+    cfg = load_config("toy2d", ["storage.ray_storage=s3://bucket/some/prefix/"])
+    st = storage.ray_storage(cfg)
+    assert (st.uri, st.path, st.is_s3) == ("s3://bucket/some/prefix", "bucket/some/prefix", True)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    expected = fs.S3FileSystem(endpoint_override="127.0.0.1:9000", scheme="http", region="us-east-1")
+    assert st.filesystem().equals(expected)
+    with pytest.raises(ConfigError, match="storage.ray_storage"):
+        storage.ray_storage(load_config("toy2d", ["storage.ray_storage=gs://bucket/x"]))

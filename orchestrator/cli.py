@@ -92,7 +92,8 @@ def run_train(args, plan, kill, out=None) -> int:
         result = launch(plan, ray_address=address, kill=kill, stream=out)
     wall = time.perf_counter() - t0
     quality = " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.startswith(("energy/", "fid/")))
-    print(f"done in {wall:.1f}s (Ray start-up {t_ray:.1f}s)  {quality}".rstrip(), file=out)
+    workers = f", worker start-up {result.startup_s:.1f}s" if result.startup_s is not None else ""
+    print(f"done in {wall:.1f}s (Ray start-up {t_ray:.1f}s{workers}, fit {result.fit_s:.1f}s)  {quality}".rstrip(), file=out)
     print(f"final checkpoint: {result.checkpoint}", file=out)
     print(f"mlflow run id: {result.run_id}", file=out, flush=True)
     return 0

@@ -101,6 +101,8 @@ class RunResult:
     checkpoint: str | None  # where the final checkpoint lives (a folder or s3:// URI)
     metrics: dict
     resumed: bool  # the MLflow run existed already (a relaunch)
+    fit_s: float  # TorchTrainer.fit(), start to end
+    startup_s: float | None  # from fit() to the first word from rank 0 (worker group start, imports, restore)
 
 
 class ProgressBoard:
@@ -123,14 +125,16 @@ class ProgressPrinter:
     def __init__(self, total_steps: int, stream=None):
         self.total, self.stream = total_steps, stream or sys.stdout
         self.t0 = self.step0 = None
+        self.first_item_at: float | None = None  # perf_counter of the first item: workers are up by then
 
     def __call__(self, item: dict) -> None:
-        now = time.perf_counter()
+        self.first_item_at = self.first_item_at or time.perf_counter()
         if item.get("event") == "resumed":
             self.t0 = self.step0 = None
             print(f"resumed from the checkpoint at step {item['step']}", file=self.stream, flush=True)
             return
         step = int(item["step"])
+        now = item.get("time") or time.time()  # when rank 0 reported: items arrive here in batches
         if self.t0 is None:
             self.t0, self.step0 = now, step
         rate = (step - self.step0) / (now - self.t0) if now > self.t0 else 0.0
@@ -189,11 +193,14 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         ),
     )
     stop = threading.Event()
-    pump = threading.Thread(target=_pump, args=(board, ProgressPrinter(cfg.train.steps, stream), stop), daemon=True)
+    printer = ProgressPrinter(cfg.train.steps, stream)
+    pump = threading.Thread(target=_pump, args=(board, printer, stop), daemon=True)
     pump.start()
     status = "FAILED"
+    t_fit = time.perf_counter()
     try:
         result = trainer.fit()
+        fit_s = time.perf_counter() - t_fit
         stop.set()
         pump.join()
         if result.checkpoint is not None:
@@ -209,5 +216,6 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         ray.kill(board)
     ckpt = result.checkpoint
     ckpt_uri = (f"s3://{ckpt.path}" if plan.storage.is_s3 else ckpt.path) if ckpt is not None else None
+    startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),
-                     resumed=resumed)
+                     resumed=resumed, fit_s=fit_s, startup_s=startup_s)

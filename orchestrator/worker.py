@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ def train_worker(config: dict[str, Any]) -> None:
             if ckpt is not None:  # Ray has saved it: what it covers may now go to MLflow
                 logger.commit()
             if progress is not None:
-                _push(progress, dict(metrics))
+                _push(progress, {**metrics, "time": time.time()})
         if kill is not None:
             kill.maybe_fire(step, rank)
 

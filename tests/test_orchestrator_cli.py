@@ -99,3 +99,21 @@ def test_console_script_user_error_is_one_line_and_debug_shows_traceback(tmp_pat
     ]
     debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_progress_line_shows_step_loss_throughput_eta_and_quality():
+    import io
+
+    from orchestrator.launch import ProgressPrinter
+
+    out = io.StringIO()
+    printer = ProgressPrinter(100, out)
+    base = {"train/loss": 0.25, "train/lr": 1e-3, "throughput/samples_per_s": 12345.6}
+    printer({**base, "step": 10, "time": 1000.0})
+    printer({**base, "step": 20, "time": 1010.0, "energy/steps_1": 0.123})  # 1 step/s: 80 s to go
+    printer({"event": "resumed", "step": 20})
+    assert out.getvalue().splitlines() == [
+        "step 10/100  loss 0.25  12,346 samples/s  ETA --:--:--",
+        "step 20/100  loss 0.25  12,346 samples/s  ETA 00:01:20  energy/steps_1=0.123",
+        "resumed from the checkpoint at step 20",
+    ]

@@ -1,0 +1,161 @@
+"""Runs on a real local Ray (2 CPU workers) tracked in a real SQLite MLflow store: the tracked run and its
+relaunch, a worker SIGKILLed mid-run, and one DDP step against the single-process step."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from imm.config import load_config
+from orchestrator import cli, tracking
+from orchestrator.launch import launch, plan_run
+from orchestrator.worker import KillSwitch
+
+pytestmark = pytest.mark.slow
+REPORT_STEPS = [5, 10, 15, 20, 25, 30, 35, 40]  # TINY_TOY2D: log every 5 of 40 steps, eval and checkpoint every 20
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local, mlflow_uri, tiny_toy2d, capsys):
+    argv = ["train", "toy2d", *tiny_toy2d, "--tracking-uri", mlflow_uri, "--experiment", "integration"]
+    t0 = time.perf_counter()
+    assert cli.main(argv) == 0
+    wall = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    run_id = re.search(r"^mlflow run id: (\w+)$", out, re.M).group(1)
+    with capsys.disabled():
+        print(f"\n2-worker toy run: {wall:.1f}s wall on an already started Ray (its start-up: {ray_local.startup_s:.1f}s)")
+
+    progress = re.findall(r"^step (\d+)/40  loss \S+  [\d,]+ samples/s  ETA \S+", out, re.M)
+    assert [int(s) for s in progress] == REPORT_STEPS  # one line per rank-0 report, on the driver
+    assert "pid=" not in out
+
+    client = tracking.client(mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.num_workers"] == "2" and run.data.params["model.hidden"] == "32"
+    assert run.data.params["eval.steps"] == "[1, 2]"
+    assert run.data.tags["method"] == "imm" and run.data.tags["dataset"] == "8gaussians"
+    assert run.data.tags["ray.address"].startswith("existing")
+    assert _steps(client, run_id, "train/loss") == REPORT_STEPS
+    assert _steps(client, run_id, "train/lr") == REPORT_STEPS
+    assert _steps(client, run_id, "throughput/samples_per_s") == REPORT_STEPS
+    for k in (1, 2):
+        assert _steps(client, run_id, f"energy/steps_{k}") == [20, 40]
+    files = _artifacts(client, run_id)
+    assert "config.yaml" in files and "checkpoint/checkpoint.pt" in files
+    assert {f"samples/step_{s:07d}/steps_{k}.png" for s in (20, 40) for k in (1, 2)} <= set(files)
+    ckpt_dir = run.data.tags["imm.checkpoint_path"]
+    assert ckpt_dir.endswith("checkpoint_0000040") and os.path.isfile(os.path.join(ckpt_dir, "checkpoint.pt"))
+    kept = sorted(d for d in os.listdir(os.path.dirname(ckpt_dir)) if re.fullmatch(r"checkpoint_\d+", d))
+    assert kept == ["checkpoint_0000020", "checkpoint_0000040"]  # train.keep_checkpoints=2
+
+    # The same command again: Ray restores the finished run, MLflow continues the same run, nothing is repeated.
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mlflow run id: (\w+)$", out, re.M).group(1) == run_id
+    assert "resumed from the checkpoint at step 40" in out and not re.search(r"^step \d+/40", out, re.M)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert _steps(client, run_id, "train/loss") == REPORT_STEPS
+
+
+def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_local, mlflow_uri, tiny_toy2d,
+                                                                          tmp_path, capsys):
+    cfg = load_config("toy2d", [*tiny_toy2d, "trainer.max_failures=1"])
+    plan = plan_run(cfg, name="killed", tracking_uri=mlflow_uri, experiment="fault")
+    marker = tmp_path / "killed-once"
+    # rank 1 dies by SIGKILL right after step 30: past the checkpoint at 20, with 25 and 30 reported.
+    result = launch(plan, ray_address="test", kill=KillSwitch(step=30, rank=1, marker=str(marker)))
+    out = capsys.readouterr().out
+
+    assert marker.read_text().startswith("killed rank 1 pid ")
+    killed_pid = int(marker.read_text().split()[4])
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed_pid, 0)
+    assert "resumed from the checkpoint at step 20" in out
+
+    client = tracking.client(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("fault").experiment_id])
+    assert [r.info.run_id for r in runs] == [result.run_id]  # the same MLflow run, start to finish
+    assert runs[0].info.status == "FINISHED"
+    steps = _steps(client, result.run_id, "train/loss")
+    assert steps == REPORT_STEPS  # continuous and strictly increasing: no gap, no repeated 25 or 30
+    for k in (1, 2):
+        assert _steps(client, result.run_id, f"energy/steps_{k}") == [20, 40]
+    assert result.checkpoint.endswith("checkpoint_0000040")
+
+
+def _ddp_step(config):
+    """One IMM step on this worker's half of the groups of a fixed batch; saves the averaged gradients."""
+    import ray.train
+    from torch.nn.parallel import DistributedDataParallel
+
+    from imm.config import config_from_dict
+    from imm.methods import build_loss, build_model
+
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(0)
+    model = build_model(cfg, (2,), 1.0)
+    model.load_state_dict(config["state"])
+    ddp = DistributedDataParallel(model)  # what imm.train.train_loop does when world_size > 1
+    loss_fn, batch = build_loss(cfg), config["batch"]
+    groups = batch.s.shape[0] // world
+    g, p = slice(rank * groups, (rank + 1) * groups), slice(rank * groups * cfg.imm.group_size,
+                                                           (rank + 1) * groups * cfg.imm.group_size)
+    mine = type(batch)(s=batch.s[g], r=batch.r[g], t=batch.t[g], x_t=batch.x_t[p], x_r=batch.x_r[p])
+    loss_fn.objective(ddp, mine).backward()
+    torch.save({"grads": [q.grad for q in model.parameters()], "rows": len(mine.x_t)},
+               os.path.join(config["out"], f"rank{rank}.pt"))
+    ray.train.report({"done": 1})
+
+
+def test_one_ddp_step_matches_the_single_process_step(ray_local, tmp_path):
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from imm.data import load_data
+    from imm.methods import build_loss, build_model
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
+    cfg = load_config("toy2d", ["model.hidden=32", "model.depth=1", "train.batch_size=64", "trainer.num_workers=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg, (2,), 1.0)
+    data, _ = load_data(cfg.data)
+    loss_fn = build_loss(cfg)
+    batch = loss_fn.draw(data[:64], torch.tensor(1.0))  # 16 groups of M=4 with their times and noise
+    loss_fn.objective(model, batch).backward()
+    expected = [q.grad.clone() for q in model.parameters()]
+
+    config = {"cfg": OmegaConf.to_container(cfg, resolve=True), "batch": batch,
+              "state": model.state_dict(), "out": str(tmp_path)}
+    TorchTrainer(
+        _ddp_step,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(name="ddp", storage_path=str(tmp_path / "ray")),
+    ).fit()
+
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["rows"] == 32  # each worker sees half of the 64 rows
+        for g, e in zip(got["grads"], expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)  # DDP averaged the two halves' gradients

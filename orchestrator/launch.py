@@ -170,8 +170,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
 
     cfg = plan.cfg
     mlc = tracking.client(plan.tracking_uri)
-    artifacts = storage.root(cfg) / "artifacts" if tracking.is_embedded(plan.tracking_uri, cfg) else None
-    exp_id = tracking.experiment_id(mlc, plan.experiment, artifacts)
+    exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
     tags = tracking.run_tags(cfg, plan.name, plan.storage.uri, ray_address)
     run_id, resumed = tracking.open_run(mlc, exp_id, cfg, tags)
     print(f"mlflow run: {run_id} ({'resumed' if resumed else 'new'}; experiment {plan.experiment!r}, "

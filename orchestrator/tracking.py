@@ -32,13 +32,19 @@ MAX_PARAMS_PER_BATCH = 100
 def tracking_uri(cfg: DictConfig, explicit: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded SQLite file `<storage.root>/mlflow.db`."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("sqlite:///"):  # absolute: Ray workers run in another working directory
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).expanduser().resolve()}"
     if uri:
         return uri
     return f"sqlite:///{storage.root(cfg) / 'mlflow.db'}"
 
 
-def is_embedded(uri: str, cfg: DictConfig) -> bool:
-    return uri == f"sqlite:///{storage.root(cfg) / 'mlflow.db'}"
+def artifact_root(uri: str) -> Path | None:
+    """For a SQLite store, `artifacts/` beside the database (MLflow would use ./mlruns in the working
+    directory); for a tracking server, None: the server decides (e.g. its --artifacts-destination)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts"
+    return None
 
 
 def client(uri: str):

@@ -133,7 +133,11 @@ def test_embedded_default_keeps_everything_under_storage_root(tmp_path, monkeypa
     plan = plan_run(load_config("toy2d", [f"storage.root={tmp_path}"]))
     assert plan.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert plan.storage.path == str(tmp_path / "ray") and not plan.storage.is_s3
+    assert tracking.artifact_root(plan.tracking_uri) == tmp_path / "artifacts"
     assert plan_run(plan.cfg, tracking_uri="http://mlflow:5000").tracking_uri == "http://mlflow:5000"
+    assert tracking.artifact_root("http://mlflow:5000") is None
+    monkeypatch.chdir(tmp_path)
+    assert plan_run(plan.cfg, tracking_uri="sqlite:///rel/m.db").tracking_uri == f"sqlite:///{tmp_path / 'rel' / 'm.db'}"
 
 
 def test_s3_storage_uses_an_explicit_endpoint(tmp_path, monkeypatch):

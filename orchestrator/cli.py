@@ -17,7 +17,7 @@ examples:
   imm-orch train toy2d --dry-run                         # resolved config and resources, no Ray
   imm-orch train my.yaml --name m8-laplace               # relaunching the same name resumes the run
   imm-orch train my.yaml --address auto --tracking-uri http://mlflow:5000 trainer.use_gpu=true
-  ray job submit --address http://HEAD:8265 --working-dir . -- imm-orch train my.yaml --address auto
+  ray job submit --address http://HEAD:8265 --working-dir . -- python -m orchestrator.cli train my.yaml --address auto
 
 The run name defaults to METHOD-DATASET-<hash of the resolved config>, so re-running the same command
 resumes that run (from its last checkpoint, in the same MLflow run) instead of starting over.

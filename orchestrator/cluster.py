@@ -2,8 +2,9 @@
 
 With no `--address` a local Ray is started (and stopped afterwards) with enough logical CPUs for the
 workers. `--address` takes `auto`, a head `host:6379` or a client `ray://host:10001`; this checkout's
-`imm` and `orchestrator` packages are shipped with the job (`py_modules`), the cluster supplies the
-rest (torch, ray, mlflow). A Ray already initialised in this process (tests, notebooks) is used as is.
+`imm` and `orchestrator` packages are shipped with the job (`py_modules`; a `ray job submit` job
+brings them in its working dir), the cluster supplies the rest (torch, ray, mlflow). A Ray already
+initialised in this process (tests, notebooks) is used as is.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
         yield address or f"existing ({ray.get_runtime_context().gcs_address})"
         return
     if address:
+        # Inside `ray job submit` the job's own runtime env (its working dir) already carries the code.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        runtime_env = None if in_job else {"py_modules": _code_modules()}
         try:
-            ray.init(address=address, runtime_env={"py_modules": _code_modules()}, logging_level=logging.WARNING)
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
         description = address

@@ -102,6 +102,27 @@ def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_lo
     assert result.checkpoint.endswith("checkpoint_0000040")
 
 
+def test_crashed_run_fails_cleanly_and_relaunching_the_command_resumes_it(ray_local, mlflow_uri, tiny_toy2d,
+                                                                          tmp_path, monkeypatch, capsys):
+    argv = ["train", "toy2d", *tiny_toy2d, "--tracking-uri", mlflow_uri, "--experiment", "relaunch"]
+    # No retries: rank 0, the one that writes to MLflow, is SIGKILLed after its report at step 25.
+    monkeypatch.setenv("IMM_ORCH_KILL_WORKER", f"step=25,rank=0,marker={tmp_path / 'killed-once'}")
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imm-orch: training failed: ") and "rerun the same command to resume" in err[-1]
+    client = tracking.client(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("relaunch").experiment_id])
+    assert run.info.status == "FAILED"
+    assert _steps(client, run.info.run_id, "train/loss") == [5, 10, 15, 20]  # only what the checkpoint covers
+
+    assert cli.main(argv) == 0  # the marker keeps the drill from firing again
+    out = capsys.readouterr().out
+    assert re.search(r"^mlflow run id: (\w+)$", out, re.M).group(1) == run.info.run_id
+    assert "resumed from the checkpoint at step 20" in out
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert _steps(client, run.info.run_id, "train/loss") == REPORT_STEPS
+
+
 def _ddp_step(config):
     """One IMM step on this worker's half of the groups of a fixed batch; saves the averaged gradients."""
     import ray.train

@@ -163,10 +163,11 @@ def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
 
 def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None) -> RunResult:
     """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED."""
-    stream = stream or sys.stdout
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    stream = stream or sys.stdout
 
     cfg = plan.cfg
     mlc = tracking.client(plan.tracking_uri)
@@ -202,8 +203,9 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         fit_s = time.perf_counter() - t_fit
         stop.set()
         pump.join()
+        ckpt_uri = plan.storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
         if result.checkpoint is not None:
-            tracking.log_checkpoint(mlc, run_id, result.checkpoint)
+            tracking.log_checkpoint(mlc, run_id, result.checkpoint, ckpt_uri)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -213,8 +215,6 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         pump.join()
         tracking.close_run(mlc, run_id, status)
         ray.kill(board)
-    ckpt = result.checkpoint
-    ckpt_uri = (f"s3://{ckpt.path}" if plan.storage.is_s3 else ckpt.path) if ckpt is not None else None
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),
                      resumed=resumed, fit_s=fit_s, startup_s=startup_s)

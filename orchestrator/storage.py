@@ -33,6 +33,10 @@ class RayStorage:
     def run_uri(self, name: str) -> str:
         return f"{self.uri.rstrip('/')}/{name}"
 
+    def checkpoint_uri(self, checkpoint) -> str:
+        """A Ray checkpoint's location as users write it (Ray keeps S3 paths without the scheme)."""
+        return f"s3://{checkpoint.path}" if self.is_s3 else checkpoint.path
+
 
 def root(cfg) -> Path:
     """The embedded default's folder, absolute (workers and the driver may not share a working directory)."""

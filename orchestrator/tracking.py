@@ -153,11 +153,11 @@ def close_run(mlflow_client, run_id: str, status: str) -> None:
     mlflow_client.set_terminated(run_id, status)
 
 
-def log_checkpoint(mlflow_client, run_id: str, checkpoint) -> None:
+def log_checkpoint(mlflow_client, run_id: str, checkpoint, uri: str) -> None:
     """The final Ray checkpoint's files as the run's `checkpoint/` artifact (it may live on S3: copy via Ray)."""
     with checkpoint.as_directory() as d:
         mlflow_client.log_artifacts(run_id, d, "checkpoint")
-    mlflow_client.set_tag(run_id, "imm.checkpoint_path", checkpoint.path)
+    mlflow_client.set_tag(run_id, "imm.checkpoint_path", uri)
 
 
 def last_logged_step(mlflow_client, run_id: str) -> int:

@@ -150,6 +150,15 @@ def train_loop(
     return last
 
 
+def progress_line(metrics: dict[str, float], total_steps: int, eta_seconds: float) -> str:
+    """`step S/N  loss L  R samples/s  ETA hh:mm:ss  energy/steps_K=...`: one line per report."""
+    eta = time.strftime("%H:%M:%S", time.gmtime(eta_seconds)) if math.isfinite(eta_seconds) else "--:--:--"
+    quality = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("energy/", "fid/")))
+    line = (f"step {int(metrics['step'])}/{total_steps}  loss {metrics['train/loss']:.4g}  "
+            f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta}  {quality}")
+    return line.rstrip()
+
+
 class LocalReporter:
     """The single-process `report`: a progress line per report and checkpoint.pt kept under out_dir."""
 
@@ -158,19 +167,12 @@ class LocalReporter:
         self.t0, self.first_step = time.perf_counter(), None
 
     def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        step = int(metrics["step"])
+        step, now = int(metrics["step"]), time.perf_counter()
         if self.first_step is None:
-            self.first_step, self.t0 = step, time.perf_counter()
-        done = step - self.first_step
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+            self.first_step, self.t0 = step, now
+        rate = (step - self.first_step) / (now - self.t0) if now > self.t0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        quality = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k.startswith("energy/"))
-        eta_str = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
-        print(
-            f"step {step}/{self.total}  loss {metrics['train/loss']:.4g}  "
-            f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta_str}  {quality}".rstrip(),
-            file=self.stream, flush=True,
-        )
+        print(progress_line(metrics, self.total, eta), file=self.stream, flush=True)
         if checkpoint_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")

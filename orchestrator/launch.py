@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
+from imm.train import progress_line
 from orchestrator import storage, tracking
 from orchestrator.worker import KillSwitch, train_worker, worker_config
 
@@ -139,11 +140,7 @@ class ProgressPrinter:
             self.t0, self.step0 = now, step
         rate = (step - self.step0) / (now - self.t0) if now > self.t0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else math.nan
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
-        quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(("energy/", "fid/")))
-        line = (f"step {step}/{self.total}  loss {item['train/loss']:.4g}  "
-                f"{item['throughput/samples_per_s']:,.0f} samples/s  ETA {eta_s}  {quality}")
-        print(line.rstrip(), file=self.stream, flush=True)
+        print(progress_line(item, self.total, eta), file=self.stream, flush=True)
 
 
 def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:

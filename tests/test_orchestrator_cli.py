@@ -61,10 +61,10 @@ def test_gpu_run_without_gpu_fails_before_ray(capsys, no_ray):
 
 
 def test_dry_run_prints_resolved_config_and_resources_without_ray(capsys, no_ray, tmp_path, tiny_toy2d):
-    code = cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "--name", "tiny", "--experiment", "e1"])
+    code = cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "imm.group_size=2", "--name", "tiny", "--experiment", "e1"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "group_size: 4" in out and "hidden: 32" in out and "name: tiny" in out  # the resolved config
+    assert "group_size: 2" in out and "hidden: 32" in out and "name: tiny" in out  # the resolved config
     assert "2 x (1 CPU) = 2 CPU" in out and "gloo" in out and "per-worker batch 32" in out
     assert f"{tmp_path / 'runs' / 'ray' / 'tiny'}" in out
     assert "experiment 'e1'" in out and "sqlite:///" in out

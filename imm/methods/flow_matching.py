@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from imm.methods.imm import _unwrap
+from imm.networks.precond import unwrap
 
 
 @dataclass
@@ -18,7 +18,7 @@ class FlowMatchingLoss:
 
     def __call__(self, model, x: Tensor) -> Tensor:
         t = self.eps_t + (self.T - self.eps_t) * torch.rand(x.shape[0], device=x.device)
-        eps = torch.randn_like(x) * _unwrap(model).sigma_d
+        eps = torch.randn_like(x) * unwrap(model).sigma_d
         tb = t.view(-1, *([1] * (x.ndim - 1)))
         x_t = (1 - tb) * x + tb * eps
         return (model(x_t, t) - (eps - x)).square().mean()

@@ -18,7 +18,7 @@ from torch import Tensor
 from imm.kernels import get_kernel
 from imm.losses import mmd2
 from imm.mapping import mapping_fn
-from imm.networks.precond import OneStepModel
+from imm.networks.precond import OneStepModel, unwrap
 from imm.trajectories import Trajectory, ddim
 from imm.weighting import Weighting, sample_times
 
@@ -93,14 +93,9 @@ class IMMLoss:
         groups = batch.s.shape[0]
         per_group = mmd2(
             y_t.reshape(groups, m, -1), y_r.reshape(groups, m, -1),
-            self.kernel_fn, _unwrap(model).kernel_scale(batch.s, batch.t), self.unbiased,
+            self.kernel_fn, unwrap(model).kernel_scale(batch.s, batch.t), self.unbiased,
         )
         return (self.weighting(batch.t, self.traj) * per_group).mean()
 
     def __call__(self, model: OneStepModel, x: Tensor) -> Tensor:
-        return self.objective(model, self.draw(x, _unwrap(model).sigma_d))
-
-
-def _unwrap(model):
-    """The OneStepModel inside a DistributedDataParallel wrapper, or the model itself."""
-    return getattr(model, "module", model)
+        return self.objective(model, self.draw(x, unwrap(model).sigma_d))

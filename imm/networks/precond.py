@@ -20,6 +20,11 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model)
+
+
 class OneStepModel(nn.Module):
     def __init__(
         self,

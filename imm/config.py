@@ -107,6 +107,8 @@ class EvalConfig:
 class TrainerConfig:
     num_workers: int = 1
     use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several trials' workers on one GPU
     max_failures: int = 0
 
 
@@ -225,6 +227,8 @@ def validate(cfg: DictConfig) -> None:
     _check_range(cfg, "eval.n_samples", 2, None)
     _check_range(cfg, "trainer.num_workers", 1, None)
     _check_range(cfg, "trainer.max_failures", -1, None)
+    _check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
+    _check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
     T = resolved_T(cfg)
     if not 0.0 <= cfg.eps_t < T < 1.0:
         raise ConfigError(f"eps_t, T: need 0 <= eps_t < T < 1, got eps_t={cfg.eps_t}, T={T}")

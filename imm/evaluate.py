@@ -9,6 +9,11 @@ from imm.methods import generate
 from imm.metrics import energy_distance
 
 
+def metric_names(cfg: DictConfig) -> list[str]:
+    """The metrics a run of `cfg` reports (what a sweep may optimise): the loss and quality at each step count."""
+    return ["train/loss", *(f"energy/steps_{k}" for k in cfg.eval.steps)]
+
+
 def evaluate(model: nn.Module, cfg: DictConfig, heldout: Tensor) -> tuple[dict[str, float], dict[int, Tensor]]:
     """({"energy/steps_K": D^2 to held-out data}, {K: samples}) for every K in eval.steps, fixed seed."""
     metrics, samples = {}, {}

@@ -1,4 +1,4 @@
-"""`imm-orch`: the command line for runs on Ray, tracked in MLflow.
+"""`imm-orch`: the command line for runs and sweeps on Ray, tracked in MLflow.
 
 Everything that can be wrong in the user's input is checked before Ray starts, and reported as one
 line with exit code 2 (`--debug` shows the traceback); a training failure exits 1.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -22,6 +23,25 @@ examples:
 The run name defaults to METHOD-DATASET-<hash of the resolved config>, so re-running the same command
 resumes that run (from its last checkpoint, in the same MLflow run) instead of starting over.
 Fault drill: IMM_ORCH_KILL_WORKER="step=30,rank=1,marker=/tmp/kill-once" SIGKILLs one worker once.
+"""
+
+SWEEP_EXAMPLES = """\
+examples:
+  imm-orch sweep sweeps/toy2d_smoke.yaml                 # embedded local Ray, MLflow and the study in ./imm-runs/
+  imm-orch sweep sweeps/toy2d_smoke.yaml --trials 4 train.steps=200   # key=value: base run-config overrides
+  imm-orch sweep sweeps/toy2d_smoke.yaml --resume        # after a crash or Ctrl-C: finished trials are kept
+  imm-orch sweep sweeps/toy2d_smoke.yaml --dry-run       # validate; print the space, the base config, the storage
+  imm-orch sweep my_sweep.yaml --address auto --tracking-uri http://mlflow:5000
+  imm-orch status toy2d_smoke                            # the trials so far and the best one
+
+Each trial is one Ray Train run named SWEEP-ID-tNNNN and one MLflow run nested under the sweep's parent run.
+"""
+
+STATUS_EXAMPLES = """\
+examples:
+  imm-orch status toy2d_smoke                            # the study in ./imm-runs/optuna.journal
+  imm-orch status sweeps/toy2d_smoke.yaml                # the study where that sweep file keeps it
+  imm-orch status my_sweep --storage postgresql://optuna@db/optuna
 """
 
 
@@ -54,6 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help="validate, print the resolved config and the resources it would take; start nothing")
     _common(train)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="an Optuna sweep: each trial a Ray Train run, nested under one MLflow parent run",
+        description="Run (or --resume) the sweep a YAML file defines; prints each trial, the best one and the "
+                    "MLflow parent run id.",
+        epilog=SWEEP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("sweep", help="a sweep YAML file (see sweeps/)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="base run-config overrides for every trial, e.g. train.steps=200")
+    sweep.add_argument("--trials", type=int, default=None, help="total trials (default: the file's `trials`)")
+    sweep.add_argument("--max-concurrent", type=int, default=None,
+                       help="trials at once (default: the file's, capped by the cluster's resources)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the stored study: finished trials are kept, interrupted ones resume")
+    sweep.add_argument("--experiment", default=None, help="MLflow experiment (default: the file's, else imm)")
+    sweep.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    _common(sweep)
+
+    status = sub.add_parser(
+        "status",
+        help="the trials of a sweep and the best one so far",
+        description="Print a sweep's trials (state, objective, params, time) from its Optuna study.",
+        epilog=STATUS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("sweep", help="a sweep name, or its YAML file")
+    status.add_argument("--storage", default=None,
+                        help="the study storage (default: the file's, else journal:./imm-runs/optuna.journal)")
+    status.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
 
@@ -99,14 +151,90 @@ def run_train(args, plan, kill, out=None) -> int:
     return 0
 
 
+def prepare_sweep(args):
+    """The sweep loaded and validated (the base config with the command's overrides); no Ray yet."""
+    from orchestrator import cluster
+    from orchestrator.sweep_config import load_sweep
+
+    sweep = load_sweep(args.sweep, base_overrides=args.overrides)
+    for flag, value in (("--trials", args.trials), ("--max-concurrent", args.max_concurrent)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag}: {value} is out of range (allowed: >= 1)")
+    if args.max_concurrent is not None:
+        sweep.spec.max_concurrent = args.max_concurrent
+    if args.address is None:
+        cluster.check_local(sweep.base)
+    return sweep
+
+
+def run_sweep(args, sweep, out=None) -> int:
+    out = out or sys.stdout
+    from imm.config import to_yaml
+    from orchestrator import cluster
+    from orchestrator.sweep import SweepRunner, redact, storage_url, trial_resources
+
+    if args.dry_run:
+        print(f"sweep {sweep.name!r}: {args.trials or sweep.spec.trials} trials, sampler {sweep.spec.sampler.name}, "
+              f"pruner {sweep.spec.pruner.name}", file=out)
+        print("objective: " + ", ".join(f"{d} {m}" for m, d in zip(sweep.metrics, sweep.directions, strict=True)),
+              file=out)
+        print("space:\n" + "\n".join(f"  {p.describe()}" for p in sweep.params), file=out)
+        print(f"study storage: {redact(storage_url(sweep))}", file=out)
+        print("each trial: " + ", ".join(f"{v:g} {k}" for k, v in trial_resources(sweep).items()), file=out)
+        print("base run config:\n" + to_yaml(sweep.base), file=out)
+        return 0
+    workers = int(sweep.base.trainer.num_workers) * int(sweep.spec.max_concurrent or 1)
+    with cluster.connect(args.address, num_workers=workers, stream=out) as address:
+        runner = SweepRunner(sweep, ray_address=address, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                             resume=args.resume, trials=args.trials, stream=out)
+        result = runner.run()
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
+    print(f"sweep done in {result.wall_s:.0f}s: {counts}", file=out)
+    for b in result.best:
+        shown = " ".join(f"{m}={v:.4g}" for m, v in zip(sweep.metrics, b["values"], strict=True))
+        params = " ".join(f"{k}={v}" for k, v in b["params"].items())
+        print(f"best: trial {b['number']}  {shown}  {params}  (mlflow run {b['run_id']})", file=out)
+    print(f"mlflow parent run id: {result.parent_run_id}", file=out, flush=True)
+    return 0
+
+
+def run_status(args, out=None) -> int:
+    import optuna
+
+    from orchestrator.sweep import open_storage, redact, storage_url
+    from orchestrator.sweep_config import load_sweep
+    from orchestrator.sweep_report import format_status
+
+    out = out or sys.stdout
+    if args.sweep.endswith((".yaml", ".yml")):
+        sweep = load_sweep(args.sweep)
+        name, url = sweep.name, args.storage or storage_url(sweep)
+    else:
+        from imm.config import StorageConfig
+        from orchestrator.sweep import JOURNAL_FILE
+
+        name = args.sweep
+        url = args.storage or f"journal:{Path(StorageConfig.root).resolve() / JOURNAL_FILE}"
+    if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
+        raise ValueError(f"no study storage at {url[len('journal:'):]} (pass --storage, or the sweep's YAML file)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))]
+        raise ValueError(f"no sweep {name!r} in {redact(url)} (sweeps there: {names})") from None
+    print(format_status(study, redact(url)), file=out)
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options may come before, between or after the key=value overrides."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = list(args.overrides) + extra
+    args.overrides = list(getattr(args, "overrides", [])) + extra
     return args
 
 
@@ -114,14 +242,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from imm.config import ConfigError
 
+    if args.command == "status":
+        try:
+            return run_status(args)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            return _user_error(e, args.debug)
     try:
-        plan, kill = prepare_train(args)
+        if args.command == "sweep":
+            sweep = prepare_sweep(args)
+            run = lambda: run_sweep(args, sweep)  # noqa: E731
+            resume_hint = "rerun with --resume to continue"
+        else:
+            plan, kill = prepare_train(args)
+            run = lambda: run_train(args, plan, kill)  # noqa: E731
+            resume_hint = "rerun the same command to resume"
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return _user_error(e, args.debug)
     try:
-        return run_train(args, plan, kill)
+        return run()
     except KeyboardInterrupt:
-        print("imm-orch: interrupted (rerun the same command to resume)", file=sys.stderr)
+        print(f"imm-orch: interrupted ({resume_hint})", file=sys.stderr)
         return 130
     except (ConfigError, ConnectionError) as e:
         return _user_error(e, args.debug)
@@ -129,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or not _is_training_failure(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"imm-orch: training failed: {first} (rerun the same command to resume; --debug for details)",
-              file=sys.stderr)
+        print(f"imm-orch: training failed: {first} ({resume_hint}; --debug for details)", file=sys.stderr)
         return 1
 
 

@@ -46,8 +46,12 @@ class RunPlan:
 
     @property
     def resources_per_worker(self) -> dict[str, float]:
-        """What ScalingConfig(use_gpu=...) asks for per worker: one CPU, or one GPU."""
-        return {"GPU": 1.0} if self.cfg.trainer.use_gpu else {"CPU": 1.0}
+        """What each worker asks Ray for: trainer.cpus_per_worker CPUs, and trainer.gpus_per_worker GPUs with use_gpu."""
+        tr = self.cfg.trainer
+        res = {"CPU": float(tr.cpus_per_worker)}
+        if tr.use_gpu:
+            res["GPU"] = float(tr.gpus_per_worker)
+        return {k: v for k, v in res.items() if v > 0}
 
     def describe(self) -> str:
         total = {k: v * self.num_workers for k, v in self.resources_per_worker.items()}
@@ -158,8 +162,22 @@ def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
             return
 
 
-def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None) -> RunResult:
-    """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED."""
+def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, str] | None = None,
+                     stream=None) -> tuple[str, bool]:
+    """(MLflow run id, resumed): the run's MLflow run, created or found again by its name and storage."""
+    mlc = tracking.client(plan.tracking_uri)
+    exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
+    tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **(extra_tags or {})}
+    return tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream)
+
+
+def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None,
+           run_id: str | None = None, board=None) -> RunResult:
+    """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED.
+
+    `run_id`: an MLflow run opened beforehand (`open_tracked_run`); `board`: a ProgressBoard actor the caller
+    drains itself (a sweep reads intermediate metrics from it); without one, progress is printed to `stream`.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -168,18 +186,20 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
 
     cfg = plan.cfg
     mlc = tracking.client(plan.tracking_uri)
-    exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
-    tags = tracking.run_tags(cfg, plan.name, plan.storage.uri, ray_address)
-    run_id, resumed = tracking.open_run(mlc, exp_id, cfg, tags)
+    resumed = False
+    if run_id is None:
+        run_id, resumed = open_tracked_run(plan, ray_address=ray_address, stream=stream)
     print(f"mlflow run: {run_id} ({'resumed' if resumed else 'new'}; experiment {plan.experiment!r}, "
           f"{plan.tracking_uri})", file=stream, flush=True)
     print(f"checkpoints: {plan.storage.run_uri(plan.name)}", file=stream, flush=True)
 
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    own_board = board is None
+    board = board or ray.remote(num_cpus=0)(ProgressBoard).remote()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill),
-        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=bool(cfg.trainer.use_gpu)),
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=bool(cfg.trainer.use_gpu),
+                                     resources_per_worker=plan.resources_per_worker),
         run_config=RunConfig(
             name=plan.name,
             storage_path=plan.storage.path,
@@ -191,15 +211,14 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     )
     stop = threading.Event()
     printer = ProgressPrinter(cfg.train.steps, stream)
-    pump = threading.Thread(target=_pump, args=(board, printer, stop), daemon=True)
-    pump.start()
+    pump = threading.Thread(target=_pump, args=(board, printer, stop), daemon=True) if own_board else None
+    if pump:
+        pump.start()
     status = "FAILED"
     t_fit = time.perf_counter()
     try:
         result = trainer.fit()
         fit_s = time.perf_counter() - t_fit
-        stop.set()
-        pump.join()
         ckpt_uri = plan.storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
         if result.checkpoint is not None:
             tracking.log_checkpoint(mlc, run_id, result.checkpoint, ckpt_uri)
@@ -209,9 +228,10 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         raise
     finally:
         stop.set()
-        pump.join()
+        if pump:
+            pump.join()
+            ray.kill(board)
         tracking.close_run(mlc, run_id, status)
-        ray.kill(board)
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),
                      resumed=resumed, fit_s=fit_s, startup_s=startup_s)

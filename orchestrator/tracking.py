@@ -112,11 +112,16 @@ def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str)
 
 def find_run(mlflow_client, exp_id: str, run_name: str, storage_uri: str):
     """The live (not deleted) run made for this Ray run (same name and storage), or None."""
+    return find_run_by_tags(mlflow_client, exp_id, {RUN_NAME_TAG: run_name, STORAGE_TAG: storage_uri})
+
+
+def find_run_by_tags(mlflow_client, exp_id: str, tags: dict[str, str]):
+    """The newest live run carrying all these tag values, or None."""
 
     def q(s: str) -> str:
         return s.replace("\\", "\\\\").replace("'", "\\'")
 
-    flt = f"tags.`{RUN_NAME_TAG}` = '{q(run_name)}' and tags.`{STORAGE_TAG}` = '{q(storage_uri)}'"
+    flt = " and ".join(f"tags.`{k}` = '{q(v)}'" for k, v in tags.items())
     runs = mlflow_client.search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 

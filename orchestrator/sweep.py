@@ -1,0 +1,453 @@
+"""A sweep: an Optuna study whose trials are Ray Train runs, tracked as nested MLflow runs.
+
+The driver asks the study for a trial, merges its params into the base run config and submits a Ray task
+that fits the trial's own `TorchTrainer` (as Tune's function trainable would); rank 0 of each trial pushes
+its reports to a board the driver drains, so intermediate metrics feed an Optuna pruner (ASHA, Hyperband,
+median), and a pruned trial's task is cancelled. At most `max_concurrent` trials run, fewer if the cluster
+cannot hold them.
+
+Why not `Tuner` + `OptunaSearch`: that keeps the sweep's state twice (Tune's experiment snapshot and the
+Optuna study), and after the driver is SIGKILLed the two can disagree: Tune snapshots periodically, so a
+trial that finished after the last snapshot would run again. Here the study, in a persistent storage (a
+journal file by default, an RDB URL on a cluster), is the only record: `--resume` never reruns a finished
+trial, and a trial left RUNNING by a killed driver is relaunched under its own number, so its Ray Train
+run (`SWEEP-ID-tNNNN`) restores from its last checkpoint and its MLflow child run carries on. Optuna's
+pruners implement the same algorithms as Tune's schedulers and record PRUNED trials natively.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imm.config import ConfigError, to_yaml
+from orchestrator import storage, tracking
+from orchestrator.launch import ProgressBoard, RunPlan, launch, open_tracked_run, plan_run
+from orchestrator.sweep_config import Sweep, grid_size
+
+JOURNAL_FILE = "optuna.journal"
+RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
+SWEEP_TAG, SWEEP_ID_TAG, ROLE_TAG = "imm.sweep", "imm.sweep.id", "imm.sweep.role"
+TRIAL_TAG, STATE_TAG, ERROR_TAG = "imm.trial.number", "imm.trial.state", "imm.trial.error"
+
+
+# --- the study -----------------------------------------------------------------------------------------------
+
+def storage_url(sweep: Sweep) -> str:
+    """The study's storage as a URL: `journal:PATH` (the default, under storage.root) or an RDB URL."""
+    url = sweep.spec.storage
+    if url is None:
+        return f"journal:{storage.root(sweep.base) / JOURNAL_FILE}"
+    if url.startswith("journal:"):
+        return f"journal:{Path(url[len('journal:'):]).expanduser().resolve()}"
+    if url.startswith(RDB_SCHEMES):
+        return url
+    raise ConfigError(f"storage: {url!r} is not a study storage; use journal:PATH (a file, safe for concurrent "
+                      "writers) or an RDB URL such as postgresql://user@host/db (or null for the default)")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for printing and tags."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str):
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url)
+
+
+def make_sampler(sweep: Sweep):
+    import optuna
+
+    s = sweep.spec.sampler
+    startup = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
+    if s.name == "tpe":
+        # multivariate + group handle the conditional keys; the constant liar keeps concurrent trials apart.
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, **startup)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, **startup)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, **startup)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler({p.key: p.grid() for p in sweep.params}, seed=s.seed)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def make_pruner(sweep: Sweep):
+    """The pruner over training steps: the first decision after `min_resource` steps (default eval.every)."""
+    import optuna
+
+    pr = sweep.spec.pruner
+    min_resource = pr.min_resource or int(sweep.base.eval.every)
+    if pr.name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=pr.reduction_factor)
+    if pr.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=int(sweep.base.train.steps),
+                                              reduction_factor=pr.reduction_factor)
+    if pr.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pr.startup_trials, n_warmup_steps=min_resource - 1)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(sweep: Sweep, *, resume: bool):
+    """The sweep's study: new (enqueued trials added), or, with `resume`, the existing one and its history."""
+    import optuna
+
+    url = storage_url(sweep)
+    store = open_storage(url)
+    name = sweep.name
+    try:
+        existing = optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        existing = None
+    if existing is not None and existing.trials and not resume:
+        raise ConfigError(f"name: a sweep {name!r} with {len(existing.trials)} trial(s) exists in {redact(url)}; "
+                          "pass --resume to continue it, or give this sweep another name")
+    if existing is None and resume:
+        raise ConfigError(f"--resume: no sweep {name!r} in {redact(url)} to resume (run it without --resume)")
+    if existing is not None and [d.name.lower() for d in existing.directions] != sweep.directions:
+        raise ConfigError(f"objective: the stored study optimises {[d.name.lower() for d in existing.directions]}, "
+                          f"this file {sweep.directions}; a resumed sweep keeps its objective")
+    study = optuna.create_study(study_name=name, storage=store, sampler=make_sampler(sweep), pruner=make_pruner(sweep),
+                                directions=sweep.directions, load_if_exists=True)
+    if "sweep_id" not in study.user_attrs:
+        study.set_user_attr("sweep_id", uuid.uuid4().hex[:6])
+        study.set_user_attr("metrics", sweep.metrics)
+        study.set_user_attr("space", {p.key: p.describe() for p in sweep.params})
+        for entry in sweep.spec.enqueue:
+            study.enqueue_trial(dict(entry), skip_if_exists=True)
+    return study
+
+
+# --- concurrency ---------------------------------------------------------------------------------------------
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    per = plan_run(sweep.base, name="resources").resources_per_worker
+    return {k: v * int(sweep.base.trainer.num_workers) for k, v in per.items()}
+
+
+def concurrency(sweep: Sweep, cluster: dict[str, float], trials_left: int) -> tuple[int, str]:
+    """(how many trials to run at once, why): max_concurrent, capped by what the cluster holds."""
+    need = trial_resources(sweep)
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    fit = min(fits) if fits else trials_left
+    have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in need) or "no resources asked"
+    want = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    if fit < 1:
+        raise ConfigError(f"resources: one trial needs {want}, the cluster has {have}; lower resources.workers "
+                          "or cpus_per_worker/gpus_per_worker, or use a bigger cluster")
+    limit = sweep.spec.max_concurrent or fit
+    n = max(1, min(limit, fit, trials_left))
+    return n, f"at most {n} at a time (max_concurrent={sweep.spec.max_concurrent}; each trial {want}; cluster {have})"
+
+
+# --- running -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrialRun:
+    number: int
+    trial: Any  # optuna.trial.Trial
+    params: dict[str, Any]
+    plan: RunPlan
+    run_id: str
+    board: Any
+    ref: Any = None
+    started: float = field(default_factory=time.perf_counter)
+    last_step: int = 0
+
+
+def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> float:
+    """The Ray task of one trial: fit its TorchTrainer (it closes the MLflow run); return the fit time."""
+    import io
+
+    return launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO()).fit_s
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    study_name: str
+    storage: str
+    best: list[dict]  # the best trial (one objective) or the Pareto front: number, values, params, run_id
+    counts: dict[str, int]
+    wall_s: float
+    trial_fit_s: dict[int, float]
+
+
+class SweepRunner:
+    def __init__(self, sweep: Sweep, *, ray_address: str, tracking_uri: str | None, experiment: str | None,
+                 resume: bool, trials: int | None, stream=None):
+        self.sweep, self.ray_address, self.resume = sweep, ray_address, resume
+        self.stream = stream or sys.stdout
+        self.trials = trials or int(sweep.spec.trials)
+        g = grid_size(sweep)
+        if g is not None and g < self.trials:
+            self.say(f"grid: {g} points, so {g} trials (not {self.trials})")
+            self.trials = g
+        self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
+        self.experiment = experiment or sweep.spec.experiment
+        self.fit_s: dict[int, float] = {}
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def run(self) -> SweepResult:
+        import optuna
+        import ray
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        t0 = time.perf_counter()
+        url = storage_url(self.sweep)
+        self.study = open_study(self.sweep, resume=self.resume)
+        self.sweep_id = self.study.user_attrs["sweep_id"]
+        self.mlc = tracking.client(self.tracking_uri)
+        self.parent_id = self._open_parent(url)
+        self.say(f"sweep {self.sweep.name!r}: study in {redact(url)}; MLflow parent run {self.parent_id} "
+                 f"(experiment {self.experiment!r}, {self.tracking_uri})")
+
+        done = self._finished()
+        adopted = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+        n, why = concurrency(self.sweep, ray.cluster_resources(), max(self.trials - len(done), 1))
+        self.say(f"trials: {len(done)} of {self.trials} done" + (f", {len(adopted)} to resume" if adopted else "")
+                 + f"; {why}")
+        running: dict[Any, TrialRun] = {}
+        pending = list(adopted)
+        try:
+            while True:
+                while len(running) < n and len(self._finished()) + len(running) < self.trials:
+                    tr = self._start(pending.pop(0) if pending else None)
+                    if tr is not None:
+                        running[tr.ref] = tr
+                if not running:
+                    break
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                for tr in list(running.values()):
+                    if tr.ref not in ready and self._poll(tr):
+                        del running[tr.ref]
+                for ref in ready:
+                    self._finish(running.pop(ref))
+        except KeyboardInterrupt:
+            for tr in running.values():
+                ray.cancel(tr.ref, force=True)
+                tracking.close_run(self.mlc, tr.run_id, "KILLED")
+            tracking.close_run(self.mlc, self.parent_id, "KILLED")
+            raise
+        return self._close(url, time.perf_counter() - t0)
+
+    # -- one trial --
+
+    def _finished(self):
+        import optuna
+
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def _start(self, frozen=None) -> TrialRun | None:
+        """Launch a new trial, or relaunch `frozen` (left RUNNING by a killed driver) under its own number."""
+        import optuna
+        import ray
+
+        if frozen is None:
+            trial = self.study.ask()
+            params = self.sweep.suggest(trial)
+            number, verb = trial.number, "started"
+        else:
+            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            params, number, verb = dict(frozen.params), frozen.number, "resumed"
+        label = " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        try:
+            cfg = self.sweep.trial_config(params)
+        except ConfigError as e:  # a combination the per-key checks could not see: this trial fails, the sweep goes on
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.study._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+            self.say(f"trial {number} failed before start: {e}")
+            return None
+        plan = plan_run(cfg, name=f"{self.sweep.name}-{self.sweep_id}-t{number:04d}", tracking_uri=self.tracking_uri,
+                        experiment=self.experiment)
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            SWEEP_TAG: self.sweep.name,
+            SWEEP_ID_TAG: self.sweep_id,
+            ROLE_TAG: "trial",
+            TRIAL_TAG: str(number),
+            "imm.trial.optuna_id": str(trial._trial_id),
+            STATE_TAG: "running",
+            "mlflow.note.content": f"trial {number} of sweep {self.sweep.name}: {label}",
+        }
+        run_id, _ = open_tracked_run(plan, ray_address=self.ray_address, extra_tags=tags, stream=self.stream)
+        self.study._storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id)
+        self.study._storage.set_trial_user_attr(trial._trial_id, "run_name", plan.name)
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        task = ray.remote(num_cpus=0, max_retries=0)(run_trial)
+        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board)
+        tr.ref = task.remote(plan, self.ray_address, run_id, board)
+        self.say(f"trial {number} {verb}: {label}  (run {plan.name})")
+        return tr
+
+    def _poll(self, tr: TrialRun) -> bool:
+        """Feed the trial's new reports to the pruner; True if it was pruned (and stopped)."""
+        import ray
+
+        try:
+            items = ray.get(tr.board.drain.remote(), timeout=10)
+        except Exception:
+            return False
+        metric = self.sweep.metrics[0]
+        for item in items:
+            if item.get("event") or metric not in item:
+                continue
+            step, value = int(item["step"]), float(item[metric])
+            tr.last_step = max(tr.last_step, step)
+            quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(("energy/", "fid/")))
+            self.say(f"trial {tr.number} step {step}/{tr.plan.cfg.train.steps}  loss {item['train/loss']:.4g}  {quality}")
+            if len(self.sweep.metrics) > 1 or not math.isfinite(value):
+                continue
+            tr.trial.report(value, step)
+            if tr.trial.should_prune():
+                self._prune(tr, step, value)
+                return True
+        return False
+
+    def _prune(self, tr: TrialRun, step: int, value: float) -> None:
+        import optuna
+        import ray
+
+        ray.cancel(tr.ref, force=True)  # the trial's task owns its TorchTrainer: its workers go with it
+        self.study.tell(tr.trial, state=optuna.trial.TrialState.PRUNED)
+        self.mlc.set_tag(tr.run_id, STATE_TAG, "pruned")
+        self.mlc.set_tag(tr.run_id, "imm.trial.pruned_at_step", str(step))
+        tracking.close_run(self.mlc, tr.run_id, "KILLED")
+        ray.kill(tr.board)
+        self.say(f"trial {tr.number} pruned at step {step}: {self.sweep.metrics[0]}={value:.4g}")
+
+    def _finish(self, tr: TrialRun) -> None:
+        import optuna
+        import ray
+
+        try:
+            self.fit_s[tr.number] = ray.get(tr.ref)
+            error = None
+        except Exception as e:
+            error = root_cause(e)
+        finally:
+            ray.kill(tr.board)
+        values = None
+        if error is None:
+            metrics = self.mlc.get_run(tr.run_id).data.metrics
+            missing = [m for m in self.sweep.metrics if not math.isfinite(metrics.get(m, math.nan))]
+            if missing:
+                error = f"the run finished without a finite {missing} (logged: {sorted(metrics)})"
+            else:
+                values = [metrics[m] for m in self.sweep.metrics]
+        took = time.perf_counter() - tr.started
+        if error is None:
+            self.study.tell(tr.trial, values)
+            self.mlc.set_tag(tr.run_id, STATE_TAG, "complete")
+            shown = " ".join(f"{m}={v:.4g}" for m, v in zip(self.sweep.metrics, values, strict=True))
+            self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{self._best_mark(tr.number)}")
+        else:
+            self.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
+            self.study._storage.set_trial_user_attr(tr.trial._trial_id, "error", error)
+            self.mlc.set_tag(tr.run_id, STATE_TAG, "failed")
+            self.mlc.set_tag(tr.run_id, ERROR_TAG, error[:5000])
+            if self.mlc.get_run(tr.run_id).info.status == "RUNNING":  # the task died before closing it
+                tracking.close_run(self.mlc, tr.run_id, "FAILED")
+            self.say(f"trial {tr.number} failed after {took:.0f}s: {error}")
+
+    def _best_mark(self, number: int) -> str:
+        if len(self.sweep.metrics) > 1:
+            return ""
+        try:
+            return "  (best so far)" if self.study.best_trial.number == number else ""
+        except ValueError:
+            return ""
+
+    # -- the parent run --
+
+    def _open_parent(self, url: str) -> str:
+        from mlflow.entities import Param
+
+        exp_id = tracking.experiment_id(self.mlc, self.experiment, tracking.artifact_root(self.tracking_uri))
+        existing = tracking.find_run_by_tags(self.mlc, exp_id, {SWEEP_ID_TAG: self.sweep_id, ROLE_TAG: "parent"})
+        if existing is not None:
+            self.mlc.update_run(existing.info.run_id, status="RUNNING")
+            return existing.info.run_id
+        tags = {SWEEP_TAG: self.sweep.name, SWEEP_ID_TAG: self.sweep_id, ROLE_TAG: "parent",
+                "imm.study.name": self.study.study_name, "imm.study.storage": redact(url)}
+        commit = tracking.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
+        run = self.mlc.create_run(exp_id, run_name=self.sweep.name, tags=tags)
+        spec = self.sweep.spec
+        params = {
+            "sweep.base": spec.base.config,
+            "sweep.sampler": spec.sampler.name,
+            "sweep.pruner": spec.pruner.name,
+            "sweep.objective": ", ".join(f"{o.direction} {o.metric}" for o in spec.objective),
+            "sweep.trials": str(self.trials),
+            **{f"space.{p.key}": p.describe().split(": ", 1)[1] for p in self.sweep.params},
+        }
+        self.mlc.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.mlc.log_text(run.info.run_id, self.sweep.to_yaml(), "sweep.yaml")
+        self.mlc.log_dict(run.info.run_id, {p.key: p.describe() for p in self.sweep.params}, "search_space.json")
+        self.mlc.log_text(run.info.run_id, to_yaml(self.sweep.base), "base_config.yaml")
+        return run.info.run_id
+
+    def _close(self, url: str, wall_s: float) -> SweepResult:
+        from orchestrator import sweep_report
+
+        counts = trial_counts(self.study)
+        best = best_trials(self.study)
+        sweep_report.log_to_parent(self.mlc, self.parent_id, self.study, self.sweep, best)
+        tracking.close_run(self.mlc, self.parent_id, "FINISHED")
+        return SweepResult(parent_run_id=self.parent_id, study_name=self.study.study_name, storage=redact(url),
+                           best=best, counts=counts, wall_s=wall_s, trial_fit_s=dict(self.fit_s))
+
+
+def trial_counts(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def best_trials(study) -> list[dict]:
+    """The best trial (one objective) or the Pareto front, as plain dicts."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    if not complete:
+        return []
+    trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+    return [{"number": t.number, "values": list(t.values), "params": dict(t.params),
+             "run_id": t.user_attrs.get("mlflow_run_id")} for t in trials]
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost 'SomeError: message' line of a trial's failure (Ray wraps the worker's error twice)."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*:", ln)]
+    if lines:
+        return lines[-1][:1000]
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:1000]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

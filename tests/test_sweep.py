@@ -1,0 +1,195 @@
+"""Sweeps on a real local Ray, tracked in a real SQLite MLflow store, with the study in a real journal file:
+the tracked sweep, a SIGKILLed orchestrator resumed, and a diverging trial failed while a poor one is pruned."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator import cli, tracking
+
+pytestmark = pytest.mark.slow
+TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "train.log_every=10",
+        "train.checkpoint_every=20", "eval.every=20", "eval.n_samples=200", "eval.steps=[1,2]"]
+
+
+def write_sweep(tmp_path: Path, **changes) -> Path:
+    spec = {
+        "name": "it",
+        "base": {"config": "toy2d", "overrides": [*TINY, f"storage.root={tmp_path / 'runs'}"]},
+        "space": {"imm.group_size": {"choices": [4, 8]}, "imm.kernel": {"choices": ["laplace", "rbf"]},
+                  "imm.k": {"low": 8, "high": 12}},
+        "objective": [{"metric": "energy/steps_1", "direction": "minimize"}],
+        "sampler": {"name": "random", "seed": 3},
+        "trials": 4,
+        "max_concurrent": 2,
+    }
+    spec.update(changes)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def load_study(tmp_path: Path, name: str = "it"):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def sweep_runs(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("imm.sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("imm.sweep.role") == "trial"]
+    return parents, children
+
+
+def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_study(
+        ray_local, mlflow_uri, tmp_path, capsys):
+    path = write_sweep(tmp_path)
+    t0 = time.perf_counter()
+    assert cli.main(["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "sweep-it"]) == 0
+    wall = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    parent_id = re.search(r"^mlflow parent run id: (\w+)$", out, re.M).group(1)
+    with capsys.disabled():
+        print(f"\n4-trial sweep (2 at a time, 40 steps each): {wall:.1f}s")
+    assert "at most 2 at a time" in out
+
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    client = tracking.client(mlflow_uri)
+    parents, children = sweep_runs(client, "sweep-it")
+    assert [p.info.run_id for p in parents] == [parent_id]
+    assert len(children) == 4
+    by_number = {int(c.data.tags["imm.trial.number"]): c for c in children}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    for t in study.trials:
+        run = by_number[t.number]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["imm.sweep"] == "it"
+        assert run.data.tags["imm.trial.state"] == "complete"
+        assert run.data.tags["imm.trial.optuna_id"] == str(t._trial_id)
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+        for key, value in t.params.items():  # the swept params are the run's params
+            assert run.data.params[key] == str(value)
+        assert t.values == [run.data.metrics["energy/steps_1"]]
+
+    best = min(children, key=lambda r: r.data.metrics["energy/steps_1"])
+    assert study.best_trial.number == int(best.data.tags["imm.trial.number"])
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["best/energy/steps_1"] == best.data.metrics["energy/steps_1"]
+    assert parent.data.params["space.imm.group_size"] == "one of [4, 8]"
+    artifacts = {f.path for f in client.list_artifacts(parent_id)} | {
+        f.path for f in client.list_artifacts(parent_id, "plots")}
+    for name in ("sweep.yaml", "search_space.json", "base_config.yaml", "trials.csv",
+                 "plots/history_energy_steps_1.png", "plots/parallel_coordinates_energy_steps_1.png"):
+        assert name in artifacts, (name, artifacts)
+    assert any(a.startswith("plots/energy_vs_steps_by_") for a in artifacts)
+
+    assert cli.main(["status", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert "4 trial(s): 4 complete" in status
+    assert f"best: trial {study.best_trial.number} " in status
+
+    # Without --resume, the same sweep name is refused (nothing is overwritten); --resume with all done is a no-op.
+    assert cli.main(["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "sweep-it"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert cli.main(["sweep", str(path), "--resume", "--tracking-uri", mlflow_uri, "--experiment", "sweep-it"]) == 0
+    assert "trials: 4 of 4 done" in capsys.readouterr().out
+    assert len(load_study(tmp_path).trials) == 4
+    assert len(sweep_runs(client, "sweep-it")[1]) == 4
+
+
+def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_local, mlflow_uri, tmp_path, capsys):
+    import ray
+
+    path = write_sweep(tmp_path, max_concurrent=1)
+    log = tmp_path / "first.log"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--address",
+           ray.get_runtime_context().gcs_address, "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            journal = tmp_path / "runs" / "optuna.journal"
+            if journal.exists() and sum(t.state.name == "COMPLETE" for t in load_study(tmp_path).trials) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = log.read_text()
+    parent_id = re.search(r"MLflow parent run (\w+)", first).group(1)
+    before = {t.number: t for t in load_study(tmp_path).trials if t.state.name == "COMPLETE"}
+    assert len(before) == 2, first[-3000:]
+    client = tracking.client(mlflow_uri)
+    ended = {n: client.get_run(t.user_attrs["mlflow_run_id"]).info.end_time for n, t in before.items()}
+
+    assert cli.main(["sweep", str(path), "--resume", "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 2 of 4 done" in out
+    for n in before:  # finished trials are not started again
+        assert not re.search(rf"^trial {n} (started|resumed)", out, re.M), out
+
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    for n, t in before.items():
+        assert study.trials[n].datetime_complete == t.datetime_complete and study.trials[n].values == t.values
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.end_time == ended[n]
+    parents, children = sweep_runs(client, "sweep-kill")
+    assert [p.info.run_id for p in parents] == [parent_id]  # the same parent run, finished now
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(int(c.data.tags["imm.trial.number"]) for c in children) == [0, 1, 2, 3]
+    for c in children:  # a trial interrupted by the kill resumed in its own run: no step logged twice
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
+        assert steps == sorted(set(steps)) == [10, 20, 30, 40], (c.data.tags["imm.trial.number"], steps)
+
+
+def test_a_diverging_trial_fails_a_poor_one_is_pruned_and_the_sweep_goes_on(ray_local, mlflow_uri, tmp_path, capsys):
+    # Enqueued in this order, one at a time: a good run, one whose loss becomes NaN (lr 1e30), and one that barely
+    # learns (lr 1e-9) for long enough that the median pruner (with the good run as reference) stops it early.
+    base = [o for o in TINY if not o.startswith(("train.steps", "eval.every"))] + ["eval.every=10"]
+    path = write_sweep(
+        tmp_path,
+        base={"config": "toy2d", "overrides": [*base, f"storage.root={tmp_path / 'runs'}"]},
+        space={"train.lr": {"choices": [1e-2, 1e30, 1e-9]}, "train.steps": {"choices": [40, 4000]}},
+        enqueue=[{"train.lr": 1e-2, "train.steps": 40}, {"train.lr": 1e30, "train.steps": 40},
+                 {"train.lr": 1e-9, "train.steps": 4000}],
+        pruner={"name": "median", "startup_trials": 1, "min_resource": 10},
+        trials=3,
+        max_concurrent=1,
+    )
+    assert cli.main(["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "sweep-nan"]) == 0
+    out = capsys.readouterr().out
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED"], out
+    assert "train/loss became nan" in study.trials[1].user_attrs["error"]
+    assert re.search(r"^trial 1 failed after \d+s: .*train/loss became nan", out, re.M)
+
+    client = tracking.client(mlflow_uri)
+    runs = {int(c.data.tags["imm.trial.number"]): c for c in sweep_runs(client, "sweep-nan")[1]}
+    assert runs[0].info.status == "FINISHED"
+    assert runs[1].info.status == "FAILED" and runs[1].data.tags["imm.trial.state"] == "failed"
+    assert "train/loss became nan" in runs[1].data.tags["imm.trial.error"]
+    assert runs[2].info.status == "KILLED" and runs[2].data.tags["imm.trial.state"] == "pruned"
+    pruned_at = int(runs[2].data.tags["imm.trial.pruned_at_step"])
+    assert 10 <= pruned_at < 4000
+    assert max(study.trials[2].intermediate_values) == pruned_at

@@ -274,8 +274,8 @@ class SweepRunner:
         try:
             cfg = self.sweep.trial_config(params)
         except ConfigError as e:  # a combination the per-key checks could not see: this trial fails, the sweep goes on
+            trial.set_user_attr("error", str(e))  # (a finished trial's attributes are frozen: set them first)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self.study._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
             self.say(f"trial {number} failed before start: {e}")
             return None
         plan = plan_run(cfg, name=f"{self.sweep.name}-{self.sweep_id}-t{number:04d}", tracking_uri=self.tracking_uri,
@@ -291,8 +291,8 @@ class SweepRunner:
             "mlflow.note.content": f"trial {number} of sweep {self.sweep.name}: {label}",
         }
         run_id, _ = open_tracked_run(plan, ray_address=self.ray_address, extra_tags=tags, stream=self.stream)
-        self.study._storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id)
-        self.study._storage.set_trial_user_attr(trial._trial_id, "run_name", plan.name)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("run_name", plan.name)
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         task = ray.remote(num_cpus=0, max_retries=0)(run_trial)
         tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board)
@@ -362,8 +362,8 @@ class SweepRunner:
             shown = " ".join(f"{m}={v:.4g}" for m, v in zip(self.sweep.metrics, values, strict=True))
             self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{self._best_mark(tr.number)}")
         else:
+            tr.trial.set_user_attr("error", error)
             self.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
-            self.study._storage.set_trial_user_attr(tr.trial._trial_id, "error", error)
             self.mlc.set_tag(tr.run_id, STATE_TAG, "failed")
             self.mlc.set_tag(tr.run_id, ERROR_TAG, error[:5000])
             if self.mlc.get_run(tr.run_id).info.status == "RUNNING":  # the task died before closing it

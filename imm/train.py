@@ -93,6 +93,8 @@ def train_loop(
     report = report or (lambda metrics, checkpoint_dir: None)
 
     last: dict[str, float] = {}
+    # Seconds spent in this loop, summed over resumed attempts: what the run cost, without cluster start-up.
+    train_s0, t_start = float(resume.get("train_s", 0.0)) if resume else 0.0, time.perf_counter()
     loss_sum, loss_n, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     for step in range(start + 1, tc.steps + 1):
         x = data[torch.randint(len(data), (per_worker,), device=device)]
@@ -126,6 +128,7 @@ def train_loop(
             metrics.update(quality)
             if on_eval:
                 on_eval(step, samples)
+        metrics["time/train_s"] = train_s0 + time.perf_counter() - t_start
         metrics["step"] = step
         ckpt_dir = None
         with tempfile.TemporaryDirectory(prefix="imm-ckpt-") as tmp:
@@ -137,6 +140,7 @@ def train_loop(
                     "ema_updates": int(ema.n_averaged),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
+                    "train_s": metrics["time/train_s"],
                     "config": OmegaConf.to_container(cfg, resolve=True),
                     "sigma_d": sigma_d,
                     "data_shape": list(data_shape),

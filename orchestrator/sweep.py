@@ -319,7 +319,7 @@ class SweepRunner:
             if len(self.sweep.metrics) > 1 or not math.isfinite(value):
                 continue
             tr.trial.report(value, step)
-            if tr.trial.should_prune():
+            if step < tr.plan.cfg.train.steps and tr.trial.should_prune():  # at the last step it is done anyway
                 self._prune(tr, step, value)
                 return True
         return False

@@ -53,7 +53,8 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
 
 def write_trials_csv(study, sweep, run_metrics: dict[int, dict], path: Path) -> None:
     keys = [p.key for p in sweep.params]
-    quality = sorted({m for ms in run_metrics.values() for m in ms if STEPS_METRIC.match(m)}, key=_steps_order)
+    quality = sorted({m for ms in run_metrics.values() for m in ms if STEPS_METRIC.match(m) and m not in sweep.metrics},
+                     key=_steps_order)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "state", *sweep.metrics, *keys, *quality, "duration_s", "mlflow_run_id", "error"])

@@ -28,6 +28,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/step_cost.py
+	$(BIN)/python benchmarks/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) imm-runs .pytest_cache

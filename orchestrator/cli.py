@@ -164,6 +164,13 @@ def prepare_sweep(args):
         sweep.spec.max_concurrent = args.max_concurrent
     if args.address is None:
         cluster.check_local(sweep.base)
+    if not args.dry_run:
+        import optuna
+
+        from orchestrator.sweep import check_study
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        check_study(sweep, resume=args.resume)
     return sweep
 
 

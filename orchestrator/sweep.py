@@ -77,15 +77,29 @@ def make_sampler(sweep: Sweep):
     s = sweep.spec.sampler
     startup = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
     if s.name == "tpe":
-        # multivariate + group handle the conditional keys; the constant liar keeps concurrent trials apart.
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, **startup)
+        # multivariate + group model the conditional keys jointly; the constant liar keeps concurrent trials apart.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, **startup)
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, **startup)
     if s.name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=s.seed, **startup)
     if s.name == "grid":
-        return optuna.samplers.GridSampler({p.key: p.grid() for p in sweep.params}, seed=s.seed)
+        return _AskTellGridSampler({p.key: p.grid() for p in sweep.params}, seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def _AskTellGridSampler(*args, **kwargs):
+    """Optuna's grid sampler calls `study.stop()` after the last point, which raises outside `optimize`; the runner
+    caps a grid sweep's trials at the grid size instead, so nothing needs stopping."""
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return AskTellGridSampler(*args, **kwargs)
 
 
 def make_pruner(sweep: Sweep):
@@ -104,12 +118,12 @@ def make_pruner(sweep: Sweep):
     return optuna.pruners.NopPruner()
 
 
-def open_study(sweep: Sweep, *, resume: bool):
-    """The sweep's study: new (enqueued trials added), or, with `resume`, the existing one and its history."""
+def check_study(sweep: Sweep, *, resume: bool, store=None):
+    """The stored study, if any, after checking it agrees with `resume` and the objective (before Ray starts)."""
     import optuna
 
     url = storage_url(sweep)
-    store = open_storage(url)
+    store = store or open_storage(url)
     name = sweep.name
     try:
         existing = optuna.load_study(study_name=name, storage=store)
@@ -120,10 +134,21 @@ def open_study(sweep: Sweep, *, resume: bool):
                           "pass --resume to continue it, or give this sweep another name")
     if existing is None and resume:
         raise ConfigError(f"--resume: no sweep {name!r} in {redact(url)} to resume (run it without --resume)")
-    if existing is not None and [d.name.lower() for d in existing.directions] != sweep.directions:
-        raise ConfigError(f"objective: the stored study optimises {[d.name.lower() for d in existing.directions]}, "
-                          f"this file {sweep.directions}; a resumed sweep keeps its objective")
-    study = optuna.create_study(study_name=name, storage=store, sampler=make_sampler(sweep), pruner=make_pruner(sweep),
+    if existing is not None:
+        stored = (existing.user_attrs.get("metrics", sweep.metrics), [d.name.lower() for d in existing.directions])
+        if stored != (sweep.metrics, sweep.directions):
+            raise ConfigError(f"objective: the stored study has {stored[0]} {stored[1]}, this file {sweep.metrics} "
+                              f"{sweep.directions}; a resumed sweep keeps its objective")
+    return existing
+
+
+def open_study(sweep: Sweep, *, resume: bool):
+    """The sweep's study: new (enqueued trials added), or, with `resume`, the existing one and its history."""
+    import optuna
+
+    store = open_storage(storage_url(sweep))
+    check_study(sweep, resume=resume, store=store)
+    study = optuna.create_study(study_name=sweep.name, storage=store, sampler=make_sampler(sweep), pruner=make_pruner(sweep),
                                 directions=sweep.directions, load_if_exists=True)
     if "sweep_id" not in study.user_attrs:
         study.set_user_attr("sweep_id", uuid.uuid4().hex[:6])

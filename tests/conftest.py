@@ -50,3 +50,14 @@ def mlflow_uri(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     tracking.client(uri).search_experiments()  # creates the tables once
     return uri
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Trip if the command gets as far as connecting to Ray."""
+    from orchestrator import cluster
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started for input that should have been rejected first")
+
+    monkeypatch.setattr(cluster, "connect", tripwire)

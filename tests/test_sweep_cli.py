@@ -1,0 +1,133 @@
+"""`imm-orch sweep` and `imm-orch status` without a cluster: help, --dry-run, mistakes named before Ray starts,
+the status table of a stored study, and the pieces the runner is built from (concurrency, errors, redaction)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.sweep import check_study, concurrency, open_study, redact, root_cause
+from orchestrator.sweep_config import sweep_from_dict
+
+TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "eval.every=20"]
+
+
+def spec(tmp_path, **changes):
+    s = {
+        "name": "cli",
+        "base": {"config": "toy2d", "overrides": [*TINY, f"storage.root={tmp_path / 'runs'}"]},
+        "space": {"imm.group_size": {"choices": [4, 8]}, "train.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+        "objective": "energy/steps_1",
+        "trials": 3,
+    }
+    s.update(changes)
+    return s
+
+
+def write(tmp_path, **changes):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec(tmp_path, **changes)))
+    return path
+
+
+def test_help_shows_examples(capsys):
+    for command in ("sweep", "status"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and f"imm-orch {command} " in out
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, no_ray):
+    path = write(tmp_path)
+    assert cli.main(["sweep", str(path), "--dry-run", "train.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'cli': 3 trials, sampler tpe, pruner none" in out
+    assert "imm.group_size: one of [4, 8]" in out and "train.lr: float in [0.0001, 0.01] log" in out
+    assert f"study storage: journal:{tmp_path / 'runs' / 'optuna.journal'}" in out
+    assert "steps: 7" in out  # command-line overrides reach the base run config
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, args, message",
+    [
+        ({"space": {"imm.kernl": {"choices": ["rbf"]}}}, [], "space.imm.kernl: 'imm.kernl' is not a run-config key"),
+        ({}, ["imm.bogus=1"], "base: imm.bogus"),
+        ({}, ["--trials", "0"], "--trials: 0 is out of range"),
+        ({}, ["--resume"], "--resume: no sweep 'cli' in journal:"),
+        ({"storage": "redis://host"}, [], "storage: 'redis://host' is not a study storage"),
+    ],
+)
+def test_mistakes_fail_before_ray_with_one_line(tmp_path, capsys, no_ray, changes, args, message):
+    path = write(tmp_path, **changes)
+    assert cli.main(["sweep", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_existing_sweep_needs_resume_and_the_same_objective(tmp_path, capsys, no_ray):
+    sweep = sweep_from_dict(spec(tmp_path))
+    study = open_study(sweep, resume=False)
+    study.tell(study.ask(), 1.0)
+    assert cli.main(["sweep", str(write(tmp_path))]) == 2
+    assert "a sweep 'cli' with 1 trial(s) exists" in capsys.readouterr().err
+    other = sweep_from_dict(spec(tmp_path, objective={"metric": "energy/steps_2", "direction": "maximize"}))
+    with pytest.raises(ValueError, match="a resumed sweep keeps its objective"):
+        check_study(other, resume=True)
+    assert check_study(sweep, resume=True).study_name == "cli"
+
+
+def test_status_prints_trials_and_the_best(tmp_path, capsys):
+    sweep = sweep_from_dict(spec(tmp_path))
+    study = open_study(sweep, resume=False)
+    for value in (0.5, 0.2):
+        t = study.ask()
+        sweep.suggest(t)
+        t.set_user_attr("mlflow_run_id", f"run{value}")
+        study.tell(t, value)
+    t = study.ask()
+    sweep.suggest(t)
+    t.set_user_attr("error", "FloatingPointError: train/loss became nan by step 10")
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+    path = write(tmp_path)
+    assert cli.main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'cli' (journal:" in out and "3 trial(s): 2 complete, 1 fail" in out
+    assert "#  state     energy/steps_1  imm.group_size  train.lr" in out
+    assert "trial 2 error: FloatingPointError: train/loss became nan by step 10" in out
+    assert "best: trial 1  energy/steps_1=0.2" in out and "(mlflow run run0.2)" in out
+    journal = tmp_path / "runs" / "optuna.journal"
+    assert cli.main(["status", "cli", "--storage", f"journal:{journal}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["status", "nope", "--storage", f"journal:{journal}"]) == 2
+    err = capsys.readouterr().err
+    assert "no sweep 'nope'" in err and "(sweeps there: ['cli'])" in err
+    assert cli.main(["status", "cli", "--storage", f"journal:{tmp_path / 'missing.journal'}"]) == 2
+    assert "no study storage at" in capsys.readouterr().err
+
+
+def test_concurrency_is_capped_by_the_cluster_and_refused_when_a_trial_cannot_fit(tmp_path):
+    sweep = sweep_from_dict(spec(tmp_path, max_concurrent=4, resources={"workers": 2}))
+    assert concurrency(sweep, {"CPU": 5.0}, trials_left=10)[0] == 2  # 2 CPUs per trial
+    assert concurrency(sweep, {"CPU": 64.0}, trials_left=10)[0] == 4  # max_concurrent
+    assert concurrency(sweep, {"CPU": 64.0}, trials_left=1)[0] == 1
+    gpu = sweep_from_dict(spec(tmp_path, resources={"workers": 1, "gpus_per_worker": 0.5}))
+    assert concurrency(gpu, {"CPU": 16.0, "GPU": 1.0}, trials_left=10)[0] == 2  # two trials share a GPU
+    with pytest.raises(ValueError, match="resources: one trial needs 1 CPU, 0.5 GPU, the cluster has 16 CPU, 0 GPU"):
+        concurrency(gpu, {"CPU": 16.0}, trials_left=10)
+
+
+def test_root_cause_and_redaction():
+    wrapped = ("ray.exceptions.RayTaskError(TrainingFailedError): ray::run_trial()\n  File x\n"
+               "ray.train.TrainingFailedError: Training failed due to worker errors:\n"
+               "[Rank 0]\nTraceback (most recent call last):\n  File y\n"
+               "FloatingPointError: train/loss became nan by step 10; lower train.lr or check the data\n")
+    assert root_cause(RuntimeError(wrapped)) == \
+        "FloatingPointError: train/loss became nan by step 10; lower train.lr or check the data"
+    assert root_cause(RuntimeError("plain words")) == "plain words"
+    assert redact("postgresql://optuna:s3cret@db:5432/optuna") == "postgresql://optuna:***@db:5432/optuna"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

@@ -1,0 +1,67 @@
+"""The sweep's parent-run report on a hand-made study and real SQLite MLflow runs: best tags and metrics, the
+trials table, and the plots (quality against sampling steps per value of a swept key among them)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from urllib.parse import urlparse
+
+import optuna
+
+from orchestrator import tracking
+from orchestrator.sweep import best_trials, open_study
+from orchestrator.sweep_config import sweep_from_dict
+from orchestrator.sweep_report import log_to_parent
+
+
+def test_report_logs_best_table_and_plots(tmp_path, mlflow_uri):
+    sweep = sweep_from_dict({
+        "name": "rep",
+        "base": {"config": "toy2d", "overrides": [f"storage.root={tmp_path}"]},
+        "space": {"imm.group_size": {"choices": [4, 8]}, "imm.kernel": {"choices": ["laplace", "rbf"]}},
+        "objective": "energy/steps_1",
+        "sampler": "grid",
+    })
+    client = tracking.client(mlflow_uri)
+    exp = tracking.experiment_id(client, "report", tracking.artifact_root(mlflow_uri))
+    parent = client.create_run(exp).info.run_id
+    study = open_study(sweep, resume=False)
+    values = {}
+    for i in range(4):
+        trial = study.ask()
+        params = sweep.suggest(trial)
+        run = client.create_run(exp).info.run_id
+        # energy falls with the sampling steps; M=8 is better than M=4 and Laplace better than RBF
+        e1 = 1.0 / params["imm.group_size"] + (0.0 if params["imm.kernel"] == "laplace" else 0.1)
+        for k in (1, 2, 4, 8):
+            client.log_metric(run, f"energy/steps_{k}", e1 / k, step=100)
+        trial.set_user_attr("mlflow_run_id", run)
+        study.tell(trial, e1)
+        values[i] = e1
+    failed = study.ask()
+    sweep.suggest(failed)
+    failed.set_user_attr("error", "boom")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+
+    best = best_trials(study)
+    assert best[0]["params"] == {"imm.group_size": 8, "imm.kernel": "laplace"}
+    notes = log_to_parent(client, parent, study, sweep, best)
+    run = client.get_run(parent)
+    assert run.data.tags["best.imm.group_size"] == "8" and run.data.tags["best.imm.kernel"] == "laplace"
+    assert run.data.tags["best.run_id"] == best[0]["run_id"]
+    assert run.data.metrics["best/energy/steps_1"] == min(values.values()) == 0.125
+    assert client.get_metric_history(parent, "best/energy/steps_1")[0].step == 5  # finished trials so far
+
+    root = Path(urlparse(run.info.artifact_uri).path)
+    with (root / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["state"] for r in rows] == ["complete"] * 4 + ["fail"]
+    assert rows[4]["error"] == "boom"
+    header = rows[0].keys()
+    assert len(header) == len(set(header))  # the objective is not repeated among the quality columns
+    assert {"energy/steps_1", "energy/steps_8", "imm.group_size", "mlflow_run_id"} <= set(header)
+    plots = {p.name for p in (root / "plots").iterdir()}
+    assert {"history_energy_steps_1.png", "importances_energy_steps_1.png", "parallel_coordinates_energy_steps_1.png",
+            "energy_vs_steps_by_imm_group_size.png", "energy_vs_steps_by_imm_kernel.png"} <= plots, (plots, notes)
+    assert all((root / "plots" / p).stat().st_size > 10_000 for p in plots)

@@ -14,14 +14,20 @@ from imm.kernels import KERNELS
 from imm.losses import ESTIMATORS
 from imm.mapping import MAPPINGS
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
-from imm.sampling import SAMPLERS, SCHEDULES
+from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
 from imm.weighting import TIME_SAMPLERS, WEIGHTINGS
 
-METHODS = ("imm", "fm")
-ARCHS = ("mlp",)
+METHODS = ("imm", "fm", "ddpm", "cm", "vae")
+ARCHS = ("mlp", "unet")
 OPTIMIZERS = ("adam", "adamw", "radam")
-METHOD_SAMPLERS = {"imm": ("pushforward", "restart"), "fm": ("euler", "heun")}
+METHOD_SAMPLERS = {
+    "imm": ("pushforward", "restart"),
+    "cm": ("pushforward", "restart"),
+    "fm": ("euler", "heun"),
+    "ddpm": ("ancestral", "ddim"),
+    "vae": ("decode",),
+}
 
 
 class ConfigError(ValueError):
@@ -30,23 +36,29 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "8gaussians"  # a toy 2D set, or npy:PATH (an (N, D) float array)
+    name: str = "8gaussians"  # a toy 2D set, npy:PATH (an (N, D) array), digits, cifar10:PATH or folder:PATH
     n_train: int = 20000  # toy sets: points generated for training
     n_heldout: int = 5000  # toy sets: held-out points for metrics
     heldout_fraction: float = 0.1  # npy: share of rows held out
     seed: int = 0  # the data set's own seed (fixed across runs so metrics compare)
-    sigma_d: float | None = None  # data std; None = measured on the training set
+    sigma_d: float | None = None  # data std; None = measured on the training set (the paper uses 0.5 for images)
+    xflip: bool = False  # images: mirror half of each batch left-right (the paper's augmentation)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"
-    hidden: int = 256
-    depth: int = 4
+    arch: str = "mlp"  # mlp (any data, flattened) or unet (images)
+    hidden: int = 256  # mlp
+    depth: int = 4  # mlp
+    channels: int = 128  # unet: base channels (the paper's CIFAR-10 net: 128, mult [2, 2, 2], 4 blocks, dropout 0.2)
+    channel_mult: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_blocks: int = 4
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
     emb_dim: int = 128
     dropout: float = 0.0
     parameterization: str = "simple_edm"
     s_embedding: str = "identity"
+    class_conditional: bool = False  # a label embedding with a null label (classifier-free guidance)
 
 
 @dataclass
@@ -79,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
+    label_dropout: float = 0.1  # class-conditional models: share of labels replaced by the null label
     ema_decay: float = 0.999
     seed: int = 0
     out_dir: str = "./imm-runs/local"
@@ -92,6 +105,8 @@ class SampleConfig:
     sampler: str | None = None  # None = the method's default (pushforward for imm, euler for fm)
     schedule: str = "uniform"
     times: list[float] | None = None  # an explicit grid [T, ..., eps_t]; overrides steps and schedule
+    eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
+    cfg_scale: float = 1.0  # classifier-free guidance on the network output; 1 = none
 
 
 @dataclass
@@ -101,6 +116,18 @@ class EvalConfig:
     n_samples: int = 4000
     seed: int = 1234
     inception_weights: str | None = None
+
+
+@dataclass
+class DDPMConfig:
+    steps: int = 1000  # the discrete schedule's length N
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = 16
 
 
 @dataclass
@@ -128,6 +155,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     imm: IMMConfig = field(default_factory=IMMConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -208,7 +237,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.sample.sampler is not None and cfg.sample.sampler not in METHOD_SAMPLERS[cfg.method]:
         raise ConfigError(
             f"sample.sampler: {cfg.sample.sampler!r} does not apply to method={cfg.method}; "
-            f"choose one of {list(METHOD_SAMPLERS[cfg.method])} (all samplers: {list(SAMPLERS)})"
+            f"choose one of {list(METHOD_SAMPLERS[cfg.method])}"
         )
     if cfg.method == "fm" and cfg.trajectory != "ot_fm":
         raise ConfigError(f"trajectory: flow matching (method=fm) uses 'ot_fm', got {cfg.trajectory!r}")
@@ -235,6 +264,16 @@ def validate(cfg: DictConfig) -> None:
     m, b, w = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers
     if b % w:
         raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")
+    if cfg.method == "vae" and cfg.model.class_conditional:
+        raise ConfigError("model.class_conditional: the VAE baseline is unconditional; set it false for method=vae")
+    _check_range(cfg, "sample.eta", 0.0, 1.0)
+    _check_range(cfg, "sample.cfg_scale", 0.0, None)
+    _check_range(cfg, "train.label_dropout", 0.0, 1.0)
+    _check_range(cfg, "ddpm.steps", 2, None)
+    _check_range(cfg, "vae.latent_dim", 1, None)
+    if not 0 < cfg.ddpm.beta_start < cfg.ddpm.beta_end < 1:
+        raise ConfigError(f"ddpm.beta_start, ddpm.beta_end: need 0 < start < end < 1, got {cfg.ddpm.beta_start}, "
+                          f"{cfg.ddpm.beta_end}")
     if cfg.method == "imm" and (b // w) % m:
         raise ConfigError(
             f"imm.group_size: M={m} must divide the per-worker batch "
@@ -245,6 +284,8 @@ def validate(cfg: DictConfig) -> None:
     steps = list(cfg.eval.steps) if isinstance(cfg.eval.steps, ListConfig) else cfg.eval.steps
     if not steps or any((not isinstance(k, int)) or k < 1 for k in steps):
         raise ConfigError(f"eval.steps: a non-empty list of sampling step counts >= 1, got {steps}")
+    if cfg.method == "ddpm" and max(steps) > cfg.ddpm.steps:
+        raise ConfigError(f"eval.steps: DDPM samples on a subsequence of its {cfg.ddpm.steps} steps, got {steps}")
     if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
 

@@ -1,16 +1,45 @@
-"""Data sets: toy 2D point clouds generated from a fixed seed, and `npy:PATH` arrays of shape (N, D).
+"""Data sets: toy 2D point clouds made from a fixed seed, `npy:PATH` arrays, and images: sklearn's bundled
+digits, CIFAR-10's python batches and image folders (a local path or an s3:// URI), scaled to [-1, 1].
 
-Nothing is downloaded: every set is either made here or read from a path the user gives.
+Nothing is downloaded from the internet: every set is made here, ships with a package, or is read from a
+path the user gives; a missing one is an error that says where to put it.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from imm.remote import local_copy
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
+                "data.name=cifar10:/path/to/cifar-10-batches-py (or an s3:// prefix holding those files)")
+
+
+@dataclass(frozen=True)
+class Data:
+    """A training set and a held-out set of the same shape; labels for class-conditional models, if any."""
+
+    train: Tensor  # (N, D) points or (N, C, H, W) images in [-1, 1]
+    heldout: Tensor
+    train_labels: Tensor | None = None  # (N,) int64 in [0, num_classes)
+    heldout_labels: Tensor | None = None
+    num_classes: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.train.ndim == 4
 
 
 def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
@@ -42,16 +71,83 @@ def moons(n: int, g: torch.Generator) -> Tensor:
 TOY_SETS = {"8gaussians": eight_gaussians, "checkerboard": checkerboard, "moons": moons}
 
 
-def load_data(cfg) -> tuple[Tensor, Tensor]:
-    """(train, heldout) float32 tensors of shape (N, D) for a DataConfig."""
+def load_data(cfg) -> Data:
+    """The data set a DataConfig names (toy set, npy:PATH, digits, cifar10:PATH, folder:PATH)."""
     name = cfg.name
     g = torch.Generator().manual_seed(cfg.seed)
     if name in TOY_SETS:
         points = TOY_SETS[name](cfg.n_train + cfg.n_heldout, g)
-        return points[: cfg.n_train].contiguous(), points[cfg.n_train :].contiguous()
+        return Data(points[: cfg.n_train].contiguous(), points[cfg.n_train :].contiguous())
     if name.startswith("npy:"):
-        return _split(_load_npy(name[4:]), cfg.heldout_fraction, g)
-    raise ValueError(f"data.name: {name!r} is not one of {sorted(TOY_SETS)} or npy:PATH")
+        return _split(_load_npy(name[4:]), None, cfg.heldout_fraction, g)
+    if name == "digits":
+        return _split(*_digits(), cfg.heldout_fraction, g, num_classes=10)
+    if name.startswith("cifar10:"):
+        return _cifar10(name[len("cifar10:"):])
+    if name.startswith("folder:"):
+        images, labels, n_classes = _folder(name[len("folder:"):])
+        return _split(images, labels, cfg.heldout_fraction, g, num_classes=n_classes)
+    raise ValueError(f"data.name: {name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH or "
+                     "folder:PATH (PATH may be s3://bucket/prefix)")
+
+
+def _digits() -> tuple[Tensor, Tensor]:
+    """sklearn's 1797 handwritten digits (8x8, 17 grey levels, shipped with the package), as (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1) / 8.0 - 1.0  # [0, 16] -> [-1, 1]
+    return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+def _cifar10(uri: str) -> Data:
+    """CIFAR-10's python batches: data_batch_1..5 for training, test_batch held out."""
+    root = local_copy(uri)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.name: {uri!r} lacks {missing}; {CIFAR10_HELP}")
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            with (root / f).open("rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")  # the official format: a pickled dict of arrays
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        return _to_unit(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    (x, y), (xh, yh) = read(names[:5]), read(names[5:])
+    return Data(x, xh, y, yh, num_classes=10)
+
+
+def _folder(uri: str) -> tuple[Tensor, Tensor | None, int]:
+    """Images under a folder, all of one size; one level of subfolders names the classes."""
+    from PIL import Image
+
+    root = local_copy(uri)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.name: folder {uri!r} not found; put the images (or one subfolder per class) there")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"data.name: no images ({', '.join(IMAGE_EXTENSIONS)}) under {uri!r}")
+    classes = sorted({p.parent.name for p in files if p.parent != root})
+    mode = "L" if all(Image.open(p).mode in ("L", "1") for p in files[:50]) else "RGB"
+    arrays = [np.asarray(Image.open(p).convert(mode)) for p in files]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"data.name: images under {uri!r} have different sizes {sorted(sizes)[:4]}; resize them first")
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    labels = None
+    if classes and all(p.parent != root for p in files):
+        labels = torch.tensor([classes.index(p.parent.name) for p in files])
+    return _to_unit(x), labels, len(classes) if labels is not None else 0
+
+
+def _to_unit(x: np.ndarray) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return torch.from_numpy(x).float() / 127.5 - 1.0
 
 
 def _load_npy(path: str) -> Tensor:
@@ -64,14 +160,24 @@ def _load_npy(path: str) -> Tensor:
     return torch.from_numpy(arr.astype(np.float32))
 
 
-def _split(points: Tensor, heldout_fraction: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    perm = torch.randperm(len(points), generator=g)
-    n_held = max(1, int(round(heldout_fraction * len(points))))
-    if n_held >= len(points):
-        raise ValueError(f"data.heldout_fraction={heldout_fraction} leaves no training rows out of {len(points)}")
-    return points[perm[n_held:]].contiguous(), points[perm[:n_held]].contiguous()
+def _split(x: Tensor, labels: Tensor | None, heldout_fraction: float, g: torch.Generator,
+           num_classes: int = 0) -> Data:
+    perm = torch.randperm(len(x), generator=g)
+    n_held = max(1, int(round(heldout_fraction * len(x))))
+    if n_held >= len(x):
+        raise ValueError(f"data.heldout_fraction={heldout_fraction} leaves no training rows out of {len(x)}")
+    train, held = perm[n_held:], perm[:n_held]
+    if labels is None:
+        return Data(x[train].contiguous(), x[held].contiguous())
+    return Data(x[train].contiguous(), x[held].contiguous(), labels[train], labels[held], num_classes)
 
 
-def shard(points: Tensor, rank: int, world_size: int) -> Tensor:
+def random_xflip(x: Tensor) -> Tensor:
+    """Mirror each image left-right with probability 1/2 (the paper's x-flip augmentation)."""
+    flip = torch.rand(len(x), device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def shard(points: Tensor | None, rank: int, world_size: int) -> Tensor | None:
     """This worker's share of the training set (every world_size-th row)."""
-    return points[rank::world_size]
+    return None if points is None else points[rank::world_size]

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imm.config import ConfigError, load_config
-from imm.data import load_data, shard
+from imm.data import load_data, random_xflip, shard
 from imm.evaluate import evaluate
 from imm.methods import build_loss, build_model
 
@@ -69,11 +69,16 @@ def train_loop(
     # Reseeding from (seed, rank, start step) makes every worker distinct and a resumed run reproducible.
     torch.manual_seed(tc.seed + 100_003 * rank + 1_000_003 * start)
 
-    train_set, heldout = load_data(cfg.data)
-    sigma_d = float(cfg.data.sigma_d or train_set.std())
-    data = shard(train_set, rank, world_size).to(device)
-    data_shape = tuple(train_set.shape[1:])
-    model = build_model(cfg, data_shape, sigma_d).to(device)
+    dataset = load_data(cfg.data)
+    heldout = dataset.heldout
+    sigma_d = float(cfg.data.sigma_d or dataset.train.std())
+    data = shard(dataset.train, rank, world_size).to(device)
+    num_classes = dataset.num_classes if cfg.model.class_conditional else 0
+    if cfg.model.class_conditional and not num_classes:
+        raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
+    labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
+    data_shape = dataset.shape
+    model = build_model(cfg, data_shape, sigma_d, num_classes).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = _optimizer(cfg, model.parameters())
     warmup = max(tc.warmup_steps, 1)
@@ -97,8 +102,13 @@ def train_loop(
     train_s0, t_start = float(resume.get("train_s", 0.0)) if resume else 0.0, time.perf_counter()
     loss_sum, loss_n, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     for step in range(start + 1, tc.steps + 1):
-        x = data[torch.randint(len(data), (per_worker,), device=device)]
-        loss = loss_fn(ddp, x)
+        idx = torch.randint(len(data), (per_worker,), device=device)
+        x, y = data[idx], None
+        if cfg.data.xflip and x.ndim == 4:
+            x = random_xflip(x)
+        if labels is not None:  # classifier-free guidance trains the null label too
+            y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, labels[idx])
+        loss = loss_fn(ddp, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
@@ -144,6 +154,7 @@ def train_loop(
                     "config": OmegaConf.to_container(cfg, resolve=True),
                     "sigma_d": sigma_d,
                     "data_shape": list(data_shape),
+                    "num_classes": num_classes,
                 }
                 torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
                 ckpt_dir = tmp

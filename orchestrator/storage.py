@@ -2,20 +2,18 @@
 
 The embedded default keeps everything under `storage.root` (./imm-runs): `mlflow.db`, `artifacts/` and
 `ray/`. `storage.ray_storage` may point Ray's checkpoints elsewhere: a folder or `s3://bucket/prefix`.
-For an S3 endpoint other than AWS (MinIO, moto), Ray needs an explicit pyarrow filesystem, built here
-from AWS_ENDPOINT_URL_S3 or MLFLOW_S3_ENDPOINT_URL.
+For an S3 endpoint other than AWS (MinIO, moto), Ray needs an explicit pyarrow filesystem: `imm.remote`
+builds it from AWS_ENDPOINT_URL_S3 or MLFLOW_S3_ENDPOINT_URL.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from imm.config import ConfigError
-
-S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+from imm.remote import s3_filesystem
 
 
 @dataclass(frozen=True)
@@ -59,26 +57,3 @@ def ray_storage(cfg) -> RayStorage:
         p = str(Path(parsed.path if parsed.scheme else raw).expanduser().resolve())
         return RayStorage(uri=p, path=p, is_s3=False)
     raise ConfigError(f"storage.ray_storage: scheme {parsed.scheme!r} is not supported; use a folder or s3://bucket/prefix")
-
-
-def s3_endpoint() -> str | None:
-    """The S3 endpoint from the environment (first of AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL)."""
-    for var in S3_ENDPOINT_VARS:
-        if os.environ.get(var):
-            return os.environ[var]
-    return None
-
-
-def s3_filesystem(endpoint: str | None = None):
-    """A pyarrow S3FileSystem for AWS or, with an endpoint such as http://minio:9000, any S3-compatible store.
-
-    Credentials come from the usual AWS variables; the region defaults to us-east-1 (MinIO ignores it).
-    """
-    from pyarrow import fs
-
-    endpoint = endpoint or s3_endpoint()
-    kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    return fs.S3FileSystem(**kwargs)

@@ -195,14 +195,17 @@ class RankZeroLogger:
         self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"]
 
     def on_eval(self, step: int, samples: dict) -> None:
-        """Scatter plots of 2D samples, one per sampling step count (image grids come with image data)."""
-        from imm.sample import scatter_png
+        """A scatter plot of 2D samples or a grid of images, one per sampling step count."""
+        from imm.sample import image_grid_png, scatter_png
 
         if step <= self.logged_through:
             return
         for k, x in samples.items():
-            if x.ndim == 2 and x.shape[-1] == 2:
-                out = self.plots / f"step_{step:07d}" / f"steps_{k}.png"
+            out = self.plots / f"step_{step:07d}" / f"steps_{k}.png"
+            if x.ndim == 4:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                image_grid_png(x, out)
+            elif x.ndim == 2 and x.shape[-1] == 2:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 scatter_png(x, out, title=f"step {step}, {k} sampling step(s)")
 

@@ -10,8 +10,8 @@ from imm.metrics import energy_distance
 @pytest.mark.parametrize("name", ["8gaussians", "checkerboard", "moons"])
 def test_toy_sets_are_deterministic_and_split(name):
     cfg = load_config("toy2d", [f"data.name={name}", "data.n_train=1000", "data.n_heldout=300"]).data
-    a_train, a_held = load_data(cfg)
-    b_train, _ = load_data(cfg)
+    a = load_data(cfg)
+    a_train, a_held, b_train = a.train, a.heldout, load_data(cfg).train
     assert a_train.shape == (1000, 2) and a_held.shape == (300, 2)
     assert torch.equal(a_train, b_train)
     assert a_train.abs().max() < 3
@@ -19,7 +19,7 @@ def test_toy_sets_are_deterministic_and_split(name):
 
 def test_checkerboard_occupies_the_dark_squares():
     cfg = load_config("toy2d", ["data.name=checkerboard"]).data
-    x, _ = load_data(cfg)
+    x = load_data(cfg).train
     parity = (torch.floor(x[:, 0]) + torch.floor(x[:, 1])) % 2
     assert bool((parity == parity[0]).all())
 
@@ -28,7 +28,8 @@ def test_npy_split(tmp_path):
     arr = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
     np.save(tmp_path / "pts.npy", arr)
     cfg = load_config("toy2d", [f"data.name=npy:{tmp_path / 'pts.npy'}", "data.heldout_fraction=0.25"]).data
-    train, held = load_data(cfg)
+    d = load_data(cfg)
+    train, held = d.train, d.heldout
     assert train.shape == (150, 3) and held.shape == (50, 3)
     rows = {tuple(r) for r in np.concatenate([train.numpy(), held.numpy()])}
     assert rows == {tuple(r) for r in arr}
@@ -59,3 +60,80 @@ def test_energy_distance_closed_form():
     ref = 2 * e_abs(1.0) - 2 * e_abs(0.0)
     assert abs(energy_distance(x, y) - ref) < 0.02
     assert abs(energy_distance(x, torch.randn(4000, 1, generator=g))) < 0.01
+
+
+def test_digits_are_real_8x8_images_in_the_unit_range_with_labels():
+    d = load_data(load_config("toy2d", ["data.name=digits"]).data)
+    assert d.train.shape[1:] == (1, 8, 8) and d.is_image and d.num_classes == 10
+    assert len(d.train) + len(d.heldout) == 1797 and len(d.heldout) == 180
+    assert d.train.min() == -1.0 and d.train.max() == 1.0
+    assert set(d.train_labels.tolist()) == set(range(10)) and len(d.train_labels) == len(d.train)
+    # the same digit looks alike: class means are further apart than the spread within a class
+    zeros, ones = d.train[d.train_labels == 0], d.train[d.train_labels == 1]
+    assert (zeros.mean(0) - ones.mean(0)).norm() > 0.5 * zeros.std(0).norm()
+
+
+def _fake_cifar(root, n=20):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    return batch
+
+
+def test_cifar10_python_batches(tmp_path):
+    last = _fake_cifar(tmp_path / "cifar-10-batches-py")
+    d = load_data(load_config("toy2d", [f"data.name=cifar10:{tmp_path / 'cifar-10-batches-py'}"]).data)
+    assert d.train.shape == (100, 3, 32, 32) and d.heldout.shape == (20, 3, 32, 32) and d.num_classes == 10
+    # the test batch is held out, pixel (c, h, w) = data[c * 1024 + h * 32 + w] scaled to [-1, 1]
+    assert d.heldout[3, 2, 5, 7].item() == pytest.approx(last[b"data"][3, 2 * 1024 + 5 * 32 + 7] / 127.5 - 1)
+    assert d.heldout_labels.tolist() == [int(v) for v in last[b"labels"]]
+
+
+def test_missing_cifar10_says_where_to_put_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        load_data(load_config("toy2d", [f"data.name=cifar10:{tmp_path}"]).data)
+
+
+def test_image_folder_with_one_subfolder_per_class(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    d = load_data(load_config("toy2d", [f"data.name=folder:{tmp_path}", "data.heldout_fraction=0.2"]).data)
+    assert d.train.shape == (8, 3, 6, 6) and d.heldout.shape == (2, 3, 6, 6) and d.num_classes == 2
+    assert sorted(d.train_labels.tolist() + d.heldout_labels.tolist()) == [0] * 5 + [1] * 5
+    Image.fromarray(np.zeros((7, 7, 3), dtype=np.uint8)).save(tmp_path / "cat" / "odd.png")
+    with pytest.raises(ValueError, match="different sizes"):
+        load_data(load_config("toy2d", [f"data.name=folder:{tmp_path}"]).data)
+
+
+def test_xflip_mirrors_about_half_of_the_images():
+    from imm.data import random_xflip
+
+    torch.manual_seed(0)
+    x = torch.arange(4.0).view(1, 1, 1, 4).repeat(1000, 1, 1, 1)
+    y = random_xflip(x)
+    flipped = (y[:, 0, 0, 0] == 3).float().mean()
+    assert 0.45 < flipped < 0.55 and bool(((y[:, 0, 0, 0] == 0) | (y[:, 0, 0, 0] == 3)).all())
+    assert torch.equal(y[y[:, 0, 0, 0] == 3][0, 0, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
+
+
+def test_image_grid_png(tmp_path):
+    from PIL import Image
+
+    from imm.sample import image_grid_png
+
+    image_grid_png(torch.rand(10, 1, 8, 8) * 2 - 1, tmp_path / "g.png")
+    img = Image.open(tmp_path / "g.png")
+    assert img.mode == "L" and img.size == (37 * 7, 28 * 7)  # 4x3 grid of 8x8 with borders, enlarged to >= 256
+    image_grid_png(torch.zeros(4, 3, 5, 5), tmp_path / "c.png", min_size=1)
+    c = np.asarray(Image.open(tmp_path / "c.png"))
+    assert c.shape == (13, 13, 3) and c[1, 1].tolist() == [128, 128, 128] and c[0, 0].tolist() == [0, 0, 0]

@@ -161,7 +161,7 @@ def test_one_ddp_step_matches_the_single_process_step(ray_local, tmp_path):
     cfg = load_config("toy2d", ["model.hidden=32", "model.depth=1", "train.batch_size=64", "trainer.num_workers=2"])
     torch.manual_seed(0)
     model = build_model(cfg, (2,), 1.0)
-    data, _ = load_data(cfg.data)
+    data = load_data(cfg.data).train
     loss_fn = build_loss(cfg)
     batch = loss_fn.draw(data[:64], torch.tensor(1.0))  # 16 groups of M=4 with their times and noise
     loss_fn.objective(model, batch).backward()

@@ -16,9 +16,9 @@ class FlowMatchingLoss:
     eps_t: float = 0.0
     T: float = 0.994
 
-    def __call__(self, model, x: Tensor) -> Tensor:
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         t = self.eps_t + (self.T - self.eps_t) * torch.rand(x.shape[0], device=x.device)
         eps = torch.randn_like(x) * unwrap(model).sigma_d
         tb = t.view(-1, *([1] * (x.ndim - 1)))
         x_t = (1 - tb) * x + tb * eps
-        return (model(x_t, t) - (eps - x)).square().mean()
+        return (model(x_t, t, labels) - (eps - x)).square().mean()

@@ -43,6 +43,7 @@ class IMMBatch:
     t: Tensor
     x_t: Tensor
     x_r: Tensor
+    labels: Tensor | None = None  # (B,) class labels, the same for both inputs
 
 
 @dataclass
@@ -62,17 +63,20 @@ class IMMLoss:
     eta_max: float = 160.0
     eta_min: float = 0.0
     delta: float = 0.0
+    s_at_eps: bool = False  # the consistency-model case: every group maps to s = eps_t
 
     def __post_init__(self):
         self.kernel_fn = get_kernel(self.kernel)
 
-    def draw(self, x: Tensor, sigma_d: Tensor) -> IMMBatch:
+    def draw(self, x: Tensor, sigma_d: Tensor, labels: Tensor | None = None) -> IMMBatch:
         """Times (one (s, r, t) per group), noise and the two noisy inputs for a batch of data x."""
         groups = x.shape[0] // self.group_size
         s, t = sample_times(
             groups, self.traj, self.eps_t, self.T, self.time_sampler,
             p_mean=self.p_mean, p_std=self.p_std, device=x.device,
         )
+        if self.s_at_eps:
+            s = torch.full_like(s, self.eps_t)
         r = mapping_fn(
             s, t, self.traj, self.mapping, self.k,
             eta_max=self.eta_max, eta_min=self.eta_min, eps_t=self.eps_t, T=self.T, delta=self.delta,
@@ -82,14 +86,14 @@ class IMMLoss:
         eps = torch.randn_like(x) * sigma_d
         x_t = self.traj.alpha(t_).view(shape) * x + self.traj.sigma(t_).view(shape) * eps
         x_r = ddim(x_t, x, r_.view(shape), t_.view(shape), self.traj)
-        return IMMBatch(s=s, r=r, t=t, x_t=x_t, x_r=x_r)
+        return IMMBatch(s=s, r=r, t=t, x_t=x_t, x_r=x_r, labels=labels)
 
     def objective(self, model: OneStepModel, batch: IMMBatch) -> Tensor:
         m = self.group_size
         s_, r_, t_ = (v.repeat_interleave(m) for v in (batch.s, batch.r, batch.t))
         with replay_rng(batch.x_t.device), torch.no_grad():
-            y_r = model(batch.x_r, s_, r_)
-        y_t = model(batch.x_t, s_, t_)
+            y_r = model(batch.x_r, s_, r_, batch.labels)
+        y_t = model(batch.x_t, s_, t_, batch.labels)
         groups = batch.s.shape[0]
         per_group = mmd2(
             y_t.reshape(groups, m, -1), y_r.reshape(groups, m, -1),
@@ -97,5 +101,5 @@ class IMMLoss:
         )
         return (self.weighting(batch.t, self.traj) * per_group).mean()
 
-    def __call__(self, model: OneStepModel, x: Tensor) -> Tensor:
-        return self.objective(model, self.draw(x, unwrap(model).sigma_d))
+    def __call__(self, model: OneStepModel, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.objective(model, self.draw(x, unwrap(model).sigma_d, labels))

@@ -35,22 +35,33 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """G(x, c_noise(t), c_noise(s)) for x: (B, D). s has its own embedding MLP, added to t's."""
+    """G(x, c_noise(t), c_noise(s)[, label]) for x of any shape (flattened to `dim` features inside).
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, emb_dim: int = 128, dropout: float = 0.0):
+    s has its own embedding MLP, added to t's; with num_classes > 0 a label embedding is added too, whose
+    extra index `num_classes` is the null label of classifier-free guidance.
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, emb_dim: int = 128, dropout: float = 0.0,
+                 num_classes: int = 0):
         super().__init__()
-        self.emb_dim = emb_dim
+        self.emb_dim, self.num_classes = emb_dim, num_classes
         self.t_embed = _embedder(emb_dim, hidden)
         self.s_embed = _embedder(emb_dim, hidden)
+        self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, dropout) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, c_noise_t: Tensor, c_noise_s: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise_t: Tensor, c_noise_s: Tensor, class_labels: Tensor | None = None) -> Tensor:
         emb = self.t_embed(sinusoidal_embedding(c_noise_t, self.emb_dim).to(x.dtype))
-        emb = nn.functional.silu(emb + self.s_embed(sinusoidal_embedding(c_noise_s, self.emb_dim).to(x.dtype)))
-        h = self.inp(x)
+        emb = emb + self.s_embed(sinusoidal_embedding(c_noise_s, self.emb_dim).to(x.dtype))
+        if self.label_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
+            emb = emb + self.label_embed(class_labels)
+        emb = nn.functional.silu(emb)
+        h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(nn.functional.silu(self.out_norm(h)))
+        return self.out(nn.functional.silu(self.out_norm(h))).view_as(x)

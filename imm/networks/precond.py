@@ -20,6 +20,17 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def guided(net: nn.Module, args: tuple, labels: Tensor | None, scale: float) -> Tensor:
+    """net(*args, labels); with scale != 1, classifier-free guidance G(null) + scale (G(labels) - G(null))."""
+    if labels is None:
+        return net(*args)
+    g = net(*args, labels)
+    if scale == 1.0:
+        return g
+    g_null = net(*args, torch.full_like(labels, net.num_classes))
+    return g_null + scale * (g - g_null)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper, or the model itself."""
     return getattr(model, "module", model)
@@ -43,16 +54,17 @@ class OneStepModel(nn.Module):
         self.parameterization, self.s_embedding = parameterization, s_embedding
         self.register_buffer("sigma_d", torch.tensor(float(sigma_d)))
 
-    def network_output(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """G(c_in x_t, c_noise(t), c_noise(s) or 1000 (t - s)); s, t: (B,)."""
+    def network_output(self, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None,
+                       cfg_scale: float = 1.0) -> Tensor:
+        """G(c_in x_t, c_noise(t), c_noise(s) or 1000 (t - s)[, labels]), guided when cfg_scale != 1; s, t: (B,)."""
         a, sg = self.traj.alpha(t), self.traj.sigma(t)
         c_in = 1 / (self.sigma_d * torch.sqrt(a**2 + sg**2))
         c_s = 1000 * s if self.s_embedding == "identity" else 1000 * (t - s)
-        return self.net(_bcast(c_in, x_t) * x_t, 1000 * t, c_s)
+        return guided(self.net, (_bcast(c_in, x_t) * x_t, 1000 * t, c_s), labels, cfg_scale)
 
-    def forward(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """f_{s,t}(x_t): x_t moved from time t to time s <= t."""
-        return self.combine(x_t, self.network_output(x_t, s, t), s, t)
+    def forward(self, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
+        """f_{s,t}(x_t): x_t moved from time t to time s <= t (guidance acts on G, before the skip/output mix)."""
+        return self.combine(x_t, self.network_output(x_t, s, t, labels, cfg_scale), s, t)
 
     def combine(self, x_t: Tensor, g: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """The parameterisation's skip/output mix of x_t and the network output g (guidance acts on g)."""
@@ -86,5 +98,5 @@ class VelocityModel(OneStepModel):
     def __init__(self, net: nn.Module, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity"):
         super().__init__(net, traj, "euler_fm", sigma_d, s_embedding)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.sigma_d * self.network_output(x_t, t, t)
+    def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
+        return self.sigma_d * self.network_output(x_t, t, t, labels, cfg_scale)

@@ -1,0 +1,92 @@
+"""DDPM (Ho et al. 2020; method notes section 10): epsilon prediction on a discrete variance-preserving
+schedule with the simple loss, sampled ancestrally or with DDIM (Song et al. 2021) on any subsequence.
+
+x_n = sqrt(abar_n) x + sqrt(1 - abar_n) eps for n = 0..N-1, with data scaled to unit std (x / sigma_d) so
+one schedule serves toy points and images alike. L_simple = || eps_theta(x_n, n) - eps ||^2.
+
+DDIM from n to m < n (m = -1 is "clean", abar_{-1} = 1):
+    x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n)
+    sigma = eta sqrt((1 - abar_m) / (1 - abar_n)) sqrt(1 - abar_n / abar_m)
+    x_m = sqrt(abar_m) x0 + sqrt(1 - abar_m - sigma^2) eps + sigma z
+eta = 0 is deterministic; eta = 1 is the DDPM posterior q(x_m | x_n, x0), i.e. ancestral sampling (exactly
+DDPM's sampler when the subsequence is every step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from imm.networks.precond import guided, unwrap
+
+
+def linear_alpha_bars(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """abar_n = prod_{i <= n} (1 - beta_i) for DDPM's linear betas (float64)."""
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+class EpsModel(nn.Module):
+    """eps_theta(x_n, n) = G(x_n, c_noise = n, c_noise_s = n) on unit-std data; `sigma_d` maps to and from data units."""
+
+    def __init__(self, net: nn.Module, alpha_bars: Tensor, sigma_d: float):
+        super().__init__()
+        self.net = net
+        self.register_buffer("alpha_bars", alpha_bars.float())
+        self.register_buffer("sigma_d", torch.tensor(float(sigma_d)))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.alpha_bars)
+
+    def forward(self, x_n: Tensor, n: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
+        c = n.float()
+        return guided(self.net, (x_n, c, c), labels, cfg_scale)
+
+
+@dataclass
+class DDPMLoss:
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        m = unwrap(model)
+        n = torch.randint(m.num_steps, (x.shape[0],), device=x.device)
+        abar = m.alpha_bars[n].view(-1, *([1] * (x.ndim - 1)))
+        eps = torch.randn_like(x)
+        x_n = abar.sqrt() * (x / m.sigma_d) + (1 - abar).sqrt() * eps
+        return (model(x_n, n, labels) - eps).square().mean()
+
+
+def timestep_grid(steps: int, num_steps: int) -> Tensor:
+    """`steps` timesteps from N - 1 down to 0, evenly spaced, then -1 (clean): DDIM's subsequence."""
+    if not 1 <= steps <= num_steps:
+        raise ValueError(f"steps must be in 1..{num_steps} for this DDPM schedule, got {steps}")
+    taus = torch.linspace(num_steps - 1, 0, steps, dtype=torch.float64).round().long()
+    return torch.cat([taus, torch.tensor([-1])])
+
+
+def ddim_sigma(a_n: Tensor, a_m: Tensor, eta: float) -> Tensor:
+    """The noise DDIM adds going from abar_n to abar_m; at eta = 1 the DDPM posterior's std."""
+    return eta * ((1 - a_m) / (1 - a_n)).sqrt() * (1 - a_n / a_m).sqrt()
+
+
+@torch.no_grad()
+def ddim(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | None = None,
+         eta: float = 0.0) -> Tensor:
+    """DDIM along the integer grid from `timestep_grid`; x starts as N(0, I) noise; returns data units."""
+    abars = model.alpha_bars.double()
+    for n, m in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        a_n = abars[n]
+        a_m = abars[m] if m >= 0 else torch.ones((), dtype=torch.float64, device=abars.device)
+        eps = model(x, torch.full((x.shape[0],), n, device=x.device)).double()
+        x0 = (x.double() - (1 - a_n).sqrt() * eps) / a_n.sqrt()
+        sigma = ddim_sigma(a_n, a_m, eta)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
+        x = (a_m.sqrt() * x0 + (1 - a_m - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise).to(x.dtype)
+    return x * model.sigma_d
+
+
+@torch.no_grad()
+def ancestral(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Ancestral sampling: DDIM with eta = 1, i.e. the DDPM posterior at each (respaced) step."""
+    return ddim(model, x, grid, generator, eta=1.0)

@@ -7,6 +7,9 @@ trials: the sum of their training-loop time (`time/train_s`, logged by each tria
     overhead = sweep wall time (1 at a time) / sum of trial training time     target: < 1.10 for trials of minutes
     speed-up = sweep wall time (1 at a time) / sweep wall time (2 at a time)
 
+It also times a no-op `TorchTrainer.fit()` launched from a Ray task (Ray Train's own fixed cost per run: controller,
+placement group, worker group, process group), to tell the sweep's share of the per-trial overhead from Ray's.
+
     .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 1500] [--cpus 2]
 """
 
@@ -47,6 +50,28 @@ def run_sweep(root: str, trials: int, steps: int, concurrent: int) -> tuple[floa
     return wall, train_s
 
 
+def _noop(config):
+    import ray.train
+
+    ray.train.report({"done": 1})
+
+
+def bare_fit_s(root: str) -> float:
+    """Seconds of one no-op TorchTrainer.fit() (1 worker) from inside a Ray task, as a sweep trial runs it."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    @ray.remote(num_cpus=0)
+    def fit(name):
+        t0 = time.perf_counter()
+        TorchTrainer(_noop, scaling_config=ScalingConfig(num_workers=1),
+                     run_config=RunConfig(name=name, storage_path=root)).fit()
+        return time.perf_counter() - t0
+
+    return min(ray.get(fit.remote(f"noop{i}")) for i in range(2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4)
@@ -61,6 +86,8 @@ def main() -> int:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="imm-sweep-bench-") as root:
+        noop_s = bare_fit_s(f"{root}/noop")
+        print(f"a no-op TorchTrainer.fit() from a Ray task: {noop_s:.1f}s", flush=True)
         for concurrent in (1, 2):
             rows[concurrent] = run_sweep(f"{root}/c{concurrent}", args.trials, args.steps, concurrent)
             wall, train_s = rows[concurrent]
@@ -72,6 +99,9 @@ def main() -> int:
     print(f"\n| {args.trials} trials x {args.steps} steps | value |\n|---|---|")
     print(f"| mean trial training time (baseline, measured inside the trials) | {sum(train1) / len(train1):.1f} s |")
     print(f"| overhead: sweep wall (1 at a time) / sum of trial training | {wall1 / sum(train1):.3f} |")
+    per_trial = (wall1 - sum(train1)) / len(train1)
+    print(f"| overhead per trial / a no-op TorchTrainer.fit() ({noop_s:.1f} s) | "
+          f"{per_trial:.1f} s, {per_trial / noop_s:.2f}x |")
     print(f"| speed-up: sweep wall 1 at a time / 2 at a time | {wall1 / wall2:.2f} |")
     return 0
 

@@ -23,7 +23,7 @@ from imm.methods.ddpm import DDPMLoss, EpsModel, ancestral, ddim, linear_alpha_b
 from imm.methods.flow_matching import FlowMatchingLoss
 from imm.methods.imm import IMMLoss
 from imm.methods.vae import VAE, VAELoss, decode
-from imm.networks import MLP, OneStepModel, VelocityModel
+from imm.networks import MLP, OneStepModel, UNet, VelocityModel
 from imm.sampling import SAMPLERS, initial_noise, time_grid
 from imm.trajectories import get_trajectory
 from imm.weighting import Weighting
@@ -36,8 +36,6 @@ def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int
     """G_theta: the MLP (any data, flattened) or the U-Net (images)."""
     m = cfg.model
     if m.arch == "unet":
-        from imm.networks.unet import UNet
-
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ConfigError(f"model.arch: unet needs square images (C, H, H), this data has shape {data_shape}")
         return UNet(data_shape[0], data_shape[1], model_channels=m.channels, channel_mult=tuple(m.channel_mult),

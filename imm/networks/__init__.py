@@ -2,5 +2,6 @@
 
 from imm.networks.mlp import MLP
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS, OneStepModel, VelocityModel
+from imm.networks.unet import UNet
 
-__all__ = ["MLP", "OneStepModel", "PARAMETERIZATIONS", "S_EMBEDDINGS", "VelocityModel"]
+__all__ = ["MLP", "OneStepModel", "PARAMETERIZATIONS", "S_EMBEDDINGS", "UNet", "VelocityModel"]

@@ -16,7 +16,7 @@ def sinusoidal_embedding(c_noise: Tensor, dim: int, max_period: float = 10000.0)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def _embedder(emb_dim: int, hidden: int) -> nn.Sequential:
+def time_embedder(emb_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
 
@@ -45,8 +45,8 @@ class MLP(nn.Module):
                  num_classes: int = 0):
         super().__init__()
         self.emb_dim, self.num_classes = emb_dim, num_classes
-        self.t_embed = _embedder(emb_dim, hidden)
-        self.s_embed = _embedder(emb_dim, hidden)
+        self.t_embed = time_embedder(emb_dim, hidden)
+        self.s_embed = time_embedder(emb_dim, hidden)
         self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, dropout) for _ in range(depth))

@@ -5,7 +5,7 @@ samples and the held-out digits (539 images) at the step counts each method is u
 held-out set's distance to the training set (the floor: two finite samples of the same digits). Writes one
 sample grid per method and sampler under --out.
 
-    .venv/bin/python benchmarks/digits_baselines.py [--steps 4000] [--out docs/digits] [key=value ...]
+    .venv/bin/python benchmarks/digits_baselines.py [--steps 3000] [--out docs/digits] [key=value ...]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PLAN = {  # method: [(sampler, steps), ...]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4000, help="training steps for every method")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps for every method")
     parser.add_argument("--n", type=int, default=2000, help="samples per evaluation")
     parser.add_argument("--methods", default=",".join(PLAN), help="comma-separated subset of " + ",".join(PLAN))
     parser.add_argument("--out", default="docs/digits", help="folder for the sample grids")

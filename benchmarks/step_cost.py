@@ -4,6 +4,8 @@ IMM runs one extra no-grad forward per sample (the target), so about 4/3 of FM's
 is the floor; the grouped kernel must not grow with M. Prints IMM/FM and IMM(M)/IMM(M=4) ratios.
 
     .venv/bin/python benchmarks/step_cost.py [--batch 4096] [--hidden 256] [--depth 4] [--device cpu]
+    .venv/bin/python benchmarks/step_cost.py --arch unet --batch 64 --channels 32   # 3x32x32 images
+    .venv/bin/python benchmarks/step_cost.py --arch unet --batch 512 --channels 128 --precision bf16 --compile  # GPU
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ from imm.methods import build_loss, build_model
 
 
 def make_step(method: str, m: int, args):
-    cfg = load_config("toy2d", [
-        f"method={method}", f"imm.group_size={m}", f"train.batch_size={args.batch}",
-        f"model.hidden={args.hidden}", f"model.depth={args.depth}",
-    ])
+    overrides = [f"method={method}", f"imm.group_size={m}", f"train.batch_size={args.batch}"]
+    if args.arch == "unet":
+        overrides += ["model.arch=unet", f"model.channels={args.channels}", "model.channel_mult=[2,2,2]",
+                      f"model.num_blocks={args.depth}", "model.attn_resolutions=[16]"]
+        shape = (3, 32, 32)
+    else:
+        overrides += [f"model.hidden={args.hidden}", f"model.depth={args.depth}"]
+        shape = (2,)
+    cfg = load_config("toy2d", overrides)
     torch.manual_seed(0)
-    model = build_model(cfg, (2,), sigma_d=1.4).to(args.device)
+    model = build_model(cfg, shape, sigma_d=0.5).to(args.device)
+    if args.compile:
+        model = torch.compile(model)
     loss_fn = build_loss(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(args.batch, 2, device=args.device)
+    x = torch.randn(args.batch, *shape, device=args.device)
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def step():
-        loss = loss_fn(model, x)
+        with autocast:
+            loss = loss_fn(model, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -56,7 +67,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per timing")
     p.add_argument("--repeats", type=int, default=7, help="interleaved timings; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", choices=["mlp", "unet"], default="mlp", help="unet: 3x32x32 images (--depth = blocks)")
+    p.add_argument("--channels", type=int, default=32, help="unet base channels (the paper's: 128)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = p.parse_args()
+    if args.arch == "unet" and args.depth == 4 and args.batch == 4096:
+        args.batch, args.depth = 64, 2  # CPU-sized defaults for images
 
     cases = {"fm": make_step("fm", 1, args)} | {f"imm M={m}": make_step("imm", m, args) for m in (2, 4, 8, 16)}
     for step in cases.values():  # warm-up
@@ -67,7 +84,9 @@ def main() -> None:
             samples[name].append(timed(step, args.steps, args.device))
     med = {k: statistics.median(v) for k, v in samples.items()}
 
-    print(f"device={args.device} batch={args.batch} mlp hidden={args.hidden} depth={args.depth} "
+    net = (f"unet 3x32x32 channels={args.channels} mult=[2,2,2] blocks={args.depth}" if args.arch == "unet"
+           else f"mlp hidden={args.hidden} depth={args.depth}")
+    print(f"device={args.device} batch={args.batch} {net} precision={args.precision} compile={args.compile} "
           f"threads={torch.get_num_threads()} (median of {args.repeats} x {args.steps} steps)")
     print(f"{'case':<12} {'ms/step':>9} {'vs FM':>7} {'vs M=4':>7}")
     for name, t in med.items():

@@ -92,6 +92,8 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
     label_dropout: float = 0.1  # class-conditional models: share of labels replaced by the null label
+    precision: str = "fp32"  # fp32, or bf16 autocast for the forward passes (the loss is reduced in fp32)
+    compile: bool = False  # torch.compile the model (first steps pay the compilation)
     ema_decay: float = 0.999
     seed: int = 0
     out_dir: str = "./imm-runs/local"
@@ -176,6 +178,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "imm.estimator": ESTIMATORS,
     "imm.time_sampler": TIME_SAMPLERS,
     "train.optimizer": OPTIMIZERS,
+    "train.precision": ("fp32", "bf16"),
     "sample.schedule": SCHEDULES,
 }
 

@@ -93,6 +93,9 @@ def train_loop(
     ddp = model
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if tc.compile:
+        ddp = torch.compile(ddp)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     loss_fn = build_loss(cfg)
     per_worker = tc.batch_size // world_size
     report = report or (lambda metrics, checkpoint_dir: None)
@@ -108,7 +111,8 @@ def train_loop(
             x = random_xflip(x)
         if labels is not None:  # classifier-free guidance trains the null label too
             y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, labels[idx])
-        loss = loss_fn(ddp, x, y)
+        with autocast:
+            loss = loss_fn(ddp, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:

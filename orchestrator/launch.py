@@ -207,6 +207,9 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
             checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.train.keep_checkpoints)),
             failure_config=FailureConfig(max_failures=int(cfg.trainer.max_failures)),
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from rank 0, once per report
+            # Ray 2.60's structured worker logging prints every report at INFO whatever LoggingConfig says;
+            # without it the workers log as plain Python (warnings and errors still reach the driver).
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}},
         ),
     )
     stop = threading.Event()

@@ -61,3 +61,51 @@ def no_ray(monkeypatch):
         raise AssertionError("Ray was started for input that should have been rejected first")
 
     monkeypatch.setattr(cluster, "connect", tripwire)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto's server mode); yields its URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The environment a job on S3 would have (fake credentials, the endpoint); returns a boto3 client."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL_S3": s3_server}.items():
+        monkeypatch.setenv(k, v)
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+
+
+@pytest.fixture
+def write_fake_cifar():
+    """write(root, n=20): CIFAR-10's python batches in the official format with random pixels; returns test_batch."""
+
+    def write(root, n=20):
+        import pickle
+
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        root.mkdir(parents=True)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                     b"labels": list(rng.integers(0, 10, n))}
+            with open(root / name, "wb") as f:
+                pickle.dump(batch, f)
+        return batch
+
+    return write

@@ -73,20 +73,8 @@ def test_digits_are_real_8x8_images_in_the_unit_range_with_labels():
     assert (zeros.mean(0) - ones.mean(0)).norm() > 0.5 * zeros.std(0).norm()
 
 
-def _fake_cifar(root, n=20):
-    import pickle
-
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return batch
-
-
-def test_cifar10_python_batches(tmp_path):
-    last = _fake_cifar(tmp_path / "cifar-10-batches-py")
+def test_cifar10_python_batches(tmp_path, write_fake_cifar):
+    last = write_fake_cifar(tmp_path / "cifar-10-batches-py")
     d = load_data(load_config("toy2d", [f"data.name=cifar10:{tmp_path / 'cifar-10-batches-py'}"]).data)
     assert d.train.shape == (100, 3, 32, 32) and d.heldout.shape == (20, 3, 32, 32) and d.num_classes == 10
     # the test batch is held out, pixel (c, h, w) = data[c * 1024 + h * 32 + w] scaled to [-1, 1]

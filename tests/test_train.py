@@ -93,3 +93,56 @@ def test_diverging_loss_raises_with_the_step():
     cfg = load_config("toy2d", TINY + ["train.lr=1e12", "eval.every=1000"])
     with pytest.raises(FloatingPointError, match="train/loss"):
         train_loop(cfg)
+
+
+def test_bf16_autocast_changes_the_arithmetic_not_the_training():
+    def first_loss(precision):
+        seen = []
+        train_loop(load_config("toy2d", [*TINY, "train.steps=10", f"train.precision={precision}"]),
+                   report=lambda m, d: seen.append(m["train/loss"]))
+        return seen[0]
+
+    fp32, bf16 = first_loss("fp32"), first_loss("bf16")
+    assert np.isfinite(bf16) and bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
+
+
+def test_training_time_is_kept_across_a_resume():
+    cfg = load_config("toy2d", TINY)
+    saved = {}
+
+    def report(metrics, ckpt_dir):
+        if ckpt_dir and metrics["step"] == 20:
+            saved.update(torch.load(f"{ckpt_dir}/{CHECKPOINT_FILE}", weights_only=True))
+
+    train_loop(cfg, report=report)
+    assert saved["train_s"] > 0
+    resumed = train_loop(cfg, resume=saved)
+    assert resumed["step"] == 30 and resumed["time/train_s"] > saved["train_s"]
+
+
+def test_class_conditional_digits_train_and_sample_one_class_with_guidance(tmp_path, capsys):
+    out = tmp_path / "digits"
+    args = ["digits", "model.hidden=64", "model.depth=2", "train.steps=20", "train.batch_size=64", "train.log_every=10",
+            "eval.every=20", "eval.n_samples=100", "eval.steps=[1]", "model.class_conditional=true", f"train.out_dir={out}"]
+    assert train_cli.main(args) == 0
+    assert load_checkpoint(out)["num_classes"] == 10
+    npy = tmp_path / "threes.npy"
+    assert sample_cli.main(["--checkpoint", str(out), "--steps", "2", "--n", "12", "--label", "3", "--cfg-scale", "2",
+                            "--out", str(npy)]) == 0
+    x = np.load(npy)
+    assert x.shape == (12, 1, 8, 8) and np.isfinite(x).all()
+    assert sample_cli.main(["--checkpoint", str(out), "--n", "4", "--label", "10", "--out", str(npy)]) == 2
+    assert "--label: 10 is not a class of this model (it has 10)" in capsys.readouterr().err
+    png = tmp_path / "grid.png"
+    assert sample_cli.main(["--checkpoint", str(out), "--n", "16", "--out", str(png)]) == 0 and png.stat().st_size > 500
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager():
+    def first_loss(compile_):
+        seen = []
+        train_loop(load_config("toy2d", [*TINY, "train.steps=10", f"train.compile={compile_}"]),
+                   report=lambda m, d: seen.append(m["train/loss"]))
+        return seen[0]
+
+    assert first_loss("true") == pytest.approx(first_loss("false"), rel=1e-3)

@@ -54,7 +54,7 @@ class DDPMLoss:
         abar = m.alpha_bars[n].view(-1, *([1] * (x.ndim - 1)))
         eps = torch.randn_like(x)
         x_n = abar.sqrt() * (x / m.sigma_d) + (1 - abar).sqrt() * eps
-        return (model(x_n, n, labels) - eps).square().mean()
+        return (model(x_n, n, labels).float() - eps).square().mean()
 
 
 def timestep_grid(steps: int, num_steps: int) -> Tensor:

@@ -21,4 +21,4 @@ class FlowMatchingLoss:
         eps = torch.randn_like(x) * unwrap(model).sigma_d
         tb = t.view(-1, *([1] * (x.ndim - 1)))
         x_t = (1 - tb) * x + tb * eps
-        return (model(x_t, t, labels) - (eps - x)).square().mean()
+        return (model(x_t, t, labels).float() - (eps - x)).square().mean()

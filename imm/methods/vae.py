@@ -57,7 +57,7 @@ class VAE(nn.Module):
 @dataclass
 class VAELoss:
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return model(x)
+        return model(x).float()
 
 
 @torch.no_grad()

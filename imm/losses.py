@@ -26,3 +26,8 @@ def mmd2(x: Tensor, y: Tensor, kernel: Kernel, scale: Tensor, unbiased: bool = F
         raise ValueError("the U-statistic needs groups of at least 2 samples (imm.group_size >= 2)")
     off_diag = h.sum((-1, -2)) - torch.diagonal(h, dim1=-2, dim2=-1).sum(-1)
     return off_diag / (m * (m - 1))
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x upcast to fp32 if it is in a lower precision (a bf16 autocast output), else unchanged (fp64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

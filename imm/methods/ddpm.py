@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from imm.losses import at_least_fp32
 from imm.networks.precond import guided, unwrap
 
 
@@ -54,7 +55,7 @@ class DDPMLoss:
         abar = m.alpha_bars[n].view(-1, *([1] * (x.ndim - 1)))
         eps = torch.randn_like(x)
         x_n = abar.sqrt() * (x / m.sigma_d) + (1 - abar).sqrt() * eps
-        return (model(x_n, n, labels).float() - eps).square().mean()
+        return (at_least_fp32(model(x_n, n, labels)) - eps).square().mean()
 
 
 def timestep_grid(steps: int, num_steps: int) -> Tensor:

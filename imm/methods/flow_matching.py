@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from imm.losses import at_least_fp32
 from imm.networks.precond import unwrap
 
 
@@ -21,4 +22,4 @@ class FlowMatchingLoss:
         eps = torch.randn_like(x) * unwrap(model).sigma_d
         tb = t.view(-1, *([1] * (x.ndim - 1)))
         x_t = (1 - tb) * x + tb * eps
-        return (model(x_t, t, labels).float() - (eps - x)).square().mean()
+        return (at_least_fp32(model(x_t, t, labels)) - (eps - x)).square().mean()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from imm.kernels import get_kernel
-from imm.losses import mmd2
+from imm.losses import at_least_fp32, mmd2
 from imm.mapping import mapping_fn
 from imm.networks.precond import OneStepModel, unwrap
 from imm.trajectories import Trajectory, ddim
@@ -92,8 +92,8 @@ class IMMLoss:
         m = self.group_size
         s_, r_, t_ = (v.repeat_interleave(m) for v in (batch.s, batch.r, batch.t))
         with replay_rng(batch.x_t.device), torch.no_grad():
-            y_r = model(batch.x_r, s_, r_, batch.labels).float()
-        y_t = model(batch.x_t, s_, t_, batch.labels).float()  # the kernel sums in fp32 under bf16 autocast
+            y_r = at_least_fp32(model(batch.x_r, s_, r_, batch.labels))
+        y_t = at_least_fp32(model(batch.x_t, s_, t_, batch.labels))  # kernel sums in >= fp32
         groups = batch.s.shape[0]
         per_group = mmd2(
             y_t.reshape(groups, m, -1), y_r.reshape(groups, m, -1),

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from imm.losses import at_least_fp32
+
 
 def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.SiLU()]
@@ -57,7 +59,7 @@ class VAE(nn.Module):
 @dataclass
 class VAELoss:
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return model(x).float()
+        return at_least_fp32(model(x))
 
 
 @torch.no_grad()

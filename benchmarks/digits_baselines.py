@@ -27,7 +27,7 @@ from imm.train import train
 
 PLAN = {  # method: [(sampler, steps), ...]
     "imm": [("pushforward", 1), ("pushforward", 2), ("pushforward", 4), ("restart", 4)],
-    "cm": [("pushforward", 1), ("pushforward", 2)],
+    "cm": [("restart", 1), ("restart", 2), ("pushforward", 2)],
     "fm": [("euler", 2), ("euler", 8), ("euler", 32)],
     "ddpm": [("ancestral", 32), ("ddim", 2), ("ddim", 8), ("ddim", 32)],
     "vae": [("decode", 1)],

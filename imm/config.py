@@ -23,7 +23,7 @@ ARCHS = ("mlp", "unet")
 OPTIMIZERS = ("adam", "adamw", "radam")
 METHOD_SAMPLERS = {
     "imm": ("pushforward", "restart"),
-    "cm": ("pushforward", "restart"),
+    "cm": ("restart", "pushforward"),
     "fm": ("euler", "heun"),
     "ddpm": ("ancestral", "ddim"),
     "vae": ("decode",),
@@ -125,6 +125,7 @@ class DDPMConfig:
     steps: int = 1000  # the discrete schedule's length N
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    clip_x0: float = 0.0  # > 0: clip the sampler's clean-data prediction to +-clip_x0 (1.0 for images in [-1, 1])
 
 
 @dataclass

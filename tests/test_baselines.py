@@ -171,3 +171,15 @@ def test_guidance_is_the_linear_combination_on_the_network_output(method):
     else:
         assert torch.allclose(guided, uncond + w * (cond - uncond), atol=1e-5)
     assert torch.allclose(model(x, *times), model(x, *times, labels=null))  # no labels = the null label
+
+
+def test_clipping_the_clean_prediction_bounds_the_samples_and_leaves_in_range_data_alone():
+    x0 = torch.tensor([[0.5, -0.25]]).repeat(8, 1)  # data units, sigma_d = 1
+    exact = oracle_model(x0)
+    exact.clip_x0 = 1.0
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(ddim(exact, torch.randn(8, 2, generator=g), timestep_grid(4, 1000)), x0, atol=1e-4)
+    far = oracle_model(torch.full((8, 2), 3.0))  # a predictor pointing outside the data range
+    far.clip_x0 = 1.0
+    out = ddim(far, torch.randn(8, 2, generator=g), timestep_grid(4, 1000))
+    assert torch.allclose(out, torch.ones(8, 2), atol=1e-4)

@@ -63,7 +63,8 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
     wall = time.perf_counter() - t0
     out, err = capsys.readouterr()
     parent_id = re.search(r"^mlflow parent run id: (\w+)$", out, re.M).group(1)
-    assert "Reporting training result" not in out + err  # Ray Train's per-report INFO lines stay quiet
+    noise = [ln for ln in (out + err).splitlines() if "Reporting training result" in ln and "train/loss" in ln]
+    assert not noise, noise[:2]  # Ray Train's per-report INFO lines stay quiet (other tests' runs may still log)
     with capsys.disabled():
         print(f"\n4-trial sweep (2 at a time, 40 steps each): {wall:.1f}s")
     assert "at most 2 at a time" in out
@@ -127,9 +128,11 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            journal = tmp_path / "runs" / "optuna.journal"
-            if journal.exists() and sum(t.state.name == "COMPLETE" for t in load_study(tmp_path).trials) >= 2:
-                break
+            try:
+                if sum(t.state.name == "COMPLETE" for t in load_study(tmp_path).trials) >= 2:
+                    break
+            except (FileNotFoundError, KeyError):  # the orchestrator has not created the study yet
+                pass
             time.sleep(0.5)
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)

@@ -2,7 +2,7 @@
 
     imm   IMM (the paper)                          samplers: pushforward, restart
     cm    consistency model: IMM with M = 1, the energy kernel and s = eps_t (the paper's CM lemma)
-                                                    samplers: pushforward, restart
+                                                    samplers: restart (multistep CM sampling), pushforward
     fm    flow matching                            samplers: euler, heun
     ddpm  DDPM, epsilon prediction, L_simple       samplers: ancestral, ddim (sample.eta)
     vae   Gaussian VAE                             sampler: decode (one step)
@@ -28,7 +28,8 @@ from imm.sampling import SAMPLERS, initial_noise, time_grid
 from imm.trajectories import get_trajectory
 from imm.weighting import Weighting
 
-DEFAULT_SAMPLER = {"imm": "pushforward", "cm": "pushforward", "fm": "euler", "ddpm": "ancestral", "vae": "decode"}
+# A consistency model only learns maps to s = eps_t, so its multistep sampler is restart (the usual CM sampler).
+DEFAULT_SAMPLER = {"imm": "pushforward", "cm": "restart", "fm": "euler", "ddpm": "ancestral", "vae": "decode"}
 SAMPLER_FNS = {**SAMPLERS, "ancestral": ancestral, "ddim": ddim, "decode": decode}
 
 
@@ -52,7 +53,8 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
         return VAE(data_shape, latent_dim=cfg.vae.latent_dim, hidden=m.hidden, depth=m.depth, sigma_d=sigma_d)
     net = build_network(cfg, data_shape, num_classes)
     if cfg.method == "ddpm":
-        return EpsModel(net, linear_alpha_bars(cfg.ddpm.steps, cfg.ddpm.beta_start, cfg.ddpm.beta_end), sigma_d)
+        return EpsModel(net, linear_alpha_bars(cfg.ddpm.steps, cfg.ddpm.beta_start, cfg.ddpm.beta_end), sigma_d,
+                        clip_x0=cfg.ddpm.clip_x0)
     traj = get_trajectory(cfg.trajectory)
     if cfg.method == "fm":
         return VelocityModel(net, traj, sigma_d=sigma_d, s_embedding=m.s_embedding)

@@ -30,11 +30,16 @@ def linear_alpha_bars(steps: int = 1000, beta_start: float = 1e-4, beta_end: flo
 
 
 class EpsModel(nn.Module):
-    """eps_theta(x_n, n) = G(x_n, c_noise = n, c_noise_s = n) on unit-std data; `sigma_d` maps to and from data units."""
+    """eps_theta(x_n, n) = G(x_n, c_noise = n, c_noise_s = n) on unit-std data; `sigma_d` maps to and from data units.
 
-    def __init__(self, net: nn.Module, alpha_bars: Tensor, sigma_d: float):
+    `clip_x0` > 0 clips the sampler's clean-data prediction to [-clip_x0, clip_x0] in data units (DDPM's
+    `clip_denoised` for images in [-1, 1]): at the first steps x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies
+    the noise predictor's error by 1 / sqrt(abar), up to ~160x on the linear schedule.
+    """
+
+    def __init__(self, net: nn.Module, alpha_bars: Tensor, sigma_d: float, clip_x0: float = 0.0):
         super().__init__()
-        self.net = net
+        self.net, self.clip_x0 = net, float(clip_x0)
         self.register_buffer("alpha_bars", alpha_bars.float())
         self.register_buffer("sigma_d", torch.tensor(float(sigma_d)))
 
@@ -81,6 +86,10 @@ def ddim(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | 
         a_m = abars[m] if m >= 0 else torch.ones((), dtype=torch.float64, device=abars.device)
         eps = model(x, torch.full((x.shape[0],), n, device=x.device)).double()
         x0 = (x.double() - (1 - a_n).sqrt() * eps) / a_n.sqrt()
+        if model.clip_x0 > 0:  # clip in data units, then take the noise that x_n and the clipped x0 imply
+            bound = model.clip_x0 / float(model.sigma_d)
+            x0 = x0.clamp(-bound, bound)
+            eps = (x.double() - a_n.sqrt() * x0) / (1 - a_n).sqrt()
         sigma = ddim_sigma(a_n, a_m, eta)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
         x = (a_m.sqrt() * x0 + (1 - a_m - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise).to(x.dtype)

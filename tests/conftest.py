@@ -31,7 +31,8 @@ def ray_local():
     import orchestrator.launch  # noqa: F401  (selects Ray Train V2 before ray.train is imported)
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    # log_to_driver=False: the workers' log lines would otherwise reach whatever test captures output at the time
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield SimpleNamespace(startup_s=time.perf_counter() - t0)
     ray.shutdown()
 

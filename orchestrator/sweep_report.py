@@ -13,6 +13,7 @@ import csv
 import math
 import re
 import tempfile
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +33,7 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         for k, v in b["params"].items():
             mlc.set_tag(parent_id, f"best.{k}", str(v))
         if len(best) == 1:
-            ts = _now_ms()
+            ts = int(time.time() * 1000)
             mlc.log_batch(parent_id, metrics=[Metric(f"best/{m}", float(v), ts, len(finished))
                                               for m, v in zip(sweep.metrics, b["values"], strict=True)])
     run_metrics = {t.number: mlc.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
@@ -170,21 +171,15 @@ def _natural(label: str):
         return (1, 0.0, label)
 
 
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
-
 
 def format_status(study, storage: str) -> str:
     """The trials of a study as a table (state, objective, params, time) and the best so far."""
+    from orchestrator.sweep import best_trials, trial_counts
+
     trials = study.get_trials(deepcopy=False)
     metrics = study.user_attrs.get("metrics") or [f"objective_{i}" for i in range(len(study.directions))]
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    counts: dict[str, int] = defaultdict(int)
-    for t in trials:
-        counts[t.state.name.lower()] += 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(trial_counts(study).items())) or "none yet"
     lines = [f"sweep {study.study_name!r} ({storage}): {len(trials)} trial(s): {summary}"]
     header = ["#", "state", *metrics, *keys, "time"]
     rows = []
@@ -198,8 +193,6 @@ def format_status(study, storage: str) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     errors = [(t.number, t.user_attrs["error"]) for t in trials if t.user_attrs.get("error")]
     lines += [f"trial {n} error: {e}" for n, e in errors]
-    from orchestrator.sweep import best_trials
-
     for b in best_trials(study):
         shown = " ".join(f"{m}={v:.4g}" for m, v in zip(metrics, b["values"], strict=True))
         params = " ".join(f"{k}={_cell(v)}" for k, v in b["params"].items())

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from imm.kernels import KERNELS
 from imm.losses import ESTIMATORS
 from imm.mapping import MAPPINGS
+from imm.metrics.features import FEATURES
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
@@ -117,7 +118,10 @@ class EvalConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     n_samples: int = 4000
     seed: int = 1234
-    inception_weights: str | None = None
+    batch_size: int = 500  # samples drawn and featurised per chunk (chunk i uses seed + i)
+    features: str = "auto"  # Frechet-distance features: auto, inception, classifier, rff, none (imm.metrics.features)
+    inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: a path or s3:// URI
+    cache: str | None = None  # trained extractors and reference statistics; None = $IMM_CACHE/metrics
 
 
 @dataclass
@@ -181,6 +185,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": OPTIMIZERS,
     "train.precision": ("fp32", "bf16"),
     "sample.schedule": SCHEDULES,
+    "eval.features": FEATURES,
 }
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
@@ -258,6 +263,10 @@ def validate(cfg: DictConfig) -> None:
     _check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
     _check_range(cfg, "eval.every", 1, None)
     _check_range(cfg, "eval.n_samples", 2, None)
+    _check_range(cfg, "eval.batch_size", 1, None)
+    if cfg.eval.features == "inception" and not cfg.eval.inception_weights:
+        raise ConfigError("eval.inception_weights: eval.features=inception needs the weights' path or s3:// URI "
+                          "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     _check_range(cfg, "trainer.num_workers", 1, None)
     _check_range(cfg, "trainer.max_failures", -1, None)
     _check_range(cfg, "trainer.cpus_per_worker", 0.0, None)

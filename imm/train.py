@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imm.config import ConfigError, load_config
 from imm.data import load_data, random_xflip, shard
-from imm.evaluate import evaluate
+from imm.evaluate import QUALITY_PREFIXES, Evaluator
 from imm.methods import build_loss, build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -55,13 +55,14 @@ def train_loop(
     device: str | torch.device | None = None,
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
-    on_eval: Callable[[int, dict[int, torch.Tensor]], None] | None = None,
+    on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str]], None] | None = None,
 ) -> dict[str, float]:
     """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics.
 
     report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
     (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
-    on_eval(step, {steps_K: samples}) is called on rank 0 after each evaluation.
+    on_eval(step, {steps_K: samples}, tags) is called on rank 0 after each evaluation (every rank evaluates its
+    share of the samples); tags say which feature extractor the Frechet metrics used.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tc = cfg.train
@@ -70,7 +71,6 @@ def train_loop(
     torch.manual_seed(tc.seed + 100_003 * rank + 1_000_003 * start)
 
     dataset = load_data(cfg.data)
-    heldout = dataset.heldout
     sigma_d = float(cfg.data.sigma_d or dataset.train.std())
     data = shard(dataset.train, rank, world_size).to(device)
     num_classes = dataset.num_classes if cfg.model.class_conditional else 0
@@ -78,6 +78,7 @@ def train_loop(
         raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
     labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
     data_shape = dataset.shape
+    evaluator = Evaluator(cfg, dataset, device, rank, world_size)
     model = build_model(cfg, data_shape, sigma_d, num_classes).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = _optimizer(cfg, model.parameters())
@@ -137,11 +138,11 @@ def train_loop(
             "train/lr": opt.param_groups[0]["lr"],
             "throughput/samples_per_s": loss_n * tc.batch_size / elapsed,
         }
-        if do_eval and rank == 0:
-            quality, samples = evaluate(ema.module, cfg, heldout)
-            metrics.update(quality)
-            if on_eval:
-                on_eval(step, samples)
+        if do_eval:
+            evaluation = evaluator(ema.module)
+            metrics.update(evaluation.metrics)
+            if on_eval and rank == 0:
+                on_eval(step, evaluation.samples, evaluator.tags)
         metrics["time/train_s"] = train_s0 + time.perf_counter() - t_start
         metrics["step"] = step
         ckpt_dir = None
@@ -172,7 +173,7 @@ def train_loop(
 def progress_line(metrics: dict[str, float], total_steps: int, eta_seconds: float) -> str:
     """`step S/N  loss L  R samples/s  ETA hh:mm:ss  energy/steps_K=...`: one line per report."""
     eta = time.strftime("%H:%M:%S", time.gmtime(eta_seconds)) if math.isfinite(eta_seconds) else "--:--:--"
-    quality = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("energy/", "fid/")))
+    quality = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(QUALITY_PREFIXES))
     line = (f"step {int(metrics['step'])}/{total_steps}  loss {metrics['train/loss']:.4g}  "
             f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta}  {quality}")
     return line.rstrip()

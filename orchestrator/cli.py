@@ -127,6 +127,7 @@ def prepare_train(args):
 def run_train(args, plan, kill, out=None) -> int:
     out = out or sys.stdout
     from imm.config import to_yaml
+    from imm.evaluate import QUALITY_PREFIXES
     from orchestrator import cluster
 
     if args.dry_run:
@@ -143,7 +144,7 @@ def run_train(args, plan, kill, out=None) -> int:
         t_ray = time.perf_counter() - t0
         result = launch(plan, ray_address=address, kill=kill, stream=out)
     wall = time.perf_counter() - t0
-    quality = " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.startswith(("energy/", "fid/")))
+    quality = " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.startswith(QUALITY_PREFIXES))
     workers = f", worker start-up {result.startup_s:.1f}s" if result.startup_s is not None else ""
     print(f"done in {wall:.1f}s (Ray start-up {t_ray:.1f}s{workers}, fit {result.fit_s:.1f}s)  {quality}".rstrip(), file=out)
     print(f"final checkpoint: {result.checkpoint}", file=out)

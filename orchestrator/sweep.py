@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from imm.config import ConfigError, to_yaml
+from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import storage, tracking
 from orchestrator.launch import ProgressBoard, RunPlan, launch, open_tracked_run, plan_run
 from orchestrator.sweep_config import Sweep, grid_size
@@ -339,7 +340,7 @@ class SweepRunner:
                 continue
             step, value = int(item["step"]), float(item[metric])
             tr.last_step = max(tr.last_step, step)
-            quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(("energy/", "fid/")))
+            quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(QUALITY_PREFIXES))
             self.say(f"trial {tr.number} step {step}/{tr.plan.cfg.train.steps}  loss {item['train/loss']:.4g}  {quality}")
             if len(self.sweep.metrics) > 1 or not math.isfinite(value):
                 continue

@@ -183,6 +183,7 @@ class RankZeroLogger:
         self.run_id = run_id
         self.logged_through = last_logged_step(self.client, run_id)
         self.pending: list = []
+        self.eval_tags: dict[str, str] = {}
         self.plots = Path(tempfile.mkdtemp(prefix="imm-plots-"))
 
     def record(self, metrics: dict[str, float]) -> None:
@@ -194,10 +195,15 @@ class RankZeroLogger:
         ts = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"]
 
-    def on_eval(self, step: int, samples: dict) -> None:
-        """A scatter plot of 2D samples or a grid of images, one per sampling step count."""
+    def on_eval(self, step: int, samples: dict, tags: dict[str, str] | None = None) -> None:
+        """A scatter plot of 2D samples or a grid of images per sampling step count; the evaluation's tags."""
         from imm.sample import image_grid_png, scatter_png
 
+        if tags and tags != self.eval_tags:  # which feature extractor the Frechet metrics use
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.eval_tags = tags
         if step <= self.logged_through:
             return
         for k, x in samples.items():

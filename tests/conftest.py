@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from types import SimpleNamespace
 
 import pytest
+
+# Trained feature extractors and reference statistics go to a cache of this test session (and Ray workers,
+# started later from this process, inherit it): never the user's ~/.cache/imm.
+os.environ["IMM_CACHE"] = tempfile.mkdtemp(prefix="imm-test-cache-")
 
 # --- orchestrator: one local Ray per test session, and a tiny 2-worker toy run ---------------------------
 

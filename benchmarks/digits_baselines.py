@@ -20,9 +20,9 @@ import torch
 
 from imm.config import load_config
 from imm.data import load_data
-from imm.methods import generate
+from imm.generator import load_generator
 from imm.metrics import energy_distance
-from imm.sample import image_grid_png, load_sampling_model
+from imm.sample import image_grid_png
 from imm.train import train
 
 PLAN = {  # method: [(sampler, steps), ...]
@@ -55,10 +55,10 @@ def main() -> int:
             t0 = time.perf_counter()
             train(cfg, stream=open("/dev/null", "w"))  # noqa: SIM115
             train_s = time.perf_counter() - t0
-            model, cfg, shape = load_sampling_model(f"{tmp}/{method}")
-            data = load_data(cfg.data)
+            gen = load_generator(f"{tmp}/{method}")
+            data = load_data(gen.cfg.data)
             for sampler, k in PLAN[method]:
-                x = generate(model, cfg, args.n, k, sampler=sampler, seed=0, data_shape=shape)
+                x = gen.sample(args.n, k, seed=0, sampler=sampler)
                 rows.append((method, sampler, k, energy_distance(x, data.heldout), train_s))
                 image_grid_png(x, out / f"{method}_{sampler}_{k}.png")
                 print(f"{method:5s} {sampler:11s} {k:3d} steps  energy {rows[-1][3]:.4f}  (trained in {train_s:.0f}s)",

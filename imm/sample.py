@@ -13,22 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from imm.config import METHOD_SAMPLERS, ConfigError, config_from_dict
-from imm.methods import build_model, generate, num_classes_of
-from imm.train import load_checkpoint
+from imm.config import ConfigError
+from imm.generator import load_generator
 
 
-def load_sampling_model(checkpoint: str | Path, device: str = "cpu", ema: bool = True):
-    """(model with the EMA weights, resolved config, data shape) from a checkpoint file or folder."""
-    state = load_checkpoint(checkpoint, map_location=device)
-    cfg = config_from_dict(state["config"])
-    shape = tuple(state["data_shape"])
-    model = build_model(cfg, shape, state["sigma_d"], state.get("num_classes", 0)).to(device)
-    model.load_state_dict(state["ema" if ema else "model"])
-    return model.eval(), cfg, shape
+SAMPLE_FLAGS = ("n", "steps", "sampler", "label", "cfg_scale", "eta")
+
+
+def as_flag_error(e: Exception) -> str:
+    """'label: 10 is not ...' from Generator.sample -> '--label: 10 is not ...' for a command line."""
+    head, sep, rest = str(e).partition(":")
+    return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in SAMPLE_FLAGS else str(e)
 
 
 def save_samples(x: Tensor, out: str | Path, title: str = "") -> None:
@@ -103,26 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
-        model, cfg, shape = load_sampling_model(args.checkpoint, args.device)
-        allowed = METHOD_SAMPLERS[cfg.method]
-        if args.sampler is not None and args.sampler not in allowed:
-            raise ConfigError(f"--sampler: {args.sampler!r} does not apply to method={cfg.method}; choose {list(allowed)}")
-        if args.steps < 1:
-            raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
-        for key, value in (("sample.eta", args.eta), ("sample.cfg_scale", args.cfg_scale)):
-            if value is not None:
-                OmegaConf.update(cfg, key, value)
-        labels = None
-        if args.label is not None:
-            classes = num_classes_of(model)
-            if not 0 <= args.label < classes:
-                raise ConfigError(f"--label: {args.label} is not a class of this model (it has {classes})")
-            labels = torch.full((args.n,), args.label, device=args.device)
-        x = generate(model, cfg, args.n, args.steps, sampler=args.sampler, seed=args.seed, data_shape=shape,
-                     labels=labels)
-        save_samples(x, args.out, title=f"{cfg.method}, {args.steps} step(s)")
+        gen = load_generator(args.checkpoint, args.device)
+        x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale,
+                       eta=args.eta)
+        save_samples(x, args.out, title=f"{gen.cfg.method}, {args.steps} step(s)")
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flag_error(e)}", file=sys.stderr)
         return 2
     print(f"wrote {args.n} samples to {args.out}")
     return 0

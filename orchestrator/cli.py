@@ -44,6 +44,37 @@ examples:
   imm-orch status my_sweep --storage postgresql://optuna@db/optuna
 """
 
+PROMOTE_EXAMPLES = """\
+examples:
+  imm-orch promote --sweep toy2d_smoke --metric energy/steps_1          # best trial -> models:/toy2d_smoke@champion
+  imm-orch promote --sweep cifar10_imm_ablation --metric fid/steps_2 --model-name imm-cifar10
+  imm-orch promote --run-id 3f2c... --metric fid/steps_1 --alias challenger
+  imm-orch promote --sweep my_sweep --metric acc --mode max
+
+Each promotion registers the run's checkpoint as a model version (an MLflow PyTorch model: `imm-orch sample`
+and mlflow.pytorch.load_model read it), tags it with its lineage and metrics, and points the alias at it.
+"""
+
+SAMPLE_EXAMPLES = """\
+examples:
+  imm-orch sample --model models:/toy2d_smoke@champion --steps 2 --n 5000 --out samples.png
+  imm-orch sample --model runs:/3f2c... --steps 1 --n 10000 --out samples.npy      # raw samples in [-1, 1]
+  imm-orch sample --model imm-runs/ray/RUN/checkpoint_0003000 --steps 4 --out grid.png
+  imm-orch sample --model models:/imm-cifar10@champion --label 3 --cfg-scale 1.5 --out cats.png
+
+In Python: orchestrator.load_model("models:/toy2d_smoke@champion").sample(n=64, steps=2, seed=0)
+"""
+
+EVAL_EXAMPLES = """\
+examples:
+  imm-orch eval --model models:/toy2d_smoke@champion --steps 1 2 4 8
+  imm-orch eval --model runs:/3f2c... --steps 2 --n 50000 eval.inception_weights=s3://weights/pt_inception.pth
+  imm-orch eval --model ckpt/checkpoint.pt --steps 1 --no-log
+
+Metrics: energy/steps_K (any data), fid/steps_K (Inception features, with eval.inception_weights) or fd/steps_K
+(the project's own extractor: a classifier trained once on labelled data, random Fourier features otherwise).
+"""
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
@@ -106,7 +137,72 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage", default=None,
                         help="the study storage (default: the file's, else journal:./imm-runs/optuna.journal)")
     status.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+    promote = sub.add_parser(
+        "promote",
+        help="register the best finished run's model and point an alias at it",
+        description="Pick the best FINISHED run (of a sweep, or the one given) by a metric, register its checkpoint "
+                    "as a new model version with lineage tags, and set the alias.",
+        epilog=PROMOTE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = promote.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", default=None, help="promote this MLflow run")
+    which.add_argument("--sweep", default=None, help="promote the best trial run of this sweep")
+    promote.add_argument("--metric", required=True, help="e.g. fid/steps_1, energy/steps_2")
+    promote.add_argument("--mode", default="min", choices=["min", "max"], help="min (default) or max is best")
+    promote.add_argument("--alias", default="champion", help="the registry alias to set (default: champion)")
+    promote.add_argument("--model-name", default=None, help="registered model name (default: the sweep or run name)")
+    _tracking_only(promote)
+
+    sample = sub.add_parser(
+        "sample",
+        help="draw samples from a model URI into .npy or a .png grid",
+        description="Sample with the EMA weights of a model given as runs:/, models:/, a path or s3:// URI.",
+        epilog=SAMPLE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_args(sample)
+    sample.add_argument("--steps", type=int, default=1, help="sampling steps (1..8 for IMM; default 1)")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--out", required=True, help="output file: .npy (raw samples) or .png (grid or scatter)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--sampler", default=None,
+                        help="pushforward|restart (imm, cm), euler|heun (fm), ancestral|ddim (ddpm), decode (vae)")
+    sample.add_argument("--label", type=int, default=None, help="class-conditional models: this class only")
+    sample.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    _tracking_only(sample)
+
+    ev = sub.add_parser(
+        "eval",
+        help="compute and log sample-quality metrics for a model URI",
+        description="Evaluate a model (runs:/, models:/, a path or s3:// URI) at the given step counts; the metrics "
+                    "are printed and logged to a new MLflow run that points back at the model.",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_args(ev)
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="eval.* overrides, e.g. eval.inception_weights=PATH eval.features=rff")
+    ev.add_argument("--steps", nargs="+", default=["1"], help="sampling step counts: 1 2 4 or 1,2,4 (default: 1)")
+    ev.add_argument("--n", type=int, default=None, help="samples per step count (default: the run's eval.n_samples)")
+    ev.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's eval.seed)")
+    ev.add_argument("--experiment", default=None, help="MLflow experiment (default: the model's run's, else imm)")
+    ev.add_argument("--no-log", action="store_true", help="print the metrics only; log nothing to MLflow")
+    _tracking_only(ev)
     return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def _tracking_only(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./imm-runs/mlflow.db)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
 def prepare_train(args):
@@ -235,6 +331,65 @@ def run_status(args, out=None) -> int:
     return 0
 
 
+def run_promote(args, out=None) -> int:
+    from orchestrator import tracking
+    from orchestrator.promote import promote
+
+    out = out or sys.stdout
+    uri = tracking.default_tracking_uri(args.tracking_uri)
+    p = promote(uri, metric=args.metric, run_id=args.run_id, sweep=args.sweep, mode=args.mode, alias=args.alias,
+                model_name=args.model_name)
+    how = "registered as new version" if p.new_version else "already registered as version"
+    print(f"run {p.run_id} ({p.metric} = {p.value:.6g}) {how} {p.version} of {p.model_name!r}", file=out)
+    moved = f" (it pointed at version {p.previous_version})" if p.previous_version not in (None, p.version) else ""
+    print(f"alias {p.alias!r} -> version {p.version}{moved}", file=out)
+    print(f"model uri: {p.uri}", file=out, flush=True)
+    return 0
+
+
+def run_sample(args, out=None) -> int:
+    from imm.sample import save_samples
+    from orchestrator.models import load_model
+
+    out = out or sys.stdout
+    if Path(args.out).suffix not in (".npy", ".png"):
+        raise ValueError(f"--out: unknown extension {Path(args.out).suffix!r}; use .npy or .png")
+    gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device)
+    x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale)
+    save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)")
+    print(f"wrote {args.n} samples ({args.steps} step(s), shape {tuple(x.shape[1:])}) to {args.out}", file=out)
+    return 0
+
+
+def run_eval(args, out=None) -> int:
+    from orchestrator.evaluation import evaluate_model
+
+    out = out or sys.stdout
+    steps, overrides = [], list(args.overrides)
+    for part in ",".join(args.steps).split(","):  # `--steps 1 2 key=value`: argparse hands the override to --steps
+        if "=" in part:
+            overrides.append(part)
+        elif part.isdigit() and int(part) >= 1:
+            steps.append(int(part))
+        else:
+            raise ValueError(f"--steps: {part!r} is not a step count (allowed: integers >= 1)")
+    if args.n is not None and args.n < 2:
+        raise ValueError(f"--n: {args.n} is out of range (allowed: >= 2)")
+    res = evaluate_model(args.model, steps=steps, n=args.n, seed=args.seed, overrides=overrides,
+                         tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
+                         log=not args.no_log)
+    for name, value in sorted(res.metrics.items()):
+        print(f"{name:18s} {value:.6g}", file=out)
+    extractor = res.tags.get("imm.eval.extractor", "none")
+    print(f"features: {res.tags['imm.eval.features']} ({extractor})", file=out)
+    if res.run_id:
+        print(f"mlflow run id: {res.run_id}", file=out, flush=True)
+    return 0
+
+
+MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options may come before, between or after the key=value overrides."""
     parser = build_parser()
@@ -250,11 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from imm.config import ConfigError
 
-    if args.command == "status":
+    if args.command == "status" or args.command in MODEL_COMMANDS:
+        from imm.sample import as_flag_error
+
         try:
-            return run_status(args)
+            return MODEL_COMMANDS.get(args.command, run_status)(args)
         except (ConfigError, FileNotFoundError, ValueError) as e:
-            return _user_error(e, args.debug)
+            return _user_error(ValueError(as_flag_error(e)), args.debug)
     try:
         if args.command == "sweep":
             sweep = prepare_sweep(args)

@@ -39,6 +39,13 @@ def tracking_uri(cfg: DictConfig, explicit: str | None = None) -> str:
     return f"sqlite:///{storage.root(cfg) / 'mlflow.db'}"
 
 
+def default_tracking_uri(explicit: str | None = None) -> str:
+    """For commands that have no run config (promote, sample, eval): the same rule with the default storage.root."""
+    from imm.config import RunConfig
+
+    return tracking_uri(OmegaConf.structured(RunConfig), explicit)
+
+
 def artifact_root(uri: str) -> Path | None:
     """For a SQLite store, `artifacts/` beside the database (MLflow would use ./mlruns in the working
     directory); for a tracking server, None: the server decides (e.g. its --artifacts-destination)."""

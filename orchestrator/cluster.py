@@ -20,7 +20,13 @@ from imm.config import ConfigError
 
 
 def check_local(cfg) -> None:
-    """Fail before starting an embedded Ray that could never place the workers."""
+    """Fail before starting an embedded Ray that could never place the workers, or whose workers would miss a file."""
+    weights = cfg.eval.inception_weights
+    if weights and cfg.eval.features in ("auto", "inception") and not weights.startswith("s3://") \
+            and not Path(weights).expanduser().is_file():
+        from imm.metrics.inception import WEIGHTS_HELP
+
+        raise ConfigError(f"eval.inception_weights: no file at {weights!r}. {WEIGHTS_HELP}")
     if cfg.trainer.use_gpu:
         import torch
 

@@ -31,9 +31,12 @@ def test_train_help_shows_examples(capsys):
         (["trainer.num_workers=3", "train.batch_size=64"], "train.batch_size"),
         (["storage.ray_storage=gs://bucket/x"], "storage.ray_storage"),
         (["name=has/slash"], "name"),
+        (["eval.inception_weights=/no/such/pt_inception.pth"], "eval.inception_weights"),
+        (["eval.features=inception"], "eval.inception_weights"),
+        (["eval.features=fancy"], "eval.features"),
     ],
     ids=["unknown-key", "bad-choice", "bad-range", "M-not-dividing-per-worker-batch", "uneven-split", "bad-storage",
-         "bad-name"],
+         "bad-name", "missing-inception-weights", "inception-without-weights", "bad-features"],
 )
 def test_bad_input_fails_before_ray_naming_the_field(overrides, field, capsys, no_ray, tmp_path):
     code = cli.main(["train", "toy2d", f"storage.root={tmp_path}", *overrides])

@@ -1,9 +1,16 @@
-"""Reading inputs that may live on S3: `local_copy(uri)` turns an `s3://bucket/key` file or prefix into a
-local path (cached, written atomically); a local path comes back as it is.
+"""S3, the one place the project talks to it: inputs (data sets, Inception weights), caches (trained
+extractors, FID reference statistics) and, through `s3_filesystem`, Ray Train's checkpoints.
 
-S3 access goes through pyarrow's S3 filesystem: credentials from the usual AWS variables or an instance
-role, and an S3-compatible endpoint (MinIO, moto) from AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or
-MLFLOW_S3_ENDPOINT_URL. Nothing is ever fetched from anywhere else.
+- `local_copy(uri)`: an `s3://bucket/key` object or prefix as a local path (cached, written atomically);
+  a local path comes back as it is.
+- `cached(cache, name)` / `publish(path, cache, name)`: a cache that is a local folder or an s3:// prefix.
+- `s3_client()` (boto3) and `s3_filesystem()` (pyarrow, what Ray Train wants) share one configuration:
+  the endpoint from AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL (MinIO, moto; unset for AWS),
+  retries from AWS_RETRY_MODE (standard or adaptive; default standard) and AWS_MAX_ATTEMPTS (default 8).
+
+Credentials come only from the environment or an instance role (boto3's and the AWS SDK's own chains); no
+config key holds one, so none can reach a run's params, tags or artifacts. Nothing is ever fetched from
+anywhere but the URIs the user gives.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+RETRY_MODES = ("standard", "adaptive")
+DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_CACHE = Path(os.environ.get("IMM_CACHE", Path.home() / ".cache" / "imm"))
 
 
@@ -27,15 +35,41 @@ def s3_endpoint() -> str | None:
     return None
 
 
-def s3_filesystem(endpoint: str | None = None):
-    """A pyarrow S3FileSystem for AWS or, with an endpoint such as http://minio:9000, any S3-compatible store.
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
-    Credentials come from the usual AWS variables; the region defaults to us-east-1 (MinIO ignores it).
-    """
+
+def retry_settings() -> tuple[str, int]:
+    """(mode, max attempts) from AWS_RETRY_MODE and AWS_MAX_ATTEMPTS, checked, with the defaults above."""
+    mode = os.environ.get("AWS_RETRY_MODE") or "standard"
+    if mode not in RETRY_MODES:
+        raise ValueError(f"AWS_RETRY_MODE: {mode!r} is not one of {list(RETRY_MODES)}")
+    raw = os.environ.get("AWS_MAX_ATTEMPTS") or str(DEFAULT_MAX_ATTEMPTS)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"AWS_MAX_ATTEMPTS: {raw!r} must be an integer >= 1")
+    return mode, int(raw)
+
+
+def s3_client():
+    """A boto3 S3 client with bounded retries (transient errors, 5xx and throttling are retried with backoff)."""
+    import boto3
+    from botocore.config import Config
+
+    mode, attempts = retry_settings()
+    config = Config(retries={"mode": mode, "total_max_attempts": attempts}, connect_timeout=10, read_timeout=60)
+    return boto3.client("s3", endpoint_url=s3_endpoint(), region_name=region(), config=config)
+
+
+def s3_filesystem():
+    """A pyarrow S3FileSystem (AWS or, with an endpoint such as http://minio:9000, any S3-compatible store)
+    with the AWS SDK's standard retries, bounded by AWS_MAX_ATTEMPTS."""
+    from urllib.parse import urlparse
+
     from pyarrow import fs
 
-    endpoint = endpoint or s3_endpoint()
-    kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    _, attempts = retry_settings()
+    kwargs = {"region": region(), "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
+    endpoint = s3_endpoint()
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
@@ -46,27 +80,90 @@ def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def split(uri: str) -> tuple[str, str]:
+    """s3://bucket/key/... -> (bucket, key/...)."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket; use s3://bucket/key")
+    return bucket, key.strip("/")
+
+
+def _not_found(e) -> bool:
+    return e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+def exists(uri: str) -> bool:
+    """Whether a local path or an s3:// object exists."""
+    if not is_remote(uri):
+        return Path(uri).expanduser().exists()
+    from botocore.exceptions import ClientError
+
+    bucket, key = split(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as e:
+        if _not_found(e):
+            return False
+        raise
+
+
 def local_copy(uri: str, cache_dir: str | Path | None = None) -> Path:
     """A local path holding `uri`: the path itself, or a cached copy of an s3:// object or prefix."""
     if not is_remote(uri):
         return Path(uri).expanduser()
-    from pyarrow import fs
+    from botocore.exceptions import ClientError
 
-    s3 = s3_filesystem()
-    key = uri[len("s3://"):].rstrip("/")
+    bucket, key = split(uri)
     cache = Path(cache_dir or DEFAULT_CACHE) / "s3" / hashlib.sha1(uri.encode()).hexdigest()[:16] / Path(key).name
     if cache.exists():
         return cache
-    info = s3.get_file_info(key)
-    if info.type == fs.FileType.NotFound:
-        raise FileNotFoundError(f"{uri} does not exist (or these credentials cannot see it)")
+    client = s3_client()
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        keys = [key]
+    except ClientError as e:
+        if not _not_found(e):
+            raise
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        if not keys:
+            raise FileNotFoundError(f"{uri} does not exist (or these credentials cannot see it)") from None
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache.parent)) / cache.name
-    if info.type == fs.FileType.File:
-        fs.copy_files(key, str(tmp), source_filesystem=s3, destination_filesystem=fs.LocalFileSystem())
+    if keys == [key]:
+        client.download_file(bucket, key, str(tmp))
     else:
-        tmp.mkdir()
-        fs.copy_files(key, str(tmp), source_filesystem=s3, destination_filesystem=fs.LocalFileSystem())
+        for k in keys:
+            dest = tmp / k[len(key) + 1:]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, k, str(dest))
     os.replace(tmp, cache)  # atomic: a crash never leaves a half copy where the next run would trust it
     shutil.rmtree(tmp.parent, ignore_errors=True)
     return cache
+
+
+def cached(cache: str | Path, name: str) -> Path | None:
+    """The local path of `name` in a cache (a folder or an s3:// prefix), or None if it is not there yet."""
+    cache = str(cache)
+    if not is_remote(cache):
+        p = Path(cache).expanduser() / name
+        return p if p.is_file() else None
+    uri = f"{cache.rstrip('/')}/{name}"
+    return local_copy(uri) if exists(uri) else None
+
+
+def publish(path: Path, cache: str | Path, name: str) -> Path:
+    """Put the finished file `path` into the cache as `name` (atomically for a folder; one PUT for S3)."""
+    cache = str(cache)
+    if is_remote(cache):
+        bucket, prefix = split(f"{cache.rstrip('/')}/{name}")
+        s3_client().upload_file(str(path), bucket, prefix)
+        return path
+    dest = Path(cache).expanduser() / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dest.parent)
+    os.close(fd)
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    return dest

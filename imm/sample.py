@@ -18,7 +18,6 @@ from torch import Tensor
 from imm.config import ConfigError
 from imm.generator import load_generator
 
-
 SAMPLE_FLAGS = ("n", "steps", "sampler", "label", "cfg_scale", "eta")
 
 

@@ -9,9 +9,32 @@ from types import SimpleNamespace
 
 import pytest
 
-# Trained feature extractors and reference statistics go to a cache of this test session (and Ray workers,
-# started later from this process, inherit it): never the user's ~/.cache/imm.
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Set before anything starts, so that Ray workers (started later from this process) inherit it all:
+# - trained feature extractors and reference statistics go to this session's cache, never ~/.cache/imm;
+# - S3 means the session's moto server (`s3_server`) with fake credentials, never AWS. The secret is
+#   distinctive so that tests can search runs for it.
+S3_PORT = _free_port()
+S3_SECRET = f"imm-test-secret-{os.getpid()}-{time.time_ns()}"
 os.environ["IMM_CACHE"] = tempfile.mkdtemp(prefix="imm-test-cache-")
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "IMMTESTACCESSKEY",
+    "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    "AWS_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{S3_PORT}",
+    "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+})
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(var, None)
 
 # --- orchestrator: one local Ray per test session, and a tiny 2-worker toy run ---------------------------
 
@@ -72,28 +95,21 @@ def no_ray(monkeypatch):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto's server mode); yields its URL."""
-    import socket
-
+    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto's server mode), where this session's environment
+    points S3 (AWS_ENDPOINT_URL_S3); yields its URL."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{S3_PORT}"
     server.stop()
 
 
 @pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    """The environment a job on S3 would have (fake credentials, the endpoint); returns a boto3 client."""
+def s3_env(s3_server):
+    """A boto3 client of the session's S3 server (the environment already has the endpoint and fake credentials)."""
     import boto3
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL_S3": s3_server}.items():
-        monkeypatch.setenv(k, v)
     return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
 
 

@@ -8,6 +8,7 @@ file, against torchvision's parameter count and key names, and the FID variant's
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def test_reference_statistics_are_cached_by_extractor_and_data(tmp_path):
     (mu, sigma), path = reference_statistics(ext, train, tmp_path)
     feats = ext(train).double().numpy()
     assert np.allclose(mu, feats.mean(0)) and np.allclose(sigma, np.cov(feats, rowvar=False))
-    assert path.is_file() and ext.id in path.name
+    assert Path(path).is_file() and ext.id in Path(path).name
 
     class Exploding:
         id = ext.id

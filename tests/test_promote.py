@@ -140,7 +140,8 @@ def test_eval_logs_the_metrics_of_a_model_uri_to_a_run_of_its_own(store, capsys)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert set(run.data.metrics) == {"energy/steps_1", "energy/steps_2", "fd/steps_1", "fd/steps_2"}
-    assert run.data.tags["imm.eval.source_run_id"] == runs[1] and run.data.tags["imm.eval.model_uri"] == "models:/sw@champion"
+    assert run.data.tags["imm.eval.source_run_id"] == runs[1]
+    assert run.data.tags["imm.eval.model_uri"] == "models:/sw@champion"
     assert run.data.params["eval.n_samples"] == "200" and run.data.params["eval.steps"] == "[1, 2]"
     assert run.info.experiment_id == client.get_run(runs[1]).info.experiment_id
     assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/steps_1.png", "samples/steps_2.png"}

@@ -34,3 +34,40 @@ def test_a_missing_s3_object_is_named(s3_env, tmp_path):
     s3_env.create_bucket(Bucket="empty")
     with pytest.raises(FileNotFoundError, match="s3://empty/nothing/here does not exist"):
         local_copy("s3://empty/nothing/here", tmp_path)
+
+
+def test_retries_are_bounded_and_configurable(monkeypatch):
+    from imm.remote import retry_settings, s3_client, s3_filesystem
+
+    assert retry_settings() == ("standard", 8)
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    retries = s3_client().meta.config.retries
+    assert retries["mode"] == "adaptive" and retries["total_max_attempts"] == 3
+    assert s3_filesystem().region == "us-east-1"
+    monkeypatch.setenv("AWS_RETRY_MODE", "legacy")
+    with pytest.raises(ValueError, match=r"AWS_RETRY_MODE: 'legacy' is not one of \['standard', 'adaptive'\]"):
+        s3_client()
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "0")
+    with pytest.raises(ValueError, match="AWS_MAX_ATTEMPTS: '0' must be an integer >= 1"):
+        s3_filesystem()
+
+
+def test_reference_statistics_are_shared_through_an_s3_cache(s3_env, tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    import imm.metrics.fid as fid
+    from imm.metrics.features import rff_extractor
+
+    s3_env.create_bucket(Bucket="cache")
+    train = torch.randn(200, 2)
+    ext = rff_extractor(train, dim=32)
+    (mu, sigma), where = fid.reference_statistics(ext, train, "s3://cache/metrics")
+    keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket="cache")["Contents"]]
+    assert keys == [f"metrics/stats-{ext.id}-{where.rsplit('-', 1)[1]}"] and where == f"s3://cache/{keys[0]}"
+
+    monkeypatch.setattr(ext, "net", lambda x: pytest.fail("recomputed although the S3 cache holds the statistics"))
+    (mu2, sigma2), _ = fid.reference_statistics(ext, train, "s3://cache/metrics")
+    assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from imm.remote import DEFAULT_CACHE, local_copy
+from imm.remote import DEFAULT_CACHE, cached, local_copy, publish
 
 FEATURES = ("auto", "inception", "classifier", "rff", "none")
 CLASSIFIER_STEPS = 600  # 10 s on 2 CPU cores for digits: 97% held-out accuracy
@@ -54,9 +53,9 @@ class FeatureExtractor:
         return torch.cat([self.net(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
-def cache_dir(configured: str | None) -> Path:
-    """eval.cache, else $IMM_CACHE/metrics (~/.cache/imm/metrics)."""
-    return Path(configured).expanduser() if configured else DEFAULT_CACHE / "metrics"
+def cache_dir(configured: str | None) -> str:
+    """eval.cache (a folder or an s3:// prefix shared by the cluster), else $IMM_CACHE/metrics (~/.cache/imm/metrics)."""
+    return configured or str(DEFAULT_CACHE / "metrics")
 
 
 def data_key(train: Tensor, labels: Tensor | None) -> str:
@@ -173,11 +172,12 @@ def accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((net(x).argmax(1) == y).float().mean())
 
 
-def classifier_extractor(data, cache: Path) -> FeatureExtractor:
-    """The digits-style extractor: trained once per training set, then read from `cache`."""
+def classifier_extractor(data, cache: str | Path) -> FeatureExtractor:
+    """The digits-style extractor: trained once per training set, then read from `cache` (a folder or s3://)."""
     key = data_key(data.train, data.train_labels)
-    path = cache / f"classifier-{key}.pt"
-    if path.is_file():
+    name = f"classifier-{key}.pt"
+    path = cached(cache, name)
+    if path is not None:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         net = Classifier(tuple(data.shape), data.num_classes)
         net.load_state_dict(saved["state"])
@@ -186,21 +186,14 @@ def classifier_extractor(data, cache: Path) -> FeatureExtractor:
     else:
         net = train_classifier(data.train, data.train_labels, data.num_classes)
         acc = accuracy(net, data.heldout, data.heldout_labels) if data.heldout_labels is not None else float("nan")
-        atomic_save({"state": net.state_dict(), "heldout_accuracy": acc}, path)
+        with tempfile.TemporaryDirectory(prefix="imm-cache-") as tmp:
+            torch.save({"state": net.state_dict(), "heldout_accuracy": acc}, Path(tmp) / name)
+            publish(Path(tmp) / name, cache, name)
     note = f"classifier trained on this data's labels ({CLASSIFIER_STEPS} steps), held-out accuracy {acc:.3f}"
     return FeatureExtractor("classifier", f"classifier-{key}", net.features, Classifier.dim, note)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to `path` through a temporary file: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def build_extractor(kind: str, data, *, inception_weights: str | None, cache: Path) -> FeatureExtractor:
+def build_extractor(kind: str, data, *, inception_weights: str | None, cache: str | Path) -> FeatureExtractor:
     if kind == "inception":
         if not inception_weights:
             raise ValueError("eval.inception_weights: eval.features=inception needs the weights' path or s3:// URI")

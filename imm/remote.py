@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pyarrow import fs
+
 S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 RETRY_MODES = ("standard", "adaptive")
 DEFAULT_MAX_ATTEMPTS = 8
@@ -60,20 +62,34 @@ def s3_client():
     return boto3.client("s3", endpoint_url=s3_endpoint(), region_name=region(), config=config)
 
 
-def s3_filesystem():
-    """A pyarrow S3FileSystem (AWS or, with an endpoint such as http://minio:9000, any S3-compatible store)
-    with the AWS SDK's standard retries, bounded by AWS_MAX_ATTEMPTS."""
+class RetryingS3FileSystem(fs.S3FileSystem):
+    """pyarrow's S3FileSystem with the AWS SDK's standard retries bounded by `max_attempts`, kept when pickled
+    (pyarrow's own pickling drops the retry strategy, and Ray ships the filesystem to every worker)."""
+
+    def __init__(self, max_attempts: int, **options):
+        super().__init__(retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **options)
+        self.max_attempts, self.options = max_attempts, options
+
+    def __reduce__(self):
+        return RetryingS3FileSystem._rebuild, (self.max_attempts, self.options)
+
+    @staticmethod
+    def _rebuild(max_attempts: int, options: dict) -> RetryingS3FileSystem:
+        return RetryingS3FileSystem(max_attempts, **options)
+
+
+def s3_filesystem() -> RetryingS3FileSystem:
+    """A pyarrow S3 filesystem (AWS or, with an endpoint such as http://minio:9000, any S3-compatible store)
+    with retries bounded by AWS_MAX_ATTEMPTS: what Ray Train's checkpoint storage uses."""
     from urllib.parse import urlparse
 
-    from pyarrow import fs
-
     _, attempts = retry_settings()
-    kwargs = {"region": region(), "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
+    options = {"region": region()}
     endpoint = s3_endpoint()
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    return fs.S3FileSystem(**kwargs)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    return RetryingS3FileSystem(attempts, **options)
 
 
 def is_remote(uri: str) -> bool:

@@ -9,21 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.faulty_s3 import free_port
 
 # Set before anything starts, so that Ray workers (started later from this process) inherit it all:
 # - trained feature extractors and reference statistics go to this session's cache, never ~/.cache/imm;
 # - S3 means the session's moto server (`s3_server`) with fake credentials, never AWS. The secret is
 #   distinctive so that tests can search runs for it.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 S3_SECRET = f"imm-test-secret-{os.getpid()}-{time.time_ns()}"
 os.environ["IMM_CACHE"] = tempfile.mkdtemp(prefix="imm-test-cache-")
 os.environ.update({

@@ -44,7 +44,10 @@ def test_retries_are_bounded_and_configurable(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
     retries = s3_client().meta.config.retries
     assert retries["mode"] == "adaptive" and retries["total_max_attempts"] == 3
-    assert s3_filesystem().region == "us-east-1"
+    import pickle
+
+    shipped = pickle.loads(pickle.dumps(s3_filesystem()))  # what a Ray worker receives keeps the retries
+    assert shipped.max_attempts == 3 and shipped.region == "us-east-1"
     monkeypatch.setenv("AWS_RETRY_MODE", "legacy")
     with pytest.raises(ValueError, match=r"AWS_RETRY_MODE: 'legacy' is not one of \['standard', 'adaptive'\]"):
         s3_client()

@@ -75,6 +75,13 @@ Metrics: energy/steps_K (any data), fid/steps_K (Inception features, with eval.i
 (the project's own extractor: a classifier trained once on labelled data, random Fourier features otherwise).
 """
 
+UI_EXAMPLES = """\
+examples:
+  imm-orch ui                                            # http://127.0.0.1:5000 on ./imm-runs/mlflow.db
+  imm-orch ui --port 5050 --tracking-uri sqlite:///other/mlflow.db
+  imm-orch ui --host 0.0.0.0                             # reachable from other machines (no authentication!)
+"""
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
@@ -190,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--experiment", default=None, help="MLflow experiment (default: the model's run's, else imm)")
     ev.add_argument("--no-log", action="store_true", help="print the metrics only; log nothing to MLflow")
     _tracking_only(ev)
+
+    ui = sub.add_parser(
+        "ui",
+        help="the MLflow UI on this project's tracking store",
+        description="Start `mlflow server` on the tracking store (the embedded SQLite file by default), serving its "
+                    "artifacts; Ctrl-C stops it.",
+        epilog=UI_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default 127.0.0.1: this machine only; the UI has no authentication)")
+    _tracking_only(ui)
     return parser
 
 
@@ -387,7 +407,45 @@ def run_eval(args, out=None) -> int:
     return 0
 
 
-MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval}
+def ui_command(args) -> list[str]:
+    """The `mlflow server` command line for the store (checked: it must exist and not be a server already)."""
+    from orchestrator import tracking
+
+    uri = tracking.default_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://", "databricks")):
+        raise ValueError(f"--tracking-uri: {uri} is a tracking server already; open it in a browser")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port: {args.port} is out of range (allowed: 1-65535)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    root = tracking.artifact_root(uri)
+    if root is not None:
+        if not Path(uri[len("sqlite:///"):]).is_file():
+            raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} yet: run `imm-orch train` or "
+                                    "`imm-orch sweep` first, or pass --tracking-uri")
+        cmd += ["--artifacts-destination", str(root)]  # new experiments' artifacts beside the database
+    return cmd
+
+
+def run_ui(args, out=None) -> int:
+    import signal
+    import subprocess
+
+    out = out or sys.stdout
+    cmd = ui_command(args)
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {cmd[cmd.index('--backend-store-uri') + 1]}; "
+          "Ctrl-C stops it)", file=out, flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=sys.stderr)
+    server = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # stopping `imm-orch ui` stops the server
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # the server got the terminal's SIGINT too
+        return server.wait()
+
+
+MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval, "ui": run_ui}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -121,7 +121,9 @@ class EvalConfig:
     batch_size: int = 500  # samples drawn and featurised per chunk (chunk i uses seed + i)
     features: str = "auto"  # Frechet-distance features: auto, inception, classifier, rff, none (imm.metrics.features)
     inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: a path or s3:// URI
-    cache: str | None = None  # trained extractors and reference statistics; None = $IMM_CACHE/metrics
+    # Trained extractors and reference statistics: a folder or an s3:// prefix the cluster shares (default
+    # $IMM_METRICS_CACHE, else $IMM_CACHE/metrics on each machine).
+    cache: str | None = "${oc.env:IMM_METRICS_CACHE,null}"
 
 
 @dataclass
@@ -148,8 +150,10 @@ class TrainerConfig:
 
 @dataclass
 class StorageConfig:
-    root: str = "./imm-runs"
-    ray_storage: str | None = None
+    root: str = "./imm-runs"  # the embedded default's folder: mlflow.db, artifacts/, optuna.journal, ray/
+    # Ray Train's storage_path (checkpoints): a folder shared by the nodes or s3://bucket/prefix (default
+    # $IMM_RAY_STORAGE, which a cluster's environment sets; else <root>/ray).
+    ray_storage: str | None = "${oc.env:IMM_RAY_STORAGE,null}"
 
 
 @dataclass

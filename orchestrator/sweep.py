@@ -18,6 +18,7 @@ pruners implement the same algorithms as Tune's schedulers and record PRUNED tri
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import time
@@ -42,8 +43,9 @@ TRIAL_TAG, STATE_TAG, ERROR_TAG = "imm.trial.number", "imm.trial.state", "imm.tr
 # --- the study -----------------------------------------------------------------------------------------------
 
 def storage_url(sweep: Sweep) -> str:
-    """The study's storage as a URL: `journal:PATH` (the default, under storage.root) or an RDB URL."""
-    url = sweep.spec.storage
+    """The study's storage as a URL: the file's `storage`, else $IMM_OPTUNA_STORAGE (a cluster's RDB), else
+    `journal:PATH` under storage.root; `journal:PATH` or an RDB URL."""
+    url = sweep.spec.storage or os.environ.get("IMM_OPTUNA_STORAGE") or None
     if url is None:
         return f"journal:{storage.root(sweep.base) / JOURNAL_FILE}"
     if url.startswith("journal:"):

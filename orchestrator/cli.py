@@ -7,6 +7,7 @@ line with exit code 2 (`--debug` shows the traceback); a training failure exits 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("sweep", help="a sweep name, or its YAML file")
     status.add_argument("--storage", default=None,
-                        help="the study storage (default: the file's, else journal:./imm-runs/optuna.journal)")
+                        help="the study storage (default: the file's, else $IMM_OPTUNA_STORAGE, "
+                             "else journal:./imm-runs/optuna.journal)")
     status.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
     promote = sub.add_parser(
@@ -338,7 +340,8 @@ def run_status(args, out=None) -> int:
         from orchestrator.sweep import JOURNAL_FILE
 
         name = args.sweep
-        url = args.storage or f"journal:{Path(StorageConfig.root).resolve() / JOURNAL_FILE}"
+        url = args.storage or os.environ.get("IMM_OPTUNA_STORAGE") or \
+            f"journal:{Path(StorageConfig.root).resolve() / JOURNAL_FILE}"
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
         raise ValueError(f"no study storage at {url[len('journal:'):]} (pass --storage, or the sweep's YAML file)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -421,12 +421,11 @@ def ui_command(args) -> list[str]:
         raise ValueError(f"--port: {args.port} is out of range (allowed: 1-65535)")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    root = tracking.artifact_root(uri)
-    if root is not None:
+    if uri.startswith("sqlite:///"):
         if not Path(uri[len("sqlite:///"):]).is_file():
             raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} yet: run `imm-orch train` or "
                                     "`imm-orch sweep` first, or pass --tracking-uri")
-        cmd += ["--artifacts-destination", str(root)]  # new experiments' artifacts beside the database
+        cmd += ["--artifacts-destination", tracking.artifact_root(uri)]  # new experiments' artifacts as imm-orch puts them
     return cmd
 
 

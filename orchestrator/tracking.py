@@ -46,11 +46,19 @@ def default_tracking_uri(explicit: str | None = None) -> str:
     return tracking_uri(OmegaConf.structured(RunConfig), explicit)
 
 
-def artifact_root(uri: str) -> Path | None:
-    """For a SQLite store, `artifacts/` beside the database (MLflow would use ./mlruns in the working
-    directory); for a tracking server, None: the server decides (e.g. its --artifacts-destination)."""
+ARTIFACTS_ENV = "IMM_MLFLOW_ARTIFACTS"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where new experiments keep their artifacts, as a URI:
+    - $IMM_MLFLOW_ARTIFACTS when set (e.g. s3://bucket/mlflow: MLflow's direct mode, in which every client
+      writes to S3 itself with its own credentials and MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL_S3);
+    - for a SQLite store, `artifacts/` beside the database (MLflow would use ./mlruns in the working directory);
+    - for a tracking server, None: the server decides (proxied mode: its --artifacts-destination)."""
+    if os.environ.get(ARTIFACTS_ENV):
+        return os.environ[ARTIFACTS_ENV]
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts"
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts").as_uri()
     return None
 
 
@@ -62,15 +70,15 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(mlflow_client, name: str, artifact_root: Path | None = None) -> str:
-    """The experiment's id, creating it (with artifacts under `artifact_root` when given) if needed."""
+def experiment_id(mlflow_client, name: str, artifact_root: str | None = None) -> str:
+    """The experiment's id, creating it (with artifacts under the URI `artifact_root` when given) if needed;
+    an existing experiment keeps its artifact location."""
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"--experiment: {name!r} is deleted in this tracking store; restore it or pick another name")
         return exp.experiment_id
-    location = artifact_root.as_uri() if artifact_root is not None else None
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    return mlflow_client.create_experiment(name, artifact_location=artifact_root)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -16,6 +16,7 @@ READ_BY_SDKS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # boto3's and pya
 NOT_FOR_NODES = {
     "IMM_CACHE": "a per-machine cache folder; the cluster shares IMM_METRICS_CACHE instead",
     "IMM_ORCH_KILL_WORKER": "the fault drill of the tests",
+    "IMM_MLFLOW_ARTIFACTS": "MLflow's direct mode; this cluster proxies artifacts through the MLflow server",
     "AWS_DEFAULT_REGION": "an alias of AWS_REGION",
     "AWS_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3 (the MLflow server's own setting)",

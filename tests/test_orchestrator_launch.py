@@ -57,7 +57,7 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert _steps(client, run_id, "throughput/samples_per_s") == REPORT_STEPS
     for k in (1, 2):
         assert _steps(client, run_id, f"energy/steps_{k}") == [20, 40]
-    assert run.info.artifact_uri.startswith(tracking.artifact_root(mlflow_uri).as_uri())  # beside mlflow.db
+    assert run.info.artifact_uri.startswith(tracking.artifact_root(mlflow_uri))  # beside mlflow.db
     files = _artifacts(client, run_id)
     assert "config.yaml" in files and "checkpoint/checkpoint.pt" in files
     assert {f"samples/step_{s:07d}/steps_{k}.png" for s in (20, 40) for k in (1, 2)} <= set(files)

@@ -25,7 +25,7 @@ def _metrics(step, loss):
 def run(mlflow_uri, tmp_path, request):
     cfg = load_config("toy2d", [f"storage.root={tmp_path}"])
     client = tracking.client(mlflow_uri)
-    exp = tracking.experiment_id(client, request.node.name, tmp_path / "artifacts")
+    exp = tracking.experiment_id(client, request.node.name, (tmp_path / "artifacts").as_uri())
     tags = tracking.run_tags(cfg, "r1", str(tmp_path / "ray"), "test")
     run_id, resumed = tracking.open_run(client, exp, cfg, tags)
     assert not resumed
@@ -133,7 +133,7 @@ def test_embedded_default_keeps_everything_under_storage_root(tmp_path, monkeypa
     plan = plan_run(load_config("toy2d", [f"storage.root={tmp_path}"]))
     assert plan.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert plan.storage.path == str(tmp_path / "ray") and not plan.storage.is_s3
-    assert tracking.artifact_root(plan.tracking_uri) == tmp_path / "artifacts"
+    assert tracking.artifact_root(plan.tracking_uri) == (tmp_path / "artifacts").as_uri()
     assert plan_run(plan.cfg, tracking_uri="http://mlflow:5000").tracking_uri == "http://mlflow:5000"
     assert tracking.artifact_root("http://mlflow:5000") is None
     monkeypatch.chdir(tmp_path)

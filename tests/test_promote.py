@@ -35,7 +35,7 @@ def store(tmp_path, checkpoint):
     trial with a better value, and a finished trial without the metric."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.client(uri)
-    exp = tracking.experiment_id(client, "exp", tmp_path / "artifacts")
+    exp = tracking.experiment_id(client, "exp", (tmp_path / "artifacts").as_uri())
     runs = {}
     for i, (value, status) in enumerate([(0.3, "FINISHED"), (0.1, "FINISHED"), (0.2, "FINISHED"), (0.01, "FAILED"),
                                          (None, "FINISHED")]):
@@ -154,3 +154,22 @@ def test_eval_logs_the_metrics_of_a_model_uri_to_a_run_of_its_own(store, capsys)
     assert "--steps: 'x' is not a step count" in capsys.readouterr().err
     assert cli.main(["eval", "--model", f"runs:/{runs[1]}", "eval.features=bogus", "--tracking-uri", uri]) == 2
     assert "eval.features: 'bogus' is not one of" in capsys.readouterr().err
+
+
+def test_direct_mode_artifacts_go_to_s3_and_the_promoted_model_loads_from_there(s3_env, checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    """MLflow's direct mode: IMM_MLFLOW_ARTIFACTS=s3://... makes new experiments keep their artifacts in S3, written
+    by the client itself (credentials and AWS_ENDPOINT_URL_S3 from the environment: the session's moto server)."""
+    s3_env.create_bucket(Bucket="direct")
+    monkeypatch.setenv("IMM_MLFLOW_ARTIFACTS", "s3://direct/mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.client(uri)
+    run = client.create_run(tracking.experiment_id(client, "direct", tracking.artifact_root(uri)), run_name="d")
+    assert run.info.artifact_uri.startswith("s3://direct/mlflow/")
+    client.log_metric(run.info.run_id, "energy/steps_1", 0.5)
+    client.log_artifacts(run.info.run_id, str(checkpoint), "checkpoint")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    promote(uri, run_id=run.info.run_id, metric="energy/steps_1", model_name="direct")
+    stored = {o["Key"].split("/artifacts/", 1)[1] for o in s3_env.list_objects_v2(Bucket="direct")["Contents"]}
+    assert {"checkpoint/checkpoint.pt", "model/MLmodel", "model/data/model.pth"} <= stored
+    assert load_model("models:/direct@champion", tracking_uri=uri, device="cpu").sample(10, 1, 0).shape == (10, 2)

@@ -18,7 +18,7 @@ def test_ui_binds_to_localhost_and_serves_the_artifacts_beside_the_database(tmp_
     tracking.client(f"sqlite:///{db}").search_experiments()
     cmd = cli.ui_command(cli.parse_args(["ui", "--tracking-uri", f"sqlite:///{db}", "--port", "5055"]))
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5055"
-    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "artifacts")
+    assert cmd[cmd.index("--artifacts-destination") + 1] == (tmp_path / "artifacts").as_uri()
     assert cli.main(["ui", "--tracking-uri", "http://mlflow:5000"]) == 2
     assert "is a tracking server already; open it in a browser" in capsys.readouterr().err
     assert cli.main(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2

@@ -189,7 +189,7 @@ class RankZeroLogger:
 
     A worker that dies after step s restarts from the last checkpoint c <= s and computes steps c+1..s
     again. Logging them at once would leave two values for those steps; MLflow cannot delete metric points,
-    so nothing past the last saved checkpoint is sent (`commit` runs after Ray saved it). As a second guard
+    so nothing past the last registered checkpoint is sent (`commit` runs once Ray registered it). As a second guard
     (Ray may restore an older checkpoint than the last one saved), steps already in the run are skipped.
     """
 

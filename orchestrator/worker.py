@@ -94,7 +94,11 @@ def train_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}" if ckpt else None)
         if logger is not None:
             logger.record(metrics)
-            if ckpt is not None:  # Ray has saved it: what it covers may now go to MLflow
+            if ckpt is not None:
+                # report() returns once this rank uploaded the checkpoint, but a relaunch restores only what
+                # the controller registered, after polling every rank; a rank dying in between would leave
+                # MLflow ahead of the restore point. Wait for the registration, then commit.
+                ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
                 logger.commit()
             if progress is not None:
                 _push(progress, {**metrics, "time": time.time()})

@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test venv lint bench clean
+DEMO_SWEEP := toy2d_smoke
+DEMO_OUT := imm-runs/demo
+
+.PHONY: test demo venv lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "== setting up $(VENV): pip, $(TORCH_CPU) (CPU build), then the project and its test tools (a few minutes, once)"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_CPU)"
 	$(BIN)/pip install --quiet -e ".[test]" "$(TORCH_CPU)"
@@ -22,6 +26,25 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The new-user path on the embedded default (local Ray, MLflow in imm-runs/mlflow.db, artifacts beside it):
+# sweep IMM's axes on the 2D toy, promote the best trial, sample from the promoted model. Rerunning resumes.
+demo: venv
+	@echo "== 1/3 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians; a few minutes on 2 cores)"
+	@if $(BIN)/imm-orch status $(DEMO_SWEEP) >/dev/null 2>&1; then resume=--resume; fi; \
+	  $(BIN)/imm-orch sweep sweeps/$(DEMO_SWEEP).yaml $$resume
+	@echo "== 2/3 promote: the best trial by its 1-step energy distance -> models:/$(DEMO_SWEEP)@champion"
+	$(BIN)/imm-orch promote --sweep $(DEMO_SWEEP) --metric energy/steps_1
+	@echo "== 3/3 sample: 5000 points from the champion at 1 and 2 steps"
+	$(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps 1 --n 5000 --out $(DEMO_OUT)/champion_1step.png
+	$(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps 2 --n 5000 --out $(DEMO_OUT)/champion_2steps.png
+	@echo
+	@echo "Done. Open the MLflow UI with:"
+	@echo "    $(BIN)/imm-orch ui        # then browse http://127.0.0.1:5000"
+	@echo "and look at: experiment 'imm' > run '$(DEMO_SWEEP)' (the sweep: Model metrics shows its plots,"
+	@echo "the best trial in its tags); its nested trial runs (samples at 1 and 2 steps, loss and energy curves,"
+	@echo "the config as params); Models > $(DEMO_SWEEP) > @champion (the promoted version and its lineage)."
+	@echo "Samples from the champion: $(DEMO_OUT)/champion_1step.png, $(DEMO_OUT)/champion_2steps.png"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m imm.sample",
         description="Draw samples from a trained checkpoint with its EMA weights.",
-        epilog="example: python -m imm.sample --checkpoint imm-runs/local --steps 2 --n 5000 --out samples.png",
+        epilog="examples:\n"
+               "  python -m imm.sample --checkpoint imm-runs/local --steps 2 --n 5000 --out samples.png\n"
+               "  python -m imm.sample --checkpoint runs/digits-fm --sampler heun --steps 8 --out grid.png\n"
+               "  python -m imm.sample --checkpoint runs/m8/checkpoint.pt --steps 1 --n 10000 --out x.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or the folder holding it")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps (1..8 for IMM)")

@@ -216,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m imm.train",
         description="Train IMM (or a baseline) in this process; resumes from train.out_dir/checkpoint.pt.",
-        epilog="example: python -m imm.train toy2d imm.group_size=8 train.steps=2000 train.out_dir=runs/m8",
+        epilog="examples:\n"
+               "  python -m imm.train toy2d imm.group_size=8 train.steps=2000 train.out_dir=runs/m8\n"
+               "  python -m imm.train digits method=fm train.out_dir=runs/digits-fm   # a baseline on sklearn's digits\n"
+               "  python -m imm.train my.yaml --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="a YAML config file, or the name of a built-in one (toy2d)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. imm.kernel=rbf")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. imm.kernel=rbf")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
     try:

@@ -76,6 +76,17 @@ Metrics: energy/steps_K (any data), fid/steps_K (Inception features, with eval.i
 (the project's own extractor: a classifier trained once on labelled data, random Fourier features otherwise).
 """
 
+TOP_EXAMPLES = """\
+the new-user path, on the embedded default (local Ray, MLflow and artifacts in ./imm-runs/):
+  imm-orch sweep sweeps/toy2d_smoke.yaml                          # an Optuna sweep of IMM's axes on Ray
+  imm-orch status toy2d_smoke                                     # its trials and the best one
+  imm-orch promote --sweep toy2d_smoke --metric energy/steps_1    # best trial -> models:/toy2d_smoke@champion
+  imm-orch sample --model models:/toy2d_smoke@champion --steps 2 --n 5000 --out samples.png
+  imm-orch ui                                                     # the MLflow UI on http://127.0.0.1:5000
+
+`imm-orch COMMAND --help` gives each command's options and examples; `--debug` shows tracebacks.
+"""
+
 UI_EXAMPLES = """\
 examples:
   imm-orch ui                                            # http://127.0.0.1:5000 on ./imm-runs/mlflow.db
@@ -95,8 +106,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imm-orch",
-        description="Train and track Inductive Moment Matching models on Ray, with MLflow.",
-        epilog="run `imm-orch train --help` for examples",
+        description="Train, sweep and promote Inductive Moment Matching models on Ray, tracked in MLflow.",
+        epilog=TOP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser(
@@ -107,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="a YAML config file, or a built-in config name (toy2d)")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. imm.kernel=rbf")
+    train.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                       help="dotted config overrides, e.g. imm.kernel=rbf")
     train.add_argument("--name", default=None, help="run name (Ray's and MLflow's); the same name resumes the run")
     train.add_argument("--experiment", default=None, help="MLflow experiment (default: imm)")
     train.add_argument("--dry-run", action="store_true",
@@ -123,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("sweep", help="a sweep YAML file (see sweeps/)")
-    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+    sweep.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                        help="base run-config overrides for every trial, e.g. train.steps=200")
     sweep.add_argument("--trials", type=int, default=None, help="total trials (default: the file's `trials`)")
     sweep.add_argument("--max-concurrent", type=int, default=None,
@@ -191,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_args(ev)
-    ev.add_argument("overrides", nargs="*", metavar="key=value",
+    ev.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                     help="eval.* overrides, e.g. eval.inception_weights=PATH eval.features=rff")
     ev.add_argument("--steps", nargs="+", default=["1"], help="sampling step counts: 1 2 4 or 1,2,4 (default: 1)")
     ev.add_argument("--n", type=int, default=None, help="samples per step count (default: the run's eval.n_samples)")

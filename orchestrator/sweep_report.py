@@ -18,7 +18,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-STEPS_METRIC = re.compile(r"^(energy|fid)/steps_(\d+)$")
+STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 
 def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[str]:
@@ -49,7 +49,18 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         if notes:
             (out / "report_notes.txt").write_text("\n".join(notes) + "\n")
         mlc.log_artifacts(parent_id, tmp)
+        log_plot_images(mlc, parent_id, plots, step=len(finished))
     return notes
+
+
+def log_plot_images(mlc, run_id: str, plots: Path, step: int) -> None:
+    """The plots again as step-keyed images (`sweep/<plot>`), which the run page shows without opening files;
+    the step is the number of finished trials, so a resumed sweep's newer plots sit beside the older ones."""
+    from PIL import Image
+
+    for png in sorted(plots.glob("*.png")):
+        with Image.open(png) as im:
+            mlc.log_image(run_id, im.convert("RGB"), key=f"sweep/{png.stem}", step=step, synchronous=True)
 
 
 def write_trials_csv(study, sweep, run_metrics: dict[int, dict], path: Path) -> None:
@@ -119,7 +130,7 @@ def draw_steps_plots(study, sweep, run_metrics: dict[int, dict], out: Path) -> l
 
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])}
     notes = []
-    for family in ("energy", "fid"):
+    for family in ("energy", "fid", "fd"):
         per_trial = {n: {int(m.group(2)): v for k, v in ms.items() if (m := STEPS_METRIC.match(k)) and m.group(1) == family}
                      for n, ms in run_metrics.items() if n in complete}
         per_trial = {n: d for n, d in per_trial.items() if d}

@@ -63,8 +63,11 @@ def artifact_root(uri: str) -> str | None:
 
 
 def client(uri: str):
+    import logging
+
     from mlflow import MlflowClient
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
@@ -193,13 +196,15 @@ class RankZeroLogger:
     (Ray may restore an older checkpoint than the last one saved), steps already in the run are skipped.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, final_step: int | None = None):
         self.client = client(tracking_uri)
         self.run_id = run_id
+        self.final_step = final_step  # the last training step: its samples are also logged as `final/steps_K`
         self.logged_through = last_logged_step(self.client, run_id)
         self.pending: list = []
         self.eval_tags: dict[str, str] = {}
         self.plots = Path(tempfile.mkdtemp(prefix="imm-plots-"))
+        self.images: list[tuple[str, int, Path]] = []  # (key, step, png) for the run page's image charts
 
     def record(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -229,6 +234,10 @@ class RankZeroLogger:
             elif x.ndim == 2 and x.shape[-1] == 2:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 scatter_png(x, out, title=f"step {step}, {k} sampling step(s)")
+            if out.is_file():
+                self.images.append((f"samples/steps_{k}", step, out))
+                if step == self.final_step:  # a key with one step: the run page shows it without moving a slider
+                    self.images.append((f"final/steps_{k}", step, out))
 
     def commit(self) -> None:
         """Send what is held: call once the checkpoint at the newest held step is saved."""
@@ -238,6 +247,12 @@ class RankZeroLogger:
             self.logged_through = max(m.step for m in self.pending)
         self.pending = []
         if any(self.plots.iterdir()):
+            from PIL import Image
+
+            for key, step, png in self.images:  # step-keyed images: the run page shows them with a step slider
+                with Image.open(png) as im:
+                    self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
+            self.images = []
             self.client.log_artifacts(self.run_id, str(self.plots), "samples")
             shutil.rmtree(self.plots)
             self.plots.mkdir()

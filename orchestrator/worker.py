@@ -86,7 +86,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0 and progress is not None:
             _push(progress, {"event": "resumed", "step": int(resume["step"])})
 
-    logger = RankZeroLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         step = int(metrics["step"])

@@ -4,6 +4,7 @@ never leaving a duplicated step when an attempt dies past its last checkpoint.""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -118,13 +119,21 @@ def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
 
 def test_scatter_plots_are_logged_with_their_checkpoint(run, mlflow_uri):
     client, run_id, *_ = run
-    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    log = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=40)
     log.on_eval(20, {1: torch.randn(50, 2), 2: torch.randn(50, 2)})
     log.record(_metrics(20, 1.0))
-    assert not any(f.path == "samples" for f in client.list_artifacts(run_id))
+    assert not any(f.path in ("samples", "images") for f in client.list_artifacts(run_id))
     log.commit()
     pngs = [f.path for f in client.list_artifacts(run_id, "samples/step_0000020")]
     assert pngs == ["samples/step_0000020/steps_1.png", "samples/step_0000020/steps_2.png"]
+    log.on_eval(40, {1: torch.randn(50, 2), 2: torch.randn(50, 2)})
+    log.record(_metrics(40, 1.0))
+    log.commit()
+    # The same plots as step-keyed images (MLflow's image charts): every evaluation's, and the last one's alone.
+    images = [f.path.split("/", 1)[1] for f in client.list_artifacts(run_id, "images") if f.path.endswith(".png")]
+    keyed = sorted(re.match(r"(.+)\+step\+(\d+)\+", name).groups() for name in images)
+    assert keyed == [("final~steps_1", "40"), ("final~steps_2", "40"), ("samples~steps_1", "20"),
+                     ("samples~steps_1", "40"), ("samples~steps_2", "20"), ("samples~steps_2", "40")]
     log.close()
 
 

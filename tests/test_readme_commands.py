@@ -1,0 +1,69 @@
+"""The README's two commands, exactly as written, in a fresh clone of this repository (its committed HEAD).
+
+In the suite this runs `make demo` only: `make test` inside `make test` would recurse. IMM_README_ALL=1 runs
+both (the nested suite skips this test), which is what a new user does on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+NESTED = "IMM_README_NESTED"
+
+
+def readme_commands() -> list[str]:
+    """The commands of the first bash block under '## Two commands', without their comments."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This machine's environment less what the test session set up (S3 endpoints, caches, the active venv)."""
+    drop = ("AWS_", "MLFLOW_", "IMM_", "RAY_", "PYTEST_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(sys.prefix))
+    env["IMM_CACHE"] = str(tmp_path / "cache")  # keep the user's ~/.cache/imm out of it
+    env[NESTED] = "1"
+    return env
+
+
+def test_readme_names_the_two_commands():
+    assert readme_commands() == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
+
+
+@pytest.mark.skipif(bool(os.environ.get(NESTED)), reason="already inside a README-commands run")
+def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    commands = readme_commands()
+    if not os.environ.get("IMM_README_ALL"):
+        commands = [c for c in commands if c != "make test"]
+    env = clean_env(tmp_path)
+    for command in commands:
+        t0 = time.perf_counter()
+        proc = subprocess.run(command, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - t0
+        print(f"\n$ {command}  ({wall:.0f}s)\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        assert proc.returncode == 0, f"{command!r} failed"
+        if command == "make demo":
+            out = proc.stdout
+            # progress all the way: the set-up, each stage, each trial
+            for line in ("== setting up .venv", "== 1/3 sweep", "== 2/3 promote", "== 3/3 sample", "trial 7 "):
+                assert line in out
+            assert "model uri: models:/toy2d_smoke@champion" in out
+            assert ".venv/bin/imm-orch ui" in out  # the command that opens the MLflow UI
+            for png in ("champion_1step.png", "champion_2steps.png"):
+                assert (clone / "imm-runs" / "demo" / png).stat().st_size > 10_000
+            assert (clone / "imm-runs" / "mlflow.db").is_file() and (clone / "imm-runs" / "optuna.journal").is_file()

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.faulty_s3 import free_port
+from tests.servers import free_port, wait_for_health
 
 # Set before anything starts, so that Ray workers (started later from this process) inherit it all:
 # - trained feature extractors and reference statistics go to this session's cache, never ~/.cache/imm;
@@ -124,3 +124,24 @@ def write_fake_cifar():
         return batch
 
     return write
+
+
+@pytest.fixture
+def mlflow_ui(tmp_path):
+    """`imm-orch ui` (a real `mlflow server` process) on a SQLite store in tmp_path: its uri, url, port and log."""
+    import subprocess
+    import sys
+
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.client(uri).search_experiments()
+    port, log = free_port(), tmp_path / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, proc, log)
+    yield SimpleNamespace(uri=uri, url=url, port=port, log=log)
+    proc.terminate()
+    proc.wait(timeout=30)

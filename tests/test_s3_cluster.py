@@ -9,15 +9,14 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 from orchestrator import cli, load_model, tracking
-from tests.faulty_s3 import FaultyS3, free_port
+from tests.faulty_s3 import FaultyS3
+from tests.servers import free_port, wait_for_health
 
 pytestmark = pytest.mark.slow
 BUCKET = "imm-cluster"
@@ -36,17 +35,7 @@ def mlflow_server(s3_server, tmp_path_factory):
          "--workers", "1"],
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=os.environ.copy())  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    wait_for_health(url, proc, root / "server.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -11,15 +11,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
 
 from orchestrator import cli, tracking
-from tests.faulty_s3 import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,32 +34,9 @@ def chromium(url: str, tmp_path, *, screenshot=None) -> str:
     return subprocess.run([*args, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180).stdout
 
 
-@pytest.fixture
-def ui(tmp_path):
-    """`imm-orch ui` on a store in tmp_path: yields (tracking URI, UI URL)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.client(uri).search_experiments()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", uri],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "the UI did not start"
-        time.sleep(0.5)
-    yield uri, url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
-def test_run_pages_show_samples_curves_config_and_sweep_plots(ray_local, ui, tmp_path):
-    uri, url = ui
+def test_run_pages_show_samples_curves_config_and_sweep_plots(ray_local, mlflow_ui, tmp_path):
+    uri, url = mlflow_ui.uri, mlflow_ui.url
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "browsed",

@@ -33,18 +33,19 @@ demo: venv
 	@echo "== 1/3 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians; a few minutes on 2 cores)"
 	@if $(BIN)/imm-orch status $(DEMO_SWEEP) >/dev/null 2>&1; then resume=--resume; fi; \
 	  $(BIN)/imm-orch sweep sweeps/$(DEMO_SWEEP).yaml $$resume
-	@echo "== 2/3 promote: the best trial by its 1-step energy distance -> models:/$(DEMO_SWEEP)@champion"
-	$(BIN)/imm-orch promote --sweep $(DEMO_SWEEP) --metric energy/steps_1
-	@echo "== 3/3 sample: 5000 points from the champion at 1 and 2 steps"
-	$(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps 1 --n 5000 --out $(DEMO_OUT)/champion_1step.png
-	$(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps 2 --n 5000 --out $(DEMO_OUT)/champion_2steps.png
+	@echo "== 2/3 promote: the best trial by its 2-step energy distance -> models:/$(DEMO_SWEEP)@champion"
+	$(BIN)/imm-orch promote --sweep $(DEMO_SWEEP) --metric energy/steps_2
+	@echo "== 3/3 sample: 5000 points from the champion at 1, 2 and 4 steps"
+	for k in 1 2 4; do \
+	  $(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps $$k --n 5000 --out $(DEMO_OUT)/champion_$${k}steps.png \
+	    || exit 1; done
 	@echo
 	@echo "Done. Open the MLflow UI with:"
 	@echo "    $(BIN)/imm-orch ui        # then browse http://127.0.0.1:5000"
 	@echo "and look at: experiment 'imm' > run '$(DEMO_SWEEP)' (the sweep: Model metrics shows its plots,"
-	@echo "the best trial in its tags); its nested trial runs (samples at 1 and 2 steps, loss and energy curves,"
-	@echo "the config as params); Models > $(DEMO_SWEEP) > @champion (the promoted version and its lineage)."
-	@echo "Samples from the champion: $(DEMO_OUT)/champion_1step.png, $(DEMO_OUT)/champion_2steps.png"
+	@echo "the best trial in its tags); its nested trial runs (Model metrics: samples at 1, 2, 4 and 8 steps, loss"
+	@echo "and quality curves; Overview: the config as params); Models > $(DEMO_SWEEP) > @champion (its lineage)."
+	@echo "Samples from the champion: $(DEMO_OUT)/champion_{1,2,4}steps.png"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -47,7 +47,7 @@ examples:
 
 PROMOTE_EXAMPLES = """\
 examples:
-  imm-orch promote --sweep toy2d_smoke --metric energy/steps_1          # best trial -> models:/toy2d_smoke@champion
+  imm-orch promote --sweep toy2d_smoke --metric energy/steps_2          # best trial -> models:/toy2d_smoke@champion
   imm-orch promote --sweep cifar10_imm_ablation --metric fid/steps_2 --model-name imm-cifar10
   imm-orch promote --run-id 3f2c... --metric fid/steps_1 --alias challenger
   imm-orch promote --sweep my_sweep --metric acc --mode max
@@ -80,7 +80,7 @@ TOP_EXAMPLES = """\
 the new-user path, on the embedded default (local Ray, MLflow and artifacts in ./imm-runs/):
   imm-orch sweep sweeps/toy2d_smoke.yaml                          # an Optuna sweep of IMM's axes on Ray
   imm-orch status toy2d_smoke                                     # its trials and the best one
-  imm-orch promote --sweep toy2d_smoke --metric energy/steps_1    # best trial -> models:/toy2d_smoke@champion
+  imm-orch promote --sweep toy2d_smoke --metric energy/steps_2    # best trial -> models:/toy2d_smoke@champion
   imm-orch sample --model models:/toy2d_smoke@champion --steps 2 --n 5000 --out samples.png
   imm-orch ui                                                     # the MLflow UI on http://127.0.0.1:5000
 
@@ -476,6 +476,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars for each model download
     from imm.config import ConfigError
 
     if args.command == "status" or args.command in MODEL_COMMANDS:

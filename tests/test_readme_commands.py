@@ -64,6 +64,6 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
                 assert line in out
             assert "model uri: models:/toy2d_smoke@champion" in out
             assert ".venv/bin/imm-orch ui" in out  # the command that opens the MLflow UI
-            for png in ("champion_1step.png", "champion_2steps.png"):
+            for png in ("champion_1steps.png", "champion_2steps.png", "champion_4steps.png"):
                 assert (clone / "imm-runs" / "demo" / png).stat().st_size > 10_000
             assert (clone / "imm-runs" / "mlflow.db").is_file() and (clone / "imm-runs" / "optuna.journal").is_file()

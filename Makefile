@@ -46,6 +46,8 @@ demo: venv
 	@echo "the best trial in its tags); its nested trial runs (Model metrics: samples at 1, 2, 4 and 8 steps, loss"
 	@echo "and quality curves; Overview: the config as params); Models > $(DEMO_SWEEP) > @champion (its lineage)."
 	@echo "Samples from the champion: $(DEMO_OUT)/champion_{1,2,4}steps.png"
+	@echo "These trials train 600 steps each, enough to rank IMM's settings but not to separate the 8 modes;"
+	@echo "the full toy2d run (3000 steps, ~2 min) does: $(BIN)/imm-orch train toy2d [the champion's params as key=value]"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -38,6 +38,14 @@ def check_local(cfg) -> None:
             )
 
 
+def _worker_logs():
+    """The job's workers log WARNING and above: progress comes from rank 0's reports, not from Ray Train's INFO
+    lines (process group set up, each checkpoint created) that would otherwise reach the driver's terminal."""
+    import ray
+
+    return ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
+
+
 def _code_modules() -> list[str]:
     import imm
     import orchestrator
@@ -58,13 +66,14 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         runtime_env = None if in_job else {"py_modules": _code_modules()}
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=_worker_logs())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
         description = address
     else:
         # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.
-        ctx = ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING)
+        ctx = ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING,
+                       logging_config=_worker_logs())
         description = f"embedded ({ray.get_runtime_context().gcs_address})"
         if ctx.dashboard_url:
             print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream or sys.stdout, flush=True)

@@ -46,6 +46,19 @@ def _worker_logs():
     return ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
 
 
+def address_env() -> dict:
+    """A runtime env pinning RAY_ADDRESS to the connected cluster, for tasks that fit a TorchTrainer.
+
+    Ray Train's placement-group cleaner (a detached actor the Train controller starts) finds its cluster by
+    address auto-detection, which fails when the machine runs a second Ray instance ("Found multiple active
+    Ray instances"). It then never frees the placement group of a cancelled (pruned) trial, and the next trial
+    waits forever for those CPUs. The controller and the cleaner inherit this env from the task.
+    """
+    import ray
+
+    return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
+
+
 def _code_modules() -> list[str]:
     import imm
     import orchestrator

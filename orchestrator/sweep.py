@@ -31,6 +31,7 @@ from typing import Any
 from imm.config import ConfigError, to_yaml
 from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import storage, tracking
+from orchestrator.cluster import address_env
 from orchestrator.launch import ProgressBoard, RunPlan, launch, open_tracked_run, plan_run
 from orchestrator.sweep_config import Sweep, grid_size
 
@@ -322,7 +323,7 @@ class SweepRunner:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", plan.name)
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-        task = ray.remote(num_cpus=0, max_retries=0)(run_trial)
+        task = ray.remote(num_cpus=0, max_retries=0, runtime_env=address_env())(run_trial)
         tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board)
         tr.ref = task.remote(plan, self.ray_address, run_id, board)
         self.say(f"trial {number} {verb}: {label}  (run {plan.name})")

@@ -198,3 +198,36 @@ def test_a_diverging_trial_fails_a_poor_one_is_pruned_and_the_sweep_goes_on(ray_
     pruned_at = int(runs[2].data.tags["imm.trial.pruned_at_step"])
     assert 10 <= pruned_at < 4000
     assert max(study.trials[2].intermediate_values) == pruned_at
+
+
+def test_a_pruned_trials_cpus_are_freed_when_another_ray_runs_on_the_machine(ray_local, tmp_path):
+    """The session's Ray is the other instance; the sweep runs as a user's command with its own embedded Ray.
+
+    Each trial takes both of the embedded cluster's CPUs, so the last trial can start only once the pruned
+    trial's placement group is removed, which Ray Train's cleaner does through Ray's state API. With two Ray
+    instances on the machine, that API cannot pick a cluster unless RAY_ADDRESS says which: without it the
+    last trial waits forever.
+    """
+    base = [o for o in TINY if not o.startswith(("train.steps", "eval.every"))] + ["eval.every=10"]
+    path = write_sweep(
+        tmp_path,
+        base={"config": "toy2d", "overrides": [*base, f"storage.root={tmp_path / 'runs'}"]},
+        space={"train.lr": {"choices": [1e-2, 3e-3, 1e-9]}, "train.steps": {"choices": [40, 4000]}},
+        enqueue=[{"train.lr": 1e-2, "train.steps": 40}, {"train.lr": 1e-9, "train.steps": 4000},
+                 {"train.lr": 3e-3, "train.steps": 40}],  # distinct: Optuna skips a repeated enqueue
+        pruner={"name": "median", "startup_trials": 1, "min_resource": 10},
+        resources={"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0},
+        trials=3,
+        max_concurrent=1,
+    )
+    cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--tracking-uri",
+           f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the sweep hung (the pruned trial's CPUs were never freed):\n{(e.stdout or b'')[-2000:]}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    states = [t.state.name for t in load_study(tmp_path).trials]
+    assert states[:2] == ["COMPLETE", "PRUNED"], proc.stdout
+    assert "trial 2 started" in proc.stdout and states[2] in ("COMPLETE", "PRUNED")  # it got the freed CPUs

@@ -18,6 +18,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from orchestrator.tracking import log_png
+
 STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 
@@ -49,18 +51,11 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         if notes:
             (out / "report_notes.txt").write_text("\n".join(notes) + "\n")
         mlc.log_artifacts(parent_id, tmp)
-        log_plot_images(mlc, parent_id, plots, step=len(finished))
+        # The plots again as images on the run page, stepped by the number of finished trials: a resumed
+        # sweep's newer plots sit beside the older ones.
+        for png in sorted(plots.glob("*.png")):
+            log_png(mlc, parent_id, png, f"sweep/{png.stem}", step=len(finished))
     return notes
-
-
-def log_plot_images(mlc, run_id: str, plots: Path, step: int) -> None:
-    """The plots again as step-keyed images (`sweep/<plot>`), which the run page shows without opening files;
-    the step is the number of finished trials, so a resumed sweep's newer plots sit beside the older ones."""
-    from PIL import Image
-
-    for png in sorted(plots.glob("*.png")):
-        with Image.open(png) as im:
-            mlc.log_image(run_id, im.convert("RGB"), key=f"sweep/{png.stem}", step=step, synchronous=True)
 
 
 def write_trials_csv(study, sweep, run_metrics: dict[int, dict], path: Path) -> None:

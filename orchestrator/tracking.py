@@ -187,6 +187,15 @@ def last_logged_step(mlflow_client, run_id: str) -> int:
     return max((m.step for m in mlflow_client.get_metric_history(run_id, LOSS_KEY)), default=0)
 
 
+def log_png(mlflow_client, run_id: str, png: Path, key: str, step: int) -> None:
+    """A PNG as a step-keyed MLflow image: the run page's Model metrics tab shows it (a slider when a key has
+    several steps) without opening files."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        mlflow_client.log_image(run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
+
+
 class RankZeroLogger:
     """Rank 0's MLflow writer, holding metrics and sample plots until a checkpoint covers their step.
 
@@ -247,11 +256,8 @@ class RankZeroLogger:
             self.logged_through = max(m.step for m in self.pending)
         self.pending = []
         if any(self.plots.iterdir()):
-            from PIL import Image
-
-            for key, step, png in self.images:  # step-keyed images: the run page shows them with a step slider
-                with Image.open(png) as im:
-                    self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
+            for key, step, png in self.images:
+                log_png(self.client, self.run_id, png, key, step)
             self.images = []
             self.client.log_artifacts(self.run_id, str(self.plots), "samples")
             shutil.rmtree(self.plots)

@@ -20,6 +20,7 @@ NOT_FOR_NODES = {
     "AWS_DEFAULT_REGION": "an alias of AWS_REGION",
     "AWS_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3 (the MLflow server's own setting)",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "a default imm-orch sets for its own process (no download bars)",
 }
 
 

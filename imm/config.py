@@ -154,6 +154,9 @@ class StorageConfig:
     # Ray Train's storage_path (checkpoints): a folder shared by the nodes or s3://bucket/prefix (default
     # $IMM_RAY_STORAGE, which a cluster's environment sets; else <root>/ray).
     ray_storage: str | None = "${oc.env:IMM_RAY_STORAGE,null}"
+    # true: `root` is a folder every node of the cluster sees at the same path (NFS, a shared volume), so
+    # Ray checkpoints and a journal study may live under it on a multi-node cluster.
+    shared: bool = False
 
 
 @dataclass

@@ -76,6 +76,21 @@ Metrics: energy/steps_K (any data), fid/steps_K (Inception features, with eval.i
 (the project's own extractor: a classifier trained once on labelled data, random Fourier features otherwise).
 """
 
+SUBMIT_EXAMPLES = """\
+examples:
+  imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
+      storage.ray_storage=s3://bucket/ray --follow            # the study: $IMM_OPTUNA_STORAGE or the file's storage
+  imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --resume --follow   # after the job died
+  imm-orch submit toy2d trainer.num_workers=4 --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
+      storage.ray_storage=s3://bucket/ray
+
+The job runs `python -m orchestrator.cli sweep|train ... --address auto` on the head node, in a working dir with
+this checkout's code (no .venv, imm-runs/, data or weights). Nodes share no disk, and a job's working dir is
+deleted with it: MLflow must be a server, Ray checkpoints on S3 (or a folder every node mounts, declared with
+storage.shared=true) and the study in an RDB or a journal on that shared folder; this is checked before submitting.
+A cluster with token authentication (Ray's default) needs RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
+"""
+
 TOP_EXAMPLES = """\
 the new-user path, on the embedded default (local Ray, MLflow and artifacts in ./imm-runs/):
   imm-orch sweep sweeps/toy2d_smoke.yaml                          # an Optuna sweep of IMM's axes on Ray
@@ -83,6 +98,7 @@ the new-user path, on the embedded default (local Ray, MLflow and artifacts in .
   imm-orch promote --sweep toy2d_smoke --metric energy/steps_2    # best trial -> models:/toy2d_smoke@champion
   imm-orch sample --model models:/toy2d_smoke@champion --steps 2 --n 5000 --out samples.png
   imm-orch ui                                                     # the MLflow UI on http://127.0.0.1:5000
+  imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 --follow
 
 `imm-orch COMMAND --help` gives each command's options and examples; `--debug` shows tracebacks.
 """
@@ -146,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--experiment", default=None, help="MLflow experiment (default: the file's, else imm)")
     sweep.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
     _common(sweep)
+
+    submit = sub.add_parser(
+        "submit",
+        help="a sweep or a run as a Ray job on a cluster (it outlives this machine)",
+        description="Check a sweep file or run config as the cluster will see it, then submit it as a Ray job through "
+                    "Ray's JobSubmissionClient; prints the job id and the commands to follow, inspect and stop it.",
+        epilog=SUBMIT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    submit.add_argument("target", metavar="SWEEP.yaml|CONFIG", help="a sweep file, or a run config (file or built-in name)")
+    submit.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="run-config overrides")
+    submit.add_argument("--cluster", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+                        help="the Ray dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    submit.add_argument("--follow", action="store_true", help="stream the driver's output; exit with its code")
+    submit.add_argument("--resume", action="store_true", help="sweeps: continue the stored study (after the job died)")
+    submit.add_argument("--trials", type=int, default=None, help="sweeps: total trials")
+    submit.add_argument("--max-concurrent", type=int, default=None, help="sweeps: trials at once")
+    submit.add_argument("--name", default=None, help="runs: the run name (the same name resumes the run)")
+    submit.add_argument("--experiment", default=None, help="MLflow experiment")
+    submit.add_argument("--working-dir", default=None,
+                        help="the folder shipped with the job (default: this checkout)")
+    _tracking_only(submit)
 
     status = sub.add_parser(
         "status",
@@ -252,7 +290,21 @@ def prepare_train(args):
     kill = KillSwitch.from_env()
     if args.address is None:
         cluster.check_local(plan.cfg)
+    check_cluster_storage(plan.cfg, plan.tracking_uri)
     return plan, kill
+
+
+def check_cluster_storage(cfg, tracking_uri: str, study: str | None = None, nodes: int = 1) -> None:
+    """In a Ray job, or connected to a cluster of `nodes` > 1: every store must be shared (storage.check_shared)."""
+    from orchestrator import cluster, storage
+
+    if cluster.in_job():
+        where = "in a Ray job"
+    elif nodes > 1:
+        where = f"on a {nodes}-node cluster"
+    else:
+        return
+    storage.check_shared(cfg, tracking_uri=tracking_uri, where=where, in_job=cluster.in_job(), study_url=study)
 
 
 def run_train(args, plan, kill, out=None) -> int:
@@ -272,6 +324,7 @@ def run_train(args, plan, kill, out=None) -> int:
     print(plan.describe(), file=out, flush=True)
     t0 = time.perf_counter()
     with cluster.connect(args.address, num_workers=plan.num_workers, stream=out) as address:
+        check_cluster_storage(plan.cfg, plan.tracking_uri, nodes=cluster.alive_nodes())  # now that its size is known
         t_ray = time.perf_counter() - t0
         result = launch(plan, ray_address=address, kill=kill, stream=out)
     wall = time.perf_counter() - t0
@@ -285,7 +338,8 @@ def run_train(args, plan, kill, out=None) -> int:
 
 def prepare_sweep(args):
     """The sweep loaded and validated (the base config with the command's overrides); no Ray yet."""
-    from orchestrator import cluster
+    from orchestrator import cluster, tracking
+    from orchestrator.sweep import study_setting
     from orchestrator.sweep_config import load_sweep
 
     sweep = load_sweep(args.sweep, base_overrides=args.overrides)
@@ -296,6 +350,7 @@ def prepare_sweep(args):
         sweep.spec.max_concurrent = args.max_concurrent
     if args.address is None:
         cluster.check_local(sweep.base)
+    check_cluster_storage(sweep.base, tracking.tracking_uri(sweep.base, args.tracking_uri), study_setting(sweep))
     if not args.dry_run:
         import optuna
 
@@ -309,8 +364,8 @@ def prepare_sweep(args):
 def run_sweep(args, sweep, out=None) -> int:
     out = out or sys.stdout
     from imm.config import to_yaml
-    from orchestrator import cluster
-    from orchestrator.sweep import SweepRunner, redact, storage_url, trial_resources
+    from orchestrator import cluster, tracking
+    from orchestrator.sweep import SweepRunner, redact, storage_url, study_setting, trial_resources
 
     if args.dry_run:
         print(f"sweep {sweep.name!r}: {args.trials or sweep.spec.trials} trials, sampler {sweep.spec.sampler.name}, "
@@ -324,6 +379,8 @@ def run_sweep(args, sweep, out=None) -> int:
         return 0
     workers = int(sweep.base.trainer.num_workers) * int(sweep.spec.max_concurrent or 1)
     with cluster.connect(args.address, num_workers=workers, stream=out) as address:
+        check_cluster_storage(sweep.base, tracking.tracking_uri(sweep.base, args.tracking_uri), study_setting(sweep),
+                              nodes=cluster.alive_nodes())
         runner = SweepRunner(sweep, ray_address=address, tracking_uri=args.tracking_uri, experiment=args.experiment,
                              resume=args.resume, trials=args.trials, stream=out)
         result = runner.run()
@@ -460,6 +517,25 @@ def run_ui(args, out=None) -> int:
         return server.wait()
 
 
+def run_submit(args, out=None) -> int:
+    from orchestrator import submit
+
+    out = out or sys.stdout
+    if not args.cluster:
+        raise ValueError("--cluster: the Ray dashboard to submit to, e.g. --cluster http://HEAD:8265")
+    job = submit.plan_submission(args)
+    client = submit.connect(args.cluster)
+    job_id = submit.submit(client, job, out)
+    if not args.follow:
+        return 0
+    try:
+        return submit.follow(client, job_id, out)
+    except KeyboardInterrupt:
+        print(f"imm-orch: stopped following; the job goes on (ray job stop --address {args.cluster} {job_id} stops it)",
+              file=sys.stderr)
+        return 130
+
+
 MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval, "ui": run_ui}
 
 
@@ -477,8 +553,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars for each model download
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at" after each run we print
     from imm.config import ConfigError
 
+    if args.command == "submit":
+        try:
+            return run_submit(args)
+        except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as e:
+            return _user_error(e, args.debug)
     if args.command == "status" or args.command in MODEL_COMMANDS:
         from imm.sample import as_flag_error
 
@@ -502,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"imm-orch: interrupted ({resume_hint})", file=sys.stderr)
         return 130
+    except SystemExit as e:  # Ray's driver turns SIGTERM (`ray job stop`, a node shutting down) into exit(15)
+        if e.code != 15:
+            raise
+        print(f"imm-orch: stopped by SIGTERM ({resume_hint})", file=sys.stderr)
+        return 143
     except (ConfigError, ConnectionError) as e:
         return _user_error(e, args.debug)
     except Exception as e:

@@ -46,8 +46,9 @@ def _worker_logs():
     return ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
 
 
-def address_env() -> dict:
-    """A runtime env pinning RAY_ADDRESS to the connected cluster, for tasks that fit a TorchTrainer.
+def trial_env() -> dict:
+    """The runtime env of a task that fits a TorchTrainer: RAY_ADDRESS pinned to the connected cluster, and
+    MLflow's "View run at" lines off (the driver prints its own; on a cluster a task's env is not the driver's).
 
     Ray Train's placement-group cleaner (a detached actor the Train controller starts) finds its cluster by
     address auto-detection, which fails when the machine runs a second Ray instance ("Found multiple active
@@ -56,7 +57,8 @@ def address_env() -> dict:
     """
     import ray
 
-    return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
+    return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
 
 
 def _code_modules() -> list[str]:
@@ -64,6 +66,43 @@ def _code_modules() -> list[str]:
     import orchestrator
 
     return [str(Path(m.__file__).parent) for m in (imm, orchestrator)]
+
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
+
+
+def in_job() -> bool:
+    """True in the driver of a Ray job (`ray job submit`, `imm-orch submit`)."""
+    return JOB_CONFIG_ENV in os.environ
+
+
+def job_id() -> str | None:
+    """The submission id of the Ray job this driver runs in (`imm-SWEEP-...`), or None outside a job."""
+    import json
+
+    try:
+        return json.loads(os.environ[JOB_CONFIG_ENV])["metadata"]["job_submission_id"]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def driver_node_affinity():
+    """A scheduling strategy for tasks that must live as long as this driver: on its node, never elsewhere.
+
+    A sweep's trial task holds the trial's Ray Train controller, which Ray attaches to the task's node: on a
+    worker node that dies, the controller would die with it, and the trial with it, instead of its workers
+    being restarted elsewhere.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 @contextmanager
@@ -75,13 +114,19 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
         yield address or f"existing ({ray.get_runtime_context().gcs_address})"
         return
     if address:
-        # Inside `ray job submit` the job's own runtime env (its working dir) already carries the code.
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        runtime_env = None if in_job else {"py_modules": _code_modules()}
+        # Inside a job the job's own runtime env (its working dir) already carries the code.
+        runtime_env = None if in_job() else {"py_modules": _code_modules()}
+        cwd = os.getcwd()
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=_worker_logs())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
+        if in_job():
+            # The driver of a job runs in the job's unpacked working dir. Its ray.init() installs the job's runtime
+            # env on this node, and Ray's working_dir plugin installs with overwrite=True: the folder is deleted and
+            # unpacked again at the same path, the first time a package is used on the node. The process is then
+            # left in a deleted directory (os.getcwd() fails: MLflow's client calls it). Enter the new copy.
+            os.chdir(cwd)
         description = address
     else:
         # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.

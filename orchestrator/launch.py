@@ -111,7 +111,11 @@ class RunResult:
 
 
 class ProgressBoard:
-    """A Ray actor rank 0 pushes its reports to; the driver drains it to print progress."""
+    """A Ray actor rank 0 pushes its reports to; the driver drains it to print progress.
+
+    `new_board()` places it on the driver's node: on a node that dies it would take the progress with it (and
+    rank 0 would wait on every push) while the run itself goes on.
+    """
 
     def __init__(self):
         self.items: list[dict] = []
@@ -133,11 +137,17 @@ class ProgressPrinter:
         self.first_item_at: float | None = None  # perf_counter of the first item: workers are up by then
 
     def __call__(self, item: dict) -> None:
-        self.first_item_at = self.first_item_at or time.perf_counter()
-        if item.get("event") == "resumed":
+        event = item.get("event")
+        if event:  # a worker group started: the first, or one Ray restarted after a worker or node died
+            restart = self.first_item_at is not None
+            self.first_item_at = self.first_item_at or time.perf_counter()
             self.t0 = self.step0 = None
-            print(f"resumed from the checkpoint at step {item['step']}", file=self.stream, flush=True)
+            line = f"resumed from the checkpoint at step {item['step']}" if event == "resumed" else \
+                "started over from step 0 (no checkpoint was registered yet)" if restart else None
+            if line:
+                print(f"workers restarted after a failure: {line}" if restart else line, file=self.stream, flush=True)
             return
+        self.first_item_at = self.first_item_at or time.perf_counter()
         step = int(item["step"])
         now = item.get("time") or time.time()  # when rank 0 reported: items arrive here in batches
         if self.t0 is None:
@@ -145,6 +155,14 @@ class ProgressPrinter:
         rate = (step - self.step0) / (now - self.t0) if now > self.t0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else math.nan
         print(progress_line(item, self.total, eta), file=self.stream, flush=True)
+
+
+def new_board():
+    import ray
+
+    from orchestrator.cluster import driver_node_affinity
+
+    return ray.remote(num_cpus=0, scheduling_strategy=driver_node_affinity())(ProgressBoard).remote()
 
 
 def _pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
@@ -194,7 +212,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     print(f"checkpoints: {plan.storage.run_uri(plan.name)}", file=stream, flush=True)
 
     own_board = board is None
-    board = board or ray.remote(num_cpus=0)(ProgressBoard).remote()
+    board = board or new_board()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill),

@@ -57,3 +57,46 @@ def ray_storage(cfg) -> RayStorage:
         p = str(Path(parsed.path if parsed.scheme else raw).expanduser().resolve())
         return RayStorage(uri=p, path=p, is_s3=False)
     raise ConfigError(f"storage.ray_storage: scheme {parsed.scheme!r} is not supported; use a folder or s3://bucket/prefix")
+
+
+# --- a cluster: stores every node (and later commands) reach ------------------------------------------------
+
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+
+
+def check_shared(cfg, *, tracking_uri: str, where: str, in_job: bool, study_url: str | None = None) -> None:
+    """Refuse stores that live on one node, before anything is submitted, started or written.
+
+    On a multi-node cluster the nodes share no disk; in a Ray job the working directory (where `./imm-runs`
+    resolves) is a temporary folder on the head node that Ray deletes with the job. MLflow must be a server,
+    Ray checkpoints on S3 or a folder declared shared (`storage.shared=true`), and the study in an RDB or a
+    journal on that shared folder. `where` says why ("in a Ray job", "on a 2-node cluster").
+    """
+    if not tracking_uri.startswith(SERVER_SCHEMES):
+        raise ConfigError(f"--tracking-uri: {tracking_uri} is a local file, and {where} MLflow must be a server every "
+                          "node reaches; pass --tracking-uri http://HOST:5000 (or set MLFLOW_TRACKING_URI)")
+    raw = cfg.storage.ray_storage
+    if not (raw and raw.startswith("s3://")):
+        path = raw or f"{cfg.storage.root.rstrip('/')}/ray"
+        what = f"{raw!r}" if raw else f"unset, so Ray checkpoints go to <storage.root>/ray = {path}, which"
+        problem = _local_problem(path, cfg, where, in_job)
+        if problem:
+            raise ConfigError(f"storage.ray_storage: {what} {problem}; use storage.ray_storage=s3://bucket/prefix "
+                              "(or $IMM_RAY_STORAGE), or a folder every node mounts, declared with storage.shared=true")
+    if study_url is None or not study_url.startswith(("journal:", "sqlite:")):
+        return
+    problem = f"is an SQLite file, and {where} trials on several nodes write to it" if study_url.startswith("sqlite:") \
+        else _local_problem(study_url[len("journal:"):], cfg, where, in_job)
+    if problem:
+        raise ConfigError(f"storage: the study {study_url!r} {problem}; use an RDB URL (`storage: postgresql://...` in "
+                          "the sweep file, or $IMM_OPTUNA_STORAGE), or a journal on a folder every node mounts, declared "
+                          "with storage.shared=true")
+
+
+def _local_problem(path: str, cfg, where: str, in_job: bool) -> str | None:
+    """Why a local folder cannot hold shared state here, or None."""
+    if in_job and not Path(path).expanduser().is_absolute():
+        return "is relative: in a Ray job that is inside the job's temporary working dir, which Ray deletes"
+    if not cfg.storage.shared:
+        return f"is on one node's disk, and {where} the nodes share no disk"
+    return None

@@ -30,9 +30,9 @@ from typing import Any
 
 from imm.config import ConfigError, to_yaml
 from imm.evaluate import QUALITY_PREFIXES
-from orchestrator import storage, tracking
-from orchestrator.cluster import address_env
-from orchestrator.launch import ProgressBoard, RunPlan, launch, open_tracked_run, plan_run
+from orchestrator import tracking
+from orchestrator.cluster import driver_node_affinity, job_id, trial_env
+from orchestrator.launch import RunPlan, launch, new_board, open_tracked_run, plan_run
 from orchestrator.sweep_config import Sweep, grid_size
 
 JOURNAL_FILE = "optuna.journal"
@@ -43,12 +43,16 @@ TRIAL_TAG, STATE_TAG, ERROR_TAG = "imm.trial.number", "imm.trial.state", "imm.tr
 
 # --- the study -----------------------------------------------------------------------------------------------
 
+def study_setting(sweep: Sweep) -> str:
+    """The study's storage as configured, paths unresolved: the file's `storage`, else $IMM_OPTUNA_STORAGE (a
+    cluster's RDB), else `journal:<storage.root>/optuna.journal`."""
+    return sweep.spec.storage or os.environ.get("IMM_OPTUNA_STORAGE") or \
+        f"journal:{sweep.base.storage.root.rstrip('/')}/{JOURNAL_FILE}"
+
+
 def storage_url(sweep: Sweep) -> str:
-    """The study's storage as a URL: the file's `storage`, else $IMM_OPTUNA_STORAGE (a cluster's RDB), else
-    `journal:PATH` under storage.root; `journal:PATH` or an RDB URL."""
-    url = sweep.spec.storage or os.environ.get("IMM_OPTUNA_STORAGE") or None
-    if url is None:
-        return f"journal:{storage.root(sweep.base) / JOURNAL_FILE}"
+    """The study's storage as a URL: `journal:ABSOLUTE_PATH` or an RDB URL (see `study_setting`)."""
+    url = study_setting(sweep)
     if url.startswith("journal:"):
         return f"journal:{Path(url[len('journal:'):]).expanduser().resolve()}"
     if url.startswith(RDB_SCHEMES):
@@ -271,7 +275,7 @@ class SweepRunner:
                         del running[tr.ref]
                 for ref in ready:
                     self._finish(running.pop(ref))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`ray job stop`), which Ray's driver turns into exit
             for tr in running.values():
                 ray.cancel(tr.ref, force=True)
                 tracking.close_run(self.mlc, tr.run_id, "KILLED")
@@ -322,8 +326,9 @@ class SweepRunner:
         run_id, _ = open_tracked_run(plan, ray_address=self.ray_address, extra_tags=tags, stream=self.stream)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", plan.name)
-        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-        task = ray.remote(num_cpus=0, max_retries=0, runtime_env=address_env())(run_trial)
+        board = new_board()
+        task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
+                          scheduling_strategy=driver_node_affinity())(run_trial)
         tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board)
         tr.ref = task.remote(plan, self.ray_address, run_id, board)
         self.say(f"trial {number} {verb}: {label}  (run {plan.name})")
@@ -416,9 +421,13 @@ class SweepRunner:
         existing = tracking.find_run_by_tags(self.mlc, exp_id, {SWEEP_ID_TAG: self.sweep_id, ROLE_TAG: "parent"})
         if existing is not None:
             self.mlc.update_run(existing.info.run_id, status="RUNNING")
+            if job_id():  # the job that runs the sweep now
+                self.mlc.set_tag(existing.info.run_id, tracking.JOB_TAG, job_id())
             return existing.info.run_id
         tags = {SWEEP_TAG: self.sweep.name, SWEEP_ID_TAG: self.sweep_id, ROLE_TAG: "parent",
                 "imm.study.name": self.study.study_name, "imm.study.storage": redact(url)}
+        if job_id():
+            tags[tracking.JOB_TAG] = job_id()
         commit = tracking.git_commit()
         if commit:
             tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()

@@ -24,6 +24,8 @@ from orchestrator import storage
 
 RUN_NAME_TAG = "imm.run_name"
 STORAGE_TAG = "imm.ray_storage"
+JOB_TAG = "imm.ray_job_id"  # the Ray job (`imm-orch submit`, `ray job submit`) whose driver ran the run
+NODES_TAG = "imm.nodes"  # the Ray nodes the run's workers ran on, as IP/node-id prefix
 LOSS_KEY = "train/loss"  # reported at every report step: its history tells how far a run was logged
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -114,6 +116,8 @@ def git_commit() -> tuple[str, bool] | None:
 
 
 def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str) -> dict[str, str]:
+    from orchestrator.cluster import job_id
+
     tags = {
         "method": cfg.method,
         "dataset": cfg.data.name,
@@ -121,6 +125,8 @@ def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str)
         RUN_NAME_TAG: run_name,
         STORAGE_TAG: storage_uri,
     }
+    if job_id():
+        tags[JOB_TAG] = job_id()
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit[0]
@@ -181,6 +187,14 @@ def log_checkpoint(mlflow_client, run_id: str, checkpoint, uri: str) -> None:
     with checkpoint.as_directory() as d:
         mlflow_client.log_artifacts(run_id, d, "checkpoint")
     mlflow_client.set_tag(run_id, "imm.checkpoint_path", uri)
+
+
+def add_nodes(mlflow_client, run_id: str, nodes: list[str]) -> None:
+    """Add the nodes of a (re)started worker group to the run's `imm.nodes` tag: after a node is lost, the tag
+    names the node the workers started on and the one they finished on."""
+    old = mlflow_client.get_run(run_id).data.tags.get(NODES_TAG, "")
+    merged = sorted({n for n in old.split(",") if n} | set(nodes))
+    mlflow_client.set_tag(run_id, NODES_TAG, ",".join(merged))
 
 
 def last_logged_step(mlflow_client, run_id: str) -> int:

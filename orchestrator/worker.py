@@ -70,7 +70,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from imm.config import config_from_dict
     from imm.train import load_checkpoint, train_loop
-    from orchestrator.tracking import RankZeroLogger
+    from orchestrator.tracking import RankZeroLogger, add_nodes
 
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -83,10 +83,13 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(d)
-        if rank == 0 and progress is not None:
-            _push(progress, {"event": "resumed", "step": int(resume["step"])})
+    if rank == 0 and progress is not None:  # the driver tells a restart by a second such event
+        _push(progress, {"event": "resumed", "step": int(resume["step"])} if resume else {"event": "started", "step": 0})
 
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
+    nodes = _gather_nodes(world_size)
+    if logger is not None:
+        add_nodes(logger.client, config["run_id"], nodes)
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         step = int(metrics["step"])
@@ -118,6 +121,19 @@ def train_worker(config: dict[str, Any]) -> None:
     finally:
         if logger is not None:
             logger.close()  # drops what was held: on an error those steps are computed again after a restart
+
+
+def _gather_nodes(world_size: int) -> list[str]:
+    """Every rank's node as IP/node-id prefix (the dashboard's node ids), gathered over the process group."""
+    import ray
+    import torch.distributed as dist
+
+    me = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    if world_size == 1 or not dist.is_initialized():
+        return [me]
+    nodes: list[str] = [""] * world_size
+    dist.all_gather_object(nodes, me)
+    return nodes
 
 
 def _push(board, item: dict) -> None:

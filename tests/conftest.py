@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.servers import free_port, wait_for_health
+from tests.servers import MLFLOW_BUCKET, free_port, wait_for_health
 
 # Set before anything starts, so that Ray workers (started later from this process) inherit it all:
 # - trained feature extractors and reference statistics go to this session's cache, never ~/.cache/imm;
@@ -95,6 +95,29 @@ def s3_server():
     server.start()
     yield f"http://127.0.0.1:{S3_PORT}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, artifacts proxied to s3://MLFLOW_BUCKET/mlflow on the session's S3
+    server) shared by the session: give each test its own experiment. Yields its URL."""
+    import subprocess
+    import sys
+
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=MLFLOW_BUCKET)
+    port, root = free_port(), tmp_path_factory.mktemp("mlflow-server")
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, proc, root / "server.log")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 @pytest.fixture

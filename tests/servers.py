@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # this venv's commands: imm-orch, ray, moto_server
+MLFLOW_BUCKET = "imm-cluster"  # the session's `mlflow server` keeps its artifacts in s3://MLFLOW_BUCKET/mlflow
 
 
 def free_port() -> int:
@@ -28,3 +39,72 @@ def wait_for_health(url: str, proc, log: Path | None = None, timeout: float = 90
             tail = log.read_text()[-2000:] if log and log.is_file() else ""
             raise AssertionError(f"the server at {url} did not start:\n{tail}")
         time.sleep(0.5)
+
+
+@dataclass
+class RayCluster:
+    """Raylets started with `ray start --block` (one process group each, so a test can stop or kill one)."""
+
+    dashboard: str
+    gcs: str
+    env: dict  # a client's (the laptop's): this venv first on PATH, the cluster's token, the session's S3 settings
+    node_env: dict  # the nodes': the client's and the cluster's own stores, as docker/compose.yaml sets them
+    tmp: Path
+    nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start_node(self, name: str, cpus: int, head: bool = False, port: int | None = None, dash: int | None = None):
+        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--resources", json.dumps({name: 1}),
+               "--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
+        if head:
+            cmd += ["--head", "--port", str(port), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
+                    "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.tmp / "ray"),
+                    # a dead node is declared dead after ~3 s instead of ~30 s
+                    "--system-config", json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})]
+        else:
+            cmd += ["--address", self.gcs]
+        with open(self.tmp / f"{name}.log", "w") as log:
+            self.nodes[name] = subprocess.Popen(cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        self.wait_nodes(len(self.nodes))
+
+    def alive(self) -> int:
+        out = subprocess.run([str(BIN / "ray"), "status", "--address", self.gcs], env=self.env, capture_output=True,
+                             text=True, timeout=60).stdout
+        active = out.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in out else ""
+        return len(re.findall(r"\bnode_[0-9a-f]+", active))
+
+    def wait_nodes(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive() != n:
+            assert time.monotonic() < deadline, f"the cluster did not reach {n} nodes: {self.alive()}"
+            time.sleep(1)
+
+    def kill_raylet(self, name: str) -> None:
+        """SIGKILL the node's raylet by its PID (its workers then die too), as a lost machine would."""
+        group = os.getpgid(self.nodes[name].pid)
+        ps = subprocess.run(["ps", "-eo", "pid=,pgid=,comm="], capture_output=True, text=True).stdout
+        pids = [int(p) for p, g, comm in (line.split(None, 2) for line in ps.splitlines())
+                if int(g) == group and comm.strip() == "raylet"]
+        assert pids, f"no raylet in node {name}'s process group"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+    def stop_node(self, name: str) -> None:
+        proc = self.nodes.pop(name)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=20)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+    def client(self):
+        """Ray's JobSubmissionClient, in this process (HTTP only: no Ray connection)."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+
+    def run(self, args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+        """A command of a client of this cluster, in the repository root."""
+        return subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)

@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-READ_BY_SDKS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # boto3's and pyarrow's credential chains
+READ_BY_SDKS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # boto3's and pyarrow's credential chains
+                "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # Ray's token authentication, between the nodes
 NOT_FOR_NODES = {
     "IMM_CACHE": "a per-machine cache folder; the cluster shares IMM_METRICS_CACHE instead",
     "IMM_ORCH_KILL_WORKER": "the fault drill of the tests",
@@ -21,6 +22,7 @@ NOT_FOR_NODES = {
     "AWS_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL": "an alternative to AWS_ENDPOINT_URL_S3 (the MLflow server's own setting)",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "a default imm-orch sets for its own process (no download bars)",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "a default imm-orch sets for its own process and its trial tasks",
 }
 
 
@@ -56,6 +58,7 @@ def test_compose_wires_every_setting_the_code_reads():
         unused = set(env) - read - READ_BY_SDKS
         assert not unused, f"{name} sets {unused}, which nothing reads"
         assert env["AWS_SECRET_ACCESS_KEY"].startswith("${")  # secrets come from docker/.env, never the file
+        assert env["RAY_AUTH_TOKEN"].startswith("${")
     mlflow_cmd = " ".join(services["mlflow"]["command"])
     assert "--artifacts-destination" in mlflow_cmd and "postgresql://" in mlflow_cmd
     assert "MLFLOW_S3_ENDPOINT_URL" in services["mlflow"]["environment"]

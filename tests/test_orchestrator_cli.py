@@ -102,11 +102,17 @@ def test_progress_line_shows_step_loss_throughput_eta_and_quality():
     out = io.StringIO()
     printer = ProgressPrinter(100, out)
     base = {"train/loss": 0.25, "train/lr": 1e-3, "throughput/samples_per_s": 12345.6}
+    printer({"event": "started", "step": 0})  # the first worker group: nothing to say
     printer({**base, "step": 10, "time": 1000.0})
     printer({**base, "step": 20, "time": 1010.0, "energy/steps_1": 0.123})  # 1 step/s: 80 s to go
-    printer({"event": "resumed", "step": 20})
+    printer({"event": "resumed", "step": 20})  # Ray restarted the workers
+    printer({"event": "started", "step": 0})  # ... and again, before any checkpoint was registered
     assert out.getvalue().splitlines() == [
         "step 10/100  loss 0.25  12,346 samples/s  ETA --:--:--",
         "step 20/100  loss 0.25  12,346 samples/s  ETA 00:01:20  energy/steps_1=0.123",
-        "resumed from the checkpoint at step 20",
+        "workers restarted after a failure: resumed from the checkpoint at step 20",
+        "workers restarted after a failure: started over from step 0 (no checkpoint was registered yet)",
     ]
+    relaunched = io.StringIO()
+    ProgressPrinter(100, relaunched)({"event": "resumed", "step": 40})  # a relaunched run's first worker group
+    assert relaunched.getvalue() == "resumed from the checkpoint at step 40\n"

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,29 +14,9 @@ import torch
 
 from orchestrator import cli, load_model, tracking
 from tests.faulty_s3 import FaultyS3
-from tests.servers import free_port, wait_for_health
+from tests.servers import MLFLOW_BUCKET as BUCKET
 
 pytestmark = pytest.mark.slow
-BUCKET = "imm-cluster"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(s3_server, tmp_path_factory):
-    """`mlflow server` with SQLite and proxied artifacts in s3://BUCKET/mlflow; yields its URL."""
-    import boto3
-
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    port, root = free_port(), tmp_path_factory.mktemp("mlflow-server")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=os.environ.copy())  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    wait_for_health(url, proc, root / "server.log")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def keys(s3, prefix: str) -> dict[str, int]:

@@ -1,0 +1,268 @@
+"""Cluster mode on real processes: a multi-node Ray cluster (separate `ray start` raylets on 127.0.0.1, token
+authentication on, the dashboard serving job submission), moto's S3 server for shared storage and a real
+`mlflow server`. Sweeps and runs go in as Ray jobs, through `imm-orch submit` and through the README's own
+`ray job submit` line; a worker node and a sweep's driver are killed mid-run.
+
+The processes that talk to the cluster (`imm-orch submit`, `ray job submit`) run as subprocesses: this test
+process may hold the session's own local Ray, and one process connects to one Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import tracking
+from tests.servers import BIN, RayCluster, free_port
+from tests.servers import MLFLOW_BUCKET as BUCKET
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["train.steps=40", "train.log_every=10", "train.checkpoint_every=20", "eval.every=20", "eval.n_samples=200",
+        "eval.steps=[1,2]", "model.hidden=32", "model.depth=1", "train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, mlflow_server, tmp_path_factory):
+    """A two-node cluster: `head` and `node_b`, one CPU each, so two one-worker trials land on both."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    # the README's `ray job submit` takes these from the nodes' environment
+    stores = dict(MLFLOW_TRACKING_URI=mlflow_server, IMM_RAY_STORAGE=f"s3://{BUCKET}/ray",
+                  IMM_OPTUNA_STORAGE=f"journal:{tmp / 'cluster-env.journal'}")
+    port, dash = free_port(), free_port()
+    c = RayCluster(dashboard=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{port}", env=env, node_env={**env, **stores},
+                   tmp=tmp)
+    try:
+        c.start_node("head", 1, head=True, port=port, dash=dash)
+        c.start_node("node_b", 1)
+        yield c
+    finally:
+        for name in reversed(list(c.nodes)):
+            c.stop_node(name)
+
+
+def submit_args(cluster, target: str, *extra: str, shared: Path | None = None) -> list[str]:
+    store = ["storage.shared=true", f"storage.root={shared}"] if shared else []
+    return [str(BIN / "imm-orch"), "submit", target, "--cluster", cluster.dashboard, *TINY, *store, *extra]
+
+
+def runs_of(mlflow_server: str, experiment: str):
+    mlc = tracking.client(mlflow_server)
+    exp = mlc.get_experiment_by_name(experiment)
+    return mlc, (mlc.search_runs([exp.experiment_id]) if exp else [])
+
+
+def s3_keys(prefix: str) -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def wait_job(client, job_id: str, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while not client.get_job_status(job_id).is_terminal():
+        assert time.monotonic() < deadline, client.get_job_logs(job_id)[-3000:]
+        time.sleep(1)
+    return client.get_job_info(job_id)
+
+
+def test_mistakes_are_one_line_before_anything_is_submitted(cluster, mlflow_server, tmp_path):
+    client = cluster.client()
+    jobs_before = len(client.list_jobs())
+    cases = {
+        # MLflow and the study would be files in the job's temporary working dir
+        "--tracking-uri: sqlite:///": submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--tracking-uri",
+                                                  f"sqlite:///{tmp_path}/mlflow.db", "storage.ray_storage=s3://b/r"),
+        "storage: the study 'journal:./imm-runs/optuna.journal' is relative": submit_args(
+            cluster, "sweeps/toy2d_smoke.yaml", "--tracking-uri", mlflow_server, "storage.ray_storage=s3://b/r"),
+        # local checkpoints on a cluster whose nodes share no disk
+        "storage.ray_storage: '/srv/ckpt' is on one node's disk": submit_args(
+            cluster, "toy2d", "--tracking-uri", mlflow_server, "storage.ray_storage=/srv/ckpt"),
+        "--cluster: no Ray dashboard answers at http://127.0.0.1:9": [
+            str(BIN / "imm-orch"), "submit", "toy2d", "--cluster", "http://127.0.0.1:9", "--tracking-uri", mlflow_server,
+            f"storage.ray_storage=s3://{BUCKET}/ray"],
+    }
+    for expected, args in cases.items():
+        t0 = time.perf_counter()
+        proc = cluster.run(args, timeout=60)
+        took = time.perf_counter() - t0
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"imm-orch: error: {expected}"), proc.stderr
+        assert proc.stderr.count("\n") == 1 and not proc.stdout, (proc.stdout, proc.stderr)
+        assert took < 10, f"{expected}: {took:.1f}s"
+    assert len(client.list_jobs()) == jobs_before  # nothing was submitted
+
+    # Without a token the cluster refuses, and says what to set.
+    no_token = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    proc = subprocess.run(submit_args(cluster, "toy2d", "--tracking-uri", mlflow_server, f"storage.ray_storage=s3://{BUCKET}/r"),
+                          cwd=ROOT, env=no_token, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "RAY_AUTH_TOKEN" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+    # From outside the cluster, `--address` to a multi-node cluster applies the same rules once connected, before
+    # any MLflow run exists.
+    mlc, before = runs_of(mlflow_server, "imm")
+    proc = cluster.run([str(BIN / "imm-orch"), "train", "toy2d", "--address", cluster.gcs, "--tracking-uri",
+                        mlflow_server, *TINY], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "on a 2-node cluster" in proc.stderr and "storage.ray_storage" in proc.stderr, proc.stderr
+    assert len(runs_of(mlflow_server, "imm")[1]) == len(before)
+
+
+def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(cluster, mlflow_server, tmp_path):
+    t0 = time.perf_counter()
+    proc = cluster.run(submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--follow", "--tracking-uri",
+                                   mlflow_server, "--experiment", "cluster-sweep", "storage.ray_storage=s3://"
+                                   f"{BUCKET}/ray", shared=tmp_path / "shared"))
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    job_id = re.search(r"as Ray job (imm-toy2d_smoke-\S+) to", out).group(1)
+    for line in (f"ray job logs --address {cluster.dashboard} --follow {job_id}", f"ray job stop --address "
+                 f"{cluster.dashboard} {job_id}", "trial 0 started", "trial 1 complete", f"job {job_id}: SUCCEEDED"):
+        assert line in out
+    first_trial = out.index("trial 0 started")
+    print(f"\nsubmit -> job SUCCEEDED: {wall:.1f}s")
+    assert cluster.client().get_job_status(job_id) == "SUCCEEDED"
+
+    mlc, runs = runs_of(mlflow_server, "cluster-sweep")
+    assert sorted(r.data.tags.get("imm.sweep.role") for r in runs) == ["parent", "trial", "trial"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["imm.ray_job_id"] for r in runs} == {job_id}
+    trials = [r for r in runs if r.data.tags.get("imm.sweep.role") == "trial"]
+    nodes = {n for r in trials for n in r.data.tags["imm.nodes"].split(",")}
+    assert len(nodes) == 2, nodes  # one CPU per node: the two trials ran side by side, one on each node
+    for r in trials:
+        name = r.data.tags[tracking.RUN_NAME_TAG]
+        assert f"ray/{name}/checkpoint_0000040/checkpoint.pt" in s3_keys(f"ray/{name}/")
+        assert any(k.endswith(f"{r.info.run_id}/artifacts/checkpoint/checkpoint.pt") for k in s3_keys("mlflow/"))
+    assert first_trial > 0
+
+    # From the laptop: the same study and the same MLflow server.
+    status = subprocess.run([str(BIN / "imm-orch"), "status", "toy2d_smoke", "--storage",
+                             f"journal:{tmp_path / 'shared' / 'optuna.journal'}"], capture_output=True, text=True)
+    assert status.returncode == 0 and "2 trial(s): 2 complete" in status.stdout, status.stdout + status.stderr
+    promote = subprocess.run([str(BIN / "imm-orch"), "promote", "--sweep", "toy2d_smoke", "--metric", "energy/steps_2",
+                              "--model-name", "cluster-sweep", "--tracking-uri", mlflow_server],
+                             capture_output=True, text=True, timeout=300)
+    assert promote.returncode == 0 and "models:/cluster-sweep@champion" in promote.stdout, promote.stderr
+
+
+def readme_ray_job_submit() -> str:
+    """The `ray job submit` command of the README's cluster section, as one line."""
+    section = (ROOT / "README.md").read_text().split("## On a Ray cluster", 1)[1]
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "ray job submit" in b)
+    command = block[block.index("ray job submit"):].split("\n\n")[0]
+    return re.sub(r"\\\n\s*", "", command).split("#", 1)[0].strip()
+
+
+def test_the_readme_ray_job_submit_line_runs_as_written(cluster):
+    """The job takes MLflow, checkpoints and the study from the cluster's environment (the fixture's, as
+    docker/compose.yaml sets them). This cluster has no PostgreSQL, so its study is a journal, which the job must
+    be told lives on a shared folder; the other overrides shorten the sweep to one tiny trial."""
+    line = readme_ray_job_submit()
+    assert line.startswith("ray job submit --address http://HEAD:8265 --working-dir . -- python -m orchestrator.cli "
+                           "sweep sweeps/toy2d_smoke.yaml --address auto"), line
+    args = shlex.split(line.replace("http://HEAD:8265", cluster.dashboard))
+    args[0] = str(BIN / "ray")
+    proc = cluster.run([*args, "--trials", "1", "storage.shared=true", *TINY])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "sweep done" in proc.stdout and "1 complete" in proc.stdout
+
+
+def test_a_run_survives_losing_the_node_its_workers_run_on(cluster, mlflow_server):
+    """A third node takes the run's two workers (the other nodes' CPUs are held by idle jobs); it is SIGKILLed
+    after the first checkpoint reached S3; the run goes on from that checkpoint on the other two nodes."""
+    client = cluster.client()
+    cluster.start_node("node_c", 2)
+    holds = [client.submit_job(entrypoint="sleep 600", entrypoint_num_cpus=1, entrypoint_resources={n: 1})
+             for n in ("head", "node_b")]
+    try:
+        name = f"node-loss-{secrets.token_hex(3)}"
+        proc = cluster.run([str(BIN / "imm-orch"), "submit", "toy2d", "--cluster", cluster.dashboard, "--name", name,
+                            "--tracking-uri", mlflow_server, "--experiment", "node-loss", f"storage.ray_storage=s3://"
+                            f"{BUCKET}/ray", "trainer.num_workers=2", "trainer.max_failures=2", "train.steps=160",
+                            "train.checkpoint_every=20", "train.log_every=10", "eval.every=160", "eval.n_samples=200",
+                            "eval.steps=[1]"], timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
+        # Metrics reach MLflow once Ray registered the checkpoint that covers them: then the first one is safe in S3.
+        mlc, deadline = tracking.client(mlflow_server), time.monotonic() + 300
+        while not [r for r in runs_of(mlflow_server, "node-loss")[1] if r.data.tags[tracking.RUN_NAME_TAG] == name
+                   and mlc.get_metric_history(r.info.run_id, "train/loss")]:
+            assert time.monotonic() < deadline and not client.get_job_status(job_id).is_terminal(), \
+                client.get_job_logs(job_id)[-3000:]
+            time.sleep(0.5)
+        assert any("/checkpoint_0000020/" in k for k in s3_keys(f"ray/{name}/"))
+    finally:
+        for h in holds:
+            client.stop_job(h)
+    cluster.kill_raylet("node_c")
+    info = wait_job(client, job_id)
+    logs = client.get_job_logs(job_id)
+    cluster.stop_node("node_c")
+    assert info.status == "SUCCEEDED", logs[-4000:]
+    ours = [line for line in logs.splitlines() if line.startswith(("step ", "workers ", "resumed", "done"))]
+    restarted = "workers restarted after a failure: resumed from the checkpoint at step"
+    assert any(line.startswith(restarted) for line in ours), ours
+
+    mlc, runs = runs_of(mlflow_server, "node-loss")
+    runs = [r for r in runs if r.data.tags[tracking.RUN_NAME_TAG] == name]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run throughout
+    steps = [m.step for m in mlc.get_metric_history(runs[0].info.run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # strictly increasing: no step logged twice
+    assert len(runs[0].data.tags["imm.nodes"].split(",")) == 3  # started on node_c, finished on head and node_b
+
+
+def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_server, tmp_path):
+    import optuna
+
+    shared = tmp_path / "shared"
+    args = submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--max-concurrent", "1", "--tracking-uri",
+                       mlflow_server, "--experiment", "driver-loss", f"storage.ray_storage=s3://{BUCKET}/ray",
+                       shared=shared)
+    proc = cluster.run(args, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
+    client = cluster.client()
+    journal = f"journal:{shared / 'optuna.journal'}"
+    from orchestrator.sweep import open_storage
+
+    def study():
+        return optuna.load_study(study_name="toy2d_smoke", storage=open_storage(journal))
+
+    def completed() -> int:
+        try:
+            return len(study().get_trials(states=[optuna.trial.TrialState.COMPLETE]))
+        except KeyError:  # the driver has not created the study yet
+            return 0
+
+    deadline = time.monotonic() + 400
+    while not completed():
+        assert time.monotonic() < deadline and not client.get_job_status(job_id).is_terminal(), \
+            client.get_job_logs(job_id)[-3000:]
+        time.sleep(1)
+    client.stop_job(job_id)
+    assert wait_job(client, job_id).status == "STOPPED"
+    first = study().trials[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE
+
+    proc = cluster.run([*args, "--resume", "--follow"])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    trials = study().trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].datetime_complete == first.datetime_complete  # kept, not rerun
+    assert "trial 0 started" not in proc.stdout and "trial 0 resumed" not in proc.stdout  # never touched again
+    mlc, runs = runs_of(mlflow_server, "driver-loss")
+    assert sorted(r.data.tags.get("imm.trial.number", "parent") for r in runs) == ["0", "1", "parent"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -204,7 +204,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         layers = [schema]
         if path is not None:
-            layers.append(OmegaConf.load(_resolve_path(path)))
+            layers.append(load_yaml(_resolve_path(path)))
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as e:
@@ -221,6 +221,19 @@ def config_from_dict(d: dict[str, Any]) -> DictConfig:
         raise ConfigError(_omegaconf_message(e)) from None
     validate(cfg)
     return cfg
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    """A YAML file as OmegaConf reads it; a syntax error is one line: file, line, column and what is wrong."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(filter(None, [getattr(e, "context", None), getattr(e, "problem", None)])) or str(e)
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
 
 
 def _resolve_path(path: str | Path) -> Path:

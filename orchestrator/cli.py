@@ -581,8 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(e, args.debug)
     try:
         return run()
-    except KeyboardInterrupt:
-        print(f"imm-orch: interrupted ({resume_hint})", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        at = f" at step {e.step}" if getattr(e, "step", None) is not None else ""
+        print(f"imm-orch: interrupted{at} ({resume_hint})", file=sys.stderr)
         return 130
     except SystemExit as e:  # Ray's driver turns SIGTERM (`ray job stop`, a node shutting down) into exit(15)
         if e.code != 15:

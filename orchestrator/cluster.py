@@ -92,6 +92,31 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
+def nodes_sharing_a_temp_dir() -> str | None:
+    """Why a job cannot run here, when several nodes of the cluster share one machine and one Ray temp dir.
+
+    Each node's runtime-env agent unpacks a job's working dir into `<temp dir>/session_*/runtime_resources`, and
+    removes the folder first (Ray installs working dirs with overwrite=True). With one temp dir for two raylets,
+    the second node's agent deletes the folder the driver runs and imports from, when the job starts there: the
+    job's first os.getcwd() fails (MLflow's client calls it). Separate machines, or `ray start --temp-dir` per
+    node, never share the folder.
+    """
+    import ray
+
+    by_dir: dict[tuple[str, str], int] = {}
+    for n in ray.nodes():
+        if n.get("Alive") and n.get("RayletSocketName"):
+            key = (n.get("NodeManagerHostname", ""), str(Path(n["RayletSocketName"]).parent.parent.parent))
+            by_dir[key] = by_dir.get(key, 0) + 1
+    clash = next(((host, d, k) for (host, d), k in by_dir.items() if k > 1), None)
+    if clash is None:
+        return None
+    host, temp_dir, k = clash
+    return (f"--address: {k} Ray nodes on {host} share the temp dir {temp_dir}, so their runtime-env agents unpack "
+            "this job's working dir into one folder and delete it under the running driver; give each node on a "
+            "machine its own `ray start --temp-dir DIR`")
+
+
 def driver_node_affinity():
     """A scheduling strategy for tasks that must live as long as this driver: on its node, never elsewhere.
 
@@ -116,21 +141,19 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
     if address:
         # Inside a job the job's own runtime env (its working dir) already carries the code.
         runtime_env = None if in_job() else {"py_modules": _code_modules()}
-        cwd = os.getcwd()
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=_worker_logs())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
-        if in_job():
-            # The driver of a job runs in the job's unpacked working dir. Its ray.init() installs the job's runtime
-            # env on this node, and Ray's working_dir plugin installs with overwrite=True: the folder is deleted and
-            # unpacked again at the same path, the first time a package is used on the node. The process is then
-            # left in a deleted directory (os.getcwd() fails: MLflow's client calls it). Enter the new copy.
-            os.chdir(cwd)
+        if in_job() and (clash := nodes_sharing_a_temp_dir()):
+            ray.shutdown()
+            raise ConfigError(clash)
         description = address
     else:
-        # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.
-        ctx = ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING,
+        # address="local": a Ray of our own even when `ray start` runs a cluster on this machine (ray.init() would
+        # join that one, and refuse num_cpus). The dashboard also serves the state API that Ray Train's
+        # placement-group cleaner polls.
+        ctx = ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING,
                        logging_config=_worker_logs())
         description = f"embedded ({ray.get_runtime_context().gcs_address})"
         if ctx.dashboard_url:

@@ -128,6 +128,14 @@ class ProgressBoard:
         return items
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, at `step` (the last one rank 0 reported; None before the first)."""
+
+    def __init__(self, step: int | None):
+        super().__init__()
+        self.step = step
+
+
 class ProgressPrinter:
     """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics."""
 
@@ -135,6 +143,7 @@ class ProgressPrinter:
         self.total, self.stream = total_steps, stream or sys.stdout
         self.t0 = self.step0 = None
         self.first_item_at: float | None = None  # perf_counter of the first item: workers are up by then
+        self.last_step: int | None = None
 
     def __call__(self, item: dict) -> None:
         event = item.get("event")
@@ -148,7 +157,7 @@ class ProgressPrinter:
                 print(f"workers restarted after a failure: {line}" if restart else line, file=self.stream, flush=True)
             return
         self.first_item_at = self.first_item_at or time.perf_counter()
-        step = int(item["step"])
+        step = self.last_step = int(item["step"])
         now = item.get("time") or time.time()  # when rank 0 reported: items arrive here in batches
         if self.t0 is None:
             self.t0, self.step0 = now, step
@@ -244,9 +253,12 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         if result.checkpoint is not None:
             tracking.log_checkpoint(mlc, run_id, result.checkpoint, ckpt_uri)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as e:
         status = "KILLED"
-        raise
+        if isinstance(e, SystemExit) and e.code == 15:  # SIGTERM, which Ray's driver turns into exit(15)
+            raise
+        # Ctrl-C; Ray Train's own SIGINT handler aborts the run and ends fit() with sys.exit().
+        raise Interrupted(printer.last_step) from None
     finally:
         stop.set()
         if pump:

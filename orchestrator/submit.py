@@ -47,16 +47,10 @@ class Submission:
 
 def is_sweep_file(target: str) -> bool:
     """A YAML file with a search space is a sweep; anything else names a run config."""
-    from omegaconf import OmegaConf
+    from imm.config import load_yaml
 
     p = Path(target)
-    if p.suffix not in (".yaml", ".yml") or not p.is_file():
-        return False
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
-    except Exception:  # a broken file: the sweep or config loader names the problem
-        return p.parts[:1] == ("sweeps",)
-    return isinstance(raw, dict) and "space" in raw
+    return p.suffix in (".yaml", ".yml") and p.is_file() and "space" in load_yaml(p)
 
 
 def checkout_root() -> Path | None:
@@ -72,7 +66,6 @@ def plan_submission(args) -> Submission:
     working_dir = Path(args.working_dir).resolve() if args.working_dir else (checkout_root() or Path.cwd())
     if not working_dir.is_dir():
         raise ConfigError(f"--working-dir: {working_dir} is not a folder")
-    target = _in_working_dir(args.target, working_dir)
     flags = ["--address", "auto"]
     for flag, value in (("--trials", args.trials), ("--max-concurrent", args.max_concurrent)):
         if value is not None and value < 1:
@@ -102,6 +95,7 @@ def plan_submission(args) -> Submission:
         kind, name, cfg, study, study_raw, uri = "train", plan.name, plan.cfg, None, None, plan.tracking_uri
         storage.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True)
         flags += ["--name", plan.name]  # a resolved config's hash would differ on the cluster (its env): pin the name
+    target = _in_working_dir(args.target, working_dir)
     # The job uses the stores checked here, whatever the cluster's environment says.
     pinned = [f"storage.ray_storage={cfg.storage.ray_storage or cfg.storage.root.rstrip('/') + '/ray'}"]
     flags += ["--tracking-uri", uri]

@@ -79,23 +79,26 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url)
 
 
-def make_sampler(sweep: Sweep):
+def make_sampler(sweep: Sweep, trials_so_far: int = 0):
+    """The sweep's sampler. Its seed moves on with the trials already in the study: a resumed sweep rebuilt with
+    the same seed would replay the first draws and run the first trials' parameters again."""
     import optuna
 
     s = sweep.spec.sampler
+    seed = None if s.seed is None else s.seed + trials_so_far
     startup = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
     if s.name == "tpe":
         # multivariate + group model the conditional keys jointly; the constant liar keeps concurrent trials apart.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, **startup)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
     if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, **startup)
+        return optuna.samplers.GPSampler(seed=seed, **startup)
     if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed, **startup)
+        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
     if s.name == "grid":
-        return _AskTellGridSampler({p.key: p.grid() for p in sweep.params}, seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+        return _AskTellGridSampler({p.key: p.grid() for p in sweep.params}, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _AskTellGridSampler(*args, **kwargs):
@@ -155,8 +158,9 @@ def open_study(sweep: Sweep, *, resume: bool):
     import optuna
 
     store = open_storage(storage_url(sweep))
-    check_study(sweep, resume=resume, store=store)
-    study = optuna.create_study(study_name=sweep.name, storage=store, sampler=make_sampler(sweep), pruner=make_pruner(sweep),
+    existing = check_study(sweep, resume=resume, store=store)
+    sampler = make_sampler(sweep, len(existing.trials) if existing else 0)
+    study = optuna.create_study(study_name=sweep.name, storage=store, sampler=sampler, pruner=make_pruner(sweep),
                                 directions=sweep.directions, load_if_exists=True)
     if "sweep_id" not in study.user_attrs:
         study.set_user_attr("sweep_id", uuid.uuid4().hex[:6])
@@ -275,13 +279,29 @@ class SweepRunner:
                         del running[tr.ref]
                 for ref in ready:
                     self._finish(running.pop(ref))
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`ray job stop`), which Ray's driver turns into exit
-            for tr in running.values():
-                ray.cancel(tr.ref, force=True)
-                tracking.close_run(self.mlc, tr.run_id, "KILLED")
-            tracking.close_run(self.mlc, self.parent_id, "KILLED")
+        except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
+            self._abandon(list(running.values()), e)
             raise
         return self._close(url, time.perf_counter() - t0)
+
+    def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
+        """Stop the running trials and close every run this driver holds open, saying why; their study trials stay
+        RUNNING, so --resume relaunches them from their checkpoints. Best effort: `e` is what the user must see."""
+        import ray
+
+        interrupted = isinstance(e, KeyboardInterrupt | SystemExit)
+        state, status = ("interrupted", "KILLED") if interrupted else ("failed", "FAILED")
+        for tr in running:
+            ray.cancel(tr.ref, force=True)
+        try:
+            for tr in running:
+                self.mlc.set_tag(tr.run_id, STATE_TAG, state)
+                if not interrupted:
+                    self.mlc.set_tag(tr.run_id, ERROR_TAG, f"the sweep's driver failed: {root_cause(e)}")
+                tracking.close_run(self.mlc, tr.run_id, status)
+            tracking.close_run(self.mlc, self.parent_id, status)
+        except Exception as close_error:  # e.g. the tracking server is what failed
+            self.say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")
 
     # -- one trial --
 

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from imm.config import ConfigError, _omegaconf_message, config_from_dict, load_config
+from imm.config import ConfigError, _omegaconf_message, config_from_dict, load_config, load_yaml
 from imm.evaluate import metric_names
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid")
@@ -204,7 +204,7 @@ def load_sweep(path: str | Path, base_overrides: list[str] | None = None) -> Swe
             raise ConfigError(f"sweep file {str(path)!r} not found")
         p = builtin
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
+        raw = OmegaConf.to_container(load_yaml(p), resolve=False)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{p}: {_omegaconf_message(e)}") from None
     if not isinstance(raw, dict):

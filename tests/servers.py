@@ -51,21 +51,39 @@ class RayCluster:
     node_env: dict  # the nodes': the client's and the cluster's own stores, as docker/compose.yaml sets them
     tmp: Path
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    temp_dirs: list[str] = field(default_factory=list)
 
-    def start_node(self, name: str, cpus: int, head: bool = False, port: int | None = None, dash: int | None = None):
+    def start_node(self, name: str, cpus: int, head: bool = False, port: int | None = None, dash: int | None = None,
+                   own_temp_dir: bool = True):
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--resources", json.dumps({name: 1}),
                "--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
         if head:
             cmd += ["--head", "--port", str(port), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
-                    "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.tmp / "ray"),
+                    "--ray-client-server-port", str(free_port()), "--temp-dir", self.ray_tmp(),
                     # a dead node is declared dead after ~3 s instead of ~30 s
                     "--system-config", json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})]
-        else:
-            cmd += ["--address", self.gcs]
+        else:  # a temp dir of its own, as a node on another machine has (orchestrator.cluster.nodes_sharing_a_temp_dir)
+            cmd += ["--address", self.gcs] + (["--temp-dir", self.ray_tmp()] if own_temp_dir else [])
         with open(self.tmp / f"{name}.log", "w") as log:
             self.nodes[name] = subprocess.Popen(cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
         self.wait_nodes(len(self.nodes))
+
+    def ray_tmp(self) -> str:
+        """Ray's session folder: short, since Ray's socket paths under it must fit AF_UNIX's 107 bytes (a pytest
+        tmp_path is too long for that once pytest numbers its folders past 9)."""
+        import tempfile
+
+        self.temp_dirs.append(tempfile.mkdtemp(prefix="imm-ray-"))
+        return self.temp_dirs[-1]
+
+    def stop(self) -> None:
+        import shutil
+
+        for name in reversed(list(self.nodes)):
+            self.stop_node(name)
+        for d in self.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     def alive(self) -> int:
         out = subprocess.run([str(BIN / "ray"), "status", "--address", self.gcs], env=self.env, capture_output=True,

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -46,8 +47,7 @@ def cluster(s3_server, mlflow_server, tmp_path_factory):
         c.start_node("node_b", 1)
         yield c
     finally:
-        for name in reversed(list(c.nodes)):
-            c.stop_node(name)
+        c.stop()
 
 
 def submit_args(cluster, target: str, *extra: str, shared: Path | None = None) -> list[str]:
@@ -266,3 +266,53 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
     mlc, runs = runs_of(mlflow_server, "driver-loss")
     assert sorted(r.data.tags.get("imm.trial.number", "parent") for r in runs) == ["0", "1", "parent"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_resumes(cluster, tmp_path):
+    """Issue 14, points 7 and 3: with a `ray start` cluster on the machine, `imm-orch train` without --address
+    died with Ray's "num_cpus ... must not be provided"; Ctrl-C during `imm-orch train` exited 1 with nothing
+    printed and marked the run FAILED (Ray Train's SIGINT handler ends fit() with SystemExit)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [str(BIN / "imm-orch"), "train", "toy2d", *TINY, "train.steps=300", "train.checkpoint_every=100",
+            "eval.every=300", f"storage.root={tmp_path / 'runs'}", "trainer.num_workers=1", "--name", "ctrl-c",
+            "--tracking-uri", uri]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # until training is under way
+        lines.append(line)
+        if re.match(r"step 1[1-9]0/300", line):  # past the first checkpoint
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, "".join(lines) + out
+    assert re.search(r"^imm-orch: interrupted at step \d+ \(rerun the same command to resume\)$", out, re.M), out
+    mlc = tracking.client(uri)
+    (run,) = mlc.search_runs([mlc.get_experiment_by_name("imm").experiment_id])
+    assert run.info.status == "KILLED"
+
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in done.stdout
+    assert mlc.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_job_on_nodes_sharing_a_temp_dir_stops_with_the_reason(cluster, mlflow_server):
+    """The crash of the README's `ray job submit` line on two `ray start` raylets of one machine: the second node's
+    runtime-env agent unpacked the job's working dir again into the folder both share, deleting it under the
+    driver (FileNotFoundError from os.getcwd() in MLflow's client). Now the driver says so and how to avoid it."""
+    client = cluster.client()
+    cluster.start_node("node_d", 1, own_temp_dir=False)
+    try:
+        proc = cluster.run([str(BIN / "imm-orch"), "submit", "toy2d", "--cluster", cluster.dashboard, "--tracking-uri",
+                            mlflow_server, f"storage.ray_storage=s3://{BUCKET}/ray", *TINY], timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
+        info = wait_job(client, job_id, timeout=120)
+    finally:
+        cluster.stop_node("node_d")
+    logs = client.get_job_logs(job_id)
+    assert info.status == "FAILED" and info.driver_exit_code == 2, logs[-3000:]
+    line = next(ln for ln in logs.splitlines() if ln.startswith("imm-orch: error: "))
+    assert "Ray nodes on " in line and "share the temp dir" in line and "ray start --temp-dir" in line, line
+    assert "Traceback" not in logs

@@ -53,3 +53,19 @@ def test_fm_needs_ot_fm_and_batch_splits_over_workers():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="toy2d"):
         load_config("nope.yaml")
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys):
+    """Issue 14, point 4: a YAML mistake printed a 35-line traceback from the yaml parser."""
+    from orchestrator import cli
+
+    run = tmp_path / "run.yaml"
+    run.write_text("method: imm\n  train: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{run}:2:8: YAML syntax error: mapping values are not allowed"):
+        load_config(run)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: x\nbase: {config: toy2d\nspace:\n")
+    for argv in (["train", str(run)], ["sweep", str(sweep)], ["submit", str(sweep), "--cluster", "http://h:8265"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"imm-orch: error: {argv[1]}:") and "YAML syntax error" in err and err.count("\n") == 1

@@ -84,6 +84,21 @@ def test_an_existing_sweep_needs_resume_and_the_same_objective(tmp_path, capsys,
     assert check_study(sweep, resume=True).study_name == "cli"
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_sweep_draws_new_parameters_instead_of_replaying_the_first(tmp_path, sampler):
+    """Issue 14, point 2: each --resume rebuilt the sampler with the same seed, so its first trial repeated trial 0."""
+    sweep = sweep_from_dict(spec(tmp_path, sampler={"name": sampler, "seed": 0}))
+    seen = []
+    for _ in range(3):  # a fresh sweep, then two resumes, each running two trials
+        study = open_study(sweep, resume=bool(seen))
+        for _ in range(2):
+            trial = study.ask()
+            seen.append(sweep.suggest(trial))
+            study.tell(trial, 1.0)
+    lrs = [p["train.lr"] for p in seen]
+    assert len(set(lrs)) == len(lrs), lrs
+
+
 def test_status_prints_trials_and_the_best(tmp_path, capsys):
     sweep = sweep_from_dict(spec(tmp_path))
     study = open_study(sweep, resume=False)

@@ -91,6 +91,20 @@ def load_data(cfg) -> Data:
                      "folder:PATH (PATH may be s3://bucket/prefix)")
 
 
+def probe(name: str) -> None:
+    """load_data's checks of a local data set, without reading it: the file or folder exists and has the right
+    shape, so a mistake fails before any cluster starts. s3:// paths are checked where the workers read them."""
+    kind, _, path = name.partition(":")
+    if not path or path.startswith("s3://"):
+        return
+    if kind == "npy":
+        _npy_array(path, mmap_mode="r")  # the header only
+    elif kind == "cifar10":
+        _cifar10_files(Path(path), path)
+    elif kind == "folder":
+        _image_files(Path(path), path, first_only=True)
+
+
 def _digits() -> tuple[Tensor, Tensor]:
     """sklearn's 1797 handwritten digits (8x8, 17 grey levels, shipped with the package), as (N, 1, 8, 8)."""
     from sklearn.datasets import load_digits
@@ -103,10 +117,7 @@ def _digits() -> tuple[Tensor, Tensor]:
 def _cifar10(uri: str) -> Data:
     """CIFAR-10's python batches: data_batch_1..5 for training, test_batch held out."""
     root = local_copy(uri)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"data.name: {uri!r} lacks {missing}; {CIFAR10_HELP}")
+    names = _cifar10_files(root, uri)
 
     def read(files):
         xs, ys = [], []
@@ -121,16 +132,31 @@ def _cifar10(uri: str) -> Data:
     return Data(x, xh, y, yh, num_classes=10)
 
 
+def _cifar10_files(root: Path, uri: str) -> list[str]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.name: {uri!r} lacks {missing}; {CIFAR10_HELP}")
+    return names
+
+
+def _image_files(root: Path, uri: str, first_only: bool = False) -> list[Path]:
+    """The images in `root` and in its subfolders (one level: they name the classes), never deeper."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.name: folder {uri!r} not found; put the images (or one subfolder per class) there")
+    found = (p for pattern in ("*", "*/*") for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [f for f in [next(found, None)] if f] if first_only else sorted(found)
+    if not files:
+        raise FileNotFoundError(f"data.name: no images ({', '.join(IMAGE_EXTENSIONS)}) in {uri!r} or its subfolders")
+    return files
+
+
 def _folder(uri: str) -> tuple[Tensor, Tensor | None, int]:
     """Images under a folder, all of one size; one level of subfolders names the classes."""
     from PIL import Image
 
     root = local_copy(uri)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.name: folder {uri!r} not found; put the images (or one subfolder per class) there")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"data.name: no images ({', '.join(IMAGE_EXTENSIONS)}) under {uri!r}")
+    files = _image_files(root, uri)
     classes = sorted({p.parent.name for p in files if p.parent != root})
     mode = "L" if all(Image.open(p).mode in ("L", "1") for p in files[:50]) else "RGB"
     arrays = [np.asarray(Image.open(p).convert(mode)) for p in files]
@@ -150,14 +176,21 @@ def _to_unit(x: np.ndarray) -> Tensor:
     return torch.from_numpy(x).float() / 127.5 - 1.0
 
 
-def _load_npy(path: str) -> Tensor:
+def _npy_array(path: str, mmap_mode: str | None = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data.name: npy file {path!r} not found; give an (N, D) float array saved by numpy.save")
-    arr = np.load(p, allow_pickle=False)
+    try:
+        arr = np.load(p, allow_pickle=False, mmap_mode=mmap_mode)
+    except ValueError as e:  # not a .npy file, or a pickled object array
+        raise ValueError(f"data.name: {path!r} is not an (N, D) numeric array saved by numpy.save ({e})") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"data.name: {path!r} must hold an (N, D) numeric array, got shape {arr.shape} {arr.dtype}")
-    return torch.from_numpy(arr.astype(np.float32))
+    return arr
+
+
+def _load_npy(path: str) -> Tensor:
+    return torch.from_numpy(_npy_array(path).astype(np.float32))
 
 
 def _split(x: Tensor, labels: Tensor | None, heldout_fraction: float, g: torch.Generator,

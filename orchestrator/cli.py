@@ -281,7 +281,7 @@ def _tracking_only(parser: argparse.ArgumentParser) -> None:
 def prepare_train(args):
     """(plan, kill switch): the config loaded and validated, the run planned; no Ray yet."""
     from imm.config import load_config
-    from orchestrator import cluster
+    from orchestrator import cluster, tracking
     from orchestrator.launch import plan_run
     from orchestrator.worker import KillSwitch
 
@@ -291,6 +291,7 @@ def prepare_train(args):
     if args.address is None:
         cluster.check_local(plan.cfg)
     check_cluster_storage(plan.cfg, plan.tracking_uri)
+    tracking.check_reachable(plan.tracking_uri)
     return plan, kill
 
 
@@ -350,8 +351,10 @@ def prepare_sweep(args):
         sweep.spec.max_concurrent = args.max_concurrent
     if args.address is None:
         cluster.check_local(sweep.base)
-    check_cluster_storage(sweep.base, tracking.tracking_uri(sweep.base, args.tracking_uri), study_setting(sweep))
+    uri = tracking.tracking_uri(sweep.base, args.tracking_uri)
+    check_cluster_storage(sweep.base, uri, study_setting(sweep))
     if not args.dry_run:
+        tracking.check_reachable(uri)
         import optuna
 
         from orchestrator.sweep import check_study
@@ -391,6 +394,10 @@ def run_sweep(args, sweep, out=None) -> int:
         params = " ".join(f"{k}={v}" for k, v in b["params"].items())
         print(f"best: trial {b['number']}  {shown}  {params}  (mlflow run {b['run_id']})", file=out)
     print(f"mlflow parent run id: {result.parent_run_id}", file=out, flush=True)
+    if not result.counts.get("complete") and not result.counts.get("pruned"):
+        print(f"imm-orch: no trial of sweep {sweep.name!r} completed (imm-orch status {sweep.name} says why)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -430,6 +437,7 @@ def run_promote(args, out=None) -> int:
 
     out = out or sys.stdout
     uri = tracking.default_tracking_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
     p = promote(uri, metric=args.metric, run_id=args.run_id, sweep=args.sweep, mode=args.mode, alias=args.alias,
                 model_name=args.model_name)
     how = "registered as new version" if p.new_version else "already registered as version"
@@ -447,6 +455,7 @@ def run_sample(args, out=None) -> int:
     out = out or sys.stdout
     if Path(args.out).suffix not in (".npy", ".png"):
         raise ValueError(f"--out: unknown extension {Path(args.out).suffix!r}; use .npy or .png")
+    _check_model_store(args)
     gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device)
     x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale)
     save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)")
@@ -454,10 +463,19 @@ def run_sample(args, out=None) -> int:
     return 0
 
 
+def _check_model_store(args) -> None:
+    """A model named by MLflow URI needs the tracking server: say so at once if it does not answer."""
+    from orchestrator import tracking
+
+    if args.model.startswith(("runs:/", "models:/")):
+        tracking.check_reachable(tracking.default_tracking_uri(args.tracking_uri))
+
+
 def run_eval(args, out=None) -> int:
     from orchestrator.evaluation import evaluate_model
 
     out = out or sys.stdout
+    _check_model_store(args)
     steps, overrides = [], list(args.overrides)
     for part in ",".join(args.steps).split(","):  # `--steps 1 2 key=value`: argparse hands the override to --steps
         if "=" in part:
@@ -593,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ConnectionError) as e:
         return _user_error(e, args.debug)
     except Exception as e:
+        from orchestrator.sweep import SweepFailed
+
+        if isinstance(e, SweepFailed) and not args.debug:
+            print(f"imm-orch: sweep stopped: {e} (fix it, then rerun with --resume)", file=sys.stderr)
+            return 1
         if args.debug or not _is_training_failure(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -21,6 +21,9 @@ from imm.config import ConfigError
 
 def check_local(cfg) -> None:
     """Fail before starting an embedded Ray that could never place the workers, or whose workers would miss a file."""
+    from imm.data import probe
+
+    probe(cfg.data.name)
     weights = cfg.eval.inception_weights
     if weights and cfg.eval.features in ("auto", "inception") and not weights.startswith("s3://") \
             and not Path(weights).expanduser().is_file():

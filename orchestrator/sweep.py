@@ -33,12 +33,14 @@ from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import tracking
 from orchestrator.cluster import driver_node_affinity, job_id, trial_env
 from orchestrator.launch import RunPlan, launch, new_board, open_tracked_run, plan_run
+from orchestrator.lease import Lease, refuse_if_held
 from orchestrator.sweep_config import Sweep, grid_size
 
 JOURNAL_FILE = "optuna.journal"
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 SWEEP_TAG, SWEEP_ID_TAG, ROLE_TAG = "imm.sweep", "imm.sweep.id", "imm.sweep.role"
 TRIAL_TAG, STATE_TAG, ERROR_TAG = "imm.trial.number", "imm.trial.state", "imm.trial.error"
+SWEEP_ERROR_TAG = "imm.sweep.error"  # on the parent run: why the sweep stopped
 
 
 # --- the study -----------------------------------------------------------------------------------------------
@@ -146,6 +148,7 @@ def check_study(sweep: Sweep, *, resume: bool, store=None):
     if existing is None and resume:
         raise ConfigError(f"--resume: no sweep {name!r} in {redact(url)} to resume (run it without --resume)")
     if existing is not None:
+        refuse_if_held(existing, name)
         stored = (existing.user_attrs.get("metrics", sweep.metrics), [d.name.lower() for d in existing.directions])
         if stored != (sweep.metrics, sweep.directions):
             raise ConfigError(f"objective: the stored study has {stored[0]} {stored[1]}, this file {sweep.metrics} "
@@ -194,6 +197,13 @@ def concurrency(sweep: Sweep, cluster: dict[str, float], trials_left: int) -> tu
 
 
 # --- running -------------------------------------------------------------------------------------------------
+
+FAIL_FAST = 3  # trials: when the first ones all fail with the same error, the sweep stops
+
+
+class SweepFailed(RuntimeError):
+    """The sweep stopped: its first trials all failed the same way."""
+
 
 @dataclass
 class TrialRun:
@@ -245,13 +255,22 @@ class SweepRunner:
 
     def run(self) -> SweepResult:
         import optuna
-        import ray
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         t0 = time.perf_counter()
         url = storage_url(self.sweep)
         self.study = open_study(self.sweep, resume=self.resume)
+        self.lease = Lease(self.study, self.sweep.name).acquire()  # before its RUNNING trials are taken for crashed ones
+        try:
+            return self._run(url, t0)
+        finally:
+            self.lease.release()
+
+    def _run(self, url: str, t0: float) -> SweepResult:
+        import optuna
+        import ray
+
         self.sweep_id = self.study.user_attrs["sweep_id"]
         self.mlc = tracking.client(self.tracking_uri)
         self.parent_id = self._open_parent(url)
@@ -271,6 +290,7 @@ class SweepRunner:
                     tr = self._start(pending.pop(0) if pending else None)
                     if tr is not None:
                         running[tr.ref] = tr
+                    self._fail_fast()
                 if not running:
                     break
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -279,10 +299,23 @@ class SweepRunner:
                         del running[tr.ref]
                 for ref in ready:
                     self._finish(running.pop(ref))
+                    self._fail_fast()
         except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
             self._abandon(list(running.values()), e)
             raise
         return self._close(url, time.perf_counter() - t0)
+
+    def _fail_fast(self) -> None:
+        """Stop a sweep whose first trials all failed with one and the same error: a mistake in the sweep or its
+        data, which every further trial would repeat."""
+        import optuna
+
+        finished = self._finished()
+        if len(finished) < min(FAIL_FAST, self.trials) or any(t.state != optuna.trial.TrialState.FAIL for t in finished):
+            return
+        errors = {t.user_attrs.get("error", "") for t in finished}
+        if len(errors) == 1:
+            raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
 
     def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
         """Stop the running trials and close every run this driver holds open, saying why; their study trials stay
@@ -293,12 +326,17 @@ class SweepRunner:
         state, status = ("interrupted", "KILLED") if interrupted else ("failed", "FAILED")
         for tr in running:
             ray.cancel(tr.ref, force=True)
+        # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver 3 s after its SIGTERM, and a lease
+        # left behind would hold off the next --resume until it expired.
+        self.lease.release()
         try:
             for tr in running:
                 self.mlc.set_tag(tr.run_id, STATE_TAG, state)
                 if not interrupted:
                     self.mlc.set_tag(tr.run_id, ERROR_TAG, f"the sweep's driver failed: {root_cause(e)}")
                 tracking.close_run(self.mlc, tr.run_id, status)
+            if not interrupted:
+                self.mlc.set_tag(self.parent_id, SWEEP_ERROR_TAG, str(e) if isinstance(e, SweepFailed) else root_cause(e))
             tracking.close_run(self.mlc, self.parent_id, status)
         except Exception as close_error:  # e.g. the tracking server is what failed
             self.say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")

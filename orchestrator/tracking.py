@@ -64,6 +64,25 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is one line before anything starts (MLflow's client would retry
+    for minutes). Any HTTP answer counts: a server may guard /health behind authentication."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        reason = getattr(reason, "strerror", None) or reason
+        raise ConfigError(f"--tracking-uri: no MLflow server answers at {uri} ({reason}); start it, or pass the "
+                          "address it listens on") from None
+
+
 def client(uri: str):
     import logging
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -116,3 +117,57 @@ def test_progress_line_shows_step_loss_throughput_eta_and_quality():
     relaunched = io.StringIO()
     ProgressPrinter(100, relaunched)({"event": "resumed", "step": 40})  # a relaunched run's first worker group
     assert relaunched.getvalue() == "resumed from the checkpoint at step 40\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "toy2d"],
+    ["sweep", "sweeps/toy2d_smoke.yaml"],
+    ["promote", "--sweep", "toy2d_smoke", "--metric", "energy/steps_2"],
+    ["sample", "--model", "models:/toy2d_smoke@champion", "--out", "x.png"],
+    ["eval", "--model", "runs:/0123456789abcdef"],
+])
+def test_a_tracking_server_that_does_not_answer_is_one_line_before_anything_starts(argv, capsys, no_ray):
+    """Issue 14, point 4: `train` started Ray and retried for minutes; `promote` gave up after 250 s with a traceback."""
+    t0 = time.perf_counter()
+    assert cli.main([*argv, "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imm-orch: error: --tracking-uri: no MLflow server answers at http://127.0.0.1:9 ("), err
+    assert err.count("\n") == 1 and time.perf_counter() - t0 < 10
+
+
+def test_a_missing_or_malformed_data_set_is_one_line_before_ray_starts(tmp_path, capsys, no_ray):
+    """Issue 14, point 4: these failed only inside the workers, 20-40 s after Ray started, with a FAILED run."""
+    import numpy as np
+
+    np.save(tmp_path / "cube.npy", np.zeros((4, 2, 2), np.float32))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "b" / "x.png").write_bytes(b"")  # two levels down: not part of the data set
+    cases = {
+        f"npy:{tmp_path / 'missing.npy'}": "npy file",
+        f"npy:{tmp_path / 'cube.npy'}": "must hold an (N, D) numeric array, got shape (4, 2, 2)",
+        f"folder:{tmp_path / 'empty'}": "no images",
+        f"folder:{tmp_path / 'deep'}": "no images",
+        f"folder:{tmp_path / 'nowhere'}": "not found",
+        f"cifar10:{tmp_path / 'empty'}": "lacks ['data_batch_1'",
+    }
+    for name, message in cases.items():
+        for argv in (["train", "toy2d"], ["sweep", "sweeps/toy2d_smoke.yaml", "--dry-run"]):
+            assert cli.main([*argv, f"data.name={name}", f"storage.root={tmp_path / 'runs'}"]) == 2, (name, argv)
+            err = capsys.readouterr().err
+            assert err.startswith("imm-orch: error: data.name: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    """Issue 14, point 4: a truncated checkpoint given to `sample` printed torch.load's traceback."""
+    good = tmp_path / "good.pt"
+    torch.save({"config": {"method": "imm"}, "step": 1, "model": {"w": torch.zeros(1000)}}, good)
+    truncated, text = tmp_path / "truncated" / "checkpoint.pt", tmp_path / "text.pt"
+    truncated.parent.mkdir()
+    truncated.write_bytes(good.read_bytes()[:300])
+    text.write_text("not a checkpoint\n")
+    for path in (truncated.parent, text):
+        assert cli.main(["sample", "--model", str(path), "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("imm-orch: error: ") and "is not a readable checkpoint" in err and err.count("\n") == 1, err

@@ -114,9 +114,11 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
     assert len(sweep_runs(client, "sweep-it")[1]) == 4
 
 
-def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_local, mlflow_uri, tmp_path, capsys):
+def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_local, mlflow_uri, tmp_path, capsys,
+                                                                        monkeypatch):
     import ray
 
+    monkeypatch.setenv("IMM_SWEEP_LEASE_S", "5")  # the killed driver's lease: --resume waits for it to expire
     path = write_sweep(tmp_path, max_concurrent=1)
     log = tmp_path / "first.log"
     cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--address",
@@ -148,6 +150,7 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
     client = tracking.client(mlflow_uri)
     ended = {n: client.get_run(t.user_attrs["mlflow_run_id"]).info.end_time for n, t in before.items()}
 
+    time.sleep(5)
     assert cli.main(["sweep", str(path), "--resume", "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]) == 0
     out = capsys.readouterr().out
     assert "trials: 2 of 4 done" in out
@@ -231,3 +234,55 @@ def test_a_pruned_trials_cpus_are_freed_when_another_ray_runs_on_the_machine(ray
     states = [t.state.name for t in load_study(tmp_path).trials]
     assert states[:2] == ["COMPLETE", "PRUNED"], proc.stdout
     assert "trial 2 started" in proc.stdout and states[2] in ("COMPLETE", "PRUNED")  # it got the freed CPUs
+
+
+def test_a_sweep_whose_first_trials_all_fail_the_same_way_stops(ray_local, mlflow_uri, tmp_path, capsys):
+    """Issue 14, point 4: every trial failed with the same configuration error and the command exited 0. Here each
+    key is valid alone, but the U-statistic needs M >= 2: every trial fails before it starts."""
+    path = write_sweep(tmp_path, space={"imm.estimator": {"choices": ["u"]}, "imm.group_size": {"choices": [1]},
+                                        "imm.k": {"low": 8, "high": 12}}, trials=8)
+    assert cli.main(["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "fail-fast"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imm-orch: sweep stopped: its first 3 trials all failed with: imm.estimator: 'u' needs"), err
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3  # the other 5 were never started
+    (parent,), children = sweep_runs(tracking.client(mlflow_uri), "fail-fast")
+    assert parent.info.status == "FAILED" and "its first 3 trials all failed" in parent.data.tags["imm.sweep.error"]
+
+
+def test_one_driver_per_sweep_and_a_dead_drivers_lease_expires(ray_local, mlflow_uri, tmp_path, monkeypatch, capsys):
+    """Issue 14, point 1: a second `--resume` beside a live driver took its RUNNING trials for crashed ones and trained
+    them twice into the same runs. Now it is refused in one line; once the first driver is SIGKILLed, its lease
+    expires (IMM_SWEEP_LEASE_S, 60 s by default, 6 s here) and `--resume` takes over."""
+    import ray
+
+    monkeypatch.setenv("IMM_SWEEP_LEASE_S", "6")
+    path = write_sweep(tmp_path, max_concurrent=1, trials=3)
+    argv = ["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "lease"]
+    log = tmp_path / "first.log"
+    with log.open("w") as f:
+        first = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv, "--address",
+                                  ray.get_runtime_context().gcs_address], stdout=f, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while "trial 0 step 20/40" not in log.read_text():  # under way, its trial 0 RUNNING
+            assert time.monotonic() < deadline and first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        t0 = time.perf_counter()
+        assert cli.main([*argv, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert re.match(rf"imm-orch: error: --resume: sweep 'it' is being run by pid {first.pid} on \S+ \(its lease", err)
+        assert err.count("\n") == 1 and time.perf_counter() - t0 < 10
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    time.sleep(6)
+    assert cli.main([*argv, "--resume"]) == 0
+    assert [t.state.name for t in load_study(tmp_path).trials] == ["COMPLETE"] * 3
+    _, children = sweep_runs(tracking.client(mlflow_uri), "lease")
+    for c in children:
+        steps = [m.step for m in tracking.client(mlflow_uri).get_metric_history(c.info.run_id, "train/loss")]
+        assert steps == sorted(set(steps)) == [10, 20, 30, 40], steps

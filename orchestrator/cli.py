@@ -80,7 +80,8 @@ SUBMIT_EXAMPLES = """\
 examples:
   imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
       storage.ray_storage=s3://bucket/ray --follow            # the study: $IMM_OPTUNA_STORAGE or the file's storage
-  imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --resume --follow   # after the job died
+  imm-orch submit sweeps/toy2d_smoke.yaml --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
+      storage.ray_storage=s3://bucket/ray --resume --follow   # after the job died: the same stores, --resume
   imm-orch submit toy2d trainer.num_workers=4 --cluster http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
       storage.ray_storage=s3://bucket/ray
 

@@ -9,6 +9,7 @@ alone and keeps `checkpoint.pt` under `train.out_dir`, resuming from it when it 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import shutil
@@ -35,6 +36,12 @@ Report = Callable[[dict[str, float], "str | None"], None]
 def _optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[cfg.train.optimizer]
     return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for one rank's training step, unrelated to its neighbours' (a hash, not seed + rank + step)."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
@@ -74,8 +81,7 @@ def train_loop(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tc = cfg.train
     start = int(resume["step"]) if resume else 0
-    # Reseeding from (seed, rank, start step) makes every worker distinct and a resumed run reproducible.
-    torch.manual_seed(tc.seed + 100_003 * rank + 1_000_003 * start)
+    torch.manual_seed(tc.seed)  # the initial weights (rank 0's reach every rank under DDP)
 
     dataset = load_data(cfg.data)
     sigma_d = float(cfg.data.sigma_d or dataset.train.std())
@@ -113,6 +119,9 @@ def train_loop(
     train_s0, t_start = float(resume.get("train_s", 0.0)) if resume else 0.0, time.perf_counter()
     loss_sum, loss_n, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     for step in range(start + 1, tc.steps + 1):
+        # Each step's randomness comes from (seed, rank, step) alone: a run resumed from a checkpoint draws what an
+        # uninterrupted one draws, so an interruption cannot change a trial's result; every rank draws its own.
+        torch.manual_seed(step_seed(tc.seed, rank, step))
         idx = torch.randint(len(data), (per_worker,), device=device)
         x, y = data[idx], None
         if cfg.data.xflip and x.ndim == 4:

@@ -35,6 +35,17 @@ class RayStorage:
         """A Ray checkpoint's location as users write it (Ray keeps S3 paths without the scheme)."""
         return f"s3://{checkpoint.path}" if self.is_s3 else checkpoint.path
 
+    def delete_run(self, name: str) -> bool:
+        """Delete the run's folder (its checkpoints and Ray's run state); False if there was none."""
+        import pyarrow.fs
+
+        fs = self.filesystem() or pyarrow.fs.LocalFileSystem()
+        path = f"{self.path.rstrip('/')}/{name}"
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            return False
+        fs.delete_dir(path)
+        return True
+
 
 def root(cfg) -> Path:
     """The embedded default's folder, absolute (workers and the driver may not share a working directory)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -30,11 +31,11 @@ from typing import Any
 
 from imm.config import ConfigError, to_yaml
 from imm.evaluate import QUALITY_PREFIXES
-from orchestrator import tracking
+from orchestrator import storage, tracking
 from orchestrator.cluster import driver_node_affinity, job_id, trial_env
 from orchestrator.launch import RunPlan, launch, new_board, open_tracked_run, plan_run
 from orchestrator.lease import Lease, refuse_if_held
-from orchestrator.sweep_config import Sweep, grid_size
+from orchestrator.sweep_config import Sweep
 
 JOURNAL_FILE = "optuna.journal"
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
@@ -81,13 +82,13 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url)
 
 
-def make_sampler(sweep: Sweep, trials_so_far: int = 0):
-    """The sweep's sampler. Its seed moves on with the trials already in the study: a resumed sweep rebuilt with
-    the same seed would replay the first draws and run the first trials' parameters again."""
+def make_sampler(sweep: Sweep, draw: int = 0):
+    """The sweep's sampler for its `draw`-th proposal: a seed of its own per proposal, so that a resumed sweep (whose
+    sampler is built again) or a proposal tried again does not replay earlier draws."""
     import optuna
 
     s = sweep.spec.sampler
-    seed = None if s.seed is None else s.seed + trials_so_far
+    seed = None if s.seed is None else s.seed + draw
     startup = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
     if s.name == "tpe":
         # multivariate + group model the conditional keys jointly; the constant liar keeps concurrent trials apart.
@@ -101,6 +102,50 @@ def make_sampler(sweep: Sweep, trials_so_far: int = 0):
     if s.name == "grid":
         return _AskTellGridSampler({p.key: p.grid() for p in sweep.params}, seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+PROPOSALS = 16  # the sampler's tries at a parameter set not run yet, before one is drawn from those left
+
+
+def ask_distinct(study, sweep: Sweep):
+    """(trial, params) of a new trial whose parameter set no earlier trial of the study has, or None when a finite
+    space is used up. Trials the sweep enqueued come first, as they are.
+
+    Optuna has no such option, and a trial once asked stays in the study, so the sampler proposes in a throwaway
+    in-memory copy of the study (a new seed per proposal); the first new set is enqueued and asked in the study.
+    To run a configuration several times, sweep `train.seed`."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    if study.get_trials(deepcopy=False, states=[TS.WAITING]):
+        trial = study.ask()
+        return trial, sweep.suggest(trial)
+    history = study.get_trials(deepcopy=False, states=[TS.COMPLETE, TS.PRUNED, TS.FAIL, TS.RUNNING])
+    seen = {_point_key(t.params) for t in history}
+    params = None
+    if sweep.spec.sampler.name != "grid":  # a grid sampler marks its own points only, not enqueued ones
+        for attempt in range(PROPOSALS):
+            sampler = make_sampler(sweep, len(history) * PROPOSALS + attempt)
+            shadow = optuna.create_study(directions=study.directions, sampler=sampler)
+            shadow.add_trials(history)
+            proposal = sweep.suggest(shadow.ask())
+            if _point_key(proposal) not in seen:
+                params = proposal
+                break
+    if params is None:  # the sampler keeps coming back to what ran (or a grid): draw from the points left
+        points = sweep.points()
+        left = [p for p in points or [] if _point_key(p) not in seen]
+        if points is not None and not left:
+            return None
+        seed = sweep.spec.sampler.seed
+        params = random.Random(None if seed is None else f"{seed}/{len(history)}").choice(left) if left else proposal
+    study.enqueue_trial(params)
+    trial = study.ask()
+    return trial, sweep.suggest(trial)
+
+
+def _point_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
 
 
 def _AskTellGridSampler(*args, **kwargs):
@@ -161,8 +206,8 @@ def open_study(sweep: Sweep, *, resume: bool):
     import optuna
 
     store = open_storage(storage_url(sweep))
-    existing = check_study(sweep, resume=resume, store=store)
-    sampler = make_sampler(sweep, len(existing.trials) if existing else 0)
+    check_study(sweep, resume=resume, store=store)
+    sampler = make_sampler(sweep)  # it sees enqueued trials only: ask_distinct proposes the others
     study = optuna.create_study(study_name=sweep.name, storage=store, sampler=sampler, pruner=make_pruner(sweep),
                                 directions=sweep.directions, load_if_exists=True)
     if "sweep_id" not in study.user_attrs:
@@ -242,10 +287,11 @@ class SweepRunner:
         self.sweep, self.ray_address, self.resume = sweep, ray_address, resume
         self.stream = stream or sys.stdout
         self.trials = trials or int(sweep.spec.trials)
-        g = grid_size(sweep)
-        if g is not None and g < self.trials:
-            self.say(f"grid: {g} points, so {g} trials (not {self.trials})")
-            self.trials = g
+        points = sweep.points()  # a trial never repeats another's parameter set (ask_distinct)
+        if points is not None and len(points) < self.trials:
+            self.say(f"space: {len(points)} distinct parameter sets, so {len(points)} trials (not {self.trials})")
+            self.trials = len(points)
+        self.used_up = False  # the space has no parameter set left
         self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
         self.experiment = experiment or sweep.spec.experiment
         self.fit_s: dict[int, float] = {}
@@ -286,7 +332,7 @@ class SweepRunner:
         pending = list(adopted)
         try:
             while True:
-                while len(running) < n and len(self._finished()) + len(running) < self.trials:
+                while len(running) < n and not self.used_up and len(self._finished()) + len(running) < self.trials:
                     tr = self._start(pending.pop(0) if pending else None)
                     if tr is not None:
                         running[tr.ref] = tr
@@ -355,8 +401,12 @@ class SweepRunner:
         import ray
 
         if frozen is None:
-            trial = self.study.ask()
-            params = self.sweep.suggest(trial)
+            asked = ask_distinct(self.study, self.sweep)
+            if asked is None:
+                self.used_up = True
+                self.say("space: every parameter set has run; the sweep ends here")
+                return None
+            trial, params = asked
             number, verb = trial.number, "started"
         else:
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
@@ -426,6 +476,7 @@ class SweepRunner:
         self.mlc.set_tag(tr.run_id, "imm.trial.pruned_at_step", str(step))
         tracking.close_run(self.mlc, tr.run_id, "KILLED")
         ray.kill(tr.board)
+        self._discard_checkpoints(tr.plan.name, tr.run_id)
         self.say(f"trial {tr.number} pruned at step {step}: {self.sweep.metrics[0]}={value:.4g}")
 
     def _finish(self, tr: TrialRun) -> None:
@@ -461,6 +512,18 @@ class SweepRunner:
             if self.mlc.get_run(tr.run_id).info.status == "RUNNING":  # the task died before closing it
                 tracking.close_run(self.mlc, tr.run_id, "FAILED")
             self.say(f"trial {tr.number} failed after {took:.0f}s: {error}")
+        self._discard_checkpoints(tr.plan.name, tr.run_id)
+
+    def _discard_checkpoints(self, run_name: str, run_id: str) -> None:
+        """Delete a finished trial's Ray checkpoints: the study never runs it again, and what it made stays in its
+        MLflow run (metrics, samples; a complete trial's final `checkpoint/`, without optimizer state). Best effort:
+        the sweep's end deletes what is left (a pruned trial's workers may still be writing when it is cancelled)."""
+        try:
+            if storage.ray_storage(self.sweep.base).delete_run(run_name) and \
+                    tracking.CHECKPOINT_PATH_TAG in self.mlc.get_run(run_id).data.tags:
+                self.mlc.delete_tag(run_id, tracking.CHECKPOINT_PATH_TAG)
+        except Exception as e:
+            self.say(f"warning: could not delete the checkpoints of {run_name}: {root_cause(e)}")
 
     def _best_mark(self, number: int) -> str:
         if len(self.sweep.metrics) > 1:
@@ -508,6 +571,9 @@ class SweepRunner:
     def _close(self, url: str, wall_s: float) -> SweepResult:
         from orchestrator import sweep_report
 
+        for t in self._finished():
+            if "run_name" in t.user_attrs:
+                self._discard_checkpoints(t.user_attrs["run_name"], t.user_attrs["mlflow_run_id"])
         counts = trial_counts(self.study)
         best = best_trials(self.study)
         sweep_report.log_to_parent(self.mlc, self.parent_id, self.study, self.sweep, best)

@@ -183,9 +183,31 @@ class Sweep:
         """Sample the trial's params define-by-run: a conditional key only where its conditions hold."""
         values: dict[str, Any] = {}
         for p in self.params:
-            if all(_same(values.get(k, OmegaConf.select(self.base, k)), v) for k, v in p.when):
+            if self._applies(p, values):
                 values[p.key] = p.suggest(trial)
         return values
+
+    def points(self, limit: int = 100_000) -> list[dict[str, Any]] | None:
+        """Every parameter set the space holds (conditional keys only where they apply), or None when it is
+        continuous or has more than `limit` points."""
+        points: list[dict[str, Any]] = [{}]
+        for p in self.params:
+            values = p.grid()
+            grown: list[dict[str, Any]] = []
+            for pt in points:
+                if not self._applies(p, pt):
+                    grown.append(pt)
+                elif values is None:
+                    return None
+                else:
+                    grown += [{**pt, p.key: v} for v in values]
+            points = grown
+            if len(points) > limit:
+                return None
+        return points
+
+    def _applies(self, p: Param, values: dict[str, Any]) -> bool:
+        return all(_same(values.get(k, OmegaConf.select(self.base, k)), v) for k, v in p.when)
 
     def trial_config(self, params: dict[str, Any]) -> DictConfig:
         """The base run config with the trial's params set, validated."""

@@ -18,8 +18,6 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from orchestrator.tracking import log_png
-
 STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 
@@ -50,11 +48,7 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         notes += draw_steps_plots(study, sweep, run_metrics, plots)
         if notes:
             (out / "report_notes.txt").write_text("\n".join(notes) + "\n")
-        mlc.log_artifacts(parent_id, tmp)
-        # The plots again as images on the run page, stepped by the number of finished trials: a resumed
-        # sweep's newer plots sit beside the older ones.
-        for png in sorted(plots.glob("*.png")):
-            log_png(mlc, parent_id, png, f"sweep/{png.stem}", step=len(finished))
+        mlc.log_artifacts(parent_id, tmp)  # stored once: a resumed sweep's report replaces the older one
     return notes
 
 

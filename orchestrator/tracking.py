@@ -25,6 +25,7 @@ from orchestrator import storage
 RUN_NAME_TAG = "imm.run_name"
 STORAGE_TAG = "imm.ray_storage"
 JOB_TAG = "imm.ray_job_id"  # the Ray job (`imm-orch submit`, `ray job submit`) whose driver ran the run
+CHECKPOINT_PATH_TAG = "imm.checkpoint_path"  # the final Ray checkpoint (full training state), while it is kept
 NODES_TAG = "imm.nodes"  # the Ray nodes the run's workers ran on, as IP/node-id prefix
 LOSS_KEY = "train/loss"  # reported at every report step: its history tells how far a run was logged
 MAX_METRICS_PER_BATCH = 1000
@@ -201,11 +202,23 @@ def close_run(mlflow_client, run_id: str, status: str) -> None:
     mlflow_client.set_terminated(run_id, status)
 
 
+TRAINING_STATE = ("optimizer", "scheduler")  # what only resuming needs: the Ray checkpoints keep it
+
+
 def log_checkpoint(mlflow_client, run_id: str, checkpoint, uri: str) -> None:
-    """The final Ray checkpoint's files as the run's `checkpoint/` artifact (it may live on S3: copy via Ray)."""
-    with checkpoint.as_directory() as d:
-        mlflow_client.log_artifacts(run_id, d, "checkpoint")
-    mlflow_client.set_tag(run_id, "imm.checkpoint_path", uri)
+    """The final Ray checkpoint as the run's `checkpoint/` artifact, without the optimizer's state (half the size
+    with Adam): sampling, evaluation and promotion need the weights, EMA and config only; resuming reads Ray's
+    checkpoints. `checkpoint` may live on S3 (Ray copies it here first)."""
+    import torch
+
+    from imm.train import CHECKPOINT_FILE
+
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="imm-final-") as out:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
+        torch.save({k: v for k, v in state.items() if k not in TRAINING_STATE}, Path(out) / CHECKPOINT_FILE)
+        del state
+        mlflow_client.log_artifacts(run_id, out, "checkpoint")
+    mlflow_client.set_tag(run_id, CHECKPOINT_PATH_TAG, uri)
 
 
 def add_nodes(mlflow_client, run_id: str, nodes: list[str]) -> None:
@@ -241,7 +254,7 @@ class RankZeroLogger:
     def __init__(self, tracking_uri: str, run_id: str, final_step: int | None = None):
         self.client = client(tracking_uri)
         self.run_id = run_id
-        self.final_step = final_step  # the last training step: its samples are also logged as `final/steps_K`
+        self.final_step = final_step  # the last training step: its samples are logged as `final/steps_K`
         self.logged_through = last_logged_step(self.client, run_id)
         self.pending: list = []
         self.eval_tags: dict[str, str] = {}
@@ -276,10 +289,8 @@ class RankZeroLogger:
             elif x.ndim == 2 and x.shape[-1] == 2:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 scatter_png(x, out, title=f"step {step}, {k} sampling step(s)")
-            if out.is_file():
-                self.images.append((f"samples/steps_{k}", step, out))
-                if step == self.final_step:  # a key with one step: the run page shows it without moving a slider
-                    self.images.append((f"final/steps_{k}", step, out))
+            if out.is_file():  # the last evaluation under a key of its own: the run page shows it without a slider
+                self.images.append((f"final/steps_{k}" if step == self.final_step else f"samples/steps_{k}", step, out))
 
     def commit(self) -> None:
         """Send what is held: call once the checkpoint at the newest held step is saved."""
@@ -288,13 +299,10 @@ class RankZeroLogger:
         if self.pending:
             self.logged_through = max(m.step for m in self.pending)
         self.pending = []
-        if any(self.plots.iterdir()):
-            for key, step, png in self.images:
-                log_png(self.client, self.run_id, png, key, step)
-            self.images = []
-            self.client.log_artifacts(self.run_id, str(self.plots), "samples")
-            shutil.rmtree(self.plots)
-            self.plots.mkdir()
+        for key, step, png in self.images:  # stored once, as MLflow images (it adds a small webp preview)
+            log_png(self.client, self.run_id, png, key, step)
+            png.unlink()
+        self.images = []
 
     def close(self) -> None:
         shutil.rmtree(self.plots, ignore_errors=True)

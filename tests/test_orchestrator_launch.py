@@ -32,7 +32,8 @@ def _artifacts(client, run_id, path=None):
     return out
 
 
-def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local, mlflow_uri, tiny_toy2d, capsys):
+def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local, mlflow_uri, tiny_toy2d, capsys,
+                                                                       tmp_path):
     argv = ["train", "toy2d", *tiny_toy2d, "--tracking-uri", mlflow_uri, "--experiment", "integration"]
     t0 = time.perf_counter()
     assert cli.main(argv) == 0
@@ -60,7 +61,13 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert run.info.artifact_uri.startswith(tracking.artifact_root(mlflow_uri))  # beside mlflow.db
     files = _artifacts(client, run_id)
     assert "config.yaml" in files and "checkpoint/checkpoint.pt" in files
-    assert {f"samples/step_{s:07d}/steps_{k}.png" for s in (20, 40) for k in (1, 2)} <= set(files)
+    # each evaluation's samples stored once, as step-keyed MLflow images (the last under a key of its own)
+    keyed = sorted(re.match(r"images/(.+)\+step\+(\d+)\+", f).groups() for f in files if f.endswith(".png"))
+    assert keyed == [("final~steps_1", "40"), ("final~steps_2", "40"), ("samples~steps_1", "20"),
+                     ("samples~steps_2", "20")]
+    assert not [f for f in files if f.startswith("samples/")]
+    final = torch.load(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(tmp_path)), weights_only=True)
+    assert final["step"] == 40 and {"model", "ema", "config"} <= set(final) and "optimizer" not in final
     ckpt_dir = run.data.tags["imm.checkpoint_path"]
     assert ckpt_dir.endswith("checkpoint_0000040") and os.path.isfile(os.path.join(ckpt_dir, "checkpoint.pt"))
     kept = sorted(d for d in os.listdir(os.path.dirname(ckpt_dir)) if re.fullmatch(r"checkpoint_\d+", d))

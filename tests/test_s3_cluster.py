@@ -40,10 +40,10 @@ def test_two_worker_run_keeps_everything_in_s3_and_its_model_is_promoted_and_sam
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: the server holds the S3 credentials
     art = keys(s3_env, "mlflow/")
     names = {k.split(f"/{run_id}/artifacts/", 1)[1] for k in art if f"/{run_id}/artifacts/" in k}
-    assert {"config.yaml", "checkpoint/checkpoint.pt", "samples/step_0000020/steps_1.png",
-            "samples/step_0000040/steps_2.png"} <= names
+    assert {"config.yaml", "checkpoint/checkpoint.pt"} <= names
+    assert any(n.startswith("images/final~steps_2+step+40+") for n in names)
     final = next(k for k in art if k.endswith(f"{run_id}/artifacts/checkpoint/checkpoint.pt"))
-    assert art[final] == ray_keys["ray/on-s3/checkpoint_0000040/checkpoint.pt"]
+    assert art[final] < 0.7 * ray_keys["ray/on-s3/checkpoint_0000040/checkpoint.pt"]  # without Adam's moments
 
     assert cli.main(["promote", "--run-id", run_id, "--metric", "energy/steps_1", "--model-name", "on-s3",
                      "--tracking-uri", mlflow_server]) == 0

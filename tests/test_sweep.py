@@ -22,6 +22,10 @@ TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=
         "train.checkpoint_every=20", "eval.every=20", "eval.n_samples=200", "eval.steps=[1,2]"]
 
 
+EIGHT_SETS = {"imm.group_size": {"choices": [4, 8]}, "imm.kernel": {"choices": ["laplace", "rbf"]},
+              "imm.k": {"low": 8, "high": 9}}
+
+
 def write_sweep(tmp_path: Path, **changes) -> Path:
     spec = {
         "name": "it",
@@ -85,6 +89,10 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
         for key, value in t.params.items():  # the swept params are the run's params
             assert run.data.params[key] == str(value)
         assert t.values == [run.data.metrics["energy/steps_1"]]
+        # a finished trial never runs again: its Ray checkpoints are gone, its final weights are in its run
+        assert not (tmp_path / "runs" / "ray" / t.user_attrs["run_name"]).exists()
+        assert "imm.checkpoint_path" not in run.data.tags
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
 
     best = min(children, key=lambda r: r.data.metrics["energy/steps_1"])
     assert study.best_trial.number == int(best.data.tags["imm.trial.number"])
@@ -116,57 +124,68 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
 
 def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_local, mlflow_uri, tmp_path, capsys,
                                                                         monkeypatch):
+    """Two SIGKILLs of the driver of an 8-trial sweep over 8 parameter sets, each followed by --resume: finished
+    trials are never run again, interrupted ones carry on in their own runs (no metric step twice), and no two
+    trials share a parameter set (issue 14, point 2: each resume replayed the sampler's first draws)."""
     import ray
 
     monkeypatch.setenv("IMM_SWEEP_LEASE_S", "5")  # the killed driver's lease: --resume waits for it to expire
-    path = write_sweep(tmp_path, max_concurrent=1)
-    log = tmp_path / "first.log"
+    path = write_sweep(tmp_path, trials=8, space=EIGHT_SETS, sampler={"name": "tpe", "seed": 3, "startup_trials": 2})
     cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--address",
            ray.get_runtime_context().gcs_address, "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if sum(t.state.name == "COMPLETE" for t in load_study(tmp_path).trials) >= 2:
-                    break
-            except (FileNotFoundError, KeyError):  # the orchestrator has not created the study yet
-                pass
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    first = log.read_text()
-    parent_id = re.search(r"MLflow parent run (\w+)", first).group(1)
-    # This driver prints its own job's worker logs: Ray Train's per-report INFO lines must not be among them.
-    noise = [ln for ln in first.splitlines() if "Reporting training result" in ln]
-    assert not noise, noise[:2]
-    before = {t.number: t for t in load_study(tmp_path).trials if t.state.name == "COMPLETE"}
-    assert len(before) == 2, first[-3000:]
     client = tracking.client(mlflow_uri)
+    logs, before = [], {}
+    for cycle, complete_at_kill in enumerate((2, 5)):
+        log = tmp_path / f"driver{cycle}.log"
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd + (["--resume"] if cycle else []), stdout=f, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 300
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if sum(t.state.name == "COMPLETE" for t in load_study(tmp_path).trials) >= complete_at_kill:
+                        break
+                except (FileNotFoundError, KeyError):  # the orchestrator has not created the study yet
+                    pass
+                time.sleep(0.5)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        logs.append(log.read_text())
+        if cycle:  # finished trials are not started again
+            assert f"trials: {len(before)} of 8 done" in logs[-1], logs[-1][-3000:]
+            for n in before:
+                assert not re.search(rf"^trial {n} (started|resumed)", logs[-1], re.M), logs[-1]
+        before = {t.number: t for t in load_study(tmp_path).trials if t.state.name == "COMPLETE"}
+        time.sleep(5)
+    parent_id = re.search(r"MLflow parent run (\w+)", logs[0]).group(1)
+    # This driver prints its own job's worker logs: Ray Train's per-report INFO lines must not be among them.
+    noise = [ln for log in logs for ln in log.splitlines() if "Reporting training result" in ln]
+    assert not noise, noise[:2]
+    assert len(before) >= 5, logs[-1][-3000:]
     ended = {n: client.get_run(t.user_attrs["mlflow_run_id"]).info.end_time for n, t in before.items()}
 
-    time.sleep(5)
     assert cli.main(["sweep", str(path), "--resume", "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]) == 0
     out = capsys.readouterr().out
-    assert "trials: 2 of 4 done" in out
-    for n in before:  # finished trials are not started again
+    assert f"trials: {len(before)} of 8 done" in out
+    for n in before:
         assert not re.search(rf"^trial {n} (started|resumed)", out, re.M), out
 
     study = load_study(tmp_path)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8  # every set once
     for n, t in before.items():
         assert study.trials[n].datetime_complete == t.datetime_complete and study.trials[n].values == t.values
         assert client.get_run(t.user_attrs["mlflow_run_id"]).info.end_time == ended[n]
     parents, children = sweep_runs(client, "sweep-kill")
     assert [p.info.run_id for p in parents] == [parent_id]  # the same parent run, finished now
     assert parents[0].info.status == "FINISHED"
-    assert sorted(int(c.data.tags["imm.trial.number"]) for c in children) == [0, 1, 2, 3]
-    for c in children:  # a trial interrupted by the kill resumed in its own run: no step logged twice
+    assert sorted(int(c.data.tags["imm.trial.number"]) for c in children) == list(range(8))
+    for c in children:  # a trial interrupted by a kill resumed in its own run: no step logged twice
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
         assert steps == sorted(set(steps)) == [10, 20, 30, 40], (c.data.tags["imm.trial.number"], steps)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweep import check_study, concurrency, open_study, redact, root_cause
+from orchestrator.sweep import ask_distinct, check_study, concurrency, open_study, redact, root_cause
 from orchestrator.sweep_config import sweep_from_dict
 
 TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "eval.every=20"]
@@ -92,11 +92,42 @@ def test_a_resumed_sweep_draws_new_parameters_instead_of_replaying_the_first(tmp
     for _ in range(3):  # a fresh sweep, then two resumes, each running two trials
         study = open_study(sweep, resume=bool(seen))
         for _ in range(2):
-            trial = study.ask()
-            seen.append(sweep.suggest(trial))
+            trial, params = ask_distinct(study, sweep)
+            seen.append(params)
             study.tell(trial, 1.0)
     lrs = [p["train.lr"] for p in seen]
     assert len(set(lrs)) == len(lrs), lrs
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "grid"])
+def test_no_parameter_set_runs_twice_and_a_used_up_space_ends_the_sweep(tmp_path, sampler):
+    """Issue 14, point 2: TPE repeats configurations on discrete spaces (M, kernel, k). Here M x weighting x k, with b
+    where weighting=sigmoid: 12 sets (16 for a grid, which has no conditions). Each runs once, across two resumes,
+    whatever the sampler proposes; one more ask finds the space used up. The enqueued trial runs first, as given."""
+    space = {"imm.group_size": {"choices": [4, 8]}, "imm.weighting": {"choices": ["sigmoid", "constant"]},
+             "imm.b": {"choices": [2.0, 5.0], "when": {"imm.weighting": "sigmoid"}},
+             "imm.k": {"low": 10, "high": 11}}
+    if sampler == "grid":
+        space["imm.b"].pop("when")
+    first = {"imm.group_size": 8, "imm.weighting": "sigmoid", "imm.b": 5.0, "imm.k": 10}
+    sweep = sweep_from_dict(spec(tmp_path, space=space, sampler={"name": sampler, "seed": 1, "startup_trials": 2},
+                                 enqueue=[first]))
+    points = sweep.points()
+    assert len(points) == (16 if sampler == "grid" else 12)
+    seen = []
+    for _ in range(3):  # a fresh sweep and two resumes
+        study = open_study(sweep, resume=bool(seen))
+        for _ in range(6):
+            asked = ask_distinct(study, sweep)
+            if asked is None:
+                break
+            trial, params = asked
+            seen.append(params)
+            study.tell(trial, float(params["imm.k"]) + params["imm.group_size"] / 10)  # low k, low M look best
+    assert seen[0] == first
+    assert len(seen) == len(points) and sorted(map(str, seen)) == sorted(map(str, points))
+    assert len(study.trials) == len(points)  # nothing asked and thrown away
+    assert ask_distinct(open_study(sweep, resume=True), sweep) is None
 
 
 def test_status_prints_trials_and_the_best(tmp_path, capsys):

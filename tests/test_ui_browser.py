@@ -56,7 +56,7 @@ def test_run_pages_show_samples_curves_config_and_sweep_plots(ray_local, mlflow_
     shots = os.environ.get("IMM_UI_SCREENSHOTS")
     pages = {}
     for name, run, tab in (("trial", trial, "model-metrics"), ("trial_overview", trial, ""),
-                           ("parent", parent, "model-metrics")):
+                           ("parent", parent, "artifacts/plots/history_energy_steps_1.png")):
         page = f"{url}/#/experiments/{exp}/runs/{run.info.run_id}" + (f"/{tab}" if tab else "")
         png = tmp_path / f"{name}.png"
         pages[name] = chromium(page, tmp_path, screenshot=png)
@@ -64,13 +64,16 @@ def test_run_pages_show_samples_curves_config_and_sweep_plots(ray_local, mlflow_
         if shots:
             os.makedirs(shots, exist_ok=True)
             shutil.copy(png, os.path.join(shots, png.name))
+            with open(os.path.join(shots, f"{name}.html"), "w") as f:
+                f.write(pages[name])
 
     metrics = pages["trial"]
     for k in (1, 2):  # the samples at each step count: the last evaluation's shown, every evaluation's on a slider
-        assert f"final/steps_{k}" in metrics and f"samples/steps_{k}" in metrics
+        assert f"final/steps_{k}" in metrics and f"samples/steps_{k}" in metrics  # each image stored once
         assert re.search(rf'<img [^>]*src="[^"]*images(/|%2F)final~steps_{k}', metrics)  # served from the artifacts
     assert "train/loss" in metrics and "energy/steps_1" in metrics  # the curves
     overview = pages["trial_overview"]
     assert "imm.group_size" in overview and "model.parameterization" in overview  # the config, as params
     plots = pages["parent"]
-    assert re.search(r'<img [^>]*src="[^"]*images(/|%2F)sweep~history_energy_steps_1', plots)
+    # the sweep's plots, stored once under plots/, open in the Artifacts tab
+    assert re.search(r'<img alt="plots/history_energy_steps_1.png" src="blob:', plots), plots[-3000:]

@@ -62,6 +62,39 @@ def s3_client():
     return boto3.client("s3", endpoint_url=s3_endpoint(), region_name=region(), config=config)
 
 
+PROBE_TIMEOUT_S = 4  # per connect and per read: a probe answers within 10 s
+
+
+def probe(uri: str, field: str, *, exists: bool = True) -> None:
+    """A cheap check that `uri` (s3://bucket[/key]) can be used, before any cluster starts: the endpoint answers,
+    the credentials are accepted, the bucket is there and, with `exists`, an object or prefix at the key. One
+    attempt with short timeouts; raises ValueError naming `field`, the URI and the endpoint."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split(uri)
+    endpoint = s3_endpoint() or "AWS S3"
+    config = Config(retries={"total_max_attempts": 1}, connect_timeout=PROBE_TIMEOUT_S, read_timeout=PROBE_TIMEOUT_S)
+    client = boto3.client("s3", endpoint_url=s3_endpoint(), region_name=region(), config=config)
+    try:
+        if key and exists:
+            found = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
+            if not found:
+                raise ValueError(f"{field}: nothing at {uri} (bucket {bucket!r} at {endpoint} has no such key or prefix)")
+        else:
+            client.head_bucket(Bucket=bucket)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        why = {"404": "no such bucket", "NoSuchBucket": "no such bucket", "403": "access denied: check the AWS "
+               "credentials of this machine", "AccessDenied": "access denied: check the AWS credentials of this "
+               "machine"}.get(code, str(e).splitlines()[0])
+        raise ValueError(f"{field}: {uri} cannot be used ({why}; endpoint {endpoint})") from None
+    except BotoCoreError as e:  # no answer, no credentials, a malformed endpoint
+        raise ValueError(f"{field}: {uri} cannot be reached ({e}); set AWS_ENDPOINT_URL_S3 to the S3 endpoint "
+                         "(unset for AWS) and the AWS credentials") from None
+
+
 class RetryingS3FileSystem(fs.S3FileSystem):
     """pyarrow's S3FileSystem with the AWS SDK's standard retries bounded by `max_attempts`, kept when pickled
     (pyarrow's own pickling drops the retry strategy, and Ray ships the filesystem to every worker)."""

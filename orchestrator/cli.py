@@ -282,7 +282,7 @@ def _tracking_only(parser: argparse.ArgumentParser) -> None:
 def prepare_train(args):
     """(plan, kill switch): the config loaded and validated, the run planned; no Ray yet."""
     from imm.config import load_config
-    from orchestrator import cluster, tracking
+    from orchestrator import cluster, storage, tracking
     from orchestrator.launch import plan_run
     from orchestrator.worker import KillSwitch
 
@@ -293,6 +293,8 @@ def prepare_train(args):
         cluster.check_local(plan.cfg)
     check_cluster_storage(plan.cfg, plan.tracking_uri)
     tracking.check_reachable(plan.tracking_uri)
+    if not args.dry_run:
+        storage.check_s3(plan.cfg)
     return plan, kill
 
 
@@ -340,7 +342,7 @@ def run_train(args, plan, kill, out=None) -> int:
 
 def prepare_sweep(args):
     """The sweep loaded and validated (the base config with the command's overrides); no Ray yet."""
-    from orchestrator import cluster, tracking
+    from orchestrator import cluster, storage, tracking
     from orchestrator.sweep import study_setting
     from orchestrator.sweep_config import load_sweep
 
@@ -356,6 +358,7 @@ def prepare_sweep(args):
     check_cluster_storage(sweep.base, uri, study_setting(sweep))
     if not args.dry_run:
         tracking.check_reachable(uri)
+        storage.check_s3(sweep.base)
         import optuna
 
         from orchestrator.sweep import check_study

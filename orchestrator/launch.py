@@ -136,25 +136,83 @@ class Interrupted(KeyboardInterrupt):
         self.step = step
 
 
-class ProgressPrinter:
-    """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics."""
+DEATH_ERRORS = ("WorkerHealthCheckFailedError", "ActorDiedError", "ActorUnavailableError", "RayActorError",
+                "NodeDiedError")  # Ray's errors for a worker process or node that is gone
 
-    def __init__(self, total_steps: int, stream=None):
+
+class RestartNotice:
+    """The one line a driver prints when Ray Train restarts a run's workers: which rank died, on which node, after
+    which step, the checkpoint it resumes from and the attempt, out of 1 + trainer.max_failures."""
+
+    def __init__(self, max_failures: int):
+        self.attempts = 1 + max_failures
+        self.attempt = 0
+        self.nodes: list[str] = []  # the current group's node per rank
+        self.failure: dict[int, str] = {}  # rank -> error, from the controller's failure callback
+        self.last_step: int | None = None
+
+    def __call__(self, item: dict) -> str | None:
+        """Feed a board item; the line to print, if any."""
+        event = item.get("event")
+        if event == "failed":
+            self.failure = {int(r): e for r, e in item["ranks"].items()}
+            return None
+        if event not in ("started", "resumed"):
+            self.last_step = int(item["step"]) if "step" in item else self.last_step
+            return None
+        self.attempt += 1
+        old_nodes, self.nodes = self.nodes, list(item.get("nodes", []))
+        failure, self.failure = self.failure, {}
+        where = "resumed from the checkpoint at step" if event == "resumed" else "started over from step"
+        if self.attempt == 1:
+            return f"resumed from the checkpoint at step {item['step']}" if event == "resumed" else None
+        # A dead worker fails its peers too (e.g. gloo's "Connection reset by peer"): name the dead ones if known.
+        dead = {r: e for r, e in failure.items() if e.startswith(DEATH_ERRORS)} or failure
+        died = "; ".join(f"rank {r}" + (f" on {old_nodes[r]}" if r < len(old_nodes) else "") + f" ({e})"
+                         for r, e in sorted(dead.items())) or "a worker died"
+        after = f" after step {self.last_step}" if self.last_step is not None else ""
+        return (f"workers restarted, attempt {self.attempt} of {self.attempts}: {died}{after}; "
+                f"{where} {item['step']}")
+
+
+def failure_callback(board):
+    """A Ray Train callback, run by the run's controller, that tells the board which ranks failed and why."""
+    from ray.train import UserCallback
+
+    class TellFailures(UserCallback):
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            ranks = {r: first_line(e) for r, e in worker_exceptions.items()}
+            try:
+                board.push.remote({"event": "failed", "ranks": ranks})
+            except Exception:  # progress is best effort
+                pass
+
+    return TellFailures()
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+class ProgressPrinter:
+    """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics; a line when the
+    workers restart."""
+
+    def __init__(self, total_steps: int, max_failures: int = 0, stream=None):
         self.total, self.stream = total_steps, stream or sys.stdout
         self.t0 = self.step0 = None
         self.first_item_at: float | None = None  # perf_counter of the first item: workers are up by then
         self.last_step: int | None = None
+        self.restarts = RestartNotice(max_failures)
 
     def __call__(self, item: dict) -> None:
-        event = item.get("event")
-        if event:  # a worker group started: the first, or one Ray restarted after a worker or node died
-            restart = self.first_item_at is not None
+        line = self.restarts(item)
+        if line:
+            print(line, file=self.stream, flush=True)
+        if item.get("event"):  # a worker group started (the first, or a restarted one), or one failed
             self.first_item_at = self.first_item_at or time.perf_counter()
             self.t0 = self.step0 = None
-            line = f"resumed from the checkpoint at step {item['step']}" if event == "resumed" else \
-                "started over from step 0 (no checkpoint was registered yet)" if restart else None
-            if line:
-                print(f"workers restarted after a failure: {line}" if restart else line, file=self.stream, flush=True)
             return
         self.first_item_at = self.first_item_at or time.perf_counter()
         step = self.last_step = int(item["step"])
@@ -233,6 +291,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
             storage_filesystem=plan.storage.filesystem(),
             checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.train.keep_checkpoints)),
             failure_config=FailureConfig(max_failures=int(cfg.trainer.max_failures)),
+            callbacks=[failure_callback(board)],
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from rank 0, once per report
             # Ray 2.60's structured worker logging prints every report at INFO whatever LoggingConfig says;
             # without it the workers log as plain Python (warnings and errors still reach the driver).
@@ -240,7 +299,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         ),
     )
     stop = threading.Event()
-    printer = ProgressPrinter(cfg.train.steps, stream)
+    printer = ProgressPrinter(cfg.train.steps, int(cfg.trainer.max_failures), stream)
     pump = threading.Thread(target=_pump, args=(board, printer, stop), daemon=True) if own_board else None
     if pump:
         pump.start()

@@ -70,6 +70,27 @@ def ray_storage(cfg) -> RayStorage:
     raise ConfigError(f"storage.ray_storage: scheme {parsed.scheme!r} is not supported; use a folder or s3://bucket/prefix")
 
 
+def check_s3(cfg) -> None:
+    """Every s3:// place the run reads or writes answers, before Ray starts: the endpoint, the credentials, the
+    buckets, and the objects it reads (one short probe each, imm.remote.probe)."""
+    import os
+
+    from imm.remote import probe
+    from orchestrator.tracking import ARTIFACTS_ENV
+
+    data = cfg.data.name.partition(":")[2]
+    weights = cfg.eval.inception_weights if cfg.eval.features in ("auto", "inception") else None
+    places = [("data.name", data, True), ("eval.inception_weights", weights or "", True),
+              ("storage.ray_storage", cfg.storage.ray_storage or "", False),
+              (f"${ARTIFACTS_ENV}", os.environ.get(ARTIFACTS_ENV, ""), False)]
+    for field, uri, exists in places:
+        if uri.startswith("s3://"):
+            try:
+                probe(uri, field, exists=exists)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
 # --- a cluster: stores every node (and later commands) reach ------------------------------------------------
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")

@@ -33,7 +33,7 @@ from imm.config import ConfigError, to_yaml
 from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import storage, tracking
 from orchestrator.cluster import driver_node_affinity, job_id, trial_env
-from orchestrator.launch import RunPlan, launch, new_board, open_tracked_run, plan_run
+from orchestrator.launch import RestartNotice, RunPlan, launch, new_board, open_tracked_run, plan_run
 from orchestrator.lease import Lease, refuse_if_held
 from orchestrator.sweep_config import Sweep
 
@@ -261,6 +261,7 @@ class TrialRun:
     ref: Any = None
     started: float = field(default_factory=time.perf_counter)
     last_step: int = 0
+    restarts: RestartNotice | None = None
 
 
 def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> float:
@@ -437,7 +438,8 @@ class SweepRunner:
         board = new_board()
         task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
                           scheduling_strategy=driver_node_affinity())(run_trial)
-        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board)
+        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=board,
+                      restarts=RestartNotice(int(cfg.trainer.max_failures)))
         tr.ref = task.remote(plan, self.ray_address, run_id, board)
         self.say(f"trial {number} {verb}: {label}  (run {plan.name})")
         return tr
@@ -452,6 +454,9 @@ class SweepRunner:
             return False
         metric = self.sweep.metrics[0]
         for item in items:
+            line = tr.restarts(item)
+            if line:
+                self.say(f"trial {tr.number}: {line}")
             if item.get("event") or metric not in item:
                 continue
             step, value = int(item["step"]), float(item[metric])

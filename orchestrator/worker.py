@@ -83,13 +83,13 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(d)
-    if rank == 0 and progress is not None:  # the driver tells a restart by a second such event
-        _push(progress, {"event": "resumed", "step": int(resume["step"])} if resume else {"event": "started", "step": 0})
-
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
     nodes = _gather_nodes(world_size)
     if logger is not None:
         add_nodes(logger.client, config["run_id"], nodes)
+    if rank == 0 and progress is not None:  # the driver tells a restart by a second such event
+        event = "resumed" if resume else "started"
+        _push(progress, {"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         step = int(metrics["step"])

@@ -294,7 +294,22 @@ def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from the checkpoint at step" in done.stdout
-    assert mlc.get_run(run.info.run_id).info.status == "FINISHED"
+    finished = mlc.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED"
+    # Issue 14, point 6: the interrupted run ends as an uninterrupted one does (here: trained in this process)
+    import torch
+
+    from imm.config import load_config
+    from imm.train import train_loop
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray worker (1 CPU)
+    try:
+        straight = train_loop(load_config("toy2d", argv[3:argv.index("--name")]), device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    quality = {k: v for k, v in finished.data.metrics.items() if k.startswith("energy/")}
+    assert len(quality) == 2 and quality == pytest.approx({k: straight[k] for k in quality}, rel=1e-5)
 
 
 def test_a_job_on_nodes_sharing_a_temp_dir_stops_with_the_reason(cluster, mlflow_server):

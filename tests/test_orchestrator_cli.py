@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from orchestrator import cli
+from imm.config import load_config
+from orchestrator import cli, storage, tracking
 
 
 def test_train_help_shows_examples(capsys):
@@ -95,27 +96,33 @@ def test_console_script_user_error_is_one_line_and_debug_shows_traceback(tmp_pat
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
 
-def test_progress_line_shows_step_loss_throughput_eta_and_quality():
+def test_progress_line_shows_step_loss_throughput_eta_quality_and_restarts():
     import io
 
     from orchestrator.launch import ProgressPrinter
 
     out = io.StringIO()
-    printer = ProgressPrinter(100, out)
+    printer = ProgressPrinter(100, max_failures=2, stream=out)
     base = {"train/loss": 0.25, "train/lr": 1e-3, "throughput/samples_per_s": 12345.6}
-    printer({"event": "started", "step": 0})  # the first worker group: nothing to say
+    printer({"event": "started", "step": 0, "nodes": ["10.0.0.1/aa", "10.0.0.2/bb"]})  # the first group: nothing to say
     printer({**base, "step": 10, "time": 1000.0})
     printer({**base, "step": 20, "time": 1010.0, "energy/steps_1": 0.123})  # 1 step/s: 80 s to go
-    printer({"event": "resumed", "step": 20})  # Ray restarted the workers
-    printer({"event": "started", "step": 0})  # ... and again, before any checkpoint was registered
+    printer({**base, "step": 30, "time": 1020.0})
+    # Issue 14, point 5: a restart printed Ray's tracebacks but no line saying what happened.
+    printer({"event": "failed", "ranks": {0: "RuntimeError: [gloo] Connection reset by peer",  # from the controller:
+                                          1: "ActorDiedError: The actor died unexpectedly"}})  # the dead one is named
+    printer({"event": "resumed", "step": 20, "nodes": ["10.0.0.1/aa", "10.0.0.3/cc"]})  # Ray restarted the workers
+    printer({"event": "started", "step": 0})  # ... and again, with no failure told (nor a checkpoint registered)
     assert out.getvalue().splitlines() == [
         "step 10/100  loss 0.25  12,346 samples/s  ETA --:--:--",
         "step 20/100  loss 0.25  12,346 samples/s  ETA 00:01:20  energy/steps_1=0.123",
-        "workers restarted after a failure: resumed from the checkpoint at step 20",
-        "workers restarted after a failure: started over from step 0 (no checkpoint was registered yet)",
+        "step 30/100  loss 0.25  12,346 samples/s  ETA 00:01:10",
+        "workers restarted, attempt 2 of 3: rank 1 on 10.0.0.2/bb (ActorDiedError: The actor died unexpectedly) "
+        "after step 30; resumed from the checkpoint at step 20",
+        "workers restarted, attempt 3 of 3: a worker died after step 30; started over from step 0",
     ]
     relaunched = io.StringIO()
-    ProgressPrinter(100, relaunched)({"event": "resumed", "step": 40})  # a relaunched run's first worker group
+    ProgressPrinter(100, stream=relaunched)({"event": "resumed", "step": 40})  # a relaunched run's first worker group
     assert relaunched.getvalue() == "resumed from the checkpoint at step 40\n"
 
 
@@ -157,6 +164,36 @@ def test_a_missing_or_malformed_data_set_is_one_line_before_ray_starts(tmp_path,
             err = capsys.readouterr().err
             assert err.startswith("imm-orch: error: data.name: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_s3_places_are_probed_before_ray_starts(s3_env, tmp_path, capsys, monkeypatch, no_ray):
+    """Issue 14, point 4: the S3 endpoint, buckets and objects a run uses are checked in one line, within 10 s,
+    before Ray starts and before any MLflow run (the real S3 server of the session; a port where none listens)."""
+    s3_env.create_bucket(Bucket="probed")
+    s3_env.put_object(Bucket="probed", Key="data/points.npy", Body=b"")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cases = [
+        (["storage.ray_storage=s3://no-such-bucket/ray"], "storage.ray_storage: s3://no-such-bucket/ray cannot be used "
+         "(no such bucket; endpoint http://127.0.0.1:"),
+        (["data.name=npy:s3://probed/data/missing.npy"], "data.name: nothing at s3://probed/data/missing.npy"),
+        (["eval.features=inception", "eval.inception_weights=s3://probed/pt_inception.pth"],
+         "eval.inception_weights: nothing at s3://probed/pt_inception.pth"),
+    ]
+    for overrides, message in cases:
+        for argv in (["train", "toy2d"], ["sweep", "sweeps/toy2d_smoke.yaml"]):
+            assert cli.main([*argv, *overrides, "--tracking-uri", uri]) == 2, (overrides, argv)
+            err = capsys.readouterr().err
+            assert err.startswith(f"imm-orch: error: {message}") and err.count("\n") == 1, err
+    for ok in (["storage.ray_storage=s3://probed/ray"], ["data.name=npy:s3://probed/data/points.npy"]):
+        storage.check_s3(load_config("toy2d", ok))  # these are there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    t0 = time.perf_counter()
+    assert cli.main(["train", "toy2d", "storage.ray_storage=s3://probed/ray", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imm-orch: error: storage.ray_storage: s3://probed/ray cannot be reached (") and \
+        "AWS_ENDPOINT_URL_S3" in err and err.count("\n") == 1, err
+    assert time.perf_counter() - t0 < 10
+    assert not tracking.client(uri).search_experiments(filter_string="name = 'imm'")  # no run, no experiment
 
 
 def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):

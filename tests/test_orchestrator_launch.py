@@ -95,7 +95,9 @@ def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_lo
     killed_pid = int(marker.read_text().split()[4])
     with pytest.raises(ProcessLookupError):
         os.kill(killed_pid, 0)
-    assert "resumed from the checkpoint at step 20" in out
+    # one line says what happened (issue 14, point 5): the rank, its node, the step, the checkpoint, the attempt
+    assert re.search(r"^workers restarted, attempt 2 of 2: rank 1 on [\d.]+/\w+ \(\w+Error: .+\) after step 30; "
+                     r"resumed from the checkpoint at step 20$", out, re.M), out
 
     client = tracking.client(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("fault").experiment_id])

@@ -124,9 +124,9 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
 
 def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_local, mlflow_uri, tmp_path, capsys,
                                                                         monkeypatch):
-    """Two SIGKILLs of the driver of an 8-trial sweep over 8 parameter sets, each followed by --resume: finished
-    trials are never run again, interrupted ones carry on in their own runs (no metric step twice), and no two
-    trials share a parameter set (issue 14, point 2: each resume replayed the sampler's first draws)."""
+    """A SIGKILL and a Ctrl-C of the driver of an 8-trial sweep over 8 parameter sets, each followed by --resume:
+    finished trials are never run again, interrupted ones carry on in their own runs (no metric step twice), and
+    no two trials share a parameter set (issue 14, point 2: each resume replayed the sampler's first draws)."""
     import ray
 
     monkeypatch.setenv("IMM_SWEEP_LEASE_S", "5")  # the killed driver's lease: --resume waits for it to expire
@@ -135,7 +135,8 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
            ray.get_runtime_context().gcs_address, "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]
     client = tracking.client(mlflow_uri)
     logs, before = [], {}
-    for cycle, complete_at_kill in enumerate((2, 5)):
+    # a SIGKILL (nothing closes anything), then a Ctrl-C (issue 14, point 5: interrupted trials kept `running`)
+    for cycle, (complete_at_kill, sig) in enumerate(((2, signal.SIGKILL), (5, signal.SIGINT))):
         log = tmp_path / f"driver{cycle}.log"
         with log.open("w") as f:
             proc = subprocess.Popen(cmd + (["--resume"] if cycle else []), stdout=f, stderr=subprocess.STDOUT,
@@ -150,12 +151,21 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
                     pass
                 time.sleep(0.5)
             assert proc.poll() is None, log.read_text()[-3000:]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+            running = {t.user_attrs["mlflow_run_id"] for t in load_study(tmp_path).trials
+                       if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs}
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
         logs.append(log.read_text())
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, logs[-1][-3000:]
+            assert "imm-orch: interrupted (rerun with --resume to continue)" in logs[-1]
+            assert running, "no trial was running at the Ctrl-C"
+            for run_id in running:
+                run = client.get_run(run_id)
+                assert (run.info.status, run.data.tags["imm.trial.state"]) == ("KILLED", "interrupted")
         if cycle:  # finished trials are not started again
             assert f"trials: {len(before)} of 8 done" in logs[-1], logs[-1][-3000:]
             for n in before:

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator import terminal
+
 TRAIN_EXAMPLES = """\
 examples:
   imm-orch train toy2d                                   # embedded local Ray, MLflow in ./imm-runs/
@@ -117,7 +119,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: start a local Ray)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage.root>/mlflow.db)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _output_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage", default=None,
                         help="the study storage (default: the file's, else $IMM_OPTUNA_STORAGE, "
                              "else journal:./imm-runs/optuna.journal)")
-    status.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _output_flags(status)
 
     promote = sub.add_parser(
         "promote",
@@ -273,10 +275,16 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and MLflow's own log lines here (default: in <storage.root>/logs/)")
+
+
 def _tracking_only(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./imm-runs/mlflow.db)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _output_flags(parser)
 
 
 def prepare_train(args):
@@ -312,7 +320,7 @@ def check_cluster_storage(cfg, tracking_uri: str, study: str | None = None, node
 
 
 def run_train(args, plan, kill, out=None) -> int:
-    out = out or sys.stdout
+    out = out or terminal.out()
     from imm.config import to_yaml
     from imm.evaluate import QUALITY_PREFIXES
     from orchestrator import cluster
@@ -369,7 +377,7 @@ def prepare_sweep(args):
 
 
 def run_sweep(args, sweep, out=None) -> int:
-    out = out or sys.stdout
+    out = out or terminal.out()
     from imm.config import to_yaml
     from orchestrator import cluster, tracking
     from orchestrator.sweep import SweepRunner, redact, storage_url, study_setting, trial_resources
@@ -400,7 +408,7 @@ def run_sweep(args, sweep, out=None) -> int:
     print(f"mlflow parent run id: {result.parent_run_id}", file=out, flush=True)
     if not result.counts.get("complete") and not result.counts.get("pruned"):
         print(f"imm-orch: no trial of sweep {sweep.name!r} completed (imm-orch status {sweep.name} says why)",
-              file=sys.stderr)
+              file=terminal.err())
         return 1
     return 0
 
@@ -412,7 +420,7 @@ def run_status(args, out=None) -> int:
     from orchestrator.sweep_config import load_sweep
     from orchestrator.sweep_report import format_status
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     if args.sweep.endswith((".yaml", ".yml")):
         sweep = load_sweep(args.sweep)
         name, url = sweep.name, args.storage or storage_url(sweep)
@@ -439,7 +447,7 @@ def run_promote(args, out=None) -> int:
     from orchestrator import tracking
     from orchestrator.promote import promote
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     uri = tracking.default_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
     p = promote(uri, metric=args.metric, run_id=args.run_id, sweep=args.sweep, mode=args.mode, alias=args.alias,
@@ -456,7 +464,7 @@ def run_sample(args, out=None) -> int:
     from imm.sample import save_samples
     from orchestrator.models import load_model
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     if Path(args.out).suffix not in (".npy", ".png"):
         raise ValueError(f"--out: unknown extension {Path(args.out).suffix!r}; use .npy or .png")
     _check_model_store(args)
@@ -478,7 +486,7 @@ def _check_model_store(args) -> None:
 def run_eval(args, out=None) -> int:
     from orchestrator.evaluation import evaluate_model
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     _check_model_store(args)
     steps, overrides = [], list(args.overrides)
     for part in ",".join(args.steps).split(","):  # `--steps 1 2 key=value`: argparse hands the override to --steps
@@ -525,12 +533,12 @@ def run_ui(args, out=None) -> int:
     import signal
     import subprocess
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     cmd = ui_command(args)
     print(f"MLflow UI: http://{args.host}:{args.port}  (store {cmd[cmd.index('--backend-store-uri') + 1]}; "
           "Ctrl-C stops it)", file=out, flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=sys.stderr)
+        print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=terminal.err())
     server = subprocess.Popen(cmd)
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # stopping `imm-orch ui` stops the server
     try:
@@ -542,7 +550,7 @@ def run_ui(args, out=None) -> int:
 def run_submit(args, out=None) -> int:
     from orchestrator import submit
 
-    out = out or sys.stdout
+    out = out or terminal.out()
     if not args.cluster:
         raise ValueError("--cluster: the Ray dashboard to submit to, e.g. --cluster http://HEAD:8265")
     job = submit.plan_submission(args)
@@ -554,7 +562,7 @@ def run_submit(args, out=None) -> int:
         return submit.follow(client, job_id, out)
     except KeyboardInterrupt:
         print(f"imm-orch: stopped following; the job goes on (ray job stop --address {args.cluster} {job_id} stops it)",
-              file=sys.stderr)
+              file=terminal.err())
         return 130
 
 
@@ -573,7 +581,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The command, printing through sys.stdout/sys.stderr (as tests and library callers see it)."""
+    return dispatch(parse_args(argv))
+
+
+def entry() -> int:
+    """The `imm-orch` program: the command with Ray's and MLflow's own output in a log file (`--verbose`: here)."""
+    args = parse_args(sys.argv[1:])  # --help and usage errors reach the terminal
+    if args.verbose:
+        return dispatch(args)
+    log = log_file(args)
+    with terminal.quiet(log):
+        if args.command in ("train", "sweep") and not getattr(args, "dry_run", False):
+            print(f"log: {log} (Ray's and MLflow's own messages; --verbose shows them here)", file=terminal.out())
+        try:
+            code = dispatch(args)
+        except Exception as e:  # not one of ours: the traceback goes to the log, one line here
+            import traceback
+
+            traceback.print_exc()
+            if args.debug:
+                traceback.print_exc(file=terminal.err())
+            print(f"imm-orch: unexpected error: {type(e).__name__}: {str(e).strip()[:300]} (traceback in {log})",
+                  file=terminal.err())
+            code = 1
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+    elif args.command not in ("train", "sweep"):
+        print(f"imm-orch: Ray's and MLflow's messages are in {log}", file=terminal.err())
+    return code
+
+
+def log_file(args) -> Path:
+    """`<storage.root>/logs/imm-orch-COMMAND-TIME-PID.log`: the run's or sweep's storage.root, else the default."""
+    from imm.config import StorageConfig, load_config
+    from orchestrator.sweep_config import load_sweep
+
+    root = StorageConfig.root
+    try:
+        if args.command == "sweep":
+            root = load_sweep(args.sweep, base_overrides=args.overrides).base.storage.root
+        elif args.command == "train":
+            root = load_config(args.config, args.overrides).storage.root
+    except Exception:  # the command itself reports the mistake, on the terminal
+        pass
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root).expanduser().resolve() / "logs" / f"imm-orch-{args.command}-{stamp}-{os.getpid()}.log"
+
+
+def dispatch(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars for each model download
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at" after each run we print
     from imm.config import ConfigError
@@ -605,12 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         return run()
     except KeyboardInterrupt as e:
         at = f" at step {e.step}" if getattr(e, "step", None) is not None else ""
-        print(f"imm-orch: interrupted{at} ({resume_hint})", file=sys.stderr)
+        print(f"imm-orch: interrupted{at} ({resume_hint})", file=terminal.err())
         return 130
     except SystemExit as e:  # Ray's driver turns SIGTERM (`ray job stop`, a node shutting down) into exit(15)
         if e.code != 15:
             raise
-        print(f"imm-orch: stopped by SIGTERM ({resume_hint})", file=sys.stderr)
+        print(f"imm-orch: stopped by SIGTERM ({resume_hint})", file=terminal.err())
         return 143
     except (ConfigError, ConnectionError) as e:
         return _user_error(e, args.debug)
@@ -618,19 +674,19 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.sweep import SweepFailed
 
         if isinstance(e, SweepFailed) and not args.debug:
-            print(f"imm-orch: sweep stopped: {e} (fix it, then rerun with --resume)", file=sys.stderr)
+            print(f"imm-orch: sweep stopped: {e} (fix it, then rerun with --resume)", file=terminal.err())
             return 1
         if args.debug or not _is_training_failure(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"imm-orch: training failed: {first} ({resume_hint}; --debug for details)", file=sys.stderr)
+        print(f"imm-orch: training failed: {first} ({resume_hint}; --debug for details)", file=terminal.err())
         return 1
 
 
 def _user_error(e: Exception, debug: bool) -> int:
     if debug:
         raise e
-    print(f"imm-orch: error: {e}", file=sys.stderr)
+    print(f"imm-orch: error: {e}", file=terminal.err())
     return 2
 
 
@@ -643,4 +699,4 @@ def _is_training_failure(e: Exception) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from imm.config import ConfigError
+from orchestrator import terminal
 
 
 def check_local(cfg) -> None:
@@ -145,7 +145,8 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
         # Inside a job the job's own runtime env (its working dir) already carries the code.
         runtime_env = None if in_job() else {"py_modules": _code_modules()}
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=_worker_logs())
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=_worker_logs(),
+                     log_to_driver=not terminal.is_quiet())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from e
         if in_job() and (clash := nodes_sharing_a_temp_dir()):
@@ -156,11 +157,12 @@ def connect(address: str | None = None, *, num_workers: int = 1, stream=None) ->
         # address="local": a Ray of our own even when `ray start` runs a cluster on this machine (ray.init() would
         # join that one, and refuse num_cpus). The dashboard also serves the state API that Ray Train's
         # placement-group cleaner polls.
+        # Quiet (`imm-orch` without --verbose): the workers' output stays in Ray's session logs, not on this terminal.
         ctx = ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_workers), logging_level=logging.WARNING,
-                       logging_config=_worker_logs())
+                       logging_config=_worker_logs(), log_to_driver=not terminal.is_quiet())
         description = f"embedded ({ray.get_runtime_context().gcs_address})"
         if ctx.dashboard_url:
-            print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream or sys.stdout, flush=True)
+            print(f"ray dashboard: http://{ctx.dashboard_url}", file=stream or terminal.out(), flush=True)
     try:
         yield description
     finally:

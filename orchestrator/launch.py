@@ -13,7 +13,6 @@ import hashlib
 import math
 import os
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
+from imm.evaluate import QUALITY_PREFIXES
 from imm.train import progress_line
-from orchestrator import storage, tracking
+from orchestrator import storage, terminal, tracking
 from orchestrator.worker import KillSwitch, train_worker, worker_config
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in current Ray; older 2.x need the flag
@@ -196,23 +196,26 @@ def first_line(e: BaseException) -> str:
 
 
 class ProgressPrinter:
-    """One line per rank-0 report on the driver: step, loss, samples/s, ETA, and quality metrics; a line when the
-    workers restart."""
+    """A run's progress on the driver: on a terminal a bar (step, loss, samples/s, ETA) with a line per
+    evaluation; elsewhere one line per rank-0 report. A line when the workers restart."""
 
     def __init__(self, total_steps: int, max_failures: int = 0, stream=None):
-        self.total, self.stream = total_steps, stream or sys.stdout
+        self.total, self.stream = total_steps, stream or terminal.out()
         self.t0 = self.step0 = None
         self.first_item_at: float | None = None  # perf_counter of the first item: workers are up by then
         self.last_step: int | None = None
         self.restarts = RestartNotice(max_failures)
+        self.bar = None
 
     def __call__(self, item: dict) -> None:
         line = self.restarts(item)
         if line:
-            print(line, file=self.stream, flush=True)
+            terminal.say(line, self.stream)
         if item.get("event"):  # a worker group started (the first, or a restarted one), or one failed
             self.first_item_at = self.first_item_at or time.perf_counter()
             self.t0 = self.step0 = None
+            if item["event"] != "failed" and self.bar is None:
+                self.bar = terminal.bar(self.total, "train", "step", self.stream, initial=int(item["step"]))
             return
         self.first_item_at = self.first_item_at or time.perf_counter()
         step = self.last_step = int(item["step"])
@@ -221,7 +224,18 @@ class ProgressPrinter:
             self.t0, self.step0 = now, step
         rate = (step - self.step0) / (now - self.t0) if now > self.t0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else math.nan
-        print(progress_line(item, self.total, eta), file=self.stream, flush=True)
+        if self.bar is None:
+            terminal.say(progress_line(item, self.total, eta), self.stream)
+            return
+        self.bar.n = step
+        self.bar.set_postfix_str(f"loss {item['train/loss']:.4g}, {item['throughput/samples_per_s']:,.0f} samples/s")
+        if any(k.startswith(QUALITY_PREFIXES) for k in item):
+            terminal.say(progress_line(item, self.total, eta), self.stream)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def new_board():
@@ -267,7 +281,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    stream = stream or sys.stdout
+    stream = stream or terminal.out()
 
     cfg = plan.cfg
     mlc = tracking.client(plan.tracking_uri)
@@ -323,6 +337,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         if pump:
             pump.join()
             ray.kill(board)
+        printer.close()
         tracking.close_run(mlc, run_id, status)
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),

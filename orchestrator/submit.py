@@ -13,13 +13,13 @@ import os
 import secrets
 import shlex
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from imm.config import ConfigError
+from orchestrator import terminal
 
 # Never shipped to the cluster: local results, data and weights (Ray excludes .git and .venv itself and honours
 # .gitignore).
@@ -162,7 +162,7 @@ def _token_mode() -> None:
 
 
 def submit(client, sub: Submission, out=None) -> str:
-    out = out or sys.stdout
+    out = out or terminal.out()
     from ray.exceptions import AuthenticationError
 
     try:
@@ -187,7 +187,7 @@ def follow(client, job_id: str, out=None) -> int:
     """Stream the driver's output until the job ends; its exit code (0 when it SUCCEEDED, 130 when STOPPED)."""
     import asyncio
 
-    out = out or sys.stdout
+    out = out or terminal.out()
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):

@@ -21,7 +21,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 import uuid
 import warnings
@@ -31,7 +30,7 @@ from typing import Any
 
 from imm.config import ConfigError, to_yaml
 from imm.evaluate import QUALITY_PREFIXES
-from orchestrator import storage, tracking
+from orchestrator import storage, terminal, tracking
 from orchestrator.cluster import driver_node_affinity, job_id, trial_env
 from orchestrator.launch import RestartNotice, RunPlan, launch, new_board, open_tracked_run, plan_run
 from orchestrator.lease import Lease, refuse_if_held
@@ -286,7 +285,7 @@ class SweepRunner:
     def __init__(self, sweep: Sweep, *, ray_address: str, tracking_uri: str | None, experiment: str | None,
                  resume: bool, trials: int | None, stream=None):
         self.sweep, self.ray_address, self.resume = sweep, ray_address, resume
-        self.stream = stream or sys.stdout
+        self.stream = stream or terminal.out()
         self.trials = trials or int(sweep.spec.trials)
         points = sweep.points()  # a trial never repeats another's parameter set (ask_distinct)
         if points is not None and len(points) < self.trials:
@@ -296,9 +295,25 @@ class SweepRunner:
         self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
         self.experiment = experiment or sweep.spec.experiment
         self.fit_s: dict[int, float] = {}
+        self.bar, self._tally = None, []
 
     def say(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        terminal.say(line, self.stream)
+
+    def _progress(self, running: list[TrialRun], changed: bool = True) -> None:
+        """The sweep's bar (on a terminal): trials finished, the running ones' steps, pruned, failed, the best.
+        The study is read only when a trial `changed` state."""
+        if self.bar is None:
+            return
+        if changed:
+            counts = trial_counts(self.study)
+            self.bar.n = sum(counts.get(k, 0) for k in ("complete", "pruned", "fail"))
+            self._tally = [f"{counts[k]} {name}" for k, name in (("pruned", "pruned"), ("fail", "failed")) if counts.get(k)]
+            best = best_trials(self.study)
+            if len(best) == 1:
+                self._tally.append(f"best {self.sweep.metrics[0]}={best[0]['values'][0]:.4g} (trial {best[0]['number']})")
+        steps = ", ".join(f"t{tr.number} {tr.last_step}/{tr.plan.cfg.train.steps}" for tr in running)
+        self.bar.set_postfix_str(", ".join([f"running {steps}" if running else "none running", *self._tally]))
 
     def run(self) -> SweepResult:
         import optuna
@@ -313,6 +328,8 @@ class SweepRunner:
             return self._run(url, t0)
         finally:
             self.lease.release()
+            if self.bar is not None:
+                self.bar.close()
 
     def _run(self, url: str, t0: float) -> SweepResult:
         import optuna
@@ -331,6 +348,7 @@ class SweepRunner:
                  + f"; {why}")
         running: dict[Any, TrialRun] = {}
         pending = list(adopted)
+        self.bar = terminal.bar(self.trials, f"sweep {self.sweep.name}", "trial", self.stream, initial=len(done))
         try:
             while True:
                 while len(running) < n and not self.used_up and len(self._finished()) + len(running) < self.trials:
@@ -338,15 +356,19 @@ class SweepRunner:
                     if tr is not None:
                         running[tr.ref] = tr
                     self._fail_fast()
+                    self._progress(list(running.values()))
                 if not running:
                     break
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 for tr in list(running.values()):
                     if tr.ref not in ready and self._poll(tr):
                         del running[tr.ref]
+                        self._progress(list(running.values()))
                 for ref in ready:
                     self._finish(running.pop(ref))
                     self._fail_fast()
+                    self._progress(list(running.values()))
+                self._progress(list(running.values()), changed=False)  # the running trials' steps, the time
         except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
             self._abandon(list(running.values()), e)
             raise
@@ -461,8 +483,10 @@ class SweepRunner:
                 continue
             step, value = int(item["step"]), float(item[metric])
             tr.last_step = max(tr.last_step, step)
-            quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(QUALITY_PREFIXES))
-            self.say(f"trial {tr.number} step {step}/{tr.plan.cfg.train.steps}  loss {item['train/loss']:.4g}  {quality}")
+            if self.bar is None:  # on a terminal the bar shows progress; elsewhere (CI, job logs) a line per report
+                quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(QUALITY_PREFIXES))
+                self.say(f"trial {tr.number} step {step}/{tr.plan.cfg.train.steps}  loss {item['train/loss']:.4g}  "
+                         f"{quality}")
             if len(self.sweep.metrics) > 1 or not math.isfinite(value):
                 continue
             tr.trial.report(value, step)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
-from orchestrator import storage
+from orchestrator import storage, terminal
 
 RUN_NAME_TAG = "imm.run_name"
 STORAGE_TAG = "imm.ray_storage"
@@ -189,7 +188,7 @@ def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], 
         mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     changed = sorted(k for k in params if k in old_params and old_params[k] != params[k])
     if changed:
-        print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream or sys.stderr)
+        print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream or terminal.err())
     new = [Param(k, v) for k, v in params.items() if k not in old_params]
     for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
         mlflow_client.log_batch(run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])

@@ -144,7 +144,7 @@ def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(
     assert len(nodes) == 2, nodes  # one CPU per node: the two trials ran side by side, one on each node
     for r in trials:
         name = r.data.tags[tracking.RUN_NAME_TAG]
-        assert f"ray/{name}/checkpoint_0000040/checkpoint.pt" in s3_keys(f"ray/{name}/")
+        assert not s3_keys(f"ray/{name}/")  # a finished trial's Ray checkpoints are deleted on S3 too
         assert any(k.endswith(f"{r.info.run_id}/artifacts/checkpoint/checkpoint.pt") for k in s3_keys("mlflow/"))
     assert first_trial > 0
 

@@ -315,3 +315,27 @@ def test_one_driver_per_sweep_and_a_dead_drivers_lease_expires(ray_local, mlflow
     for c in children:
         steps = [m.step for m in tracking.client(mlflow_uri).get_metric_history(c.info.run_id, "train/loss")]
         assert steps == sorted(set(steps)) == [10, 20, 30, 40], steps
+
+
+def test_the_terminal_shows_progress_and_results_and_the_log_file_rays_own_lines(mlflow_uri, tmp_path):
+    """Issue 15: between the progress lines, `make demo` printed Ray's own errors and warnings (core_worker.cc,
+    placement_group_cleaner, the raylet, token authentication) that a new user reads as failures. `imm-orch` (the
+    console script) keeps them in a log file under the storage root and prints its path once."""
+    from tests.servers import BIN
+
+    path = write_sweep(tmp_path, trials=2, space={"imm.group_size": {"choices": [4, 8]}}, sampler={"name": "grid"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
+    proc = subprocess.run([str(BIN / "imm-orch"), "sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment",
+                           "quiet"], capture_output=True, text=True, env=env, timeout=600)
+    shown = proc.stdout + proc.stderr
+    assert proc.returncode == 0, shown[-3000:]
+    log = Path(re.search(r"^log: (\S+) \(Ray's and MLflow's own messages", proc.stdout, re.M).group(1))
+    assert log.parent == tmp_path / "runs" / "logs"
+    for line in ("trial 0 started: imm.group_size=", "trial 1 complete in ", "sweep done in ", "best: trial "):
+        assert line in proc.stdout, shown[-3000:]
+    markers = ("core_worker.cc", "placement_group_cleaner", "raylet", "authentication_token", "Traceback", "WARNING",
+               " INFO ", "alembic")
+    noise = [ln for ln in shown.splitlines() if any(m in ln for m in markers)]
+    assert not noise, noise[:5]
+    held = log.read_text()
+    assert any(m in held for m in markers), held[-2000:]  # Ray's own lines went there

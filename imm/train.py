@@ -69,14 +69,15 @@ def train_loop(
     device: str | torch.device | None = None,
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
-    on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str]], None] | None = None,
+    on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str], torch.Tensor | None], None] | None = None,
 ) -> dict[str, float]:
     """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics.
 
     report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
     (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
-    on_eval(step, {steps_K: samples}, tags) is called on rank 0 after each evaluation (every rank evaluates its
-    share of the samples); tags say which feature extractor the Frechet metrics used.
+    on_eval(step, {steps_K: samples}, tags, reference) is called on rank 0 after each evaluation (every rank evaluates
+    its share of the samples); tags say which feature extractor the Frechet metrics used; reference is held-out
+    data to draw behind 2D samples (None for images).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tc = cfg.train
@@ -92,6 +93,7 @@ def train_loop(
     labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
     data_shape = dataset.shape
     evaluator = Evaluator(cfg, dataset, device, rank, world_size)
+    reference = dataset.heldout[:2000] if dataset.heldout.ndim == 2 else None  # drawn faintly behind 2D samples
     model = build_model(cfg, data_shape, sigma_d, num_classes).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = _optimizer(cfg, model.parameters())
@@ -158,7 +160,7 @@ def train_loop(
             evaluation = evaluator(ema.module)
             metrics.update(evaluation.metrics)
             if on_eval and rank == 0:
-                on_eval(step, evaluation.samples, evaluator.tags)
+                on_eval(step, evaluation.samples, evaluator.tags, reference)
         metrics["time/train_s"] = train_s0 + time.perf_counter() - t_start
         metrics["step"] = step
         ckpt_dir = None

@@ -295,7 +295,9 @@ def prepare_train(args):
     from orchestrator.worker import KillSwitch
 
     cfg = load_config(args.config, args.overrides)
-    plan = plan_run(cfg, name=args.name, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    overridden = tuple(o.split("=", 1)[0].lstrip("+~") for o in args.overrides)  # shown as MLflow params
+    plan = plan_run(cfg, name=args.name, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                    param_keys=overridden)
     kill = KillSwitch.from_env()
     if args.address is None:
         cluster.check_local(plan.cfg)

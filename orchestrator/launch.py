@@ -39,6 +39,8 @@ class RunPlan:
     storage: storage.RayStorage
     tracking_uri: str
     experiment: str
+    param_keys: tuple[str, ...] = ()  # shown as MLflow params besides tracking.IDENTITY_KEYS
+    title: str | None = None  # the MLflow run's display name (default: `name`)
 
     @property
     def num_workers(self) -> int:
@@ -85,7 +87,7 @@ def run_name(cfg: DictConfig, explicit: str | None = None) -> str:
 
 
 def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | None = None,
-             experiment: str | None = None) -> RunPlan:
+             experiment: str | None = None, param_keys: tuple[str, ...] = (), title: str | None = None) -> RunPlan:
     """Everything about the run that can be decided (and be wrong) before Ray starts."""
     name = run_name(cfg, name)
     cfg = cfg.copy()
@@ -96,6 +98,8 @@ def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | No
         storage=storage.ray_storage(cfg),
         tracking_uri=tracking.tracking_uri(cfg, tracking_uri),
         experiment=experiment or DEFAULT_EXPERIMENT,
+        param_keys=tuple(param_keys),
+        title=title,
     )
 
 
@@ -267,7 +271,7 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
     mlc = tracking.client(plan.tracking_uri)
     exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
     tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **(extra_tags or {})}
-    return tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream)
+    return tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys, title=plan.title)
 
 
 def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None,
@@ -288,6 +292,8 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     resumed = False
     if run_id is None:
         run_id, resumed = open_tracked_run(plan, ray_address=ray_address, stream=stream)
+        tracking.describe(mlc, run_id, f"`{plan.name}`: {cfg.method} on {cfg.data.name}, {cfg.train.steps} steps. Its "
+                          "samples at each evaluation (rows) and sampling step count (columns):", tracking.SAMPLES_ARTIFACT)
     print(f"mlflow run: {run_id} ({'resumed' if resumed else 'new'}; experiment {plan.experiment!r}, "
           f"{plan.tracking_uri})", file=stream, flush=True)
     print(f"checkpoints: {plan.storage.run_uri(plan.name)}", file=stream, flush=True)

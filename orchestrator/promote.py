@@ -16,7 +16,7 @@ from pathlib import Path
 from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import tracking
 from orchestrator.models import CHECKPOINT_ARTIFACT, MODEL_ARTIFACT, save_mlflow_model
-from orchestrator.sweep import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.sweep import ROLE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
 
 MODES = ("min", "max")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
@@ -52,7 +52,8 @@ def candidate_runs(client, *, run_id: str | None, sweep: str | None) -> list:
     runs = client.search_runs(exp_ids, filter_string=flt, max_results=5000) if exp_ids else []
     if not runs:
         raise ValueError(f"--sweep: no trial runs of a sweep named {sweep!r} in this tracking store")
-    return runs
+    # a pruned trial's run is FINISHED, but its metrics stop where the pruner stopped it
+    return [r for r in runs if r.data.tags.get(STATE_TAG) != "pruned"] or runs
 
 
 def best_run(runs: list, metric: str, mode: str):

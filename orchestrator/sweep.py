@@ -443,7 +443,7 @@ class SweepRunner:
             self.say(f"trial {number} failed before start: {e}")
             return None
         plan = plan_run(cfg, name=f"{self.sweep.name}-{self.sweep_id}-t{number:04d}", tracking_uri=self.tracking_uri,
-                        experiment=self.experiment)
+                        experiment=self.experiment, param_keys=tuple(params), title=trial_title(number, params))
         tags = {
             "mlflow.parentRunId": self.parent_id,
             SWEEP_TAG: self.sweep.name,
@@ -452,9 +452,10 @@ class SweepRunner:
             TRIAL_TAG: str(number),
             "imm.trial.optuna_id": str(trial._trial_id),
             STATE_TAG: "running",
-            "mlflow.note.content": f"trial {number} of sweep {self.sweep.name}: {label}",
         }
         run_id, _ = open_tracked_run(plan, ray_address=self.ray_address, extra_tags=tags, stream=self.stream)
+        tracking.describe(self.mlc, run_id, f"Trial {number} of sweep `{self.sweep.name}`: {label}. Its samples at "
+                          "each evaluation (rows) and sampling step count (columns):", tracking.SAMPLES_ARTIFACT)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", plan.name)
         board = new_board()
@@ -503,7 +504,9 @@ class SweepRunner:
         self.study.tell(tr.trial, state=optuna.trial.TrialState.PRUNED)
         self.mlc.set_tag(tr.run_id, STATE_TAG, "pruned")
         self.mlc.set_tag(tr.run_id, "imm.trial.pruned_at_step", str(step))
-        tracking.close_run(self.mlc, tr.run_id, "KILLED")
+        # FINISHED, not KILLED (the UI draws KILLED like a crash), and said in its name: its metrics stop at `step`
+        self.mlc.update_run(tr.run_id, name=trial_title(tr.number, tr.params, f" (pruned at step {step})"))
+        tracking.close_run(self.mlc, tr.run_id, "FINISHED")
         ray.kill(tr.board)
         self._discard_checkpoints(tr.plan.name, tr.run_id)
         self.say(f"trial {tr.number} pruned at step {step}: {self.sweep.metrics[0]}={value:.4g}")
@@ -638,6 +641,13 @@ def root_cause(e: BaseException) -> str:
         return lines[-1][:1000]
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     return first[:1000]
+
+
+def trial_title(number: int, params: dict[str, Any], note: str = "") -> str:
+    """A trial's name in MLflow's runs table: its number first (the table cuts long names), then its swept values
+    by their last key part (`t3 group_size=8 kernel=laplace k=10`)."""
+    shown = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
+    return f"t{number} {shown}{note}"[:250]
 
 
 def _fmt(v: Any) -> str:

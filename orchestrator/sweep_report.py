@@ -1,7 +1,7 @@
 """What a finished (or resumed-and-finished) sweep leaves on its MLflow parent run.
 
 The best trial's params (as `best.<key>` tags: params cannot change when a resumed sweep finds a better
-trial) and metrics (`best/<metric>`, stepped by the number of finished trials), a table of all trials
+trial) and the objective under its own name (stepped by the number of finished trials), a table of all trials
 (`trials.csv`), and plots under `plots/`: objective history, parameter importances, parallel coordinates,
 intermediate values (what the pruner saw), and quality against sampling steps per value of each swept key
 (M, kernel, ...). A plot that cannot be drawn (too few trials) is skipped with a note, never failing the sweep.
@@ -32,9 +32,9 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         mlc.set_tag(parent_id, "best.run_id", b["run_id"] or "")
         for k, v in b["params"].items():
             mlc.set_tag(parent_id, f"best.{k}", str(v))
-        if len(best) == 1:
+        if len(best) == 1:  # the objective under its own name, stepped by the trials finished: best so far
             ts = int(time.time() * 1000)
-            mlc.log_batch(parent_id, metrics=[Metric(f"best/{m}", float(v), ts, len(finished))
+            mlc.log_batch(parent_id, metrics=[Metric(m, float(v), ts, len(finished))
                                               for m, v in zip(sweep.metrics, b["values"], strict=True)])
     run_metrics = {t.number: mlc.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
                    for t in finished if t.user_attrs.get("mlflow_run_id")}
@@ -46,10 +46,68 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         plots.mkdir()
         notes += draw_optuna_plots(study, sweep, plots)
         notes += draw_steps_plots(study, sweep, run_metrics, plots)
+        grid = sweep_grid(mlc, study, sweep, out / GRID_ARTIFACT)
         if notes:
             (out / "report_notes.txt").write_text("\n".join(notes) + "\n")
         mlc.log_artifacts(parent_id, tmp)  # stored once: a resumed sweep's report replaces the older one
+    describe_parent(mlc, parent_id, study, sweep, best, finished, grid)
     return notes
+
+
+GRID_ARTIFACT = "sweep_samples.png"
+GRID_ROWS = 12
+
+
+def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
+    """A row per trial (complete ones best first, then pruned ones; at most GRID_ROWS), each its last evaluation's
+    samples at each sampling step count, labelled with its swept values and objective."""
+    import optuna
+    from PIL import Image
+
+    from orchestrator import sample_grids, tracking
+    from orchestrator.sweep import trial_title
+
+    TS = optuna.trial.TrialState
+    complete = [t for t in study.get_trials(deepcopy=False, states=[TS.COMPLETE]) if t.values]
+    sign = 1 if sweep.directions[0] == "minimize" else -1
+    complete.sort(key=lambda t: sign * t.values[0])
+    pruned = study.get_trials(deepcopy=False, states=[TS.PRUNED])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="imm-grid-") as tmp:
+        for t in [*complete, *pruned][:GRID_ROWS]:
+            run_id = t.user_attrs.get("mlflow_run_id")
+            try:
+                png = mlc.download_artifacts(run_id, tracking.SAMPLES_ARTIFACT, tmp)
+            except Exception:  # a trial that never evaluated
+                continue
+            with Image.open(png) as g:
+                last = sample_grids.rows_of(g.copy())[-1]
+            if t.values:
+                value = f"{sweep.metrics[0]} = {t.values[0]:.4g}"
+            else:  # what the pruner saw last: provisional
+                at = max(t.intermediate_values, default=0)
+                value = f"pruned at step {at}" + (f": {t.intermediate_values[at]:.4g}" if at else "")
+            rows.append(sample_grids.row(f"{trial_title(t.number, t.params)}; {value}", sample_grids.cells_of(last)))
+    if not rows:
+        return None
+    return sample_grids.save(sample_grids.stack(sample_grids.step_columns(list(sweep.base.eval.steps)), rows), path)
+
+
+def describe_parent(mlc, parent_id: str, study, sweep, best: list[dict], finished: list, grid: Path | None) -> None:
+    """The parent run's description: the outcome in words, a link to the best trial, and the sweep grid."""
+    from orchestrator import tracking
+    from orchestrator.sweep import trial_counts, trial_title
+
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(trial_counts(study).items()))
+    text = f"Sweep `{sweep.name}`: {len(finished)} trials finished ({counts})."
+    if len(best) == 1:
+        b = best[0]
+        exp = mlc.get_run(parent_id).info.experiment_id
+        text += (f" Best: [trial {b['number']}](#/experiments/{exp}/runs/{b['run_id']}), {sweep.metrics[0]} = "
+                 f"{b['values'][0]:.4g}, with {trial_title(b['number'], b['params']).split(' ', 1)[-1]}.")
+    if grid is not None:
+        text += " Each trial's last samples (rows, best first) at each sampling step count (columns):"
+    tracking.describe(mlc, parent_id, text, GRID_ARTIFACT if grid is not None else None)
 
 
 def write_trials_csv(study, sweep, run_metrics: dict[int, dict], path: Path) -> None:

@@ -27,8 +27,10 @@ JOB_TAG = "imm.ray_job_id"  # the Ray job (`imm-orch submit`, `ray job submit`) 
 CHECKPOINT_PATH_TAG = "imm.checkpoint_path"  # the final Ray checkpoint (full training state), while it is kept
 NODES_TAG = "imm.nodes"  # the Ray nodes the run's workers ran on, as IP/node-id prefix
 LOSS_KEY = "train/loss"  # reported at every report step: its history tells how far a run was logged
+LR_KEY = "train/lr"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
+MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
 
 
 def tracking_uri(cfg: DictConfig, explicit: str | None = None) -> str:
@@ -94,15 +96,34 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment of this kind on its runs table, not on traces
+MODEL_DEVELOPMENT = "custom_model_development"
+EXPERIMENT_NOTE = (
+    "Runs of Inductive Moment Matching (IMM) and its baselines: one per training run or sweep trial.\n\n"
+    "**Metrics** (lower is better). `energy/steps_K`: the energy distance between K-step samples and held-out "
+    "data (0 when they match). `fd/steps_K`: the Frechet distance between the feature statistics of K-step "
+    "samples and of the training data: FID when the run's `imm.eval.extractor` tag names Inception, else in a small "
+    "feature space trained on the data. `train/loss`: the method's training loss.\n\n"
+    "**Runs.** A sweep is a parent run with its trials nested under it, each named by its trial number and swept "
+    "values; a pruned trial's name ends in `(pruned at step S)`: its metrics stop there. Params are the swept keys "
+    "and the keys that identify a run; the whole config is the `config.yaml` artifact and the `imm.config` tag, "
+    "searchable as `tags.imm.config LIKE '%\"train.lr\": \"0.001\"%'`."
+)
+
+
 def experiment_id(mlflow_client, name: str, artifact_root: str | None = None) -> str:
-    """The experiment's id, creating it (with artifacts under the URI `artifact_root` when given) if needed;
-    an existing experiment keeps its artifact location."""
+    """The experiment's id, creating it (with artifacts under the URI `artifact_root` when given, a description
+    of the metrics, and the kind that opens MLflow's UI on the runs table) if needed; an existing experiment keeps
+    its artifact location."""
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"--experiment: {name!r} is deleted in this tracking store; restore it or pick another name")
+        if KIND_TAG not in exp.tags:
+            mlflow_client.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_DEVELOPMENT)
         return exp.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=artifact_root)
+    return mlflow_client.create_experiment(name, artifact_location=artifact_root,
+                                           tags={KIND_TAG: MODEL_DEVELOPMENT, "mlflow.note.content": EXPERIMENT_NOTE})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -117,8 +138,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def config_params(cfg: DictConfig) -> dict[str, str]:
-    return flatten(OmegaConf.to_container(cfg, resolve=True))
+IDENTITY_KEYS = ("method", "data.name", "model.arch", "train.steps", "train.batch_size", "train.seed")
+CONFIG_TAG = "imm.config"  # the whole config, flattened, as JSON: searchable with LIKE
+
+
+def config_params(cfg: DictConfig, keys: tuple[str, ...] = ()) -> dict[str, str]:
+    """The params a run shows: the keys that identify it, then `keys` (a trial's swept keys, a run's overrides);
+    floats at 6 significant digits."""
+    shown = {}
+    for key in (*IDENTITY_KEYS, *keys):
+        v = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_config(v):
+            v = OmegaConf.to_container(v, resolve=True)
+        if v is not None:
+            shown[key] = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return shown
+
+
+def config_tag(cfg: DictConfig) -> str:
+    import json
+
+    return json.dumps(flatten(OmegaConf.to_container(cfg, resolve=True)), separators=(", ", ": "))[:MAX_TAG_CHARS]
 
 
 def git_commit() -> tuple[str, bool] | None:
@@ -169,18 +209,21 @@ def find_run_by_tags(mlflow_client, exp_id: str, tags: dict[str, str]):
     return runs[0] if runs else None
 
 
-def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=None) -> tuple[str, bool]:
+def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=None,
+             param_keys: tuple[str, ...] = (), title: str | None = None) -> tuple[str, bool]:
     """(run id, resumed): a new RUNNING run with params, tags and config.yaml, or the existing one set RUNNING again.
+    `param_keys` are shown as params besides IDENTITY_KEYS; `title` is the name the UI shows (default: the run name).
 
     MLflow params cannot change once logged: on a relaunch with a changed config the first values stay and a
     warning names the keys.
     """
     from mlflow.entities import Param, RunTag
 
-    params = config_params(cfg)
+    params = config_params(cfg, param_keys)
+    tags = {**tags, CONFIG_TAG: config_tag(cfg)}
     existing = find_run(mlflow_client, exp_id, tags[RUN_NAME_TAG], tags[STORAGE_TAG])
     if existing is None:
-        run = mlflow_client.create_run(exp_id, run_name=tags[RUN_NAME_TAG], tags=tags)
+        run = mlflow_client.create_run(exp_id, run_name=title or tags[RUN_NAME_TAG], tags=tags)
         run_id, old_params = run.info.run_id, {}
     else:
         run_id, old_params = existing.info.run_id, existing.data.params
@@ -232,13 +275,14 @@ def last_logged_step(mlflow_client, run_id: str) -> int:
     return max((m.step for m in mlflow_client.get_metric_history(run_id, LOSS_KEY)), default=0)
 
 
-def log_png(mlflow_client, run_id: str, png: Path, key: str, step: int) -> None:
-    """A PNG as a step-keyed MLflow image: the run page's Model metrics tab shows it (a slider when a key has
-    several steps) without opening files."""
-    from PIL import Image
+def describe(mlflow_client, run_id: str, text: str, image: str | None = None) -> None:
+    """The run's description, markdown on its Overview tab, with the artifact `image` shown under it: the one place
+    MLflow's UI shows an image in full, without opening a file."""
+    body = text + (f"\n\n![{image}](get-artifact?path={image}&run_uuid={run_id})" if image else "")
+    mlflow_client.set_tag(run_id, "mlflow.note.content", body)
 
-    with Image.open(png) as im:
-        mlflow_client.log_image(run_id, im.convert("RGB"), key=key, step=step, synchronous=True)
+
+SAMPLES_ARTIFACT = "samples.png"  # a run's sample grid: a row per evaluation, a column per sampling step count
 
 
 class RankZeroLogger:
@@ -248,17 +292,23 @@ class RankZeroLogger:
     again. Logging them at once would leave two values for those steps; MLflow cannot delete metric points,
     so nothing past the last registered checkpoint is sent (`commit` runs once Ray registered it). As a second guard
     (Ray may restore an older checkpoint than the last one saved), steps already in the run are skipped.
+
+    The samples of every evaluation are one artifact, `samples.png` (sample_grids), sent again with a row more at
+    each commit: a restarted worker starts from the rows already logged.
     """
 
     def __init__(self, tracking_uri: str, run_id: str, final_step: int | None = None):
         self.client = client(tracking_uri)
         self.run_id = run_id
-        self.final_step = final_step  # the last training step: its samples are logged as `final/steps_K`
+        self.final_step = final_step
         self.logged_through = last_logged_step(self.client, run_id)
+        self.last_lr: float | None = None
         self.pending: list = []
         self.eval_tags: dict[str, str] = {}
         self.plots = Path(tempfile.mkdtemp(prefix="imm-plots-"))
-        self.images: list[tuple[str, int, Path]] = []  # (key, step, png) for the run page's image charts
+        self.rows = self._logged_rows()  # the sample grid's rows, one per evaluation
+        self.columns: list[str] = []
+        self.held_rows = 0  # rows not sent yet
 
     def record(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -267,11 +317,19 @@ class RankZeroLogger:
         if step <= self.logged_through:
             return
         ts = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"]
+        shown = {k: float(f"{v:.6g}") for k, v in metrics.items() if k != "step"}  # 6 digits: what a reader compares
+        if shown.get(LR_KEY) == self.last_lr:  # a flat line of points says nothing: the learning rate when it changes
+            shown.pop(LR_KEY)
+        self.last_lr = shown.get(LR_KEY, self.last_lr)
+        self.pending += [Metric(k, v, ts, step) for k, v in shown.items()]
 
-    def on_eval(self, step: int, samples: dict, tags: dict[str, str] | None = None) -> None:
-        """A scatter plot of 2D samples or a grid of images per sampling step count; the evaluation's tags."""
+    def on_eval(self, step: int, samples: dict, tags: dict[str, str] | None = None, reference=None) -> None:
+        """A row of the sample grid: per sampling step count, a scatter plot of 2D samples (over faint `reference`
+        points of the data) or a grid of images; and the evaluation's tags."""
+        from PIL import Image
+
         from imm.sample import image_grid_png, scatter_png
+        from orchestrator import sample_grids
 
         if tags and tags != self.eval_tags:  # which feature extractor the Frechet metrics use
             from mlflow.entities import RunTag
@@ -280,28 +338,43 @@ class RankZeroLogger:
             self.eval_tags = tags
         if step <= self.logged_through:
             return
-        for k, x in samples.items():
-            out = self.plots / f"step_{step:07d}" / f"steps_{k}.png"
+        cells = []
+        for k, x in sorted(samples.items()):
+            out = self.plots / f"step_{step:07d}_steps_{k}.png"
             if x.ndim == 4:
-                out.parent.mkdir(parents=True, exist_ok=True)
                 image_grid_png(x, out)
             elif x.ndim == 2 and x.shape[-1] == 2:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                scatter_png(x, out, title=f"step {step}, {k} sampling step(s)")
-            if out.is_file():  # the last evaluation under a key of its own: the run page shows it without a slider
-                self.images.append((f"final/steps_{k}" if step == self.final_step else f"samples/steps_{k}", step, out))
+                scatter_png(x, out, title=f"step {step}, {k} sampling step(s)", reference=reference)
+            cells.append(Image.open(out).copy() if out.is_file() else None)
+        self.columns = sample_grids.step_columns(sorted(samples))
+        self.rows.append(sample_grids.row(f"training step {step}", cells))
+        self.held_rows += 1
 
     def commit(self) -> None:
         """Send what is held: call once the checkpoint at the newest held step is saved."""
+        from orchestrator import sample_grids
+
         for i in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + MAX_METRICS_PER_BATCH])
         if self.pending:
             self.logged_through = max(m.step for m in self.pending)
         self.pending = []
-        for key, step, png in self.images:  # stored once, as MLflow images (it adds a small webp preview)
-            log_png(self.client, self.run_id, png, key, step)
-            png.unlink()
-        self.images = []
+        if self.held_rows:
+            grid = sample_grids.stack(self.columns, self.rows)
+            self.client.log_artifact(self.run_id, str(sample_grids.save(grid, self.plots / SAMPLES_ARTIFACT)))
+            self.held_rows = 0
+
+    def _logged_rows(self) -> list:
+        """The rows of the run's logged sample grid (a relaunch or restart continues it)."""
+        from PIL import Image
+
+        from orchestrator import sample_grids
+
+        if SAMPLES_ARTIFACT not in {a.path for a in self.client.list_artifacts(self.run_id)}:
+            return []
+        path = self.client.download_artifacts(self.run_id, SAMPLES_ARTIFACT, str(self.plots))
+        with Image.open(path) as grid:
+            return sample_grids.rows_of(grid.copy())
 
     def close(self) -> None:
         shutil.rmtree(self.plots, ignore_errors=True)

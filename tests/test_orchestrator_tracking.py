@@ -4,8 +4,8 @@ never leaving a duplicated step when an attempt dies past its last checkpoint.""
 from __future__ import annotations
 
 import io
-import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,12 +38,26 @@ def test_flatten_gives_dotted_param_names():
     assert flat == {"imm.k": "12", "imm.kernel": "laplace", "eval.steps": "[1, 2]", "T": "None"}
 
 
-def test_open_run_logs_params_tags_and_config(run):
-    client, run_id, _, cfg, _ = run
+def test_open_run_logs_params_tags_and_config(run, mlflow_uri, tmp_path):
+    """Issue 15: every run logged ~80 params (the whole config), which buried the ones that matter in the UI's
+    runs table. Params: the keys that identify a run, then those asked for (a trial's swept keys, a run's
+    overrides), floats at 6 digits; the whole config stays in config.yaml and the searchable `imm.config` tag."""
+    client, run_id, exp, cfg, tags = run
     r = client.get_run(run_id)
     assert r.info.status == "RUNNING"
-    assert r.data.params["imm.group_size"] == str(cfg.imm.group_size)
-    assert r.data.params["data.name"] == "8gaussians"
+    assert set(r.data.params) == set(tracking.IDENTITY_KEYS)
+    assert r.data.params["data.name"] == "8gaussians" and r.data.params["train.steps"] == str(cfg.train.steps)
+    other = cfg.copy()
+    other.train.lr = 1 / 3
+    shown, _ = tracking.open_run(client, exp, other, {**tags, tracking.RUN_NAME_TAG: "r2"},
+                                 param_keys=("train.lr", "imm.kernel", "eval.steps"), title="t7 lr=0.333")
+    s = client.get_run(shown)
+    assert s.info.run_name == "t7 lr=0.333"
+    assert {k: s.data.params[k] for k in ("train.lr", "imm.kernel", "eval.steps")} == {
+        "train.lr": "0.333333", "imm.kernel": "laplace", "eval.steps": "[1, 2, 4, 8]"}
+    found = client.search_runs([exp], filter_string="tags.`imm.config` LIKE '%\"imm.kernel\": \"laplace\"%'")
+    assert {x.info.run_id for x in found} == {run_id, shown}  # any config key, searched
+    assert client.get_experiment(exp).tags[tracking.KIND_TAG] == "custom_model_development"  # the UI opens on runs
     assert r.data.tags["method"] == "imm" and r.data.tags["dataset"] == "8gaussians"
     assert r.data.tags["ray.address"] == "test"
     assert len(r.data.tags["mlflow.source.git.commit"]) == 40
@@ -102,6 +116,17 @@ def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_
     assert dict(hist)[25] == 2.0  # the value of the attempt whose weights carried on
 
 
+def test_metrics_are_logged_at_6_digits_and_the_learning_rate_when_it_changes(run, mlflow_uri):
+    client, run_id, *_ = run
+    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    for step, lr in ((10, 1e-4), (20, 2e-4), (30, 2e-4), (40, 2e-4)):
+        log.record({**_metrics(step, 0.123456789), "train/lr": lr})
+    log.commit()
+    lr = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/lr")]
+    assert sorted(lr) == [(10, 1e-4), (20, 2e-4)]
+    assert {m.value for m in client.get_metric_history(run_id, "train/loss")} == {0.123457}
+
+
 def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
     """If Ray restores a checkpoint older than the last one rank 0 saw saved, nothing is logged twice."""
     client, run_id, *_ = run
@@ -117,24 +142,40 @@ def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
     assert _history(client, run_id) == [(10, 1.0), (20, 1.0), (30, 1.0), (40, 2.0)]
 
 
-def test_scatter_plots_are_logged_once_with_their_checkpoint(run, mlflow_uri):
-    """Each evaluation's plots as step-keyed MLflow images, sent with the checkpoint that covers their step, and
-    stored once (issue 14, point 8: they were also copied as `samples/` files, and the last one twice)."""
+def test_samples_are_one_grid_sent_with_their_checkpoint_and_continued_after_a_restart(run, mlflow_uri, tmp_path):
+    """Issue 15: each evaluation's samples were image cards hidden under the run's params; issue 14: they were stored
+    three times. Now one artifact, samples.png: a row per evaluation, a column per sampling step count, 2D samples
+    over faint data; sent only once a checkpoint covers its step; a restarted worker appends to the logged rows."""
+    from PIL import Image
+
+    from orchestrator import sample_grids
+
     client, run_id, *_ = run
-    log = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=40)
-    log.on_eval(20, {1: torch.randn(50, 2), 2: torch.randn(50, 2)})
+    reference = torch.randn(300, 2)
+    log = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=60)
+    log.on_eval(20, {1: torch.randn(50, 2), 2: torch.randn(50, 2)}, reference=reference)
     log.record(_metrics(20, 1.0))
-    assert not client.list_artifacts(run_id, "images")
+    assert "samples.png" not in {f.path for f in client.list_artifacts(run_id)}
     log.commit()
-    log.on_eval(40, {1: torch.randn(50, 2), 2: torch.randn(50, 2)})
+    log.on_eval(40, {1: torch.randn(50, 2), 2: torch.randn(50, 2)}, reference=reference)
     log.record(_metrics(40, 1.0))
-    log.commit()
-    assert {f.path for f in client.list_artifacts(run_id)} == {"config.yaml", "images"}  # no `samples/` copy
-    images = [f.path.split("/", 1)[1] for f in client.list_artifacts(run_id, "images") if f.path.endswith(".png")]
-    keyed = sorted(re.match(r"(.+)\+step\+(\d+)\+", name).groups() for name in images)
-    assert keyed == [("final~steps_1", "40"), ("final~steps_2", "40"), ("samples~steps_1", "20"),
-                     ("samples~steps_2", "20")]
-    log.close()
+    log.close()  # the worker dies before the checkpoint at 40: that row is never sent
+
+    again = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=60)  # restarted from step 20
+    for step in (40, 60):
+        again.on_eval(step, {1: torch.randn(50, 2), 2: torch.randn(50, 2)}, reference=reference)
+        again.record(_metrics(step, 1.0))
+    again.commit()
+    again.close()
+    assert {f.path for f in client.list_artifacts(run_id)} == {"config.yaml", "samples.png"}  # nothing else
+    with Image.open(client.download_artifacts(run_id, "samples.png", str(tmp_path))) as grid:
+        rows = sample_grids.rows_of(grid.copy())
+        assert grid.width == sample_grids.LABEL_W + 2 * sample_grids.CELL
+    assert len(rows) == 3  # steps 20, 40, 60: each once
+    cell = np.asarray(sample_grids.cells_of(rows[0])[0].convert("RGB")).reshape(-1, 3)
+    grey = (np.abs(cell - 204) < 8).all(1).mean()  # the data, in light grey (0.8), behind the samples
+    blue = ((cell[:, 2] > 150) & (cell[:, 0] < 100)).mean()
+    assert grey > 0.002 and blue > 0.0005, (grey, blue)
 
 
 def test_embedded_default_keeps_everything_under_storage_root(tmp_path, monkeypatch):

@@ -99,7 +99,7 @@ def test_four_trial_sweep_makes_a_parent_run_four_nested_trials_and_a_persisted_
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best.run_id"] == best.info.run_id
-    assert parent.data.metrics["best/energy/steps_1"] == best.data.metrics["energy/steps_1"]
+    assert parent.data.metrics["energy/steps_1"] == best.data.metrics["energy/steps_1"]
     assert parent.data.params["space.imm.group_size"] == "one of [4, 8]"
     artifacts = {f.path for f in client.list_artifacts(parent_id)} | {
         f.path for f in client.list_artifacts(parent_id, "plots")}
@@ -226,9 +226,11 @@ def test_a_diverging_trial_fails_a_poor_one_is_pruned_and_the_sweep_goes_on(ray_
     assert runs[0].info.status == "FINISHED"
     assert runs[1].info.status == "FAILED" and runs[1].data.tags["imm.trial.state"] == "failed"
     assert "train/loss became nan" in runs[1].data.tags["imm.trial.error"]
-    assert runs[2].info.status == "KILLED" and runs[2].data.tags["imm.trial.state"] == "pruned"
+    # issue 15: a pruned trial is not drawn like a crash (KILLED), and its name says where its metrics stop
+    assert runs[2].info.status == "FINISHED" and runs[2].data.tags["imm.trial.state"] == "pruned"
     pruned_at = int(runs[2].data.tags["imm.trial.pruned_at_step"])
     assert 10 <= pruned_at < 4000
+    assert runs[2].info.run_name.startswith("t2 ") and runs[2].info.run_name.endswith(f"(pruned at step {pruned_at})")
     assert max(study.trials[2].intermediate_values) == pruned_at
 
 

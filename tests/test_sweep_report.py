@@ -50,8 +50,8 @@ def test_report_logs_best_table_and_plots(tmp_path, mlflow_uri):
     run = client.get_run(parent)
     assert run.data.tags["best.imm.group_size"] == "8" and run.data.tags["best.imm.kernel"] == "laplace"
     assert run.data.tags["best.run_id"] == best[0]["run_id"]
-    assert run.data.metrics["best/energy/steps_1"] == min(values.values()) == 0.125
-    assert client.get_metric_history(parent, "best/energy/steps_1")[0].step == 5  # finished trials so far
+    assert run.data.metrics["energy/steps_1"] == min(values.values()) == 0.125
+    assert client.get_metric_history(parent, "energy/steps_1")[0].step == 5  # finished trials so far
 
     root = Path(urlparse(run.info.artifact_uri).path)
     with (root / "trials.csv").open() as f:

@@ -541,12 +541,39 @@ def run_ui(args, out=None) -> int:
           "Ctrl-C stops it)", file=out, flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=terminal.err())
+    for line in ui_links(cmd[cmd.index("--backend-store-uri") + 1], f"http://{args.host}:{args.port}/"):
+        print(line, file=out, flush=True)
     server = subprocess.Popen(cmd)
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # stopping `imm-orch ui` stops the server
     try:
         return server.wait()
     except KeyboardInterrupt:  # the server got the terminal's SIGINT too
         return server.wait()
+
+
+def ui_links(store: str, base: str) -> list[str]:
+    """Deep links into the UI: each experiment's runs table, the latest sweep (its trials best first, its sample
+    grid) and the model registry. Best effort: an empty or unreadable store gives none."""
+    from orchestrator import sweep, tracking
+
+    try:
+        mlc = tracking.client(store)
+        exps = [e for e in mlc.search_experiments() if mlc.search_runs([e.experiment_id], max_results=1)]
+        lines = [f"  runs of {e.name!r}: {base}{tracking.view_link(e.experiment_id)}" for e in exps]
+        parents = mlc.search_runs([e.experiment_id for e in exps], f"tags.`{sweep.ROLE_TAG}` = 'parent'", max_results=1,
+                                  order_by=["attributes.start_time DESC"]) if exps else []
+        if parents:
+            p = parents[0]
+            key = sweep.view_key(p.data.tags[sweep.SWEEP_TAG], p.data.tags[sweep.SWEEP_ID_TAG])
+            lines += [f"  latest sweep {p.info.run_name!r}, its trials best first: "
+                      f"{base}{tracking.view_link(p.info.experiment_id, key)}",
+                      f"  ... and its samples, a row per trial: "
+                      f"{base}#/experiments/{p.info.experiment_id}/runs/{p.info.run_id}/artifacts/sweep_samples.png"]
+        if mlc.search_registered_models(max_results=1):
+            lines.append(f"  registered models: {base}#/models")
+    except Exception:
+        return []
+    return lines
 
 
 def run_submit(args, out=None) -> int:

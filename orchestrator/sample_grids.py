@@ -15,6 +15,7 @@ CELL = 240  # px, square
 LABEL_W = 220
 HEAD_H = 30
 FONT_PX = 15
+LABEL_BG = (255, 248, 220)  # cornsilk: the label column (a colour MLflow's UI never uses, so a test can find the grid)
 
 
 def _font():
@@ -28,6 +29,7 @@ def row(label: str, cells: list[Image.Image | None]) -> Image.Image:
     """A row: `label` (wrapped) on the left, then the cells scaled to CELL x CELL (a blank one for None)."""
     strip = Image.new("RGB", (LABEL_W + CELL * len(cells), CELL), "white")
     draw = ImageDraw.Draw(strip)
+    draw.rectangle((0, 0, LABEL_W - 6, CELL - 3), fill=LABEL_BG)
     draw.multiline_text((8, 8), "\n".join(textwrap.wrap(label, 24)[:12]), fill="black", font=_font(), spacing=3)
     for i, cell in enumerate(cells):
         if cell is not None:

@@ -585,6 +585,7 @@ class SweepRunner:
         if commit:
             tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
         run = self.mlc.create_run(exp_id, run_name=self.sweep.name, tags=tags)
+        self.share_table(exp_id)
         spec = self.sweep.spec
         params = {
             "sweep.base": spec.base.config,
@@ -600,6 +601,15 @@ class SweepRunner:
         self.mlc.log_text(run.info.run_id, to_yaml(self.sweep.base), "base_config.yaml")
         return run.info.run_id
 
+    def share_table(self, exp_id: str) -> str:
+        """The sweep's comparison table in MLflow's UI: its trials, best first, with the objective, the swept keys
+        and each trial's state as columns (a shared view, `view_key`)."""
+        m = self.sweep.metrics
+        columns = [*(f"metrics.`{x}`" for x in m), *(f"params.`{p.key}`" for p in self.sweep.params), f"tags.`{STATE_TAG}`"]
+        return tracking.share_view(self.mlc, exp_id, view_key(self.sweep.name, self.sweep_id), columns=columns,
+                                   search=f"tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}' and tags.`{ROLE_TAG}` = 'trial'",
+                                   order_by=f"metrics.`{m[0]}`", ascending=self.sweep.directions[0] == "minimize")
+
     def _close(self, url: str, wall_s: float) -> SweepResult:
         from orchestrator import sweep_report
 
@@ -612,6 +622,10 @@ class SweepRunner:
         tracking.close_run(self.mlc, self.parent_id, "FINISHED")
         return SweepResult(parent_run_id=self.parent_id, study_name=self.study.study_name, storage=redact(url),
                            best=best, counts=counts, wall_s=wall_s, trial_fit_s=dict(self.fit_s))
+
+
+def view_key(name: str, sweep_id: str) -> str:
+    return f"{name}-{sweep_id}"
 
 
 def trial_counts(study) -> dict[str, int]:

@@ -275,6 +275,27 @@ def last_logged_step(mlflow_client, run_id: str) -> int:
     return max((m.step for m in mlflow_client.get_metric_history(run_id, LOSS_KEY)), default=0)
 
 
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # MLflow's UI reads a runs-table view from this experiment tag
+
+
+def share_view(mlflow_client, exp_id: str, key: str, *, columns: list[str], search: str, order_by: str,
+               ascending: bool) -> str:
+    """A runs-table view of the experiment stored where MLflow's UI finds shared views (the tag
+    `mlflow.sharedViewState.KEY`): its columns (`params.`k``, `metrics.`m``, `tags.`t``), filter and order.
+    Returns the URL fragment that opens it."""
+    import json
+
+    state = {"selectedColumns": columns, "searchFilter": search, "orderByKey": order_by, "orderByAsc": ascending}
+    mlflow_client.set_experiment_tag(exp_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
+    return view_link(exp_id, key)
+
+
+def view_link(exp_id: str, key: str | None = None) -> str:
+    """The URL fragment of the experiment's runs table (in MLflow's model-training mode), or of a shared view."""
+    share = f"viewStateShareKey={key}&" if key else ""
+    return f"#/experiments/{exp_id}/runs?{share}workflowType=machine_learning"
+
+
 def describe(mlflow_client, run_id: str, text: str, image: str | None = None) -> None:
     """The run's description, markdown on its Overview tab, with the artifact `image` shown under it: the one place
     MLflow's UI shows an image in full, without opening a file."""

@@ -1,7 +1,7 @@
 """A trial's MLflow run page and its sweep's parent run page, rendered by headless Chromium against `imm-orch ui`.
 
-What a user sees without opening a file: the sample plots at each sampling step count (step-keyed images),
-the loss and quality curves, the config as params; on the parent run, the sweep plots. The screenshots go to
+What a user sees: a sweep's comparison table, its grid of samples (a row per trial) and a trial's (a row per
+evaluation), the shown params. The screenshots go to
 $IMM_UI_SCREENSHOTS when it is set, to be looked at. Chromium is Debian's `chromium` (.ci/run installs it).
 """
 
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -27,53 +28,73 @@ def chromium(url: str, tmp_path, *, screenshot=None) -> str:
     """The page's DOM once its scripts have run (and a screenshot of it)."""
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1440,4000",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1440,1000",
             "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw"]
     if screenshot:
         subprocess.run([*args, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=180)
     return subprocess.run([*args, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180).stdout
 
 
+def grid_share(png) -> float:
+    """The share of a screenshot's pixels in the colour of a sample grid's label column: the grid in the viewport."""
+    from PIL import Image
+
+    from orchestrator.sample_grids import LABEL_BG
+
+    px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
+    return float((np.abs(px - LABEL_BG).max(1) <= 2).mean())
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
-def test_run_pages_show_samples_curves_config_and_sweep_plots(ray_local, mlflow_ui, tmp_path):
+def test_run_pages_show_sample_grids_the_comparison_table_and_pruned_trials(ray_local, mlflow_ui, tmp_path):
+    """Issue 15: the pages a researcher opens, found from the links `imm-orch ui` prints: the sweep's trials best
+    first with the objective, swept keys and states as columns (a pruned trial named so); the parent's grid of
+    samples (a row per trial) and a trial's (a row per evaluation), in the viewport, not only in the DOM."""
     uri, url = mlflow_ui.uri, mlflow_ui.url
+    base = [o for o in TINY if not o.startswith(("train.steps", "eval.every"))] + ["eval.every=10"]
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
+    sweep.write_text(yaml.safe_dump({  # a good trial, then one that barely learns: the median pruner stops it
         "name": "browsed",
-        "base": {"config": "toy2d", "overrides": [*TINY, f"storage.root={tmp_path / 'runs'}"]},
-        "space": {"imm.group_size": {"choices": [2, 4]}},
+        "base": {"config": "toy2d", "overrides": [*base, f"storage.root={tmp_path / 'runs'}"]},
+        "space": {"train.lr": {"choices": [1e-2, 1e-9]}, "train.steps": {"choices": [40, 400]}},
+        "enqueue": [{"train.lr": 1e-2, "train.steps": 40}, {"train.lr": 1e-9, "train.steps": 400}],
+        "pruner": {"name": "median", "startup_trials": 1, "min_resource": 10},
         "objective": "energy/steps_1",
-        "sampler": {"name": "grid"},
         "trials": 2,
-        "max_concurrent": 2,
+        "max_concurrent": 1,
     }))
     assert cli.main(["sweep", str(sweep), "--tracking-uri", uri, "--experiment", "browsed"]) == 0
     client = tracking.client(uri)
     exp = client.get_experiment_by_name("browsed").experiment_id
     (parent,) = client.search_runs([exp], "tags.`imm.sweep.role` = 'parent'")
-    trial = client.search_runs([exp], "tags.`imm.sweep.role` = 'trial'")[0]
+    trial = client.search_runs([exp], "tags.`imm.sweep.role` = 'trial' and tags.`imm.trial.state` = 'complete'")[0]
+    links = dict(re.findall(r"^  (.+?): (http\S+)$", "\n".join(cli.ui_links(uri, f"{url}/")), re.M))
+    assert set(links) == {"runs of 'browsed'", "latest sweep 'browsed', its trials best first",
+                          "... and its samples, a row per trial"}, links
 
     shots = os.environ.get("IMM_UI_SCREENSHOTS")
-    pages = {}
-    for name, run, tab in (("trial", trial, "model-metrics"), ("trial_overview", trial, ""),
-                           ("parent", parent, "artifacts/plots/history_energy_steps_1.png")):
-        page = f"{url}/#/experiments/{exp}/runs/{run.info.run_id}" + (f"/{tab}" if tab else "")
-        png = tmp_path / f"{name}.png"
-        pages[name] = chromium(page, tmp_path, screenshot=png)
-        assert png.stat().st_size > 20_000  # a rendered page, not a blank one
+    pages, pngs = {}, {}
+    for name, page in (("table", links["latest sweep 'browsed', its trials best first"]),
+                       ("parent_grid", links["... and its samples, a row per trial"]),
+                       ("trial_grid", f"{url}/#/experiments/{exp}/runs/{trial.info.run_id}/artifacts/samples.png"),
+                       ("trial_overview", f"{url}/#/experiments/{exp}/runs/{trial.info.run_id}")):
+        pngs[name] = tmp_path / f"{name}.png"
+        pages[name] = chromium(page, tmp_path, screenshot=pngs[name])
+        assert pngs[name].stat().st_size > 20_000  # a rendered page, not a blank one
         if shots:
             os.makedirs(shots, exist_ok=True)
-            shutil.copy(png, os.path.join(shots, png.name))
+            shutil.copy(pngs[name], os.path.join(shots, pngs[name].name))
             with open(os.path.join(shots, f"{name}.html"), "w") as f:
                 f.write(pages[name])
 
-    metrics = pages["trial"]
-    for k in (1, 2):  # the samples at each step count: the last evaluation's shown, every evaluation's on a slider
-        assert f"final/steps_{k}" in metrics and f"samples/steps_{k}" in metrics  # each image stored once
-        assert re.search(rf'<img [^>]*src="[^"]*images(/|%2F)final~steps_{k}', metrics)  # served from the artifacts
-    assert "train/loss" in metrics and "energy/steps_1" in metrics  # the curves
+    table = pages["table"]  # the comparison view: the trials, the objective, the swept keys, the states
+    for text in ("energy/steps_1", "train.lr", "imm.trial.state", "t0 lr=0.01 steps=40", "complete", "pruned"):
+        assert text in table, text
+    assert re.search(r"t1 lr=1e-09 steps=400 \(pruned at step \d+\)", table)
+    assert "Model training" in table and "t0 lr=" in table and "GenAI" in table
+    for name in ("parent_grid", "trial_grid"):  # the grids are drawn in the 1440 x 1000 viewport
+        assert grid_share(pngs[name]) > 0.01, name
+    assert grid_share(pngs["table"]) == 0  # (the detector does not fire on MLflow's own pages)
     overview = pages["trial_overview"]
-    assert "imm.group_size" in overview and "model.parameterization" in overview  # the config, as params
-    plots = pages["parent"]
-    # the sweep's plots, stored once under plots/, open in the Artifacts tab
-    assert re.search(r'<img alt="plots/history_energy_steps_1.png" src="blob:', plots), plots[-3000:]
+    assert "train.lr" in overview and "imm.config" in overview  # the shown params; the whole config as a tag
+    assert "Its samples at each evaluation" in overview

@@ -27,7 +27,8 @@ def as_flag_error(e: Exception) -> str:
     return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in SAMPLE_FLAGS else str(e)
 
 
-def save_samples(x: Tensor, out: str | Path, title: str = "") -> None:
+def save_samples(x: Tensor, out: str | Path, title: str = "", reference: Tensor | None = None) -> None:
+    """Raw samples (.npy), or a picture (.png): an image grid, or 2D points over faint `reference` data."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -36,7 +37,7 @@ def save_samples(x: Tensor, out: str | Path, title: str = "") -> None:
         if x.ndim == 4:
             image_grid_png(x, out)
         else:
-            scatter_png(x, out, title)
+            scatter_png(x, out, title, reference=reference)
     else:
         raise ValueError(f"--out: unknown extension {out.suffix!r}; use .npy or .png")
 
@@ -57,6 +58,17 @@ def image_grid_png(x: Tensor, out: str | Path, max_images: int = 64, min_size: i
     img = Image.fromarray(pixels[..., 0] if c == 1 else pixels, mode="L" if c == 1 else "RGB")
     scale = max(1, math.ceil(min_size / max(img.size)))
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(out)
+
+
+def reference_points(cfg, n: int = 2000) -> Tensor | None:
+    """Held-out points of a 2D run's data, to draw behind its samples; None for images or data not at hand."""
+    from imm.data import load_data
+
+    try:
+        heldout = load_data(cfg.data).heldout
+    except Exception:  # e.g. a model from elsewhere whose data file is not on this machine
+        return None
+    return heldout[:n] if heldout.ndim == 2 and heldout.shape[-1] == 2 else None
 
 
 def scatter_png(x: Tensor, out: str | Path, title: str = "", reference: Tensor | None = None) -> None:

@@ -137,13 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("config", help="a YAML config file, or a built-in config name (toy2d)")
+    train.add_argument("config", nargs="?", default=None,
+                       help="a YAML config file, or a built-in config name (toy2d); not with --best-of")
     train.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                        help="dotted config overrides, e.g. imm.kernel=rbf")
     train.add_argument("--name", default=None, help="run name (Ray's and MLflow's); the same name resumes the run")
     train.add_argument("--experiment", default=None, help="MLflow experiment (default: imm)")
     train.add_argument("--dry-run", action="store_true",
                        help="validate, print the resolved config and the resources it would take; start nothing")
+    train.add_argument("--best-of", metavar="SWEEP.yaml", default=None,
+                       help="train the best complete trial's settings of this sweep again (e.g. for longer: "
+                            "train.steps=N), as a run nested under the sweep's parent run that `promote --sweep` sees")
     _common(train)
 
     sweep = sub.add_parser(
@@ -294,10 +298,25 @@ def prepare_train(args):
     from orchestrator.launch import plan_run
     from orchestrator.worker import KillSwitch
 
-    cfg = load_config(args.config, args.overrides)
     overridden = tuple(o.split("=", 1)[0].lstrip("+~") for o in args.overrides)  # shown as MLflow params
-    plan = plan_run(cfg, name=args.name, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                    param_keys=overridden)
+    if args.best_of:
+        from orchestrator.best import best_of
+
+        if args.config and "=" in args.config:  # argparse took the first override for the config
+            args.overrides.insert(0, args.config)
+            overridden = (args.config.split("=", 1)[0], *overridden)
+        elif args.config:
+            raise ValueError(f"--best-of: the config comes from the sweep; drop {args.config!r}")
+        cfg, keys, found = best_of(args.best_of, args.overrides, args.tracking_uri)
+        plan = plan_run(cfg, name=args.name or found.name, tracking_uri=args.tracking_uri,
+                        experiment=args.experiment or found.experiment, param_keys=(*keys, *overridden),
+                        title=found.title, tags=found.tags)
+    elif args.config is None:
+        raise ValueError("train: give a CONFIG (a YAML file or toy2d, digits, cifar10) or --best-of SWEEP.yaml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        plan = plan_run(cfg, name=args.name, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        param_keys=overridden)
     kill = KillSwitch.from_env()
     if args.address is None:
         cluster.check_local(plan.cfg)
@@ -463,7 +482,7 @@ def run_promote(args, out=None) -> int:
 
 
 def run_sample(args, out=None) -> int:
-    from imm.sample import save_samples
+    from imm.sample import reference_points, save_samples
     from orchestrator.models import load_model
 
     out = out or terminal.out()
@@ -472,7 +491,8 @@ def run_sample(args, out=None) -> int:
     _check_model_store(args)
     gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device)
     x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale)
-    save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)")
+    reference = reference_points(gen.cfg) if args.out.endswith(".png") and x.ndim == 2 else None
+    save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)", reference=reference)
     print(f"wrote {args.n} samples ({args.steps} step(s), shape {tuple(x.shape[1:])}) to {args.out}", file=out)
     return 0
 

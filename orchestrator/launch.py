@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,6 +41,7 @@ class RunPlan:
     experiment: str
     param_keys: tuple[str, ...] = ()  # shown as MLflow params besides tracking.IDENTITY_KEYS
     title: str | None = None  # the MLflow run's display name (default: `name`)
+    tags: dict[str, str] = field(default_factory=dict)  # more MLflow tags (a sweep's champion: its sweep, its parent)
 
     @property
     def num_workers(self) -> int:
@@ -87,7 +88,8 @@ def run_name(cfg: DictConfig, explicit: str | None = None) -> str:
 
 
 def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | None = None,
-             experiment: str | None = None, param_keys: tuple[str, ...] = (), title: str | None = None) -> RunPlan:
+             experiment: str | None = None, param_keys: tuple[str, ...] = (), title: str | None = None,
+             tags: dict[str, str] | None = None) -> RunPlan:
     """Everything about the run that can be decided (and be wrong) before Ray starts."""
     name = run_name(cfg, name)
     cfg = cfg.copy()
@@ -100,6 +102,7 @@ def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | No
         experiment=experiment or DEFAULT_EXPERIMENT,
         param_keys=tuple(param_keys),
         title=title,
+        tags=dict(tags or {}),
     )
 
 
@@ -270,7 +273,7 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
     """(MLflow run id, resumed): the run's MLflow run, created or found again by its name and storage."""
     mlc = tracking.client(plan.tracking_uri)
     exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
-    tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **(extra_tags or {})}
+    tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **plan.tags, **(extra_tags or {})}
     return tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys, title=plan.title)
 
 

@@ -39,7 +39,7 @@ class Promotion:
 
 
 def candidate_runs(client, *, run_id: str | None, sweep: str | None) -> list:
-    """The run given, or every trial run of the sweep (in any experiment of the store)."""
+    """The run given, or every trial and champion run of the sweep (in any experiment of the store)."""
     from mlflow.exceptions import MlflowException
 
     if run_id:
@@ -48,8 +48,9 @@ def candidate_runs(client, *, run_id: str | None, sweep: str | None) -> list:
         except MlflowException:
             raise ValueError(f"--run-id: no run {run_id!r} in this tracking store") from None
     exp_ids = [e.experiment_id for e in client.search_experiments()]
-    flt = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'trial'"
+    flt = f"tags.`{SWEEP_TAG}` = '{sweep}'"  # its trials and its champions (`train --best-of`), not its parent
     runs = client.search_runs(exp_ids, filter_string=flt, max_results=5000) if exp_ids else []
+    runs = [r for r in runs if r.data.tags.get(ROLE_TAG) in ("trial", "champion")]
     if not runs:
         raise ValueError(f"--sweep: no trial runs of a sweep named {sweep!r} in this tracking store")
     # a pruned trial's run is FINISHED, but its metrics stop where the pruner stopped it

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,24 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def occupied_modes(x, radius: float = 0.25, share: float = 0.05) -> int:
+    """How many of the 8 Gaussians (on the circle of radius 2) hold at least `share` of the samples within
+    `radius` of their centre: 8 when the modes are separated and all covered, none for a ring (4% of it lies
+    that near each centre), fewer for a collapse."""
+    angles = np.arange(8) * np.pi / 4
+    centres = 2 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    near = np.linalg.norm(x[:, None, :] - centres[None], axis=-1) < radius
+    return int((near.mean(0) >= share).sum())
+
+
+def test_mode_count_tells_separated_modes_from_a_ring():
+    rng = np.random.default_rng(0)
+    angles = rng.integers(0, 8, 5000) * np.pi / 4
+    modes = 2 * np.stack([np.cos(angles), np.sin(angles)], 1) + 0.1 * rng.standard_normal((5000, 2))
+    ring = 2 * np.stack([np.cos(t := rng.uniform(0, 2 * np.pi, 5000)), np.sin(t)], 1)
+    assert occupied_modes(modes) == 8 and occupied_modes(ring) == 0 and occupied_modes(modes[angles < 3]) == 4
+
+
 def test_readme_names_the_two_commands():
     assert readme_commands() == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
@@ -60,7 +79,8 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
         if command == "make demo":
             out = proc.stdout
             # progress all the way: the set-up, each stage, each trial
-            for line in ("== setting up .venv", "== 1/3 sweep", "== 2/3 promote", "== 3/3 sample", "trial 7 "):
+            for line in ("== setting up .venv", "== 1/4 sweep", "== 2/4 the best trial", "== 3/4 promote",
+                         "== 4/4 sample", "trial 7 "):
                 assert line in out
             assert "model uri: models:/toy2d_smoke@champion" in out
             # issue 15: our progress and results only; Ray's and MLflow's own lines are in imm-runs/logs/
@@ -71,3 +91,8 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
             for png in ("champion_1steps.png", "champion_2steps.png", "champion_4steps.png"):
                 assert (clone / "imm-runs" / "demo" / png).stat().st_size > 10_000
             assert (clone / "imm-runs" / "mlflow.db").is_file() and (clone / "imm-runs" / "optuna.journal").is_file()
+            # issue 15: the champion shows the method working: the 8 modes of the mixture, each holding samples
+            npy = tmp_path / "champion_2steps.npy"
+            subprocess.run([str(clone / ".venv" / "bin" / "imm-orch"), "sample", "--model", "models:/toy2d_smoke@champion",
+                            "--steps", "2", "--n", "5000", "--out", str(npy)], cwd=clone, env=env, check=True)
+            assert occupied_modes(np.load(npy)) == 8

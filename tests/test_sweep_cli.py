@@ -3,6 +3,8 @@ the status table of a stored study, and the pieces the runner is built from (con
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 import yaml
@@ -180,3 +182,24 @@ def test_root_cause_and_redaction():
     assert root_cause(RuntimeError("plain words")) == "plain words"
     assert redact("postgresql://optuna:s3cret@db:5432/optuna") == "postgresql://optuna:***@db:5432/optuna"
     assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_best_of_trains_the_best_complete_trials_settings_again(tmp_path, capsys, no_ray):
+    """`imm-orch train --best-of SWEEP.yaml train.steps=N`: the sweep's base config, its best complete trial's
+    swept values, then the command's overrides; refused in one line when there is no such trial."""
+    path = write(tmp_path)
+    argv = ["train", "--best-of", str(path), "train.steps=77", "--dry-run"]
+    assert cli.main(argv) == 2
+    assert "--best-of: no sweep 'cli' in journal:" in capsys.readouterr().err
+    sweep = sweep_from_dict(spec(tmp_path))
+    study = open_study(sweep, resume=False)
+    for group_size, lr, value in ((4, 1e-3, 0.5), (8, 2e-3, 0.25), (4, 5e-3, None)):  # the last one pruned
+        study.enqueue_trial({"imm.group_size": group_size, "train.lr": lr})
+        trial, _ = ask_distinct(study, sweep)
+        study.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.PRUNED)
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "group_size: 8" in out and "lr: 0.002" in out and "steps: 77" in out  # the best trial, 77 steps
+    assert re.search(r"^run name: +cli-\w+-best$", out, re.M)
+    assert cli.main(["train", "toy2d", "--best-of", str(path)]) == 2
+    assert "--best-of: the config comes from the sweep; drop 'toy2d'" in capsys.readouterr().err

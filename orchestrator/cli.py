@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -657,8 +658,8 @@ def entry() -> int:
             code = 1
     if log.is_file() and log.stat().st_size == 0:
         log.unlink()
-    elif args.command not in ("train", "sweep"):
-        print(f"imm-orch: Ray's and MLflow's messages are in {log}", file=terminal.err())
+    elif args.command not in ("train", "sweep") and re.search(r"WARNING|ERROR|Traceback", log.read_text(errors="replace")):
+        print(f"imm-orch: Ray's and MLflow's warnings are in {log}", file=terminal.err())
     return code
 
 

@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from imm.config import load_config
-from orchestrator import cli, tracking
+from orchestrator import cli, sample_grids, tracking
 from orchestrator.launch import launch, plan_run
 from orchestrator.worker import KillSwitch
 
@@ -61,11 +62,10 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert run.info.artifact_uri.startswith(tracking.artifact_root(mlflow_uri))  # beside mlflow.db
     files = _artifacts(client, run_id)
     assert "config.yaml" in files and "checkpoint/checkpoint.pt" in files
-    # each evaluation's samples stored once, as step-keyed MLflow images (the last under a key of its own)
-    keyed = sorted(re.match(r"images/(.+)\+step\+(\d+)\+", f).groups() for f in files if f.endswith(".png"))
-    assert keyed == [("final~steps_1", "40"), ("final~steps_2", "40"), ("samples~steps_1", "20"),
-                     ("samples~steps_2", "20")]
-    assert not [f for f in files if f.startswith("samples/")]
+    # the samples stored once: one grid, a row per evaluation (steps 20 and 40), a column per step count (1, 2)
+    assert set(files) == {"config.yaml", "checkpoint/checkpoint.pt", "samples.png"}, files
+    with Image.open(client.download_artifacts(run_id, "samples.png", str(tmp_path))) as grid:
+        assert len(sample_grids.rows_of(grid)) == 2 and grid.width == sample_grids.LABEL_W + 2 * sample_grids.CELL
     final = torch.load(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(tmp_path)), weights_only=True)
     assert final["step"] == 40 and {"model", "ema", "config"} <= set(final) and "optimizer" not in final
     ckpt_dir = run.data.tags["imm.checkpoint_path"]

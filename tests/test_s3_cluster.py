@@ -4,7 +4,6 @@ checkpoints go to S3. Also: S3 answering 503 during checkpoint uploads, and no s
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -41,7 +40,7 @@ def test_two_worker_run_keeps_everything_in_s3_and_its_model_is_promoted_and_sam
     art = keys(s3_env, "mlflow/")
     names = {k.split(f"/{run_id}/artifacts/", 1)[1] for k in art if f"/{run_id}/artifacts/" in k}
     assert {"config.yaml", "checkpoint/checkpoint.pt"} <= names
-    assert any(n.startswith("images/final~steps_2+step+40+") for n in names)
+    assert "samples.png" in names and not any(n.startswith(("images/", "samples/")) for n in names)
     final = next(k for k in art if k.endswith(f"{run_id}/artifacts/checkpoint/checkpoint.pt"))
     assert art[final] < 0.7 * ray_keys["ray/on-s3/checkpoint_0000040/checkpoint.pt"]  # without Adam's moments
 
@@ -94,4 +93,7 @@ def test_checkpoint_uploads_survive_s3_answering_503(ray_local, s3_server, s3_en
         assert state["step"] == step
     artifact = Path(tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
         run_id, "checkpoint/checkpoint.pt", str(tmp_path)))
-    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == hashlib.sha256(body).hexdigest()
+    final = torch.load(artifact, weights_only=True)  # the last checkpoint, whole, less the optimizer's state
+    assert set(final) == set(state) - set(tracking.TRAINING_STATE)
+    for part in ("model", "ema"):
+        assert all(torch.equal(final[part][k], state[part][k]) for k in state[part])

@@ -161,15 +161,25 @@ def _token_mode() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+AGENT_WAIT_S = 60  # a cluster that has just started has no job agent for a few seconds
+
+
 def submit(client, sub: Submission, out=None) -> str:
     out = out or terminal.out()
     from ray.exceptions import AuthenticationError
 
-    try:
-        job_id = client.submit_job(entrypoint=sub.entrypoint, submission_id=sub.job_id, runtime_env=sub.runtime_env,
-                                   metadata=sub.metadata)
-    except AuthenticationError:
-        raise ConnectionError(f"--cluster: the cluster refused the job: {TOKEN_HELP}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=sub.entrypoint, submission_id=sub.job_id, runtime_env=sub.runtime_env,
+                                       metadata=sub.metadata)
+            break
+        except AuthenticationError:
+            raise ConnectionError(f"--cluster: the cluster refused the job: {TOKEN_HELP}") from None
+        except RuntimeError as e:  # a head that has just started: "No available agent to submit job, ... try again later"
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise ConnectionError(f"--cluster: the cluster did not take the job: {str(e).splitlines()[0]}") from None
+            time.sleep(2)
     address = client.get_address()
     print(f"submitted {sub.kind} {sub.name!r} as Ray job {job_id} to {address}", file=out)
     print(f"  driver:   {sub.entrypoint}", file=out)

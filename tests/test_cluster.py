@@ -45,6 +45,14 @@ def cluster(s3_server, mlflow_server, tmp_path_factory):
     try:
         c.start_node("head", 1, head=True, port=port, dash=dash)
         c.start_node("node_b", 1)
+        client, deadline = c.client(), time.monotonic() + 120
+        while True:  # until the head's job agent takes jobs (right after start: "No available agent to submit job")
+            try:
+                wait_job(client, client.submit_job(entrypoint="true"), timeout=120)
+                break
+            except RuntimeError:
+                assert time.monotonic() < deadline, "the cluster's job agent never came up"
+                time.sleep(2)
         yield c
     finally:
         c.stop()

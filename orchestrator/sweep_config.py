@@ -21,7 +21,6 @@ objective count. A mistake is one ConfigError naming the field and what is allow
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,13 +423,6 @@ def _check_sampler(sweep: Sweep) -> None:
                                   "use tpe or random, or split the sweep")
             if p.grid() is None:
                 raise ConfigError(f"sampler.name: grid needs finite keys; give space.{p.key} choices or a step")
-
-
-def grid_size(sweep: Sweep) -> int | None:
-    """How many points a grid sweep has (None for other samplers)."""
-    if sweep.spec.sampler.name != "grid":
-        return None
-    return math.prod(len(p.grid()) for p in sweep.params)
 
 
 def _check_pruner(sweep: Sweep) -> None:

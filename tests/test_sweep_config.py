@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from imm.config import ConfigError
-from orchestrator.sweep_config import grid_size, load_sweep, sweep_from_dict
+from orchestrator.sweep_config import load_sweep, sweep_from_dict
 
 SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
 
@@ -70,10 +70,10 @@ def test_resources_become_the_trials_trainer_settings():
     assert not sweep.base.trainer.use_gpu
 
 
-def test_grid_size_counts_every_combination():
+def test_the_points_of_a_grid_are_every_combination():
     sweep = sweep_from_dict(spec(sampler="grid", space={"imm.group_size": {"choices": [2, 4]},
                                                         "imm.k": {"low": 8, "high": 12, "step": 2}}))
-    assert grid_size(sweep) == 2 * 3
+    assert sweep.points() == [{"imm.group_size": m, "imm.k": k} for m in (2, 4) for k in (8, 10, 12)]
 
 
 @pytest.mark.parametrize(

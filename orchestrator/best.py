@@ -29,7 +29,7 @@ def best_of(path: str, overrides: list[str],
     import optuna
 
     from orchestrator import tracking
-    from orchestrator.sweep import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, open_storage, redact, storage_url, trial_title
+    from orchestrator.sweep import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, open_storage, redact, storage_url, swept_values
     from orchestrator.sweep_config import load_sweep
 
     sweep = load_sweep(path, base_overrides=overrides)
@@ -52,6 +52,6 @@ def best_of(path: str, overrides: list[str],
         parent = mlc.get_run(trial_run).data.tags.get("mlflow.parentRunId")
         if parent:
             tags["mlflow.parentRunId"] = parent
-    title = f"best of t{best.number}: {trial_title(best.number, best.params).split(' ', 1)[-1]}, {cfg.train.steps} steps"
+    title = f"best of t{best.number}: {swept_values(best.params)}, {cfg.train.steps} steps"
     return cfg, tuple(best.params), Champion(name=f"{sweep.name}-{sweep_id}-best", experiment=sweep.spec.experiment,
                                              title=title, tags=tags)

@@ -659,9 +659,13 @@ def root_cause(e: BaseException) -> str:
 
 def trial_title(number: int, params: dict[str, Any], note: str = "") -> str:
     """A trial's name in MLflow's runs table: its number first (the table cuts long names), then its swept values
-    by their last key part (`t3 group_size=8 kernel=laplace k=10`)."""
-    shown = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
-    return f"t{number} {shown}{note}"[:250]
+    (`t3 group_size=8 kernel=laplace k=10`)."""
+    return f"t{number} {swept_values(params)}{note}"[:250]
+
+
+def swept_values(params: dict[str, Any]) -> str:
+    """`group_size=8 kernel=laplace k=10`: swept values by the last part of their key."""
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
 
 
 def _fmt(v: Any) -> str:

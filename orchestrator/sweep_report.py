@@ -96,7 +96,7 @@ def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
 def describe_parent(mlc, parent_id: str, study, sweep, best: list[dict], finished: list, grid: Path | None) -> None:
     """The parent run's description: the outcome in words, a link to the best trial, and the sweep grid."""
     from orchestrator import tracking
-    from orchestrator.sweep import trial_counts, trial_title, view_key
+    from orchestrator.sweep import swept_values, trial_counts, view_key
 
     counts = ", ".join(f"{n} {s}" for s, n in sorted(trial_counts(study).items()))
     text = f"Sweep `{sweep.name}`: {len(finished)} trials finished ({counts})."
@@ -105,7 +105,7 @@ def describe_parent(mlc, parent_id: str, study, sweep, best: list[dict], finishe
         exp = mlc.get_run(parent_id).info.experiment_id
         table = tracking.view_link(exp, view_key(sweep.name, study.user_attrs["sweep_id"]))
         text += (f" Best: [trial {b['number']}](#/experiments/{exp}/runs/{b['run_id']}), {sweep.metrics[0]} = "
-                 f"{b['values'][0]:.4g}, with {trial_title(b['number'], b['params']).split(' ', 1)[-1]}."
+                 f"{b['values'][0]:.4g}, with {swept_values(b['params'])}."
                  f" [All trials, best first]({table}).")
     if grid is not None:
         text += " Each trial's last samples (rows, best first) at each sampling step count (columns):"

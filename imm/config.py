@@ -79,6 +79,10 @@ class IMMConfig:
     weight_norm: bool = True
     estimator: str = "v"  # v: the paper's V-statistic; u: unbiased U-statistic
     time_sampler: str = "uniform"
+    # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
+    # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
+    sampler: str = "pushforward"
+    schedule: str = "uniform"
     p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
     p_std: float = 2.0
 
@@ -105,8 +109,8 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str | None = None  # None = the method's default (pushforward for imm, euler for fm)
-    schedule: str = "uniform"
+    sampler: str | None = None  # None = the method's default (imm.sampler for imm, restart for cm, euler for fm)
+    schedule: str | None = None  # None = the method's (imm.schedule for imm, uniform otherwise)
     times: list[float] | None = None  # an explicit grid [T, ..., eps_t]; overrides steps and schedule
     eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
     cfg_scale: float = 1.0  # classifier-free guidance on the network output; 1 = none
@@ -191,7 +195,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "imm.time_sampler": TIME_SAMPLERS,
     "train.optimizer": OPTIMIZERS,
     "train.precision": ("fp32", "bf16"),
-    "sample.schedule": SCHEDULES,
+    "sample.schedule": (None, *SCHEDULES),
+    "imm.sampler": METHOD_SAMPLERS["imm"],
+    "imm.schedule": SCHEDULES,
     "eval.features": FEATURES,
 }
 
@@ -204,7 +210,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         layers = [schema]
         if path is not None:
-            layers.append(load_yaml(_resolve_path(path)))
+            layers += config_layers(path)
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as e:
@@ -236,10 +242,23 @@ def load_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"{where}: YAML syntax error: {what}") from None
 
 
-def _resolve_path(path: str | Path) -> Path:
+def config_layers(path: str | Path, within: Path | None = None, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """A config file as layers: the config it names as `base:` (a built-in name or a path relative to it, itself
+    possibly with a base), then its own keys. So a variant (e.g. toy2d_paper) states only what it changes."""
+    p = _resolve_path(path, within)
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: base: configs form a cycle ({' -> '.join(str(q) for q in (*seen, p.resolve()))})")
+    layer = load_yaml(p)
+    base = layer.pop("base", None)
+    return [*(config_layers(base, p.parent, (*seen, p.resolve())) if base else []), layer]
+
+
+def _resolve_path(path: str | Path, within: Path | None = None) -> Path:
     p = Path(path)
     if p.exists():
         return p
+    if within is not None and (within / p).exists():
+        return within / p
     builtin = BUILTIN_CONFIGS / f"{path}.yaml"
     if builtin.exists():
         return builtin

@@ -25,6 +25,8 @@ def test_builtin_config_and_overrides():
         ("eval.steps=[0,2]", r"eval\.steps"),
         ("imm.estimator=w", r"imm\.estimator"),
         ("sample.sampler=euler", r"sample\.sampler: 'euler' does not apply to method=imm"),
+        ("imm.sampler=euler", r"imm\.sampler: 'euler' is not one of \['pushforward', 'restart'\]"),
+        ("sample.schedule=cosine", r"sample\.schedule: 'cosine' is not one of \[None, 'uniform', 'eta'\]"),
         ("imm.k=abc", r"imm\.k"),
         ("imm.nonsense=1", r"nonsense"),
         ("eps_t=0.999", r"eps_t, T"),
@@ -69,3 +71,35 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, cap
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"imm-orch: error: {argv[1]}:") and "YAML syntax error" in err and err.count("\n") == 1
+
+
+def test_a_named_variant_states_only_what_it_changes_over_its_base(tmp_path):
+    from imm.methods import sampler_of, schedule_of
+
+    shipped, paper = load_config("toy2d"), load_config("toy2d_paper")
+    assert (sampler_of(shipped), sampler_of(paper), schedule_of(paper)) == ("restart", "pushforward", "uniform")
+    assert paper.imm.group_size == shipped.imm.group_size == 4 and paper.model == shipped.model
+    assert schedule_of(load_config("digits")) == "eta" and schedule_of(load_config("digits_paper")) == "uniform"
+    # a user's own variant: a base by path relative to the file, a chain of bases, overrides on top
+    (tmp_path / "a.yaml").write_text("base: toy2d\ntrain:\n  steps: 7\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nimm:\n  k: 9\n")
+    cfg = load_config(tmp_path / "sub" / "b.yaml", ["imm.k=11"])
+    assert (cfg.train.steps, cfg.imm.k, cfg.data.name) == (7, 11, "8gaussians")
+    (tmp_path / "a.yaml").write_text("base: sub/b.yaml\n")
+    with pytest.raises(ConfigError, match="base: configs form a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere\n")
+    with pytest.raises(ConfigError, match="config file 'nowhere' not found"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_the_imm_sampling_choice_belongs_to_imm_so_a_baseline_on_the_same_config_keeps_its_own():
+    from imm.methods import sampler_of, schedule_of
+
+    for name in ("toy2d", "digits"):
+        fm = load_config(name, ["method=fm"])
+        assert (sampler_of(fm), schedule_of(fm)) == ("euler", "uniform")
+        assert sampler_of(load_config(name, ["method=cm"])) == "restart"
+    cfg = load_config("digits", ["sample.sampler=restart", "sample.schedule=uniform"])  # sample.* still wins
+    assert (sampler_of(cfg), schedule_of(cfg)) == ("restart", "uniform")

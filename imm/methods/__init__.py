@@ -33,6 +33,16 @@ DEFAULT_SAMPLER = {"imm": "pushforward", "cm": "restart", "fm": "euler", "ddpm":
 SAMPLER_FNS = {**SAMPLERS, "ancestral": ancestral, "ddim": ddim, "decode": decode}
 
 
+def sampler_of(cfg: DictConfig) -> str:
+    """The sampler a config samples with: sample.sampler, else the method's own choice."""
+    return cfg.sample.sampler or (cfg.imm.sampler if cfg.method == "imm" else DEFAULT_SAMPLER[cfg.method])
+
+
+def schedule_of(cfg: DictConfig) -> str:
+    """The time grid a config samples on: sample.schedule, else the method's own (imm.schedule for IMM)."""
+    return cfg.sample.schedule or (cfg.imm.schedule if cfg.method == "imm" else "uniform")
+
+
 def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
     """G_theta: the MLP (any data, flattened) or the U-Net (images)."""
     m = cfg.model
@@ -114,7 +124,7 @@ def generate(
     A class-conditional model gets `labels`, or by default the classes in turn (0, 1, ..., 0, 1, ...), guided
     with `sample.cfg_scale`.
     """
-    sampler = sampler or cfg.sample.sampler or DEFAULT_SAMPLER[cfg.method]
+    sampler = sampler or sampler_of(cfg)
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     classes = num_classes_of(model)
@@ -132,7 +142,7 @@ def generate(
             x, grid = torch.randn((b, *data_shape), generator=g, device=device), timestep_grid(steps, model.num_steps)
         else:
             T = resolved_T(cfg)
-            grid = time_grid(steps, model.traj, cfg.eps_t, T, cfg.sample.schedule, cfg.sample.times)
+            grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times)
             x = initial_noise(b, data_shape, model.sigma_d, model.traj, T, generator=g, device=device)
         fn = model if labels is None else Conditioned(model, labels[start : start + b], float(cfg.sample.cfg_scale))
         out.append(SAMPLER_FNS[sampler](fn, x, grid, generator=g, **extra))

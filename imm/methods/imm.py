@@ -68,10 +68,11 @@ class IMMLoss:
     def __post_init__(self):
         self.kernel_fn = get_kernel(self.kernel)
 
-    def draw(self, x: Tensor, sigma_d: Tensor, labels: Tensor | None = None) -> IMMBatch:
-        """Times (one (s, r, t) per group), noise and the two noisy inputs for a batch of data x."""
+    def draw(self, x: Tensor, sigma_d: Tensor, labels: Tensor | None = None,
+             times: tuple[Tensor, Tensor] | None = None) -> IMMBatch:
+        """Times (one (s, r, t) per group, or the given (s, t)), noise and the two noisy inputs for a batch of data x."""
         groups = x.shape[0] // self.group_size
-        s, t = sample_times(
+        s, t = times if times is not None else sample_times(
             groups, self.traj, self.eps_t, self.T, self.time_sampler,
             p_mean=self.p_mean, p_std=self.p_std, device=x.device,
         )
@@ -88,18 +89,21 @@ class IMMLoss:
         x_r = ddim(x_t, x, r_.view(shape), t_.view(shape), self.traj)
         return IMMBatch(s=s, r=r, t=t, x_t=x_t, x_r=x_r, labels=labels)
 
-    def objective(self, model: OneStepModel, batch: IMMBatch) -> Tensor:
+    def per_group(self, model: OneStepModel, batch: IMMBatch) -> Tensor:
+        """MMD^2(y_t, y_r) of each group, unweighted: (G,)."""
         m = self.group_size
         s_, r_, t_ = (v.repeat_interleave(m) for v in (batch.s, batch.r, batch.t))
         with replay_rng(batch.x_t.device), torch.no_grad():
             y_r = at_least_fp32(model(batch.x_r, s_, r_, batch.labels))
         y_t = at_least_fp32(model(batch.x_t, s_, t_, batch.labels))  # kernel sums in >= fp32
         groups = batch.s.shape[0]
-        per_group = mmd2(
+        return mmd2(
             y_t.reshape(groups, m, -1), y_r.reshape(groups, m, -1),
             self.kernel_fn, unwrap(model).kernel_scale(batch.s, batch.t), self.unbiased,
         )
-        return (self.weighting(batch.t, self.traj) * per_group).mean()
+
+    def objective(self, model: OneStepModel, batch: IMMBatch) -> Tensor:
+        return (self.weighting(batch.t, self.traj) * self.per_group(model, batch)).mean()
 
     def __call__(self, model: OneStepModel, x: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.objective(model, self.draw(x, unwrap(model).sigma_d, labels))

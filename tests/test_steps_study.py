@@ -1,0 +1,60 @@
+"""The steps study (issue 16): its exact reference flow, and the quick study's monotonicity check on real training."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imm.data import eight_gaussians
+from imm.metrics import energy_distance
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("steps_study", ROOT / "benchmarks" / "steps_study.py")
+study = sys.modules["steps_study"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
+_spec.loader.exec_module(study)
+
+
+def _marginal(t: float, n: int, sigma_d: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (1 - t) * eight_gaussians(n, g).double() + t * sigma_d * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+
+def test_the_exact_mixture_flow_is_a_flow_map_of_the_true_marginals():
+    """gmm_flow is the reference the step errors are measured against: f_{t,t} = id, f_{s,r} f_{r,t} = f_{s,t},
+    and it carries the true marginal at t to the true marginal at s (a wrong sign or coefficient in the mixture's
+    velocity breaks the last one by orders of magnitude)."""
+    sd = 1.418
+    x = _marginal(0.9, 3000, sd, 0)
+    assert torch.equal(study.gmm_flow(x, 0.9, 0.9, sd), x)
+    one = study.gmm_flow(x, 0.9, 0.2, sd, n=200)
+    two = study.gmm_flow(study.gmm_flow(x, 0.9, 0.5, sd, n=100), 0.5, 0.2, sd, n=100)
+    assert float((one - two).norm(dim=1).max()) < 1e-4
+    pushed = study.gmm_flow(x, 0.9, 0.0, sd, n=200)
+    assert energy_distance(pushed, _marginal(0.0, 3000, sd, 1)) < 2e-3  # the metric's floor at n = 3000
+    assert energy_distance(x, _marginal(0.0, 3000, sd, 1)) > 0.05  # what the flow had to undo
+
+
+def test_the_monotonicity_check_uses_the_seed_spread_at_two_steps():
+    steps = (1, 2, 4, 8)
+    assert study.monotone([0.05, 0.010, 0.008, 0.011], [0, 0.002, 0, 0], steps)
+    assert not study.monotone([0.05, 0.010, 0.008, 0.013], [0, 0.002, 0, 0], steps)
+    assert not study.monotone([0.05, 0.010, 0.0125, 0.001], [0, 0.002, 0, 0], steps)
+
+
+@pytest.mark.slow
+def test_the_quick_study_shows_the_shipped_toy2d_improving_from_two_to_four_and_eight_steps(tmp_path):
+    """Two seeds of the shipped toy2d config (3000 steps each, in parallel): the study exits 0 only if its sampler's
+    quality at 4 and 8 steps is no worse than at 2 (within the seed spread); the tables and figure are written."""
+    code = study.main(["--quick", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    energies = [r["energy"][r["sampler"]] for r in results]
+    assert code == 0, energies
+    assert [r["sampler"] for r in results] == ["restart/uniform"] * 2
+    mean = [sum(e[i] for e in energies) / 2 for i in range(4)]
+    assert mean[3] < mean[1] < mean[0] and all(math.isfinite(v) for v in mean)  # 8 steps beat 2, which beat 1
+    assert (tmp_path / "out" / "quality_vs_steps.png").stat().st_size > 10_000
+    assert "restart/uniform" in (tmp_path / "out" / "tables.md").read_text()

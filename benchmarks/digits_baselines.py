@@ -26,7 +26,7 @@ from imm.sample import image_grid_png
 from imm.train import train
 
 PLAN = {  # method: [(sampler, steps), ...]
-    "imm": [("pushforward", 1), ("pushforward", 2), ("pushforward", 4), ("restart", 4)],
+    "imm": [("pushforward", 1), ("pushforward", 2), ("pushforward", 4), ("pushforward", 8), ("restart", 4)],
     "cm": [("restart", 1), ("restart", 2), ("pushforward", 2)],
     "fm": [("euler", 2), ("euler", 8), ("euler", 32)],
     "ddpm": [("ancestral", 32), ("ddim", 2), ("ddim", 8), ("ddim", 32)],

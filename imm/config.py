@@ -7,28 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from imm.kernels import KERNELS
-from imm.losses import ESTIMATORS
-from imm.mapping import MAPPINGS
 from imm.metrics.features import FEATURES
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
-from imm.weighting import TIME_SAMPLERS, WEIGHTINGS
 
-METHODS = ("imm", "fm", "ddpm", "cm", "vae")
 ARCHS = ("mlp", "unet")
 OPTIMIZERS = ("adam", "adamw", "radam")
-METHOD_SAMPLERS = {
-    "imm": ("pushforward", "restart"),
-    "cm": ("restart", "pushforward"),
-    "fm": ("euler", "heun"),
-    "ddpm": ("ancestral", "ddim"),
-    "vae": ("decode",),
-}
 
 
 class ConfigError(ValueError):
@@ -60,31 +48,6 @@ class ModelConfig:
     parameterization: str = "simple_edm"
     s_embedding: str = "identity"
     class_conditional: bool = False  # a label embedding with a null label (classifier-free guidance)
-
-
-@dataclass
-class IMMConfig:
-    group_size: int = 4  # M
-    kernel: str = "laplace"
-    mapping: str = "constant_eta"
-    k: int = 12  # mapping decrement 2^-k
-    eta_max: float = 160.0
-    eta_min: float = 0.0
-    delta: float = 0.0  # low-precision floor on t - r (the paper's 1e-4); 0 = off
-    weighting: str = "sigmoid"
-    a: float = 1.0
-    b: float = 5.0
-    weight_elbo: bool = True  # the factors of the sigmoid weighting, switchable one by one
-    weight_alpha: bool = True
-    weight_norm: bool = True
-    estimator: str = "v"  # v: the paper's V-statistic; u: unbiased U-statistic
-    time_sampler: str = "uniform"
-    # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
-    # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
-    sampler: str = "pushforward"
-    schedule: str = "uniform"
-    p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
-    p_std: float = 2.0
 
 
 @dataclass
@@ -131,19 +94,6 @@ class EvalConfig:
 
 
 @dataclass
-class DDPMConfig:
-    steps: int = 1000  # the discrete schedule's length N
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    clip_x0: float = 0.0  # > 0: clip the sampler's clean-data prediction to +-clip_x0 (1.0 for images in [-1, 1])
-
-
-@dataclass
-class VAEConfig:
-    latent_dim: int = 16
-
-
-@dataclass
 class TrainerConfig:
     num_workers: int = 1
     use_gpu: bool = False
@@ -172,9 +122,7 @@ class RunConfig:
     T: float | None = None  # None = the trajectory's default (0.994 ot_fm, 0.996 cosine)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    imm: IMMConfig = field(default_factory=IMMConfig)
-    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
+    # + one section per method that has one (imm, ddpm, vae, ...): see run_schema()
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -183,32 +131,35 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
     "trajectory": tuple(TRAJECTORIES),
     "model.arch": ARCHS,
     "model.parameterization": PARAMETERIZATIONS,
     "model.s_embedding": S_EMBEDDINGS,
-    "imm.kernel": tuple(KERNELS),
-    "imm.mapping": MAPPINGS,
-    "imm.weighting": WEIGHTINGS,
-    "imm.estimator": ESTIMATORS,
-    "imm.time_sampler": TIME_SAMPLERS,
     "train.optimizer": OPTIMIZERS,
     "train.precision": ("fp32", "bf16"),
     "sample.schedule": (None, *SCHEDULES),
-    "imm.sampler": METHOD_SAMPLERS["imm"],
-    "imm.schedule": SCHEDULES,
     "eval.features": FEATURES,
 }
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
 
+def run_schema() -> DictConfig:
+    """RunConfig plus the config section of every registered method (imm, ddpm, vae, ...)."""
+    from imm.methods import METHODS
+
+    schema = OmegaConf.structured(RunConfig)
+    with open_dict(schema):
+        for m in METHODS.values():
+            if m.section and m.section not in schema:
+                schema[m.section] = OmegaConf.structured(m.config)
+    return schema
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Schema <- YAML file <- dotted overrides, validated. `path` may name a built-in config ("toy2d")."""
-    schema = OmegaConf.structured(RunConfig)
     try:
-        layers = [schema]
+        layers = [run_schema()]
         if path is not None:
             layers += config_layers(path)
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
@@ -222,7 +173,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def config_from_dict(d: dict[str, Any]) -> DictConfig:
     """A validated config from a plain dict (e.g. the resolved config stored in a checkpoint)."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+        cfg = OmegaConf.merge(run_schema(), OmegaConf.create(d))
     except OmegaConfBaseException as e:
         raise ConfigError(_omegaconf_message(e)) from None
     validate(cfg)
@@ -278,71 +229,64 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad field and the allowed values."""
+    from imm.methods import METHODS
+
+    check_choice(cfg, "method", tuple(METHODS))
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
-    if cfg.sample.sampler is not None and cfg.sample.sampler not in METHOD_SAMPLERS[cfg.method]:
+        check_choice(cfg, key, allowed)
+    method = METHODS[cfg.method]
+    if cfg.sample.sampler is not None and cfg.sample.sampler not in method.samplers:
         raise ConfigError(
             f"sample.sampler: {cfg.sample.sampler!r} does not apply to method={cfg.method}; "
-            f"choose one of {list(METHOD_SAMPLERS[cfg.method])}"
+            f"choose one of {list(method.samplers)}"
         )
-    if cfg.method == "fm" and cfg.trajectory != "ot_fm":
-        raise ConfigError(f"trajectory: flow matching (method=fm) uses 'ot_fm', got {cfg.trajectory!r}")
-    _check_range(cfg, "imm.k", 1, 20)
-    _check_range(cfg, "imm.group_size", 1, None)
-    _check_range(cfg, "train.batch_size", 1, None)
-    _check_range(cfg, "train.steps", 0, None)
-    _check_range(cfg, "train.lr", 0.0, None, strict_low=True)
-    _check_range(cfg, "train.ema_decay", 0.0, 1.0)
-    _check_range(cfg, "train.keep_checkpoints", 1, None)
-    _check_range(cfg, "train.checkpoint_every", 1, None)
-    _check_range(cfg, "train.log_every", 1, None)
-    _check_range(cfg, "model.dropout", 0.0, 1.0)
-    _check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
-    _check_range(cfg, "eval.every", 1, None)
-    _check_range(cfg, "eval.n_samples", 2, None)
-    _check_range(cfg, "eval.batch_size", 1, None)
+    for m in METHODS.values():  # every section's own values, whichever method runs
+        if m.check_section:
+            m.check_section(cfg)
+    check_range(cfg, "train.batch_size", 1, None)
+    check_range(cfg, "train.steps", 0, None)
+    check_range(cfg, "train.lr", 0.0, None, strict_low=True)
+    check_range(cfg, "train.ema_decay", 0.0, 1.0)
+    check_range(cfg, "train.keep_checkpoints", 1, None)
+    check_range(cfg, "train.checkpoint_every", 1, None)
+    check_range(cfg, "train.log_every", 1, None)
+    check_range(cfg, "model.dropout", 0.0, 1.0)
+    check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
+    check_range(cfg, "eval.every", 1, None)
+    check_range(cfg, "eval.n_samples", 2, None)
+    check_range(cfg, "eval.batch_size", 1, None)
     if cfg.eval.features == "inception" and not cfg.eval.inception_weights:
         raise ConfigError("eval.inception_weights: eval.features=inception needs the weights' path or s3:// URI "
                           "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
-    _check_range(cfg, "trainer.num_workers", 1, None)
-    _check_range(cfg, "trainer.max_failures", -1, None)
-    _check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
-    _check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
+    check_range(cfg, "trainer.num_workers", 1, None)
+    check_range(cfg, "trainer.max_failures", -1, None)
+    check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
+    check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
     T = resolved_T(cfg)
     if not 0.0 <= cfg.eps_t < T < 1.0:
         raise ConfigError(f"eps_t, T: need 0 <= eps_t < T < 1, got eps_t={cfg.eps_t}, T={T}")
-    m, b, w = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers
+    b, w = cfg.train.batch_size, cfg.trainer.num_workers
     if b % w:
         raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")
-    if cfg.method == "vae" and cfg.model.class_conditional:
-        raise ConfigError("model.class_conditional: the VAE baseline is unconditional; set it false for method=vae")
-    _check_range(cfg, "sample.eta", 0.0, 1.0)
-    _check_range(cfg, "sample.cfg_scale", 0.0, None)
-    _check_range(cfg, "train.label_dropout", 0.0, 1.0)
-    _check_range(cfg, "ddpm.steps", 2, None)
-    _check_range(cfg, "vae.latent_dim", 1, None)
-    if not 0 < cfg.ddpm.beta_start < cfg.ddpm.beta_end < 1:
-        raise ConfigError(f"ddpm.beta_start, ddpm.beta_end: need 0 < start < end < 1, got {cfg.ddpm.beta_start}, "
-                          f"{cfg.ddpm.beta_end}")
-    if cfg.method == "imm" and (b // w) % m:
-        raise ConfigError(
-            f"imm.group_size: M={m} must divide the per-worker batch "
-            f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}"
-        )
-    if cfg.imm.estimator == "u" and m < 2:
-        raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
+    check_range(cfg, "sample.eta", 0.0, 1.0)
+    check_range(cfg, "sample.cfg_scale", 0.0, None)
+    check_range(cfg, "train.label_dropout", 0.0, 1.0)
     steps = list(cfg.eval.steps) if isinstance(cfg.eval.steps, ListConfig) else cfg.eval.steps
     if not steps or any((not isinstance(k, int)) or k < 1 for k in steps):
         raise ConfigError(f"eval.steps: a non-empty list of sampling step counts >= 1, got {steps}")
-    if cfg.method == "ddpm" and max(steps) > cfg.ddpm.steps:
-        raise ConfigError(f"eval.steps: DDPM samples on a subsequence of its {cfg.ddpm.steps} steps, got {steps}")
+    if method.check_run:  # what this method cannot run with the rest of the config
+        method.check_run(cfg)
     if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
 
 
-def _check_range(cfg, key, low, high, strict_low=False):
+def check_choice(cfg: DictConfig, key: str, allowed) -> None:
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+
+
+def check_range(cfg, key, low, high, strict_low=False):
     v = _get(cfg, key)
     too_low = v <= low if strict_low else v < low
     if too_low or (high is not None and v > high):

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from imm.config import METHOD_SAMPLERS, ConfigError, config_from_dict
-from imm.methods import build_model, generate, num_classes_of
+from imm.config import ConfigError, config_from_dict
+from imm.methods import METHODS, build_model, generate, num_classes_of
 
 
 class Generator(nn.Module):
@@ -57,7 +57,7 @@ class Generator(nn.Module):
             raise ConfigError(f"n: the number of samples must be >= 1, got {n}")
         if steps < 1:
             raise ConfigError(f"steps: must be >= 1, got {steps}")
-        allowed = METHOD_SAMPLERS[cfg.method]
+        allowed = tuple(METHODS[cfg.method].samplers)
         if sampler is not None and sampler not in allowed:
             raise ConfigError(f"sampler: {sampler!r} does not apply to method={cfg.method}; choose one of {list(allowed)}")
         for key, value in (("sample.eta", eta), ("sample.cfg_scale", cfg_scale)):

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or the folder holding it")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps (1..8 for IMM)")
     parser.add_argument("--sampler", default=None,
-                        help="pushforward|restart (imm, cm), euler|heun (fm), ancestral|ddim (ddpm), decode (vae)")
+                        help="one of the checkpoint's method's samplers (default: its own; a wrong one is an error "
+                             "that lists them), e.g. pushforward|restart for imm, euler|heun for fm")
     parser.add_argument("--eta", type=float, default=None, help="ddim: 0 deterministic (default), 1 DDPM-like")
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--label", type=int, default=None, help="class-conditional models: sample this class only")

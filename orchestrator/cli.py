@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output file: .npy (raw samples) or .png (grid or scatter)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--sampler", default=None,
-                        help="pushforward|restart (imm, cm), euler|heun (fm), ancestral|ddim (ddpm), decode (vae)")
+                        help="one of the model's method's samplers (default: the one it was trained to use; a wrong one "
+                             "is an error that lists them), e.g. pushforward|restart for imm")
     sample.add_argument("--label", type=int, default=None, help="class-conditional models: this class only")
     sample.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     _tracking_only(sample)

@@ -17,10 +17,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from imm.config import ConfigError, check_range
 from imm.losses import at_least_fp32
+from imm.methods.common import build_network
+from imm.methods.registry import Method, register
 from imm.networks.precond import guided, unwrap
+
+
+@dataclass
+class DDPMConfig:
+    steps: int = 1000  # the discrete schedule's length N
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_x0: float = 0.0  # > 0: clip the sampler's clean-data prediction to +-clip_x0 (1.0 for images in [-1, 1])
 
 
 def linear_alpha_bars(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -100,3 +112,35 @@ def ddim(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | 
 def ancestral(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling: DDIM with eta = 1, i.e. the DDPM posterior at each (respaced) step."""
     return ddim(model, x, grid, generator, eta=1.0)
+
+
+def start(model: EpsModel, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
+          generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """N(0, I) noise (unit-std units) and DDIM's timestep subsequence."""
+    x = torch.randn((n, *data_shape), generator=generator, device=generator.device)
+    return x, timestep_grid(steps, model.num_steps)
+
+
+def check_section(cfg: DictConfig) -> None:
+    check_range(cfg, "ddpm.steps", 2, None)
+    if not 0 < cfg.ddpm.beta_start < cfg.ddpm.beta_end < 1:
+        raise ConfigError(f"ddpm.beta_start, ddpm.beta_end: need 0 < start < end < 1, got {cfg.ddpm.beta_start}, "
+                          f"{cfg.ddpm.beta_end}")
+
+
+def check_run(cfg: DictConfig) -> None:
+    if max(cfg.eval.steps) > cfg.ddpm.steps:
+        raise ConfigError(f"eval.steps: DDPM samples on a subsequence of its {cfg.ddpm.steps} steps, "
+                          f"got {list(cfg.eval.steps)}")
+
+
+METHOD = register(Method(
+    "ddpm", "DDPM: epsilon prediction, L_simple",
+    samplers={"ancestral": ancestral, "ddim": ddim},
+    build_model=lambda cfg, shape, sigma_d, classes=0: EpsModel(
+        build_network(cfg, shape, classes), linear_alpha_bars(cfg.ddpm.steps, cfg.ddpm.beta_start, cfg.ddpm.beta_end),
+        sigma_d, clip_x0=cfg.ddpm.clip_x0),
+    build_loss=lambda cfg: DDPMLoss(), start=start, section="ddpm", config=DDPMConfig,
+    sampler_options=lambda cfg, sampler: {"eta": float(cfg.sample.eta)} if sampler == "ddim" else {},
+    check_section=check_section, check_run=check_run,
+))

@@ -13,14 +13,44 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.kernels import get_kernel
-from imm.losses import at_least_fp32, mmd2
-from imm.mapping import mapping_fn
+from imm.config import ConfigError, check_choice, check_range, resolved_T
+from imm.kernels import KERNELS, get_kernel
+from imm.losses import ESTIMATORS, at_least_fp32, mmd2
+from imm.mapping import MAPPINGS, mapping_fn
+from imm.methods.common import build_network, start_from_noise
+from imm.methods.registry import Method, register
 from imm.networks.precond import OneStepModel, unwrap
-from imm.trajectories import Trajectory, ddim
-from imm.weighting import Weighting, sample_times
+from imm.sampling import SCHEDULES, pushforward, restart
+from imm.trajectories import Trajectory, ddim, get_trajectory
+from imm.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
+
+
+@dataclass
+class IMMConfig:
+    group_size: int = 4  # M
+    kernel: str = "laplace"
+    mapping: str = "constant_eta"
+    k: int = 12  # mapping decrement 2^-k
+    eta_max: float = 160.0
+    eta_min: float = 0.0
+    delta: float = 0.0  # low-precision floor on t - r (the paper's 1e-4); 0 = off
+    weighting: str = "sigmoid"
+    a: float = 1.0
+    b: float = 5.0
+    weight_elbo: bool = True  # the factors of the sigmoid weighting, switchable one by one
+    weight_alpha: bool = True
+    weight_norm: bool = True
+    estimator: str = "v"  # v: the paper's V-statistic; u: unbiased U-statistic
+    time_sampler: str = "uniform"
+    # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
+    # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
+    sampler: str = "pushforward"
+    schedule: str = "uniform"
+    p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
+    p_std: float = 2.0
 
 
 @contextmanager
@@ -107,3 +137,49 @@ class IMMLoss:
 
     def __call__(self, model: OneStepModel, x: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.objective(model, self.draw(x, unwrap(model).sigma_d, labels))
+
+
+def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0) -> OneStepModel:
+    """f_{s,t} = the parameterisation's mix of x_t and the shared network G (also the consistency model's)."""
+    return OneStepModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
+                        cfg.model.parameterization, sigma_d=sigma_d, s_embedding=cfg.model.s_embedding)
+
+
+def build_loss(cfg: DictConfig, consistency: bool = False) -> IMMLoss:
+    """IMM's loss from the `imm` section; `consistency`: the CM case (M = 1, energy kernel, s = eps_t)."""
+    c = cfg.imm
+    return IMMLoss(
+        get_trajectory(cfg.trajectory),
+        group_size=1 if consistency else c.group_size, kernel="energy" if consistency else c.kernel,
+        mapping=c.mapping, k=c.k, weighting=Weighting(c.weighting, c.a, c.b, c.weight_elbo, c.weight_alpha,
+                                                      c.weight_norm),
+        unbiased=c.estimator == "u", eps_t=cfg.eps_t, T=resolved_T(cfg), time_sampler=c.time_sampler,
+        p_mean=c.p_mean, p_std=c.p_std, eta_max=c.eta_max, eta_min=c.eta_min, delta=c.delta, s_at_eps=consistency,
+    )
+
+
+def check_section(cfg: DictConfig) -> None:
+    for key, allowed in (("imm.kernel", KERNELS), ("imm.mapping", MAPPINGS), ("imm.weighting", WEIGHTINGS),
+                         ("imm.estimator", ESTIMATORS), ("imm.time_sampler", TIME_SAMPLERS),
+                         ("imm.sampler", tuple(SAMPLERS)), ("imm.schedule", SCHEDULES)):
+        check_choice(cfg, key, allowed)
+    check_range(cfg, "imm.k", 1, 20)
+    check_range(cfg, "imm.group_size", 1, None)
+
+
+def check_run(cfg: DictConfig) -> None:
+    m, b, w = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers
+    if (b // w) % m:
+        raise ConfigError(f"imm.group_size: M={m} must divide the per-worker batch "
+                          f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}")
+    if cfg.imm.estimator == "u" and m < 2:
+        raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
+
+
+SAMPLERS = {"pushforward": pushforward, "restart": restart}
+METHOD = register(Method(
+    "imm", "IMM (the paper): f_{s,t} trained by inductive moment matching",
+    samplers=SAMPLERS, build_model=build_model, build_loss=build_loss, start=start_from_noise,
+    section="imm", config=IMMConfig, default_sampler=lambda cfg: cfg.imm.sampler,
+    default_schedule=lambda cfg: cfg.imm.schedule, check_section=check_section, check_run=check_run,
+))

@@ -13,9 +13,17 @@ import math
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from imm.config import ConfigError, check_range
 from imm.losses import at_least_fp32
+from imm.methods.registry import Method, register
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = 16
 
 
 def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:
@@ -66,3 +74,22 @@ class VAELoss:
 def decode(model: VAE, z: Tensor, grid: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
     """One step: the decoder's mean at z ~ N(0, I)."""
     return model.decode(z)
+
+
+def check_run(cfg: DictConfig) -> None:
+    if cfg.model.class_conditional:
+        raise ConfigError("model.class_conditional: the VAE baseline is unconditional; set it false for method=vae")
+
+
+METHOD = register(Method(
+    "vae", "Gaussian VAE: the one-step baseline",
+    samplers={"decode": decode},
+    build_model=lambda cfg, shape, sigma_d, classes=0: VAE(shape, latent_dim=cfg.vae.latent_dim,
+                                                          hidden=cfg.model.hidden, depth=cfg.model.depth,
+                                                          sigma_d=sigma_d),
+    build_loss=lambda cfg: VAELoss(),
+    start=lambda model, cfg, n, steps, shape, g: (torch.randn((n, model.latent_dim), generator=g, device=g.device),
+                                                  None),
+    section="vae", config=VAEConfig, check_section=lambda cfg: check_range(cfg, "vae.latent_dim", 1, None),
+    check_run=check_run,
+))

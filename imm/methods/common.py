@@ -1,0 +1,37 @@
+"""What the continuous-time methods share: the network G and the start of sampling from x_T ~ the prior."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from imm.config import ConfigError, resolved_T
+from imm.networks import MLP, UNet
+from imm.sampling import initial_noise, time_grid
+
+
+def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+    """G_theta: the MLP (any data, flattened) or the U-Net (images)."""
+    m = cfg.model
+    if m.arch == "unet":
+        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+            raise ConfigError(f"model.arch: unet needs square images (C, H, H), this data has shape {data_shape}")
+        return UNet(data_shape[0], data_shape[1], model_channels=m.channels, channel_mult=tuple(m.channel_mult),
+                    num_blocks=m.num_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                    emb_dim=m.emb_dim, num_classes=num_classes)
+    return MLP(math.prod(data_shape), hidden=m.hidden, depth=m.depth, emb_dim=m.emb_dim, dropout=m.dropout,
+               num_classes=num_classes)
+
+
+def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t of the config's schedule."""
+    from imm.methods.registry import schedule_of
+
+    T = resolved_T(cfg)
+    grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times)
+    return initial_noise(n, data_shape, model.sigma_d, model.traj, T, generator=generator,
+                         device=generator.device), grid

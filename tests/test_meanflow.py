@@ -1,0 +1,85 @@
+"""MeanFlow (issue 17): the identity's JVP target, its flow-matching limit, and unbiasedness on Gaussian data where
+the average velocity has a closed form."""
+
+import math
+
+import pytest
+import torch
+
+from imm.config import load_config
+from imm.methods import build_loss, build_model, generate
+from imm.methods.meanflow import AverageVelocityModel, MeanFlowLoss
+from imm.networks import MLP
+from imm.trajectories import get_trajectory
+
+
+def _model(seed=0) -> AverageVelocityModel:
+    torch.manual_seed(seed)
+    return AverageVelocityModel(MLP(3, hidden=32, depth=2, emb_dim=16), get_trajectory("ot_fm"), sigma_d=0.7).double()
+
+
+def test_the_jvp_target_is_the_total_time_derivative_along_the_flow(monkeypatch):
+    """d/dt u(z + (tau - t) v, r, tau) at tau = t by central differences (float64, random weights) = the JVP."""
+    import imm.networks.mlp as mlp
+
+    def embedding64(c_noise, dim, max_period=10000.0):  # the network's time features, in float64 for the differences
+        freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+        args = c_noise.double()[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    monkeypatch.setattr(mlp, "sinusoidal_embedding", embedding64)
+    model, loss = _model(), MeanFlowLoss()
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(16, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = t * torch.rand(16, generator=g, dtype=torch.float64)
+    h = 1e-6  # the time features oscillate at up to 1000 t: the differences' error is ~ 1000^3 h^2 / 6
+    with torch.no_grad():
+        fd = (model(z + h * v, r, t + h) - model(z - h * v, r, t - h)) / (2 * h)
+    target = loss.target(model, z, v, r, t)
+    assert torch.allclose(target, v - (t - r)[:, None] * fd, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fd, torch.zeros_like(fd))  # the derivative is not trivially zero
+    same = loss.target(model, z, v, t, t)  # r = t: the target is the conditional velocity (flow matching)
+    assert torch.equal(same, v)
+
+
+def _gaussian_u(z, r, t, a, s):
+    """The exact average velocity for data N(0, a^2 I) and noise N(0, s^2 I): z_r = (std_r / std_t) z_t."""
+    std = lambda u: ((1 - u) ** 2 * a**2 + u**2 * s**2).sqrt()  # noqa: E731
+    return z * (1 - std(r) / std(t))[:, None] / (t - r)[:, None]
+
+
+def test_on_gaussian_data_the_exact_average_velocity_is_the_fixed_point_of_the_identity():
+    """With u the closed form, E[u_tgt | z] = u: the error u - u_tgt averages to zero (its gradient too), while a
+    wrong u (scaled by 1.1) leaves a clear bias."""
+    a, s, n = 0.8, 0.7, 400_000
+    g = torch.Generator().manual_seed(0)
+    t = torch.full((n,), 0.7, dtype=torch.float64)
+    r = torch.full((n,), 0.3, dtype=torch.float64)
+    x = a * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    eps = s * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    z, v = 0.3 * x + 0.7 * eps, eps - x
+    for scale, biased in ((1.0, False), (1.1, True)):
+        _, dudt = torch.func.jvp(lambda z_, t_, k=scale: k * _gaussian_u(z_, r, t_, a, s), (z, t),
+                                 (v, torch.ones_like(t)))
+        err = scale * _gaussian_u(z, r, t, a, s) - (v - (t - r)[:, None] * dudt)
+        # the gradient of E||u_theta - u_tgt||^2 in the direction d/dtheta u_theta = z: E[err . z]
+        grad = (err * z).sum(1).mean() / (err * z).sum(1).std() * n**0.5  # in standard errors
+        assert (abs(float(grad)) > 10) == biased, float(grad)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "unet"])
+def test_meanflow_trains_and_samples_in_one_and_several_steps(arch):
+    from imm.train import train_loop
+
+    base = ("digits", ["model.arch=unet", "model.channels=8", "model.channel_mult=[1]", "model.num_blocks=1",
+                       "model.attn_resolutions=[]", "model.emb_dim=16"]) if arch == "unet" else (
+        "toy2d", ["model.hidden=32", "model.depth=2"])
+    cfg = load_config(base[0], [*base[1], "method=meanflow", "train.steps=30", "train.batch_size=32",
+                                "eval.every=30", "eval.n_samples=64", "eval.steps=[1,2]", "train.log_every=10",
+                                "eval.features=none"])
+    metrics = train_loop(cfg, device="cpu")
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss", "energy/steps_1", "energy/steps_2"))
+    model = build_model(cfg, (2,) if arch == "mlp" else (1, 8, 8), 0.5)
+    x = generate(model, cfg, 8, 1, seed=0, data_shape=(2,) if arch == "mlp" else (1, 8, 8))
+    assert x.shape[0] == 8 and isinstance(build_loss(cfg), MeanFlowLoss)

@@ -1,7 +1,8 @@
-"""Cost of one IMM training step against one flow-matching step, same MLP, same batch.
+"""Cost of one IMM (and MeanFlow) training step against one flow-matching step, same MLP, same batch.
 
 IMM runs one extra no-grad forward per sample (the target), so about 4/3 of FM's forward + backward
-is the floor; the grouped kernel must not grow with M. Prints IMM/FM and IMM(M)/IMM(M=4) ratios.
+is the floor; the grouped kernel must not grow with M. MeanFlow adds one forward-mode JVP (a forward carrying
+tangents) to FM's step. Prints IMM/FM, MeanFlow/FM and IMM(M)/IMM(M=4) ratios.
 
     .venv/bin/python benchmarks/step_cost.py [--batch 4096] [--hidden 256] [--depth 4] [--device cpu]
     .venv/bin/python benchmarks/step_cost.py --arch unet --batch 64 --channels 32   # 3x32x32 images
@@ -75,7 +76,8 @@ def main() -> None:
     if args.arch == "unet" and args.depth == 4 and args.batch == 4096:
         args.batch, args.depth = 64, 2  # CPU-sized defaults for images
 
-    cases = {"fm": make_step("fm", 1, args)} | {f"imm M={m}": make_step("imm", m, args) for m in (2, 4, 8, 16)}
+    cases = {"fm": make_step("fm", 1, args), "meanflow": make_step("meanflow", 1, args)}
+    cases |= {f"imm M={m}": make_step("imm", m, args) for m in (2, 4, 8, 16)}
     for step in cases.values():  # warm-up
         timed(step, 3, args.device)
     samples: dict[str, list[float]] = {k: [] for k in cases}

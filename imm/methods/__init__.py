@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from imm.methods.registry import METHODS, Method, register, sampler_of, schedule_of
 
 # The built-in methods in the order errors and help list them, then any other module in this folder.
-_BUILTIN = ("imm", "flow_matching", "ddpm", "cm", "vae", "meanflow")
+_BUILTIN = ("imm", "flow_matching", "ddpm", "cm", "vae", "meanflow", "shortcut")
 for _name in (*_BUILTIN, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
     if _name not in ("registry", "common"):
         importlib.import_module(f"{__name__}.{_name}")

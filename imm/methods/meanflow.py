@@ -120,7 +120,7 @@ def check_run(cfg: DictConfig) -> None:
     from imm.config import ConfigError
 
     if cfg.trajectory != "ot_fm":
-        raise ConfigError(f"trajectory: MeanFlow (method=meanflow) uses 'ot_fm', got {cfg.trajectory!r}")
+        raise ConfigError(f"trajectory: method={cfg.method} uses flow matching's path 'ot_fm', got {cfg.trajectory!r}")
 
 
 METHOD = register(Method(

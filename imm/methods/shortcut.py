@@ -1,0 +1,82 @@
+"""Shortcut models (Frans et al. 2024): a velocity conditioned on its step, u(x_t, t - D, t), so that one step
+x_{t-D} = x_t - D u(x_t, t - D, t) may be large. Flow matching trains the smallest step (D = 0, u = v = eps - x);
+a share `shortcut.self_consistency` of the batch trains a big step D = T / 2^k (k < `shortcut.levels`) on two
+half steps of the model itself, under stop-gradient:
+
+    d = D / 2,   v1 = u(x_t, t - d, t),   v2 = u(x_t - d v1, t - D, t - d),   u(x_t, t - D, t) <- (v1 + v2) / 2
+
+On the path and network of MeanFlow (imm.methods.meanflow): u = sigma_d G(c_in x_t, c_noise(t), c_noise(t - D)),
+sampled with 1, 2, 4, ... equal steps (`mean_steps` on the uniform grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from imm.config import check_range, resolved_T
+from imm.losses import at_least_fp32
+from imm.methods.common import start_from_noise
+from imm.methods.imm import replay_rng
+from imm.methods.meanflow import build_model, check_run, mean_steps
+from imm.methods.registry import Method, register
+from imm.networks.precond import unwrap
+
+
+@dataclass
+class ShortcutConfig:
+    self_consistency: float = 0.25  # share of the batch on the self-consistency target (the paper's 1/4)
+    levels: int = 7  # big steps D = T / 2^k for k = 0 .. levels - 1 (the paper: 1 down to 1/128)
+
+
+def _col(v: Tensor, x: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@dataclass
+class ShortcutLoss:
+    self_consistency: float = 0.25
+    levels: int = 7
+    T: float = 0.994
+
+    @staticmethod
+    def target(model, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(v1 + v2) / 2: the velocity of the step t -> s made of two half steps of the model."""
+        mid = (t + s) / 2
+        v1 = model(x_t, mid, t, labels)
+        v2 = model(x_t - _col(t - mid, x_t) * v1, s, mid, labels)
+        return (v1 + v2) / 2
+
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        m, n, device = unwrap(model), x.shape[0], x.device
+        sc = torch.rand(n, device=device) < self.self_consistency
+        big = self.T / 2.0 ** torch.randint(self.levels, (n,), device=device)
+        step = torch.where(sc, big, torch.zeros_like(big))
+        t = step + (self.T - step) * torch.rand(n, device=device)
+        s = t - step
+        eps = torch.randn_like(x) * m.sigma_d
+        x_t = (1 - _col(t, x)) * x + _col(t, x) * eps
+        target = eps - x
+        with replay_rng(device), torch.no_grad():  # the online pass sees the target passes' dropout masks
+            if bool(sc.any()):
+                i = sc.nonzero().squeeze(1)
+                lab = labels[i] if labels is not None else None
+                target = target.index_put((i,), self.target(m, x_t[i], s[i], t[i], lab).to(target.dtype))
+        return (at_least_fp32(model(x_t, s, t, labels)) - at_least_fp32(target)).square().mean()
+
+
+def check_section(cfg: DictConfig) -> None:
+    check_range(cfg, "shortcut.self_consistency", 0.0, 1.0)
+    check_range(cfg, "shortcut.levels", 1, 20)
+
+
+METHOD = register(Method(
+    "shortcut", "shortcut model: a step-conditioned velocity, big steps trained on two half steps of its own",
+    samplers={"mean_steps": mean_steps}, build_model=build_model,
+    build_loss=lambda cfg: ShortcutLoss(cfg.shortcut.self_consistency, cfg.shortcut.levels, T=resolved_T(cfg)),
+    start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
+    check_run=check_run,
+))

@@ -1,0 +1,49 @@
+"""Shortcut models (issue 17): the self-consistency target of an exact flow is its own big step, and two half steps
+of the model make the target."""
+
+import torch
+
+from imm.config import load_config
+from imm.methods.meanflow import AverageVelocityModel
+from imm.methods.shortcut import ShortcutLoss
+from imm.networks import MLP
+from imm.trajectories import get_trajectory
+
+
+def _exact_u(a: float, s: float):
+    """The exact step velocity for data N(0, a^2 I) and noise N(0, s^2 I): x_r = (std_r / std_t) x_t."""
+    std = lambda u: ((1 - u) ** 2 * a**2 + u**2 * s**2).sqrt()  # noqa: E731
+
+    def u(x, r, t, labels=None):
+        return x * ((1 - std(r) / std(t)) / (t - r))[:, None]
+    return u
+
+
+def test_two_half_steps_of_an_exact_flow_are_its_full_step():
+    u = _exact_u(0.8, 0.7)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = 0.3 + 0.69 * torch.rand(64, generator=g, dtype=torch.float64)
+    s = t * torch.rand(64, generator=g, dtype=torch.float64)
+    assert torch.allclose(ShortcutLoss.target(u, x, s, t), u(x, s, t), atol=1e-12)
+    wrong = lambda x_, r, t_, labels=None: u(x_, r, t_) + 0.1 * x_  # noqa: E731  (not a flow: a big step differs)
+    assert not torch.allclose(ShortcutLoss.target(wrong, x, s, t), wrong(x, s, t), atol=1e-3)
+
+
+def test_the_target_is_two_half_steps_of_the_model_and_training_runs():
+    from imm.train import train_loop
+
+    torch.manual_seed(0)
+    model = AverageVelocityModel(MLP(2, hidden=16, depth=1, emb_dim=8), get_trajectory("ot_fm"), sigma_d=1.0).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    t, s = torch.full((8,), 0.9, dtype=torch.float64), torch.full((8,), 0.1, dtype=torch.float64)
+    with torch.no_grad():
+        mid = torch.full((8,), 0.5, dtype=torch.float64)
+        v1 = model(x, mid, t)
+        v2 = model(x - 0.4 * v1, s, mid)
+        assert torch.allclose(ShortcutLoss.target(model, x, s, t), (v1 + v2) / 2)
+    cfg = load_config("toy2d", ["method=shortcut", "model.hidden=32", "model.depth=2", "train.steps=30",
+                                "train.batch_size=64", "eval.every=30", "eval.n_samples=64", "eval.steps=[1,4]",
+                                "train.log_every=10", "eval.features=none", "shortcut.self_consistency=0.5"])
+    metrics = train_loop(cfg, device="cpu")
+    assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["energy/steps_1"], metrics["energy/steps_4"]])).all()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 STEPS = (1, 2, 4, 8, 16)
+SHIPPED_BUDGET = 3000  # toy2d's and digits' train.steps: the budget the monotonicity check holds the configs to
 SETS = {  # set: (built-in config, overrides)
     "8gaussians": ("toy2d", ["data.name=8gaussians"]),
     "checkerboard": ("toy2d", ["data.name=checkerboard"]),
@@ -298,16 +299,18 @@ def write_report(results: list[Result], out: Path, seeds: int) -> list[str]:
     for key in sorted(k for k in summ if not k[2]):
         name, method, _, budget = key
         steps = STEPS[: len(next(iter(summ[key].values()))[0])]
-        lines += [f"## {name}, {method}, {budget} training steps (floor {floor[name]:.4f})", "",
-                  "| sampler/grid | " + " | ".join(f"{k} steps" for k in steps) + " |",
-                  "|---|" + "---|" * len(steps)]
+        lines += [f"## {name}, {method}, {budget} training steps (training set vs held-out set: {floor[name]:.4f})", "",
+                  "| sampler/grid | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " | 4, 8 no worse than 2 |",
+                  "|---|" + "---|" * (len(steps) + 1)]
         for sampler, (mean, spread) in summ[key].items():
-            lines.append(f"| {sampler} | {cells(mean, spread)} |")
+            own = " (the config's)" if sampler == own_sampler(results, key) and method != "fm" else ""
+            ok = "yes" if monotone(mean, spread, steps) else "**no**"
+            lines.append(f"| {sampler}{own} | {cells(mean, spread)} | {ok} |")
         lines.append("")
     abl = sorted(k for k in summ if k[2])
     if abl:
         lines += ["## Ablations on 8gaussians (toy2d, one change each), 2000 training steps, 2 seeds", "",
-                  "| ablation | sampler/grid | " + " | ".join(f"{k} steps" for k in STEPS) + " |",
+                  "| ablation | sampler/grid | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
                   "|---|---|" + "---|" * len(STEPS)]
         for key in abl:
             for sampler, (mean, spread) in summ[key].items():
@@ -331,7 +334,7 @@ def write_report(results: list[Result], out: Path, seeds: int) -> list[str]:
     (out / "tables.md").write_text("\n".join(lines))
     figures(summ, results, out, plt)
     failures = [f"{key[0]} {key[1]} {key[3]} steps ({sampler})" for key, v in summ.items()
-                if key[1] == "imm" and not key[2] for sampler, (mean, spread) in v.items()
+                if key[1] == "imm" and not key[2] and key[3] == SHIPPED_BUDGET for sampler, (mean, spread) in v.items()
                 if sampler == own_sampler(results, key) and not monotone(mean, spread, STEPS[: len(mean)])]
     return failures
 
@@ -408,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("not monotone from 2 to 4 and 8 steps: " + "; ".join(failures), file=sys.stderr)
         return 1
-    print("the shipped sampler improves (within the seed spread) from 2 to 4 and 8 steps everywhere")
+    print(f"at {SHIPPED_BUDGET} training steps each shipped config's sampler is as good (within the seed spread) at 4 and 8 "
+          "steps as at 2")
     return 0
 
 

@@ -68,8 +68,8 @@ def test_on_gaussian_data_the_exact_average_velocity_is_the_fixed_point_of_the_i
         assert (abs(float(grad)) > 10) == biased, float(grad)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "unet"])
-def test_meanflow_trains_and_samples_in_one_and_several_steps(arch):
+@pytest.mark.parametrize("arch,precision", [("mlp", "fp32"), ("mlp", "bf16"), ("unet", "fp32")])
+def test_meanflow_trains_and_samples_in_one_and_several_steps(arch, precision):
     from imm.train import train_loop
 
     base = ("digits", ["model.arch=unet", "model.channels=8", "model.channel_mult=[1]", "model.num_blocks=1",
@@ -77,7 +77,7 @@ def test_meanflow_trains_and_samples_in_one_and_several_steps(arch):
         "toy2d", ["model.hidden=32", "model.depth=2"])
     cfg = load_config(base[0], [*base[1], "method=meanflow", "train.steps=30", "train.batch_size=32",
                                 "eval.every=30", "eval.n_samples=64", "eval.steps=[1,2]", "train.log_every=10",
-                                "eval.features=none"])
+                                "eval.features=none", f"train.precision={precision}"])
     metrics = train_loop(cfg, device="cpu")
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss", "energy/steps_1", "energy/steps_2"))
     model = build_model(cfg, (2,) if arch == "mlp" else (1, 8, 8), 0.5)

@@ -1,6 +1,5 @@
 """The steps study (issue 16): its exact reference flow, and the quick study's monotonicity check on real training."""
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,9 +12,10 @@ from imm.data import eight_gaussians
 from imm.metrics import energy_distance
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("steps_study", ROOT / "benchmarks" / "steps_study.py")
-study = sys.modules["steps_study"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
-_spec.loader.exec_module(study)
+# A plain import from benchmarks/ (on sys.path, which the study's spawned workers inherit), so that the workers can
+# unpickle the study's functions by their module's name.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import steps_study as study  # noqa: E402
 
 
 def _marginal(t: float, n: int, sigma_d: float, seed: int) -> torch.Tensor:

@@ -26,6 +26,12 @@ def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int
                num_classes=num_classes)
 
 
+def check_ot_fm(cfg: DictConfig) -> None:
+    """The methods built on flow matching's path z_t = (1 - t) x + t eps run only on that trajectory."""
+    if cfg.trajectory != "ot_fm":
+        raise ConfigError(f"trajectory: method={cfg.method} uses flow matching's path 'ot_fm', got {cfg.trajectory!r}")
+
+
 def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t of the config's schedule."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import ConfigError, resolved_T
+from imm.config import resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import build_network, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, start_from_noise
 from imm.methods.registry import Method, register
 from imm.networks import VelocityModel
 from imm.networks.precond import unwrap
@@ -32,11 +31,6 @@ class FlowMatchingLoss:
         return (at_least_fp32(model(x_t, t, labels)) - (eps - x)).square().mean()
 
 
-def check_run(cfg: DictConfig) -> None:
-    if cfg.trajectory != "ot_fm":
-        raise ConfigError(f"trajectory: flow matching (method=fm) uses 'ot_fm', got {cfg.trajectory!r}")
-
-
 METHOD = register(Method(
     "fm", "flow matching: v-prediction on the ot_fm path",
     samplers={"euler": euler, "heun": heun},
@@ -44,5 +38,5 @@ METHOD = register(Method(
         build_network(cfg, shape, classes), get_trajectory(cfg.trajectory), sigma_d=sigma_d,
         s_embedding=cfg.model.s_embedding),
     build_loss=lambda cfg: FlowMatchingLoss(eps_t=cfg.eps_t, T=resolved_T(cfg)),
-    start=start_from_noise, check_run=check_run,
+    start=start_from_noise, check_run=check_ot_fm,
 ))

@@ -24,10 +24,10 @@ from torch import Tensor
 
 from imm.config import check_range, resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import build_network, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.registry import Method, register
-from imm.networks.precond import OneStepModel, unwrap
+from imm.networks.precond import OneStepModel, _bcast, unwrap
 from imm.trajectories import Trajectory, get_trajectory
 
 
@@ -48,10 +48,6 @@ class AverageVelocityModel(OneStepModel):
 
     def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
         return self.sigma_d * self.network_output(z, r, t, labels, cfg_scale)
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 @dataclass
@@ -116,15 +112,8 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "meanflow.adaptive_c", 0.0, None, strict_low=True)
 
 
-def check_run(cfg: DictConfig) -> None:
-    from imm.config import ConfigError
-
-    if cfg.trajectory != "ot_fm":
-        raise ConfigError(f"trajectory: method={cfg.method} uses flow matching's path 'ot_fm', got {cfg.trajectory!r}")
-
-
 METHOD = register(Method(
     "meanflow", "MeanFlow: the average velocity u(z, r, t) from the MeanFlow identity (one JVP per step)",
     samplers={"mean_steps": mean_steps}, build_model=build_model, build_loss=build_loss, start=start_from_noise,
-    section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_run,
+    section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
 ))

@@ -19,21 +19,17 @@ from torch import Tensor
 
 from imm.config import check_range, resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import start_from_noise
+from imm.methods.common import check_ot_fm, start_from_noise
 from imm.methods.imm import replay_rng
-from imm.methods.meanflow import build_model, check_run, mean_steps
+from imm.methods.meanflow import build_model, mean_steps
 from imm.methods.registry import Method, register
-from imm.networks.precond import unwrap
+from imm.networks.precond import _bcast, unwrap
 
 
 @dataclass
 class ShortcutConfig:
     self_consistency: float = 0.25  # share of the batch on the self-consistency target (the paper's 1/4)
     levels: int = 7  # big steps D = T / 2^k for k = 0 .. levels - 1 (the paper: 1 down to 1/128)
-
-
-def _col(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 @dataclass
@@ -47,7 +43,7 @@ class ShortcutLoss:
         """(v1 + v2) / 2: the velocity of the step t -> s made of two half steps of the model."""
         mid = (t + s) / 2
         v1 = model(x_t, mid, t, labels)
-        v2 = model(x_t - _col(t - mid, x_t) * v1, s, mid, labels)
+        v2 = model(x_t - _bcast(t - mid, x_t) * v1, s, mid, labels)
         return (v1 + v2) / 2
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -58,7 +54,7 @@ class ShortcutLoss:
         t = step + (self.T - step) * torch.rand(n, device=device)
         s = t - step
         eps = torch.randn_like(x) * m.sigma_d
-        x_t = (1 - _col(t, x)) * x + _col(t, x) * eps
+        x_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
         target = eps - x
         with replay_rng(device), torch.no_grad():  # the online pass sees the target passes' dropout masks
             if bool(sc.any()):
@@ -78,5 +74,5 @@ METHOD = register(Method(
     samplers={"mean_steps": mean_steps}, build_model=build_model,
     build_loss=lambda cfg: ShortcutLoss(cfg.shortcut.self_consistency, cfg.shortcut.levels, T=resolved_T(cfg)),
     start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
-    check_run=check_run,
+    check_run=check_ot_fm,
 ))

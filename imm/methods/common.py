@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imm.config import ConfigError, resolved_T
+from imm.methods.registry import schedule_of
 from imm.networks import MLP, UNet
 from imm.sampling import initial_noise, time_grid
 
@@ -35,8 +36,6 @@ def check_ot_fm(cfg: DictConfig) -> None:
 def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t of the config's schedule."""
-    from imm.methods.registry import schedule_of
-
     T = resolved_T(cfg)
     grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times)
     return initial_noise(n, data_shape, model.sigma_d, model.traj, T, generator=generator,

@@ -59,6 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
+    # Micro-batches per step: each worker's batch is split in `accumulate` equal parts (each a multiple of IMM's M),
+    # gradients add up locally and DDP all-reduces once, so the update equals one step on the whole batch.
+    accumulate: int = 1
     label_dropout: float = 0.1  # class-conditional models: share of labels replaced by the null label
     precision: str = "fp32"  # fp32, or bf16 autocast for the forward passes (the loss is reduced in fp32)
     compile: bool = False  # torch.compile the model (first steps pay the compilation)
@@ -268,6 +271,10 @@ def validate(cfg: DictConfig) -> None:
     b, w = cfg.train.batch_size, cfg.trainer.num_workers
     if b % w:
         raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")
+    check_range(cfg, "train.accumulate", 1, None)
+    if (b // w) % cfg.train.accumulate:
+        raise ConfigError(f"train.accumulate: {cfg.train.accumulate} must divide the per-worker batch "
+                          f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}")
     check_range(cfg, "sample.eta", 0.0, 1.0)
     check_range(cfg, "sample.cfg_scale", 0.0, None)
     check_range(cfg, "train.label_dropout", 0.0, 1.0)

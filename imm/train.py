@@ -9,6 +9,7 @@ alone and keeps `checkpoint.pt` under `train.out_dir`, resuming from it when it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -36,6 +37,25 @@ Report = Callable[[dict[str, float], "str | None"], None]
 def _optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[cfg.train.optimizer]
     return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def accumulate_gradients(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor | None, parts: int,
+                         autocast=None) -> torch.Tensor:
+    """Backpropagate the loss of (x, y) as `parts` equal micro-batches; return the whole batch's loss, detached.
+
+    Each micro-batch's loss is divided by `parts`, so for losses that are means over equal groups the summed
+    gradients are the whole batch's. Under DDP only the last backward all-reduces (`no_sync` on the others).
+    """
+    total = torch.zeros((), device=x.device)
+    xs, ys = x.chunk(parts), (y.chunk(parts) if y is not None else (None,) * parts)
+    for i, (xb, yb) in enumerate(zip(xs, ys, strict=True)):
+        sync = i == parts - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast or contextlib.nullcontext():
+                loss = loss_fn(model, xb, yb) / parts
+            loss.backward()
+        total += loss.detach()
+    return total
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -130,16 +150,14 @@ def train_loop(
             x = random_xflip(x)
         if labels is not None:  # classifier-free guidance trains the null label too
             y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, labels[idx])
-        with autocast:
-            loss = loss_fn(ddp, x, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         sched.step()
         ema.update_parameters(model)
-        loss_sum += loss.detach()
+        loss_sum += loss
         loss_n += 1
 
         is_last = step == tc.steps

@@ -62,10 +62,14 @@ class RunPlan:
         tot = ", ".join(f"{v:g} {k}" for k, v in total.items())
         t, tr = self.cfg.train, self.cfg.trainer
         backend = "NCCL" if tr.use_gpu else "gloo"
+        per_worker = t.batch_size // self.num_workers
         return "\n".join([
             f"run name:     {self.name}",
             f"workers:      {self.num_workers} x ({per}) = {tot}; DDP over {backend}; "
-            f"per-worker batch {t.batch_size // self.num_workers}",
+            f"per-worker batch {per_worker}",
+            f"batch:        {t.batch_size} per update = {self.num_workers} x {per_worker}"
+            + (f", each worker's in {t.accumulate} micro-batches of {per_worker // t.accumulate} (train.accumulate)"
+               if t.accumulate > 1 else ""),
             f"retries:      trainer.max_failures={tr.max_failures}",
             f"checkpoints:  {self.storage.run_uri(self.name)} (every {t.checkpoint_every} steps, keep {t.keep_checkpoints})",
             f"tracking:     {self.tracking_uri} (experiment {self.experiment!r})",

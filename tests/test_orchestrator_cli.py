@@ -55,12 +55,20 @@ def test_gpu_run_without_gpu_fails_before_ray(capsys, no_ray):
     assert "trainer.use_gpu" in capsys.readouterr().err
 
 
+def test_dry_run_prints_the_effective_per_worker_and_micro_batch(capsys, no_ray, tiny_toy2d):
+    """Issue 18: with train.accumulate the plan says what one update sees and what one forward pass holds."""
+    assert cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "train.accumulate=4", "imm.group_size=2"]) == 0
+    out = capsys.readouterr().out
+    assert "batch:        64 per update = 2 x 32, each worker's in 4 micro-batches of 8 (train.accumulate)" in out
+
+
 def test_dry_run_prints_resolved_config_and_resources_without_ray(capsys, no_ray, tmp_path, tiny_toy2d):
     code = cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "imm.group_size=2", "--name", "tiny", "--experiment", "e1"])
     out = capsys.readouterr().out
     assert code == 0
     assert "group_size: 2" in out and "hidden: 32" in out and "name: tiny" in out  # the resolved config
     assert "2 x (1 CPU) = 2 CPU" in out and "gloo" in out and "per-worker batch 32" in out
+    assert "batch:        64 per update = 2 x 32\n" in out
     assert f"{tmp_path / 'runs' / 'ray' / 'tiny'}" in out
     assert "experiment 'e1'" in out and "sqlite:///" in out
     assert not (tmp_path / "runs").exists()

@@ -168,10 +168,13 @@ def check_section(cfg: DictConfig) -> None:
 
 
 def check_run(cfg: DictConfig) -> None:
-    m, b, w = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers
+    m, b, w, acc = cfg.imm.group_size, cfg.train.batch_size, cfg.trainer.num_workers, cfg.train.accumulate
     if (b // w) % m:
         raise ConfigError(f"imm.group_size: M={m} must divide the per-worker batch "
                           f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}")
+    if (b // w // acc) % m:
+        raise ConfigError(f"imm.group_size, train.accumulate: M={m} must divide each micro-batch (per-worker batch "
+                          f"{b // w} / train.accumulate {acc} = {b // w // acc}), so that groups stay whole")
     if cfg.imm.estimator == "u" and m < 2:
         raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
 

@@ -75,8 +75,25 @@ def test_kernel_scale_is_inverse_abs_c_out():
     edm = _random_model("simple_edm")
     ref = math.sqrt(0.4**2 + 0.6**2) / (abs(0.8 * 0.6 - 0.2 * 0.4) * sd)
     assert math.isclose(float(edm.kernel_scale(s, t)), ref, rel_tol=1e-7)
-    assert math.isclose(float(_random_model("identity").kernel_scale(s, t)), ref, rel_tol=1e-7)
+    # identity: f = DDIM(x_t, G, s, t) = (sigma_s / sigma_t) x_t + (alpha_s - sigma_s alpha_t / sigma_t) G, so
+    # w~ = sigma_t / |alpha_s sigma_t - sigma_s alpha_t| = 0.6 / 0.4, with no sigma_d (G is in data units)
+    assert math.isclose(float(_random_model("identity").kernel_scale(s, t)), 1.5, rel_tol=1e-7)
     assert math.isclose(float(_random_model("euler_fm").kernel_scale(s, t)), 1 / (0.4 * sd), rel_tol=1e-7)
+    # issue 18: at s = 0, t = 0.1 identity's scale is 1, simple_edm's 18x that
+    s0, t1 = torch.tensor([0.0], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)
+    assert math.isclose(float(_random_model("identity").kernel_scale(s0, t1)), 1.0, rel_tol=1e-7)
+    assert math.isclose(float(edm.kernel_scale(s0, t1)), math.sqrt(0.81 + 0.01) / (0.1 * sd), rel_tol=1e-7)
+
+
+@pytest.mark.parametrize("param", ["simple_edm", "euler_fm", "identity"])
+def test_kernel_scale_times_the_outputs_sensitivity_to_G_is_one(param):
+    """w~(s, t) |df/dG| = 1 for every parameterisation, df/dG measured by perturbing G (f is affine in G)."""
+    model = _random_model(param)
+    s, t = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([0.1, 0.6, 0.9])
+    s, t = s.double(), t.double()
+    x, g, dg = (torch.randn(3, 3, dtype=torch.float64) for _ in range(3))
+    dfdg = (model.combine(x, g + dg, s, t) - model.combine(x, g, s, t)) / dg
+    torch.testing.assert_close(model.kernel_scale(s, t)[:, None] * dfdg.abs(), torch.ones(3, 3, dtype=torch.float64))
 
 
 def test_s_embedding_stride_sees_the_gap():

@@ -84,11 +84,14 @@ class OneStepModel(nn.Module):
         return c_skip, c_out
 
     def kernel_scale(self, s: Tensor, t: Tensor) -> Tensor:
-        """w~(s, t) = 1 / |c_out(s, t)|: 1 / ((t - s) sigma_d) for euler_fm, simple_edm's c_out otherwise."""
+        """w~(s, t) = 1 / |c_out(s, t)|, c_out = df/dG of this parameterisation: (t - s) sigma_d for euler_fm,
+        (alpha_s sigma_t - sigma_s alpha_t) / sigma_t for identity (DDIM's weight on G), simple_edm's c_out otherwise."""
         if self.parameterization == "euler_fm":
             return 1 / ((t - s) * self.sigma_d)
+        if self.parameterization == "identity":
+            a_t, s_t, a_s, s_s = self.traj.alpha(t), self.traj.sigma(t), self.traj.alpha(s), self.traj.sigma(s)
+            return s_t / (a_s * s_t - s_s * a_t).abs()
         return 1 / self.simple_edm_coefficients(s, t)[1].abs()
-
 
 
 class VelocityModel(OneStepModel):

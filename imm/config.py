@@ -78,6 +78,9 @@ class SampleConfig:
     sampler: str | None = None  # None = the method's default (imm.sampler for imm, restart for cm, euler for fm)
     schedule: str | None = None  # None = the method's (imm.schedule for imm, uniform otherwise)
     times: list[float] | None = None  # an explicit grid [T, ..., eps_t]; overrides steps and schedule
+    # Grids for given step counts, e.g. [[0.994, 0.006], [0.994, 0.5833, 0.006]]: K steps sample on the grid of
+    # K + 1 times if there is one (the paper's tuned grids), else on `schedule`.
+    grids: list[list[float]] = field(default_factory=list)
     eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
     cfg_scale: float = 1.0  # classifier-free guidance on the network output; 1 = none
 
@@ -276,6 +279,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.accumulate: {cfg.train.accumulate} must divide the per-worker batch "
                           f"train.batch_size / trainer.num_workers = {b}/{w} = {b // w}")
     check_range(cfg, "sample.eta", 0.0, 1.0)
+    check_grids(cfg, T)
     check_range(cfg, "sample.cfg_scale", 0.0, None)
     check_range(cfg, "train.label_dropout", 0.0, 1.0)
     steps = list(cfg.eval.steps) if isinstance(cfg.eval.steps, ListConfig) else cfg.eval.steps
@@ -285,6 +289,20 @@ def validate(cfg: DictConfig) -> None:
         method.check_run(cfg)
     if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
+
+
+def check_grids(cfg: DictConfig, T: float) -> None:
+    """sample.grids: decreasing times from T to eps_t, at most one grid per step count."""
+    lengths = set()
+    for i, grid in enumerate(cfg.sample.grids):
+        g = list(grid)
+        ok = len(g) >= 2 and all(a > b for a, b in zip(g[:-1], g[1:], strict=True)) and g[0] <= T and g[-1] >= cfg.eps_t
+        if not ok:
+            raise ConfigError(f"sample.grids[{i}]: {g} is not a decreasing list of >= 2 times in "
+                              f"[eps_t, T] = [{cfg.eps_t}, {T}]")
+        if len(g) in lengths:
+            raise ConfigError(f"sample.grids[{i}]: a second grid for {len(g) - 1} step(s); give one per step count")
+        lengths.add(len(g))
 
 
 def check_choice(cfg: DictConfig, key: str, allowed) -> None:

@@ -119,3 +119,38 @@ def test_initial_noise_has_the_marginal_std_at_T():
     g = torch.Generator().manual_seed(0)
     x = initial_noise(200000, (1,), torch.tensor(SIGMA_D), tr, 0.994, generator=g)
     assert abs(float(x.std()) - SIGMA_D * math.sqrt(0.006**2 + 0.994**2)) < 0.005
+
+
+def test_sample_grids_pick_the_tuned_grid_for_their_step_count():
+    """Issue 18: cifar10.yaml's grids are the official ones (1 step T -> eps_t; 2 steps through eta = 1.4, i.e.
+    t = 1.4 / 2.4 on ot_fm); other step counts keep the schedule; sample.times still overrides everything."""
+    from imm.config import load_config
+    from imm.methods.common import start_from_noise
+    from imm.networks import MLP, OneStepModel
+
+    cfg = load_config("cifar10", ["data.name=8gaussians", "model.arch=mlp"])
+    traj = get_trajectory("ot_fm")
+    mid = cfg.sample.grids[1][1]
+    assert mid == pytest.approx(1.4 / 2.4, abs=1e-9) and float(traj.eta(torch.tensor(mid))) == pytest.approx(1.4)
+    model = OneStepModel(MLP(2, hidden=8, depth=1), traj)
+    g = torch.Generator().manual_seed(0)
+    grid = lambda k, c=cfg: start_from_noise(model, c, 4, k, (2,), g)[1].tolist()  # noqa: E731
+    assert grid(1) == pytest.approx([0.994, 0.006])
+    assert grid(2) == pytest.approx([0.994, 1.4 / 2.4, 0.006])
+    assert grid(4) == pytest.approx(torch.linspace(0.994, 0.006, 5).tolist())  # no tuned grid: uniform
+    explicit = load_config("cifar10", ["data.name=8gaussians", "model.arch=mlp", "sample.times=[0.994,0.3,0.006]"])
+    assert grid(2, explicit) == pytest.approx([0.994, 0.3, 0.006])
+
+
+@pytest.mark.parametrize(("grids", "message"), [
+    ("[[0.994,0.7,0.8,0.006]]", "sample.grids[0]: [0.994, 0.7, 0.8, 0.006] is not a decreasing list of >= 2 times in "
+                                "[eps_t, T] = [0.006, 0.994]"),
+    ("[[0.999,0.006]]", "sample.grids[0]: [0.999, 0.006] is not a decreasing list"),
+    ("[[0.994,0.5,0.006],[0.994,0.6,0.006]]", "sample.grids[1]: a second grid for 2 step(s); give one per step count"),
+])
+def test_bad_sample_grids_are_one_line_errors(grids, message):
+    from imm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config("cifar10", ["data.name=8gaussians", "model.arch=mlp", f"sample.grids={grids}"])
+    assert str(e.value).startswith(message)

@@ -35,8 +35,10 @@ def check_ot_fm(cfg: DictConfig) -> None:
 
 def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t of the config's schedule."""
+    """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t: sample.times, else the
+    sample.grids entry for this step count, else the config's schedule."""
     T = resolved_T(cfg)
-    grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times)
+    tuned = next((list(g) for g in cfg.sample.grids if len(g) == steps + 1), None)
+    grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times or tuned)
     return initial_noise(n, data_shape, model.sigma_d, model.traj, T, generator=generator,
                          device=generator.device), grid

@@ -158,6 +158,23 @@ def test_target_pass_replays_the_dropout_masks():
     assert not torch.equal(y1, y2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: the CUDA RNG and inductor's GPU kernels"))])
+def test_target_pass_replays_the_dropout_masks_under_torch_compile(device):
+    """Issue 18: inductor draws a compiled graph's dropout from seeds it takes from the device RNG, so rewinding that
+    RNG (replay_rng) still gives the target pass the online pass's masks (about 20 s of compilation on CPU)."""
+    model = _random_model("simple_edm", dropout=0.5).train().float().to(device)
+    compiled = torch.compile(model)
+    loss_fn = _loss(kernel="rbf")
+    torch.manual_seed(0)
+    b = loss_fn.draw(torch.randn(16, 3, device=device), model.sigma_d)
+    same = IMMBatch(s=b.s, r=b.t, t=b.t, x_t=b.x_t, x_r=b.x_t)
+    assert loss_fn.objective(compiled, same).item() == 0.0
+    s, t = b.s.repeat_interleave(4), b.t.repeat_interleave(4)
+    assert not torch.equal(compiled(b.x_t, s, t), compiled(b.x_t, s, t))  # without the rewind the masks differ
+
+
 def test_draw_shares_times_within_groups_and_reuses_noise():
     loss_fn = _loss(group_size=4)
     x = torch.randn(32, 3, dtype=torch.float64)

@@ -10,13 +10,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from imm.accelerate import OPTIMIZERS, PRECISIONS
 from imm.metrics.features import FEATURES
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
 
 ARCHS = ("mlp", "unet")
-OPTIMIZERS = ("adam", "adamw", "radam")
 
 
 class ConfigError(ValueError):
@@ -63,8 +63,13 @@ class TrainConfig:
     # gradients add up locally and DDP all-reduces once, so the update equals one step on the whole batch.
     accumulate: int = 1
     label_dropout: float = 0.1  # class-conditional models: share of labels replaced by the null label
-    precision: str = "fp32"  # fp32, or bf16 autocast for the forward passes (the loss is reduced in fp32)
-    compile: bool = False  # torch.compile the model (first steps pay the compilation)
+    # The GPU switches (imm/accelerate.py), no-ops on CPU: auto = bf16 autocast for the forward passes on CUDA (the
+    # loss is reduced in fp32), fp32 elsewhere; TF32 matmuls; the U-Net in channels-last layout; fused optimizer step.
+    precision: str = "auto"
+    tf32: bool = True
+    channels_last: bool = True
+    fused_optimizer: bool = True
+    compile: bool = False  # torch.compile the network (first steps pay the compilation)
     ema_decay: float = 0.999
     seed: int = 0
     out_dir: str = "./imm-runs/local"
@@ -141,8 +146,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ARCHS,
     "model.parameterization": PARAMETERIZATIONS,
     "model.s_embedding": S_EMBEDDINGS,
-    "train.optimizer": OPTIMIZERS,
-    "train.precision": ("fp32", "bf16"),
+    "train.optimizer": tuple(OPTIMIZERS),
+    "train.precision": PRECISIONS,
     "sample.schedule": (None, *SCHEDULES),
     "eval.features": FEATURES,
 }

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from imm import accelerate
 from imm.config import ConfigError, load_config
 from imm.data import load_data, random_xflip, shard
 from imm.evaluate import QUALITY_PREFIXES, Evaluator
@@ -32,11 +33,6 @@ from imm.methods import build_loss, build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict[str, float], "str | None"], None]
-
-
-def _optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[cfg.train.optimizer]
-    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
 def accumulate_gradients(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor | None, parts: int,
@@ -100,6 +96,8 @@ def train_loop(
     data to draw behind 2D samples (None for images).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    accelerate.configure_backends(cfg, device)
+    layout = accelerate.memory_format(cfg, device)
     tc = cfg.train
     start = int(resume["step"]) if resume else 0
     torch.manual_seed(tc.seed)  # the initial weights (rank 0's reach every rank under DDP)
@@ -107,6 +105,8 @@ def train_loop(
     dataset = load_data(cfg.data)
     sigma_d = float(cfg.data.sigma_d or dataset.train.std())
     data = shard(dataset.train, rank, world_size).to(device)
+    if data.ndim == 4:
+        data = data.contiguous(memory_format=layout)
     num_classes = dataset.num_classes if cfg.model.class_conditional else 0
     if cfg.model.class_conditional and not num_classes:
         raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
@@ -114,9 +114,9 @@ def train_loop(
     data_shape = dataset.shape
     evaluator = Evaluator(cfg, dataset, device, rank, world_size)
     reference = dataset.heldout[:2000] if dataset.heldout.ndim == 2 else None  # drawn faintly behind 2D samples
-    model = build_model(cfg, data_shape, sigma_d, num_classes).to(device)
+    model = build_model(cfg, data_shape, sigma_d, num_classes).to(device, memory_format=layout)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
-    opt = _optimizer(cfg, model.parameters())
+    opt = accelerate.optimizer(cfg, model.parameters(), device)
     warmup = max(tc.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
     if resume:
@@ -131,7 +131,7 @@ def train_loop(
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if tc.compile:
         ddp = torch.compile(ddp)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    autocast = accelerate.autocast(cfg, device)
     loss_fn = build_loss(cfg)
     per_worker = tc.batch_size // world_size
     report = report or (lambda metrics, checkpoint_dir: None)

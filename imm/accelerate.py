@@ -1,0 +1,48 @@
+"""The GPU switches of a training run, each on by default where it is safe and a no-op on CPU.
+
+- train.precision=auto: bf16 autocast on CUDA (the losses and IMM's kernel sums stay in fp32), fp32 on CPU.
+- train.tf32: TF32 matmuls and convolutions on CUDA (float32 matmul precision "high").
+- train.channels_last: the U-Net's weights and batches in channels-last layout on CUDA (tensor-core convolutions).
+- train.fused_optimizer: Adam/AdamW's fused CUDA kernel (RAdam: the multi-tensor foreach path).
+- train.compile: torch.compile of the network (opt-in: the first steps pay the compilation). The loss is not
+  compiled: IMM's target pass rewinds the RNG to replay dropout masks, which tests/test_model.py shows holds for a
+  compiled network.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision(cfg: DictConfig, device: torch.device) -> str:
+    """The forward passes' precision: train.precision, with `auto` = bf16 on CUDA and fp32 elsewhere."""
+    p = cfg.train.precision
+    return ("bf16" if device.type == "cuda" else "fp32") if p == "auto" else p
+
+
+def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision(cfg, device) == "bf16")
+
+
+def configure_backends(cfg: DictConfig, device: torch.device) -> None:
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
+
+
+def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
+    """channels_last for the U-Net on CUDA with train.channels_last, else the default layout."""
+    fast = device.type == "cuda" and cfg.train.channels_last and cfg.model.arch == "unet"
+    return torch.channels_last if fast else torch.contiguous_format
+
+
+def optimizer(cfg: DictConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    kind, kw = OPTIMIZERS[cfg.train.optimizer], {}
+    if device.type == "cuda" and cfg.train.fused_optimizer:
+        kw = {"foreach": True} if kind is torch.optim.RAdam else {"fused": True}
+    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, **kw)

@@ -2,7 +2,7 @@
 
 - train.precision=auto: bf16 autocast on CUDA (the losses and IMM's kernel sums stay in fp32), fp32 on CPU.
 - train.tf32: TF32 matmuls and convolutions on CUDA (float32 matmul precision "high").
-- train.channels_last: the U-Net's weights and batches in channels-last layout on CUDA (tensor-core convolutions).
+- train.channels_last: the U-Nets' weights and batches in channels-last layout on CUDA (tensor-core convolutions).
 - train.fused_optimizer: Adam/AdamW's fused CUDA kernel (RAdam: the multi-tensor foreach path).
 - train.compile: torch.compile of the network (opt-in: the first steps pay the compilation). The loss is not
   compiled: IMM's target pass rewinds the RNG to replay dropout masks, which tests/test_model.py shows holds for a
@@ -37,7 +37,7 @@ def configure_backends(cfg: DictConfig, device: torch.device) -> None:
 
 def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
     """channels_last for the U-Net on CUDA with train.channels_last, else the default layout."""
-    fast = device.type == "cuda" and cfg.train.channels_last and cfg.model.arch == "unet"
+    fast = device.type == "cuda" and cfg.train.channels_last and cfg.model.arch != "mlp"
     return torch.channels_last if fast else torch.contiguous_format
 
 

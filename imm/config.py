@@ -16,7 +16,7 @@ from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
 
-ARCHS = ("mlp", "unet")
+ARCHS = ("mlp", "unet", "ddpmpp")
 
 
 class ConfigError(ValueError):
@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # mlp (any data, flattened) or unet (images)
+    arch: str = "mlp"  # mlp (any data, flattened), unet (images) or ddpmpp (images: the official IMM CIFAR-10 layout)
     hidden: int = 256  # mlp
     depth: int = 4  # mlp
     channels: int = 128  # unet: base channels (the paper's CIFAR-10 net: 128, mult [2, 2, 2], 4 blocks, dropout 0.2)

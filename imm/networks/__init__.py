@@ -1,7 +1,8 @@
 """Architectures (G_theta) and the preconditioning that turns one into the one-step model f_{s,t}."""
 
+from imm.networks.ddpmpp import DDPMpp
 from imm.networks.mlp import MLP
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS, OneStepModel, VelocityModel
 from imm.networks.unet import UNet
 
-__all__ = ["MLP", "OneStepModel", "PARAMETERIZATIONS", "S_EMBEDDINGS", "UNet", "VelocityModel"]
+__all__ = ["DDPMpp", "MLP", "OneStepModel", "PARAMETERIZATIONS", "S_EMBEDDINGS", "UNet", "VelocityModel"]

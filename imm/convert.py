@@ -1,0 +1,143 @@
+"""The official IMM checkpoints (github.com/lumalabs/imm) as checkpoints of this project, the yardstick for our
+network, samplers and FID: `imm-orch import --from official-cifar10 PATH --out DIR`, then `imm-orch eval --model DIR`.
+
+The official file is a pickle of {'ema': network, ...} written by EDM's `torch_utils.persistence`, which embeds the
+network's source code and executes it on loading. We read it without the official code and without executing
+anything from the file: persistent objects become plain records of their state, and only torch's, numpy's and
+OmegaConf's own classes are built. A state dict saved with `torch.save` (keys as the official network names them)
+is read as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from imm.config import load_config
+
+SOURCES = {"official-cifar10": "cifar10"}  # --from NAME: the built-in config whose network the weights fit
+OFFICIAL_PREFIX = "model."  # IMMPrecond.model is the U-Net; ours is OneStepModel.net
+BOX_FILTER = torch.full((1, 1, 2, 2), 0.25)  # the official [1, 1] resampling filter, as a buffer of every resampler
+
+
+class Record(dict):
+    """A persistent object of the pickle (or any class we do not build): its state (and items), nothing else."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.class_name = ""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+def _persistent(meta: dict) -> Record:
+    record = Record()
+    record.class_name = meta.get("class_name", "")
+    record.__setstate__(meta.get("state") or {})
+    return record
+
+
+class _Reader(pickle.Unpickler):
+    """Builds torch tensors and plain containers; every other class becomes a Record (no code from the file runs)."""
+
+    SAFE = ("torch", "collections", "numpy", "omegaconf", "_codecs", "copyreg")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch_utils.persistence", "_reconstruct_persistent_obj"):
+            return _persistent
+        if module.split(".")[0] in self.SAFE:
+            return super().find_class(module, name)
+        if module == "builtins" and name in ("set", "frozenset", "slice", "range", "complex", "bytearray"):
+            return super().find_class(module, name)
+        return Record
+
+
+def _tensors(obj: Any, prefix: str = "") -> dict[str, Tensor]:
+    """A module tree's parameters and buffers by dotted name: from Records, real nn.Modules or nested dicts."""
+    state = obj.__dict__ if hasattr(obj, "__dict__") else {}
+    out: dict[str, Tensor] = {}
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if value is not None:
+                out[prefix + name] = value.detach() if isinstance(value, Tensor) else value
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            out |= _tensors(child, f"{prefix}{name}.")
+    return out
+
+
+def read_official(path: str | Path) -> dict[str, Tensor]:
+    """The EMA network's tensors (official names) from the official pickle or from a torch.save'd state dict."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path: no file at {path} (the official checkpoint, which you download yourself)")
+    raw = Path(path).read_bytes()
+    try:
+        with warnings.catch_warnings():  # torch's note on a raw pickle's protocol: not a state dict, read below
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:
+        state = None
+    if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
+        return dict(state)
+    try:
+        data = _Reader(io.BytesIO(raw)).load()
+    except Exception as e:
+        raise ValueError(f"{path}: neither a state dict nor an official IMM pickle ({type(e).__name__}: {e})") from None
+    net = data.get("ema") if isinstance(data, dict) else None
+    if net is None:
+        raise ValueError(f"{path}: an official IMM checkpoint holds a dict with the EMA network under 'ema'; "
+                         f"this file holds {type(data).__name__} {sorted(data)[:5] if isinstance(data, dict) else ''}")
+    return _tensors(net)
+
+
+def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module) -> OrderedDict[str, Tensor]:
+    """Rename official keys onto `model` (a OneStepModel over DDPMpp) and check every key and shape."""
+    ours = model.state_dict()
+    mapped: OrderedDict[str, Tensor] = OrderedDict()
+    unexpected = []
+    for key, value in official.items():
+        if key.endswith("resample_filter"):  # a constant: our resampling is the same box filter, built in
+            if not torch.allclose(value.float(), BOX_FILTER):
+                raise ValueError(f"{key}: the network resamples with another filter than [1, 1]; "
+                                 "model.arch=ddpmpp implements the [1, 1] filter only")
+            continue
+        name = "net." + key[len(OFFICIAL_PREFIX):] if key.startswith(OFFICIAL_PREFIX) else key
+        if name not in ours:
+            unexpected.append(key)
+        elif ours[name].shape != value.shape:
+            raise ValueError(f"{key}: shape {list(value.shape)} where model.arch=ddpmpp has {list(ours[name].shape)}; "
+                             "the checkpoint's network is not the configured one")
+        else:
+            mapped[name] = value.to(ours[name].dtype)
+    missing = [k for k in ours if k not in mapped and k != "sigma_d"]
+    if unexpected or missing:
+        raise ValueError(f"the official network and model.arch=ddpmpp differ: {len(unexpected)} unexpected key(s) "
+                         f"{unexpected[:3]}, {len(missing)} missing {missing[:3]}")
+    mapped["sigma_d"] = ours["sigma_d"]
+    return mapped
+
+
+def import_official(source: str, path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A checkpoint dict of this project (imm.train's format, EMA weights = the official EMA) from an official file."""
+    from imm.methods import build_model
+
+    if source not in SOURCES:
+        raise ValueError(f"--from: {source!r} is not one of {list(SOURCES)}")
+    cfg = load_config(SOURCES[source], ["model.arch=ddpmpp", *(overrides or [])])
+    shape, sigma_d = (3, 32, 32), float(cfg.data.sigma_d)
+    model = build_model(cfg, shape, sigma_d)
+    weights = official_to_ours(read_official(path), model)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
+            "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": 0,
+            "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}

@@ -37,6 +37,13 @@ def check_ot_fm(cfg: DictConfig) -> None:
         raise ConfigError(f"trajectory: method={cfg.method} uses flow matching's path 'ot_fm', got {cfg.trajectory!r}")
 
 
+def ot_fm_point(x: Tensor, t: Tensor, sigma_d: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_t, v) on flow matching's path: x_t = (1 - t) x + t eps and its velocity v = eps - x, eps ~ N(0, sigma_d^2)."""
+    eps = torch.randn_like(x) * sigma_d
+    tb = t.reshape(-1, *([1] * (x.ndim - 1)))
+    return (1 - tb) * x + tb * eps, eps - x
+
+
 def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t: sample.times, else the

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from imm.config import resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import build_network, check_ot_fm, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.registry import Method, register
 from imm.networks import VelocityModel
 from imm.networks.precond import unwrap
@@ -25,10 +25,8 @@ class FlowMatchingLoss:
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         t = self.eps_t + (self.T - self.eps_t) * torch.rand(x.shape[0], device=x.device)
-        eps = torch.randn_like(x) * unwrap(model).sigma_d
-        tb = t.view(-1, *([1] * (x.ndim - 1)))
-        x_t = (1 - tb) * x + tb * eps
-        return (at_least_fp32(model(x_t, t, labels)) - (eps - x)).square().mean()
+        x_t, v = ot_fm_point(x, t, unwrap(model).sigma_d)
+        return (at_least_fp32(model(x_t, t, labels)) - v).square().mean()
 
 
 METHOD = register(Method(

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from imm.config import check_range, resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import build_network, check_ot_fm, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.registry import Method, register
 from imm.networks.precond import OneStepModel, _bcast, unwrap
@@ -75,9 +75,7 @@ class MeanFlowLoss:
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         m = unwrap(model)
         t, r = self.times(x.shape[0], x.device)
-        eps = torch.randn_like(x) * m.sigma_d
-        z = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
-        v = eps - x
+        z, v = ot_fm_point(x, t, m.sigma_d)
         with replay_rng(x.device):  # the online pass below sees the same dropout masks as the target's
             u_tgt = at_least_fp32(self.target(m, z, v, r, t, labels))
         err = (at_least_fp32(model(z, r, t, labels)) - u_tgt).flatten(1).square().sum(1)

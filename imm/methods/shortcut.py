@@ -19,7 +19,7 @@ from torch import Tensor
 
 from imm.config import check_range, resolved_T
 from imm.losses import at_least_fp32
-from imm.methods.common import check_ot_fm, start_from_noise
+from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.meanflow import build_model, mean_steps
 from imm.methods.registry import Method, register
@@ -53,9 +53,7 @@ class ShortcutLoss:
         step = torch.where(sc, big, torch.zeros_like(big))
         t = step + (self.T - step) * torch.rand(n, device=device)
         s = t - step
-        eps = torch.randn_like(x) * m.sigma_d
-        x_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
-        target = eps - x
+        x_t, target = ot_fm_point(x, t, m.sigma_d)
         with replay_rng(device), torch.no_grad():  # the online pass sees the target passes' dropout masks
             if bool(sc.any()):
                 i = sc.nonzero().squeeze(1)

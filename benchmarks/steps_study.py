@@ -207,10 +207,12 @@ def instrument(model, loss, data, sigma_d: float, name: str, n: int = 2000) -> d
 
 
 def gmm_flow(x_t, t: float, s: float, sigma_d: float, n: int = 100):
-    """The exact ot_fm flow map f_{s,t} for 8gaussians (8 modes on a circle of radius 2, std 0.1): RK4 on the
-    closed-form velocity E[eps - x | x_t] of a Gaussian mixture."""
+    """The exact ot_fm flow map f_{s,t} for 8gaussians (imm.data's mixture): RK4 on the closed-form velocity
+    E[eps - x | x_t] of a Gaussian mixture."""
+    from imm.data import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD
+
     angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    means, std = 2.0 * torch.stack([angle.cos(), angle.sin()], 1), 0.1
+    means, std = EIGHT_GAUSSIANS_RADIUS * torch.stack([angle.cos(), angle.sin()], 1), EIGHT_GAUSSIANS_STD
 
     def v(x, u):
         var = (1 - u) ** 2 * std**2 + u**2 * sigma_d**2

@@ -42,12 +42,15 @@ class Data:
         return self.train.ndim == 4
 
 
+EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD = 2.0, 0.1
+
+
 def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
-    """Eight well-separated modes on a circle of radius 2, std 0.1 each."""
+    """Eight well-separated modes on a circle of radius 2, std 0.1 each (equal weights)."""
     k = torch.randint(0, 8, (n,), generator=g)
     angle = k.float() * (2 * math.pi / 8)
-    centers = 2.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return centers + 0.1 * torch.randn(n, 2, generator=g)
+    centers = EIGHT_GAUSSIANS_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return centers + EIGHT_GAUSSIANS_STD * torch.randn(n, 2, generator=g)
 
 
 def checkerboard(n: int, g: torch.Generator) -> Tensor:

@@ -83,3 +83,48 @@ def test_meanflow_trains_and_samples_in_one_and_several_steps(arch, precision):
     model = build_model(cfg, (2,) if arch == "mlp" else (1, 8, 8), 0.5)
     x = generate(model, cfg, 8, 1, seed=0, data_shape=(2,) if arch == "mlp" else (1, 8, 8))
     assert x.shape[0] == 8 and isinstance(build_loss(cfg), MeanFlowLoss)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cfg = load_config("toy2d", ["method=meanflow", "model.hidden=32", "model.depth=2", "model.dropout=0.1"])
+        torch.manual_seed(0)
+        model, loss = build_model(cfg, (2,), 1.0), build_loss(cfg)
+        x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).chunk(world)[rank]
+        torch.manual_seed(100 + rank)
+        loss(model, x).backward()  # this rank's gradient on its own, no DDP
+        local = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        ddp = DistributedDataParallel(model)
+        torch.manual_seed(100 + rank)  # the same draws (times, noise, dropout) under DDP
+        loss(ddp, x).backward()
+        synced = [p.grad.clone() for p in model.parameters()]
+        mean = [g.clone() for g in local]
+        for g in mean:
+            dist.all_reduce(g)
+            g /= world
+        torch.save({"synced": synced, "mean": mean, "local": local}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_the_jvp_target_leaves_gradient_sync_intact(tmp_path):
+    """Issue 17: 2 gloo workers; each rank's DDP gradient is the mean of the ranks' own gradients (the JVP runs on
+    the unwrapped module without gradient, so DDP sees one forward and one backward per step)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "grads")), nprocs=2)
+    ranks = [torch.load(f"{tmp_path / 'grads'}.{r}", weights_only=True) for r in range(2)]
+    for r in ranks:
+        for synced, mean in zip(r["synced"], r["mean"], strict=True):
+            torch.testing.assert_close(synced, mean, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ranks[0]["local"][0], ranks[1]["local"][0])  # the ranks did differ before the sync

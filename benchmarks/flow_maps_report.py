@@ -1,0 +1,92 @@
+"""The table and sample grids of `imm-orch sweep sweeps/flow_maps.yaml`: few-step methods on digits, several seeds.
+
+Reads the sweep's complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
+4, 8), writes mean and spread (max - min) over the seeds per method into OUT/README.md and results.json, and one
+sample grid per method (its seed-0 model at 1 and 2 steps) as OUT/METHOD_steps_K.png.
+
+    .venv/bin/imm-orch sweep sweeps/flow_maps.yaml              # ~25 min on 2 cores
+    .venv/bin/python benchmarks/flow_maps_report.py [--sweep flow_maps] [--tracking-uri URI] [--out docs/flow_maps]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from orchestrator import tracking
+from orchestrator.models import load_model
+from orchestrator.sweep import ROLE_TAG, STATE_TAG, SWEEP_TAG
+
+STEPS = (1, 2, 4, 8)
+METRICS = ("energy", "fd")
+GRID_STEPS = (1, 2)
+
+
+def trials(client, sweep: str) -> list:
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{STATE_TAG}` = 'complete'", max_results=1000)
+    return [r for r in runs if r.data.tags.get(ROLE_TAG, "trial") == "trial"]
+
+
+def table(runs) -> dict[str, dict[str, list[float]]]:
+    """method -> {"energy/steps_K": [value per seed], ..., "seeds": [...], "run_ids": [...]}."""
+    out: dict[str, dict[str, list]] = {}
+    for r in sorted(runs, key=lambda r: int(r.data.params.get("train.seed", 0))):
+        m = out.setdefault(r.data.params["method"], {"seeds": [], "run_ids": []})
+        m["seeds"].append(int(r.data.params.get("train.seed", 0)))
+        m["run_ids"].append(r.info.run_id)
+        for metric in METRICS:
+            for k in STEPS:
+                m.setdefault(f"{metric}/steps_{k}", []).append(r.data.metrics.get(f"{metric}/steps_{k}", float("nan")))
+    return out
+
+
+def cell(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.4f} ± {max(values) - min(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def markdown(res: dict, order: list[str]) -> str:
+    lines = []
+    for metric, what in (("energy", "energy distance on pixels to the 539 held-out digits"),
+                         ("fd", "Frechet distance in the features of the project's digits classifier")):
+        lines += [f"**{metric}** ({what}; mean ± spread over seeds {res[order[0]]['seeds']}):", "",
+                  "| method | " + " | ".join(f"{k} step{'s' if k > 1 else ''}" for k in STEPS) + " |",
+                  "|---|" + "---|" * len(STEPS)]
+        for m in order:
+            lines.append(f"| {m} | " + " | ".join(cell(res[m][f"{metric}/steps_{k}"]) for k in STEPS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", default="flow_maps")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", default="docs/flow_maps")
+    args = p.parse_args()
+    uri = tracking.default_tracking_uri(args.tracking_uri)
+    res = table(trials(tracking.client(uri), args.sweep))
+    if not res:
+        raise SystemExit(f"no complete trials of sweep {args.sweep!r} in {uri}")
+    order = [m for m in ("imm", "meanflow", "shortcut", "cm", "fm") if m in res] + sorted(set(res) - {
+        "imm", "meanflow", "shortcut", "cm", "fm"})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from imm.sample import image_grid_png
+
+    for m in order:
+        gen = load_model(f"runs:/{res[m]['run_ids'][0]}", tracking_uri=uri, device="cpu")
+        for k in GRID_STEPS:
+            image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{m}_steps_{k}.png")
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    body = markdown(res, order)
+    (out / "tables.md").write_text(body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -128,3 +128,31 @@ def test_under_ddp_the_jvp_target_leaves_gradient_sync_intact(tmp_path):
         for synced, mean in zip(r["synced"], r["mean"], strict=True):
             torch.testing.assert_close(synced, mean, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(ranks[0]["local"][0], ranks[1]["local"][0])  # the ranks did differ before the sync
+
+
+def test_guidance_in_the_target_mixes_the_velocities_as_the_paper_writes_it():
+    """v~ = omega v + kappa u(c) + (1 - omega - kappa) u(null) on labelled samples, v on null-labelled ones; and
+    a class-conditional model trains with it (the loss reads the guided velocity)."""
+    torch.manual_seed(0)
+    model = AverageVelocityModel(MLP(3, hidden=16, depth=1, emb_dim=8, num_classes=4), get_trajectory("ot_fm"),
+                                 sigma_d=0.7).double()
+    loss = MeanFlowLoss(guidance=2.0, guidance_mix=0.25)
+    z, v = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 4, 2, 4, 3])  # 4 = the null label
+    got = loss.guided_velocity(model, z, v, t, labels)
+    with torch.no_grad():
+        u_c, u_null = model(z, t, t, labels), model(z, t, t, torch.full_like(labels, 4))
+    want = 2.0 * v + 0.25 * u_c + (1 - 2.0 - 0.25) * u_null
+    keep = (labels == 4)[:, None]
+    torch.testing.assert_close(got, torch.where(keep, v, want))
+    cfg = load_config("digits", ["method=meanflow", "model.class_conditional=true", "meanflow.guidance=2",
+                                 "train.steps=3", "train.batch_size=16", "model.hidden=32", "model.depth=1"])
+    torch.manual_seed(0)
+    m = build_model(cfg, (1, 8, 8), 0.5, num_classes=10)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 11, (16,))
+    guided, plain = build_loss(cfg), MeanFlowLoss(T=build_loss(cfg).T)
+    torch.manual_seed(1)
+    lg = guided(m, x, y)
+    torch.manual_seed(1)
+    assert torch.isfinite(lg) and float(lg) != float(plain(m, x, y))

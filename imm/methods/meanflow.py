@@ -10,8 +10,11 @@ along the tangent (v, 0, 1) of (z, r, t), under stop-gradient:
 
 t and r come from a logit-normal (the larger is t); a share `meanflow.r_equals_t` of the batch has r = t, where
 u_tgt = v and the loss is flow matching's. A step from t to r is z_r = z_t - (t - r) u(z_t, r, t); one step is
-z_0 = z_1 - u(z_1, 0, 1). The network is IMM's (u = sigma_d G(c_in z, t, r), the euler_fm parameterisation, so
-f_{r,t} = z - (t - r) u is IMM's one-step model and pushforward is MeanFlow's sampler).
+z_0 = z_1 - u(z_1, 0, 1). Class-conditional models train guidance into u (`meanflow.guidance` omega,
+`meanflow.guidance_mix` kappa): labelled samples regress on v~ = omega v + kappa u(z_t, t, t | c) + (1 - omega - kappa)
+u(z_t, t, t | null) in place of v, so one step samples the guided distribution.
+The network is IMM's (u = sigma_d G(c_in z, t, r), the euler_fm parameterisation, so f_{r,t} = z - (t - r) u is IMM's
+one-step model and pushforward is MeanFlow's sampler).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class MeanFlowConfig:
     time_std: float = 1.0
     adaptive_p: float = 1.0  # adaptive loss weight 1 / (||error||^2 + c)^p; p = 0 is plain squared error
     adaptive_c: float = 1e-3
+    # Class-conditional models: guidance trained into u (the paper's CFG), sampled with cfg_scale 1. Labelled samples
+    # regress on v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null); omega = 1, kappa = 0: none.
+    guidance: float = 1.0  # omega
+    guidance_mix: float = 0.0  # kappa
 
 
 class AverageVelocityModel(OneStepModel):
@@ -58,6 +65,8 @@ class MeanFlowLoss:
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
     T: float = 0.994
+    guidance: float = 1.0
+    guidance_mix: float = 0.0
 
     def times(self, n: int, device) -> tuple[Tensor, Tensor]:
         """(t, r) with r <= t from a logit-normal, r = t for a share r_equals_t of them."""
@@ -72,10 +81,22 @@ class MeanFlowLoss:
             _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (v, torch.ones_like(t)))
         return (v - _bcast(t - r, z) * dudt).detach()
 
+    def guided_velocity(self, model: AverageVelocityModel, z: Tensor, v: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null) where the label is a class;
+        v where it is the null label (the dropped labels train the unconditional u)."""
+        null = torch.full_like(labels, model.net.num_classes)
+        with torch.no_grad():
+            u_null = model(z, t, t, null)
+            u_c = model(z, t, t, labels) if self.guidance_mix else torch.zeros_like(v)
+        mixed = self.guidance * v + self.guidance_mix * u_c + (1 - self.guidance - self.guidance_mix) * u_null
+        return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
+
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         m = unwrap(model)
         t, r = self.times(x.shape[0], x.device)
         z, v = ot_fm_point(x, t, m.sigma_d)
+        if labels is not None and (self.guidance != 1 or self.guidance_mix != 0):
+            v = self.guided_velocity(m, z, v, t, labels)
         with replay_rng(x.device):  # the online pass below sees the same dropout masks as the target's
             u_tgt = at_least_fp32(self.target(m, z, v, r, t, labels))
         err = (at_least_fp32(model(z, r, t, labels)) - u_tgt).flatten(1).square().sum(1)
@@ -100,7 +121,8 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
 
 def build_loss(cfg: DictConfig) -> MeanFlowLoss:
     c = cfg.meanflow
-    return MeanFlowLoss(c.r_equals_t, c.time_mean, c.time_std, c.adaptive_p, c.adaptive_c, T=resolved_T(cfg))
+    return MeanFlowLoss(c.r_equals_t, c.time_mean, c.time_std, c.adaptive_p, c.adaptive_c, T=resolved_T(cfg),
+                        guidance=c.guidance, guidance_mix=c.guidance_mix)
 
 
 def check_section(cfg: DictConfig) -> None:
@@ -108,6 +130,8 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "meanflow.time_std", 0.0, None, strict_low=True)
     check_range(cfg, "meanflow.adaptive_p", 0.0, None)
     check_range(cfg, "meanflow.adaptive_c", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.guidance", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.guidance_mix", 0.0, 1.0)
 
 
 METHOD = register(Method(

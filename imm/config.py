@@ -12,11 +12,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from imm.accelerate import OPTIMIZERS, PRECISIONS
 from imm.metrics.features import FEATURES
+from imm.networks.dit import NAMES as DIT_NAMES
 from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
 
-ARCHS = ("mlp", "unet", "ddpmpp")
+ARCHS = ("mlp", "unet", "ddpmpp", "dit")
 
 
 class ConfigError(ValueError):
@@ -36,7 +37,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # mlp (any data, flattened), unet (images) or ddpmpp (images: the official IMM CIFAR-10 layout)
+    # mlp (any data, flattened); for images (or latents): unet, ddpmpp (the official IMM CIFAR-10 layout) or dit
+    arch: str = "mlp"
+    dit: str = "S/2"  # dit: size/patch, S|B|L|XL / 2|4|8 (the paper's ImageNet network: XL/2)
     hidden: int = 256  # mlp
     depth: int = 4  # mlp
     channels: int = 128  # unet: base channels (the paper's CIFAR-10 net: 128, mult [2, 2, 2], 4 blocks, dropout 0.2)
@@ -144,6 +147,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "trajectory": tuple(TRAJECTORIES),
     "model.arch": ARCHS,
+    "model.dit": DIT_NAMES,
     "model.parameterization": PARAMETERIZATIONS,
     "model.s_embedding": S_EMBEDDINGS,
     "train.optimizer": tuple(OPTIMIZERS),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def table(runs) -> dict[str, dict[str, list[float]]]:
 
 
 def cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.4f} ± {max(values) - min(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+    """mean ± spread, 3 significant digits (4 decimals below 1)."""
+    mean, spread = statistics.fmean(values), max(values) - min(values)
+    fmt = (lambda v: f"{v:.4f}") if abs(mean) < 1 else (lambda v: f"{v:.3g}" if v >= 100 else f"{v:.2f}")
+    return f"{fmt(mean)} ± {fmt(spread)}" if len(values) > 1 else fmt(mean)
 
 
 def markdown(res: dict, order: list[str]) -> str:
@@ -68,6 +71,7 @@ def main() -> None:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default="docs/flow_maps")
     args = p.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking.default_tracking_uri(args.tracking_uri)
     res = table(trials(tracking.client(uri), args.sweep))
     if not res:

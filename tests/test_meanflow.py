@@ -108,6 +108,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str):
             dist.all_reduce(g)
             g /= world
         torch.save({"synced": synced, "mean": mean, "local": local}, f"{out}.{rank}")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.unet import zero_init
+
 SKIP_SCALE = math.sqrt(0.5)
 
 
@@ -47,12 +49,6 @@ class Conv(nn.Conv2d):
         if self.down:
             x = F.avg_pool2d(x, 2)
         return super().forward(x)
-
-
-def zero_init(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
 
 
 class Block(nn.Module):

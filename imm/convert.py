@@ -76,11 +76,16 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, Tensor]:
     return out
 
 
-def read_official(path: str | Path) -> dict[str, Tensor]:
-    """The EMA network's tensors (official names) from the official pickle or from a torch.save'd state dict."""
+def _file_bytes(path: str | Path) -> bytes:
     if not Path(path).is_file():
         raise FileNotFoundError(f"path: no file at {path} (the official checkpoint, which you download yourself)")
-    raw = Path(path).read_bytes()
+    return Path(path).read_bytes()
+
+
+def read_official(path: str | Path, raw: bytes | None = None) -> dict[str, Tensor]:
+    """The EMA network's tensors (official names) from the official pickle or from a torch.save'd state dict
+    (`raw`: the file's bytes, when the caller has read them already)."""
+    raw = _file_bytes(path) if raw is None else raw
     try:
         with warnings.catch_warnings():  # torch's note on a raw pickle's protocol: not a state dict, read below
             warnings.simplefilter("ignore")
@@ -136,8 +141,9 @@ def import_official(source: str, path: str | Path, overrides: list[str] | None =
     cfg = load_config(SOURCES[source], ["model.arch=ddpmpp", *(overrides or [])])
     shape, sigma_d = (3, 32, 32), float(cfg.data.sigma_d)
     model = build_model(cfg, shape, sigma_d)
-    weights = official_to_ours(read_official(path), model)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    raw = _file_bytes(path)  # read once: parsed and hashed
+    weights = official_to_ours(read_official(path, raw), model)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
     return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
             "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": 0,
             "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}

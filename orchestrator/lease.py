@@ -6,8 +6,10 @@ record every driver of a sweep shares (a journal file or an RDB, wherever it run
 as a study attribute: who holds it (host, pid) and when it was last renewed. Optuna's own heartbeat marks
 stale *trials* failed and exists for RDB storages only; this guards the sweep as a whole, on any storage.
 
-A driver that dies without releasing (SIGKILL, a lost node) leaves a lease that expires `lease_s()` seconds
-after its last renewal; `--resume` then takes over.
+A driver that dies without releasing (SIGKILL, `ray job stop` when closing took longer than Ray's grace) leaves
+its lease behind. On the machine it ran on (a Ray job's driver runs on the head node, so a resubmitted one does
+too) the next driver sees that the holder's process is gone and takes over at once; from anywhere else it
+waits until the lease expires, `lease_s()` seconds after its last renewal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from imm.config import ConfigError
 
@@ -28,10 +31,35 @@ def lease_s() -> float:
     return float(os.environ.get("IMM_SWEEP_LEASE_S", "60"))
 
 
+def _process(pid: int) -> dict:
+    """Who `pid` is on this machine: host, PID namespace and kernel start time (None where /proc has no answer),
+    so that a reused pid or a process in another container is not taken for the lease's holder."""
+    def read(path: str, parse) -> str | None:
+        try:
+            return parse(path)
+        except (OSError, IndexError):
+            return None
+
+    return {"host": socket.gethostname(), "pid": pid,
+            "pidns": read("/proc/self/ns/pid", os.readlink),
+            "started": read(f"/proc/{pid}/stat", lambda p: Path(p).read_text().rsplit(")", 1)[1].split()[19])}
+
+
+def holder_is_gone(lease: dict) -> bool:
+    """True only when the holder provably died: it ran on this host, in this PID namespace, and its process no
+    longer exists (or the pid now belongs to a later process)."""
+    here = _process(lease["pid"])
+    if lease["host"] != here["host"] or lease.get("pidns") is None or lease.get("pidns") != here["pidns"]:
+        return False  # another machine or container: only the heartbeat can tell
+    return here["started"] is None or here["started"] != lease.get("started")
+
+
 def live_lease(study) -> dict | None:
-    """The lease on the sweep if it was renewed less than lease_s() ago, else None."""
+    """The lease on the sweep if it was renewed less than lease_s() ago by a driver not known to be dead."""
     lease = study.user_attrs.get(LEASE_ATTR)
-    return lease if lease and time.time() - lease["renewed"] < lease_s() else None
+    if not lease or time.time() - lease["renewed"] >= lease_s() or holder_is_gone(lease):
+        return None
+    return lease
 
 
 def refuse_if_held(study, name: str, mine: str | None = None) -> None:
@@ -49,12 +77,12 @@ class Lease:
     def __init__(self, study, name: str):
         self.study, self.name = study, name
         self.id = uuid.uuid4().hex
+        self.me = _process(os.getpid())
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     def _write(self) -> None:
-        self.study.set_user_attr(LEASE_ATTR, {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-                                              "renewed": time.time()})
+        self.study.set_user_attr(LEASE_ATTR, {"id": self.id, **self.me, "renewed": time.time()})
 
     def acquire(self) -> Lease:
         refuse_if_held(self.study, self.name)

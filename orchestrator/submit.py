@@ -27,6 +27,7 @@ EXCLUDES = ["venv", "imm-runs", "mlruns", "mlartifacts", "data", "__pycache__", 
             ".ruff_cache", "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.npy", "*.npz", "*.db", "*.journal"]
 # Defaults the submitting machine may set that the job should share (the stores checked here are passed explicitly).
 FORWARDED_ENV = ("IMM_METRICS_CACHE", "IMM_MLFLOW_ARTIFACTS")
+STOP_GRACE_S = 30
 TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it "
               "(the head node writes it to ~/.ray/auth_token)")
 
@@ -103,10 +104,12 @@ def plan_submission(args) -> Submission:
     entrypoint = shlex.join(["python", "-m", "orchestrator.cli", kind, target, *args.overrides, *pinned, *flags])
     runtime_env: dict = {"working_dir": str(working_dir), "excludes": EXCLUDES}
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    # `ray job stop` SIGKILLs the driver this long after its SIGTERM (Ray's default, 3 s, is too short to close
+    # the running trials' MLflow runs on a busy head node); Ray's job supervisor reads it from the job's env.
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_GRACE_S))
     if study is not None:
         env["IMM_OPTUNA_STORAGE"] = study_raw
-    if env:
-        runtime_env["env_vars"] = env
+    runtime_env["env_vars"] = env
     code = Path(__file__).resolve().parent.parent
     if not (code / "orchestrator").resolve().is_relative_to(working_dir):  # an installed package: ship the code too
         runtime_env["py_modules"] = [str(code / "imm"), str(code / "orchestrator")]

@@ -395,8 +395,8 @@ class SweepRunner:
         state, status = ("interrupted", "KILLED") if interrupted else ("failed", "FAILED")
         for tr in running:
             ray.cancel(tr.ref, force=True)
-        # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver 3 s after its SIGTERM, and a lease
-        # left behind would hold off the next --resume until it expired.
+        # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver soon after its SIGTERM, and a lease
+        # left behind would hold off a --resume from another machine until it expired.
         self.lease.release()
         try:
             for tr in running:

@@ -266,6 +266,11 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
     assert wait_job(client, job_id).status == "STOPPED"
     first = study().trials[0]
     assert first.state == optuna.trial.TrialState.COMPLETE
+    # Ray's grace before its SIGKILL (RAY_JOB_STOP_WAIT_TIME_S, set by submit) let the driver close what it held
+    _, runs = runs_of(mlflow_server, "driver-loss")
+    status = {r.data.tags.get("imm.trial.number", "parent"): r.info.status for r in runs}
+    assert status.pop("0") == "FINISHED" and status.pop("parent") == "KILLED", status
+    assert set(status.values()) <= {"KILLED"}, status  # trial 1, if it had started
 
     proc = cluster.run([*args, "--resume", "--follow"])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -104,17 +104,12 @@ class Result:
     instruments: dict = field(default_factory=dict)
 
 
-def run(job: Job, cache: str) -> Result:
-    """Train the job's model (or read it from the cache), then evaluate and instrument it."""
-    torch.set_num_threads(1)
-    from imm.data import load_data
-    from imm.methods import build_model, sampler_of, schedule_of
-    from imm.metrics import energy_distance
+def trained(job: Job, cache: str):
+    """The job's config and EMA model in eval mode, trained once and then read from `cache`; and the state saved
+    with it (sigma_d, data_shape, train_s)."""
+    from imm.methods import build_model
     from imm.train import CHECKPOINT_FILE, train_loop
 
-    out = Path(cache) / f"{job.key}.json"
-    if out.is_file():
-        return result_from_json(json.loads(out.read_text()))
     cfg = job.config()
     model_file = Path(cache) / f"{job.key}.pt"
     if not model_file.is_file():
@@ -129,11 +124,24 @@ def run(job: Job, cache: str) -> Result:
         state = {k: box["state"][k] for k in ("ema", "sigma_d", "data_shape")} | {"train_s": time.perf_counter() - t0}
         torch.save(state, model_file)
     state = torch.load(model_file, weights_only=True)
+    model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
+    model.load_state_dict(state["ema"])
+    return cfg, model.eval(), state
+
+
+def run(job: Job, cache: str) -> Result:
+    """Train the job's model (or read it from the cache), then evaluate and instrument it."""
+    torch.set_num_threads(1)
+    from imm.data import load_data
+    from imm.methods import sampler_of, schedule_of
+    from imm.metrics import energy_distance
+
+    out = Path(cache) / f"{job.key}.json"
+    if out.is_file():
+        return result_from_json(json.loads(out.read_text()))
+    cfg, model, state = trained(job, cache)
     data = load_data(cfg.data)
     shape = tuple(state["data_shape"])
-    model = build_model(cfg, shape, state["sigma_d"])
-    model.load_state_dict(state["ema"])
-    model.eval()
     kind = "fm" if cfg.method == "fm" else "imm"
     own = f"{sampler_of(cfg)}/{schedule_of(cfg)}"
     res = Result(job, train_s=float(state["train_s"]), sampler=own,

@@ -60,6 +60,9 @@ def test_energy_distance_closed_form():
     ref = 2 * e_abs(1.0) - 2 * e_abs(0.0)
     assert abs(energy_distance(x, y) - ref) < 0.02
     assert abs(energy_distance(x, torch.randn(4000, 1, generator=g))) < 0.01
+    # summed in blocks of rows (memory), the value is the same to rounding, for blocks that do not divide n
+    assert energy_distance(x[:1001], y[:999], block=97) == pytest.approx(energy_distance(x[:1001], y[:999], block=4096),
+                                                                        rel=1e-12)
 
 
 def test_digits_are_real_8x8_images_in_the_unit_range_with_labels():

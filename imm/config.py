@@ -26,13 +26,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "8gaussians"  # a toy 2D set, npy:PATH (an (N, D) array), digits, cifar10:PATH or folder:PATH
+    # a toy 2D set, npy:PATH (an (N, D) array), digits, cifar10:PATH, folder:PATH or latents:PATH (imm.latents)
+    name: str = "8gaussians"
     n_train: int = 20000  # toy sets: points generated for training
     n_heldout: int = 5000  # toy sets: held-out points for metrics
     heldout_fraction: float = 0.1  # npy: share of rows held out
     seed: int = 0  # the data set's own seed (fixed across runs so metrics compare)
     sigma_d: float | None = None  # data std; None = measured on the training set (the paper uses 0.5 for images)
     xflip: bool = False  # images: mirror half of each batch left-right (the paper's augmentation)
+    latent_cache_gb: float = 16.0  # latents:s3://...: each worker's disk cache of shards (a window of them at a time)
 
 
 @dataclass
@@ -267,6 +269,10 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "train.log_every", 1, None)
     check_range(cfg, "model.dropout", 0.0, 1.0)
     check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
+    check_range(cfg, "data.latent_cache_gb", 0.0, None, strict_low=True)
+    if cfg.data.name.startswith("latents:") and cfg.eval.features not in ("auto", "none"):
+        raise ConfigError(f"eval.features: {cfg.eval.features!r} is not available for latents yet (allowed: none, "
+                          "auto = none); decoded-image metrics are not built")
     check_range(cfg, "eval.every", 1, None)
     check_range(cfg, "eval.n_samples", 2, None)
     check_range(cfg, "eval.batch_size", 1, None)

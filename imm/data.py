@@ -41,6 +41,11 @@ class Data:
     def is_image(self) -> bool:
         return self.train.ndim == 4
 
+    @property
+    def sigma_d(self) -> float:
+        """The training set's standard deviation (the preconditioning's sigma_d unless the config gives one)."""
+        return float(self.train.std())
+
 
 EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD = 2.0, 0.1
 
@@ -75,7 +80,8 @@ TOY_SETS = {"8gaussians": eight_gaussians, "checkerboard": checkerboard, "moons"
 
 
 def load_data(cfg) -> Data:
-    """The data set a DataConfig names (toy set, npy:PATH, digits, cifar10:PATH, folder:PATH)."""
+    """The data set a DataConfig names (toy set, npy:PATH, digits, cifar10:PATH, folder:PATH; latents:PATH
+    answers an imm.latents.LatentData, which streams its training rows instead of holding them)."""
     name = cfg.name
     g = torch.Generator().manual_seed(cfg.seed)
     if name in TOY_SETS:
@@ -90,8 +96,12 @@ def load_data(cfg) -> Data:
     if name.startswith("folder:"):
         images, labels, n_classes = _folder(name[len("folder:"):])
         return _split(images, labels, cfg.heldout_fraction, g, num_classes=n_classes)
-    raise ValueError(f"data.name: {name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH or "
-                     "folder:PATH (PATH may be s3://bucket/prefix)")
+    if name.startswith("latents:"):
+        from imm.latents import load_latents
+
+        return load_latents(cfg)
+    raise ValueError(f"data.name: {name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH, "
+                     "folder:PATH or latents:PATH (PATH may be s3://bucket/prefix)")
 
 
 def probe(name: str) -> None:
@@ -106,6 +116,10 @@ def probe(name: str) -> None:
         _cifar10_files(Path(path), path)
     elif kind == "folder":
         _image_files(Path(path), path, first_only=True)
+    elif kind == "latents":
+        from imm.latents import Manifest
+
+        Manifest.read(path)
 
 
 def _digits() -> tuple[Tensor, Tensor]:

@@ -33,7 +33,7 @@ QUALITY_PREFIXES = ("energy/", "fid/", "fd/")
 def frechet_prefix(cfg: DictConfig) -> str | None:
     """The name of the Frechet metric this config reports: fid, fd, or None (eval.features=none)."""
     kind = cfg.eval.features
-    if kind == "none":
+    if kind == "none" or cfg.data.name.startswith("latents:"):
         return None
     if kind == "auto":
         return "fid" if cfg.eval.inception_weights else "fd"
@@ -65,7 +65,9 @@ class Evaluator:
         self.reference = self.reference_file = None
         # Without a process group only rank 0 evaluates (the other ranks cannot send it their share).
         self.active = rank == 0 or self.world > 1
-        kind = resolve_kind(cfg.eval.features, cfg.eval.inception_weights, data.num_classes, data.is_image)
+        # a streamed set (latents) has no training rows at hand to fit an extractor or reference statistics on
+        kind = "none" if data.train is None else \
+            resolve_kind(cfg.eval.features, cfg.eval.inception_weights, data.num_classes, data.is_image)
         if kind != "none" and self.active:
             cache = cache_dir(cfg.eval.cache)
             ext = build_extractor(kind, data, inception_weights=cfg.eval.inception_weights, cache=cache) \

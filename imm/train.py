@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -77,6 +78,18 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
     return state
 
 
+def fetched_per_worker(reader, world_size: int, device) -> dict[str, float]:
+    """MB of latent shards each worker has fetched from S3 so far (`data/fetched_mb/rank_R`): that every worker
+    fetches only its own shards, once per pass, is visible in the run. Collective: every rank calls it."""
+    mine = torch.tensor([reader.fetched_bytes / 2**20], dtype=torch.float64, device=device)
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        every = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(every, mine)
+    else:
+        every = [mine]
+    return {f"data/fetched_mb/rank_{r}": float(v) for r, v in enumerate(every)}
+
+
 def train_loop(
     cfg: DictConfig,
     *,
@@ -103,17 +116,20 @@ def train_loop(
     torch.manual_seed(tc.seed)  # the initial weights (rank 0's reach every rank under DDP)
 
     dataset = load_data(cfg.data)
-    sigma_d = float(cfg.data.sigma_d or dataset.train.std())
-    data = shard(dataset.train, rank, world_size).to(device)
-    if data.ndim == 4:
-        data = data.contiguous(memory_format=layout)
+    sigma_d = float(cfg.data.sigma_d or dataset.sigma_d)
     num_classes = dataset.num_classes if cfg.model.class_conditional else 0
     if cfg.model.class_conditional and not num_classes:
         raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
-    labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
+    if dataset.train is None:  # latents: this worker's shards, read a batch at a time
+        reader, data, labels = dataset.reader(rank, world_size), None, None
+    else:
+        reader, data = None, shard(dataset.train, rank, world_size).to(device)
+        if data.ndim == 4:
+            data = data.contiguous(memory_format=layout)
+        labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
     data_shape = dataset.shape
     evaluator = Evaluator(cfg, dataset, device, rank, world_size)
-    reference = dataset.heldout[:2000] if dataset.heldout.ndim == 2 else None  # drawn faintly behind 2D samples
+    reference = dataset.heldout[:2000] if len(data_shape) == 1 else None  # drawn faintly behind 2D samples
     model = build_model(cfg, data_shape, sigma_d, num_classes).to(device, memory_format=layout)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = accelerate.optimizer(cfg, model.parameters(), device)
@@ -144,12 +160,16 @@ def train_loop(
         # Each step's randomness comes from (seed, rank, step) alone: a run resumed from a checkpoint draws what an
         # uninterrupted one draws, so an interruption cannot change a trial's result; every rank draws its own.
         torch.manual_seed(step_seed(tc.seed, rank, step))
-        idx = torch.randint(len(data), (per_worker,), device=device)
-        x, y = data[idx], None
+        if reader is not None:
+            x, y = reader.batch(per_worker, step, device)
+            x, y = x.contiguous(memory_format=layout) if x.ndim == 4 else x, y if num_classes else None
+        else:
+            idx = torch.randint(len(data), (per_worker,), device=device)
+            x, y = data[idx], labels[idx] if labels is not None else None
         if cfg.data.xflip and x.ndim == 4:
             x = random_xflip(x)
-        if labels is not None:  # classifier-free guidance trains the null label too
-            y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, labels[idx])
+        if y is not None:  # classifier-free guidance trains the null label too
+            y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, y)
         opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
         if tc.grad_clip > 0:
@@ -174,6 +194,8 @@ def train_loop(
             "train/lr": opt.param_groups[0]["lr"],
             "throughput/samples_per_s": loss_n * tc.batch_size / elapsed,
         }
+        if reader is not None and reader.remote:
+            metrics.update(fetched_per_worker(reader, world_size, device))
         if do_eval:
             evaluation = evaluator(ema.module)
             metrics.update(evaluation.metrics)

@@ -362,7 +362,7 @@ class RankZeroLogger:
         cells = []
         for k, x in sorted(samples.items()):
             out = self.plots / f"step_{step:07d}_steps_{k}.png"
-            if x.ndim == 4:
+            if x.ndim == 4 and x.shape[1] in (1, 3):  # not latents: they are drawn once decoded
                 image_grid_png(x, out)
             elif x.ndim == 2 and x.shape[-1] == 2:
                 scatter_png(x, out, title=f"step {step}, {k} sampling step(s)", reference=reference)

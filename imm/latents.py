@@ -1,0 +1,307 @@
+"""Latent data sets larger than memory: `.npy` shards of pre-encoded VAE latents and a manifest, local or on S3.
+
+Format `imm-latents/1`, a folder (or s3:// prefix) holding
+
+    manifest.json          {"format": "imm-latents/1", "shape": [C, H, W], "dtype": "float16", "count": N,
+                            "num_classes": K, "vae": "...", "mean": [C], "std": [C], "final_std": 0.5,
+                            "xflip": false, "shards": [{"file": "shard-00000.npy", "labels": "shard-00000.labels.npy",
+                            "count": n}, ...], "heldout": {"file": ..., "labels": ..., "count": n} or null}
+    shard-00000.npy        (n, C, H, W) latents as the VAE's encoder gave them (its posterior mean), in `dtype`
+    shard-00000.labels.npy (n,) int64 class labels (absent when num_classes is 0)
+
+Training sees x = (z - mean) / std * final_std per channel (the official IMM ImageNet recipe: final_std 0.5, so
+sigma_d = final_std); `decode_scale` undoes it before the VAE decodes. Horizontal flips are not in the format:
+`data.xflip` is refused for latents (a flipped image's latent is not the flipped latent).
+
+Worker r of W trains on shards r, r + W, ... only. Local shards are memory-mapped: a batch reads its rows and
+nothing else. S3 shards go through a bounded cache on the worker's disk (`data.latent_cache_gb`): the worker's
+shards are visited a window at a time (as many as fit), batches drawn uniformly from the window in residence, and
+the window moves on as training consumes it, so no shard is fetched by two workers and none twice per pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from imm.config import ConfigError
+from imm.remote import DEFAULT_CACHE, is_remote, s3_client, split
+
+FORMAT = "imm-latents/1"
+MANIFEST = "manifest.json"
+PREFIX = "latents:"
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _read_text(uri: str) -> str:
+    if is_remote(uri):
+        bucket, key = split(uri)
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return Path(uri).read_text()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: str
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    shards: list[dict]
+    num_classes: int = 0
+    vae: str = ""
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    final_std: float = 0.5
+    heldout: dict | None = None
+
+    @classmethod
+    def read(cls, root: str) -> Manifest:
+        where = f"data.name=latents:{root}"
+        try:
+            raw = json.loads(_read_text(_join(root, MANIFEST)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no {MANIFEST} there (write one with `imm-orch encode`)") from None
+        if raw.get("format") != FORMAT:
+            raise ConfigError(f"{where}: {MANIFEST} has format {raw.get('format')!r}, expected {FORMAT!r}")
+        return cls(root=root, shape=tuple(raw["shape"]), dtype=raw["dtype"], count=int(raw["count"]),
+                   shards=raw["shards"], num_classes=int(raw.get("num_classes", 0)), vae=raw.get("vae", ""),
+                   mean=list(raw["mean"]), std=list(raw["std"]), final_std=float(raw.get("final_std", 0.5)),
+                   heldout=raw.get("heldout"))
+
+    def normalise(self, z: np.ndarray) -> Tensor:
+        """Stored latents -> training space: (z - mean) / std * final_std per channel, float32."""
+        mean, scale = self._per_channel()
+        return (torch.from_numpy(np.asarray(z, dtype=np.float32)) - mean) * scale
+
+    def decode_scale(self, x: Tensor) -> Tensor:
+        """Training space -> the VAE's latent space (the inverse of `normalise`)."""
+        mean, scale = self._per_channel()
+        return x / scale.to(x) + mean.to(x)
+
+    def _per_channel(self) -> tuple[Tensor, Tensor]:
+        view = (-1,) + (1,) * (len(self.shape) - 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(view)
+        scale = self.final_std / torch.tensor(self.std, dtype=torch.float32).view(view)
+        return mean, scale
+
+
+class LatentWriter:
+    """Writes a latent set into a local folder, shard by shard, keeping per-channel sums for mean and std."""
+
+    def __init__(self, out: str | Path, shape, *, shard_size: int = 4096, dtype: str = "float16", num_classes: int = 0,
+                 vae: str = "", final_std: float = 0.5):
+        self.out, self.shape, self.shard_size, self.dtype = Path(out), tuple(shape), shard_size, dtype
+        self.num_classes, self.vae, self.final_std = num_classes, vae, final_std
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+        self.heldout: dict | None = None
+        self._z: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._buffered = 0
+        self._sum = np.zeros(self.shape[0])
+        self._sq = np.zeros(self.shape[0])
+        self._n = 0
+
+    def _save(self, stem: str, z: np.ndarray, y: np.ndarray) -> dict:
+        np.save(self.out / f"{stem}.npy", z.astype(self.dtype))
+        entry = {"file": f"{stem}.npy", "count": len(z)}
+        if self.num_classes:
+            np.save(self.out / f"{stem}.labels.npy", y.astype(np.int64))
+            entry["labels"] = f"{stem}.labels.npy"
+        return entry
+
+    def add(self, z: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Latents (n, C, H, W) and their labels; full shards are written as they fill."""
+        z = np.asarray(z)
+        if tuple(z.shape[1:]) != self.shape:
+            raise ValueError(f"latents of shape {tuple(z.shape[1:])}, expected {self.shape}")
+        labels = np.zeros(len(z), np.int64) if labels is None else np.asarray(labels)
+        axes = (0, *range(2, z.ndim))
+        self._sum += z.sum(axis=axes, dtype=np.float64)
+        self._sq += np.square(z, dtype=np.float64).sum(axis=axes)
+        self._n += len(z) * math.prod(self.shape[1:])
+        self._z.append(z)
+        self._y.append(labels)
+        self._buffered += len(z)
+        while self._buffered >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        z, y = np.concatenate(self._z), np.concatenate(self._y)
+        self.shards.append(self._save(f"shard-{len(self.shards):05d}", z[:n], y[:n]))
+        self._z, self._y, self._buffered = [z[n:]], [y[n:]], len(z) - n
+
+    def add_heldout(self, z: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """The held-out latents the metrics compare with (not counted in the training statistics)."""
+        labels = np.zeros(len(z), np.int64) if labels is None else np.asarray(labels)
+        self.heldout = self._save("heldout", np.asarray(z), labels)
+
+    def close(self, mean: list[float] | None = None, std: list[float] | None = None) -> Manifest:
+        """Write the last shard and the manifest; mean and std default to the training latents' own."""
+        if self._buffered:
+            self._flush(self._buffered)
+        if not self.shards:
+            raise ValueError("no latents were written")
+        own_mean = self._sum / self._n
+        own_std = np.sqrt(np.maximum(self._sq / self._n - own_mean**2, 1e-12))
+        raw = {"format": FORMAT, "shape": list(self.shape), "dtype": self.dtype,
+               "count": sum(s["count"] for s in self.shards), "num_classes": self.num_classes, "vae": self.vae,
+               "mean": list(map(float, own_mean if mean is None else mean)),
+               "std": list(map(float, own_std if std is None else std)), "final_std": self.final_std,
+               "xflip": False, "shards": self.shards, "heldout": self.heldout}
+        tmp = self.out / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(raw, indent=1))
+        tmp.replace(self.out / MANIFEST)  # the manifest last: a folder without one is an unfinished write
+        return Manifest.read(str(self.out))
+
+
+class ShardReader:
+    """This worker's shards: memory-mapped where local, fetched window by window into a bounded cache from S3."""
+
+    def __init__(self, manifest: Manifest, rank: int, world_size: int, cache_bytes: float, cache_dir: Path | None = None):
+        self.m = manifest
+        self.mine = manifest.shards[rank::world_size]
+        if not self.mine:
+            raise ConfigError(f"data.name=latents:{manifest.root}: {len(manifest.shards)} shard(s) for {world_size} "
+                              "workers; every worker needs one (encode with a smaller --shard-size)")
+        self.remote = is_remote(manifest.root)
+        row_bytes = np.dtype(manifest.dtype).itemsize * math.prod(manifest.shape)
+        largest = max(s["count"] for s in self.mine) * row_bytes
+        self.window = len(self.mine) if not self.remote else max(1, min(len(self.mine), int(cache_bytes // largest)))
+        self.cache = cache_dir or DEFAULT_CACHE / "latents" / _slug(manifest.root)
+        self.fetched_bytes = 0  # from S3, by this worker
+        self.fetched_files: list[str] = []
+        self._resident: tuple[int, list[np.ndarray], np.ndarray, Tensor | None] | None = None
+        self.labels = [self._labels(s) for s in self.mine] if manifest.num_classes else None
+
+    @property
+    def rows(self) -> int:
+        return sum(s["count"] for s in self.mine)
+
+    def _path(self, name: str) -> Path:
+        """A local path to one file of the set: the file itself, or its copy in the cache (fetched if missing)."""
+        if not self.remote:
+            return Path(self.m.root) / name
+        local = self.cache / name
+        if not local.is_file():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            bucket, key = split(_join(self.m.root, name))
+            fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=f".{name}.")
+            os.close(fd)
+            s3_client().download_file(bucket, key, tmp)
+            os.replace(tmp, local)
+            self.fetched_bytes += local.stat().st_size
+            self.fetched_files.append(name)
+        return local
+
+    def _labels(self, shard: dict) -> Tensor:
+        return torch.from_numpy(np.load(self._path(shard["labels"])))
+
+    def _window(self, w: int):
+        """Shards [w * window, (w + 1) * window) of this worker's, mapped; the previous window's copies dropped."""
+        if self._resident is not None and self._resident[0] == w:
+            return self._resident
+        chosen = self.mine[w * self.window:(w + 1) * self.window]
+        if self.remote and self._resident is not None and self.window < len(self.mine):
+            keep = {s["file"] for s in chosen}
+            for s in self.mine:  # only files of this worker's: another worker's cache entries are not ours to drop
+                if s["file"] not in keep:
+                    (self.cache / s["file"]).unlink(missing_ok=True)
+        arrays = [np.load(self._path(s["file"]), mmap_mode="r") for s in chosen]
+        ends = np.cumsum([len(a) for a in arrays])
+        labels = torch.cat([self.labels[i] for i in range(w * self.window, w * self.window + len(chosen))]) \
+            if self.labels is not None else None
+        self._resident = (w, arrays, ends, labels)
+        return self._resident
+
+    def batch(self, n: int, step: int, device) -> tuple[Tensor, Tensor | None]:
+        """n rows drawn uniformly (torch's global RNG, so seeded per step) from the window step `step` is in."""
+        n_windows = math.ceil(len(self.mine) / self.window)
+        window_rows = sum(s["count"] for s in self.mine[:self.window])
+        _, arrays, ends, labels = self._window(((step - 1) * n // window_rows) % n_windows)
+        idx = torch.randint(int(ends[-1]), (n,)).numpy()
+        which = np.searchsorted(ends, idx, side="right")
+        starts = np.concatenate([[0], ends[:-1]])
+        rows = np.empty((n, *self.m.shape), dtype=self.m.dtype)
+        for i, a in enumerate(arrays):
+            hit = np.nonzero(which == i)[0]
+            if len(hit):
+                local = idx[hit] - starts[i]
+                order = np.argsort(local)  # ascending offsets: the reads go forward through the file
+                rows[hit[order]] = a[local[order]]
+        x = self.m.normalise(rows).to(device)
+        y = labels[torch.from_numpy(idx)].to(device) if labels is not None else None
+        return x, y
+
+
+def _slug(root: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(root.encode()).hexdigest()[:16]
+
+
+@dataclass
+class LatentData:
+    """`load_data`'s answer for `latents:PATH`: the manifest, the held-out latents (read when first asked for),
+    and a reader per worker; it holds no training rows itself."""
+
+    manifest: Manifest
+    cache_bytes: float
+    _heldout: tuple[Tensor, Tensor | None] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.manifest.shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    is_image = False  # latents, not pixels: no image metrics or grids until they are decoded
+    train = None
+    train_labels = None
+
+    @property
+    def sigma_d(self) -> float:
+        return self.manifest.final_std
+
+    def _read_heldout(self) -> tuple[Tensor, Tensor | None]:
+        if self._heldout is None:
+            h = self.manifest.heldout
+            if h is None:
+                raise ConfigError(f"data.name=latents:{self.manifest.root}: the set has no held-out latents for the "
+                                  "metrics (encode with --heldout N)")
+            reader = ShardReader(self.manifest, 0, 1, self.cache_bytes)
+            x = self.manifest.normalise(np.load(reader._path(h["file"])))
+            y = torch.from_numpy(np.load(reader._path(h["labels"]))) if h.get("labels") else None
+            self._heldout = (x, y)
+        return self._heldout
+
+    @property
+    def heldout(self) -> Tensor:
+        return self._read_heldout()[0]
+
+    @property
+    def heldout_labels(self) -> Tensor | None:
+        return self._read_heldout()[1]
+
+    def reader(self, rank: int, world_size: int) -> ShardReader:
+        return ShardReader(self.manifest, rank, world_size, self.cache_bytes)
+
+
+def load_latents(cfg) -> LatentData:
+    if cfg.xflip:
+        raise ConfigError("data.xflip: not for latents (a flipped image's latent is not the flipped latent); "
+                          "set data.xflip=false")
+    return LatentData(Manifest.read(cfg.name[len(PREFIX):]), float(cfg.latent_cache_gb) * 2**30)

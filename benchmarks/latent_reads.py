@@ -8,6 +8,7 @@ and later passes (cached). The set is ImageNet-256's latent shape (4x32x32, floa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -54,15 +55,12 @@ def main() -> None:
     local = ShardReader(m, 0, 1, cache_bytes=1e12)
     mapped = rate(lambda step: local.batch(args.batch, step, "cpu"), batches)
 
-    from moto.server import ThreadedMotoServer
-
     import boto3
+    from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server._server.server_address  # noqa: SLF001  (the port the OS chose)
-    import os
-
     os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"})
     s3 = boto3.client("s3")

@@ -118,6 +118,16 @@ The file is the authors' checkpoint (github.com/lumalabs/imm, Hugging Face lumaa
 yourself; nothing is fetched. It is read without the official code and without running code from the file.
 """
 
+ENCODE_EXAMPLES = """\
+examples:
+  imm-orch encode folder:/data/imagenet/train --vae /models/sd-vae-ft-ema --out s3://bucket/imagenet256-latents
+  imm-orch encode folder:s3://bucket/images --vae s3://bucket/vae --out ./latents --resolution 64 --address auto
+  imm-orch train imagenet256_dit data.name=latents:s3://bucket/imagenet256-latents
+
+The VAE is a folder diffusers' AutoencoderKL.save_pretrained wrote (e.g. a copy of stabilityai/sd-vae-ft-ema you
+put there); nothing is downloaded. One subfolder per class gives the labels.
+"""
+
 UI_EXAMPLES = """\
 examples:
   imm-orch ui                                            # http://127.0.0.1:5000 on ./imm-runs/mlflow.db
@@ -287,6 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                      help="stored with the checkpoint, e.g. data.name=cifar10:PATH eval.inception_weights=PATH")
     _output_flags(imp)
+
+    enc = sub.add_parser(
+        "encode",
+        help="encode images into a latent set (VAE on Ray Data) for latents:PATH",
+        description="Run the VAE encoder over every image under SOURCE as a Ray Data batch-inference job (actors, a "
+                    "GPU each where the cluster has them) and write .npy shards and a manifest (imm/latents.py) to "
+                    "--out, a folder or an s3:// prefix.",
+        epilog=ENCODE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enc.add_argument("source", help="folder:PATH, PATH a folder or s3://bucket/prefix of images (subfolders: classes)")
+    enc.add_argument("--vae", required=True, help="the AutoencoderKL folder: a local path or s3:// prefix")
+    enc.add_argument("--out", required=True, help="where the latent set goes: a folder or s3:// prefix")
+    enc.add_argument("--resolution", type=int, default=256, help="center-crop and resize to this square (default 256)")
+    enc.add_argument("--shard-size", type=int, default=4096, help="latents per shard (default 4096)")
+    enc.add_argument("--heldout", type=int, default=1000, help="images set aside for the metrics (default 1000)")
+    enc.add_argument("--batch-size", type=int, default=64, help="images per VAE batch (default 64)")
+    enc.add_argument("--workers", type=int, default=None, help="VAE actors (default: one per GPU, else CPUs / 2)")
+    enc.add_argument("--address", default=None,
+                     help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: start a local Ray)")
+    _output_flags(enc)
 
     ui = sub.add_parser(
         "ui",
@@ -666,7 +697,27 @@ def run_import(args, out=None) -> int:
     return 0
 
 
-MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval, "ui": run_ui, "import": run_import}
+def run_encode(args, out=None) -> int:
+    from orchestrator.cluster import connect
+    from orchestrator.encode import check_inputs, encode
+
+    out = out or terminal.out()
+    for flag in ("resolution", "shard_size", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} must be >= 1")
+    if args.heldout < 0:
+        raise ValueError(f"--heldout: {args.heldout} must be >= 0")
+    check_inputs(args.source, args.vae, args.out)  # before Ray starts
+    with connect(args.address, stream=out):
+        encode(args.source, args.vae, args.out, resolution=args.resolution, shard_size=args.shard_size,
+               heldout=args.heldout, batch_size=args.batch_size, workers=args.workers,
+               say=lambda line: print(line, file=out, flush=True))
+    print(f"next: imm-orch train imagenet256_dit data.name=latents:{args.out}", file=out)
+    return 0
+
+
+MODEL_COMMANDS = {"promote": run_promote, "sample": run_sample, "eval": run_eval, "ui": run_ui, "import": run_import,
+                  "encode": run_encode}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

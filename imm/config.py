@@ -104,6 +104,12 @@ class EvalConfig:
     batch_size: int = 500  # samples drawn and featurised per chunk (chunk i uses seed + i)
     features: str = "auto"  # Frechet-distance features: auto, inception, classifier, rff, none (imm.metrics.features)
     inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: a path or s3:// URI
+    # latents: the AutoencoderKL folder (path or s3://) that decodes samples to images for FID and the sample grids;
+    # null = the VAE the latent set's manifest names, if it is at hand
+    vae: str | None = None
+    # FID's reference: null = the training set (latents: the decoded held-out latents), or an ADM reference batch
+    # .npz (arr_0: uint8 images, e.g. VIRTUAL_imagenet256_labeled.npz), a path or s3:// URI
+    reference: str | None = None
     # Trained extractors and reference statistics: a folder or an s3:// prefix the cluster shares (default
     # $IMM_METRICS_CACHE, else $IMM_CACHE/metrics on each machine).
     cache: str | None = "${oc.env:IMM_METRICS_CACHE,null}"
@@ -270,9 +276,9 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "model.dropout", 0.0, 1.0)
     check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
     check_range(cfg, "data.latent_cache_gb", 0.0, None, strict_low=True)
-    if cfg.data.name.startswith("latents:") and cfg.eval.features not in ("auto", "none"):
-        raise ConfigError(f"eval.features: {cfg.eval.features!r} is not available for latents yet (allowed: none, "
-                          "auto = none); decoded-image metrics are not built")
+    if cfg.data.name.startswith("latents:") and cfg.eval.features not in ("auto", "inception", "none"):
+        raise ConfigError(f"eval.features: {cfg.eval.features!r} needs training images, which a latent set does not "
+                          "hold (allowed for latents: inception, on the VAE-decoded samples; none; auto)")
     check_range(cfg, "eval.every", 1, None)
     check_range(cfg, "eval.n_samples", 2, None)
     check_range(cfg, "eval.batch_size", 1, None)

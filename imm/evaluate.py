@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from imm.config import ConfigError
 from imm.data import Data
 from imm.methods import generate, num_classes_of
 from imm.metrics import energy_distance
 from imm.metrics.features import FeatureExtractor, build_extractor, cache_dir, resolve_kind
 from imm.metrics.fid import frechet_to_reference, reference_statistics
+
+if TYPE_CHECKING:
+    from imm.latents import LatentDecoder
 
 QUALITY_PREFIXES = ("energy/", "fid/", "fd/")
 
@@ -33,7 +38,9 @@ QUALITY_PREFIXES = ("energy/", "fid/", "fd/")
 def frechet_prefix(cfg: DictConfig) -> str | None:
     """The name of the Frechet metric this config reports: fid, fd, or None (eval.features=none)."""
     kind = cfg.eval.features
-    if kind == "none" or cfg.data.name.startswith("latents:"):
+    if cfg.data.name.startswith("latents:"):  # only Inception, on decoded samples
+        return "fid" if kind == "inception" or (kind == "auto" and cfg.eval.inception_weights) else None
+    if kind == "none":
         return None
     if kind == "auto":
         return "fid" if cfg.eval.inception_weights else "fd"
@@ -49,7 +56,7 @@ def metric_names(cfg: DictConfig) -> list[str]:
 @dataclass
 class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)  # on rank 0; empty elsewhere
-    samples: dict[int, Tensor] = field(default_factory=dict)  # {K: all samples, on the CPU}, rank 0
+    samples: dict[int, Tensor] = field(default_factory=dict)  # {K: all samples (latents: 64, decoded)}, CPU, rank 0
 
 
 class Evaluator:
@@ -63,11 +70,13 @@ class Evaluator:
         self.shape = data.shape
         self.extractor: FeatureExtractor | None = None
         self.reference = self.reference_file = None
+        self.decoder: LatentDecoder | None = None
         # Without a process group only rank 0 evaluates (the other ranks cannot send it their share).
         self.active = rank == 0 or self.world > 1
-        # a streamed set (latents) has no training rows at hand to fit an extractor or reference statistics on
-        kind = "none" if data.train is None else \
-            resolve_kind(cfg.eval.features, cfg.eval.inception_weights, data.num_classes, data.is_image)
+        if data.train is None:  # latents: images only through the VAE, and no training images to fit anything on
+            kind = self._latent_decoder(cfg, data)
+        else:
+            kind = resolve_kind(cfg.eval.features, cfg.eval.inception_weights, data.num_classes, data.is_image)
         if kind != "none" and self.active:
             cache = cache_dir(cfg.eval.cache)
             ext = build_extractor(kind, data, inception_weights=cfg.eval.inception_weights, cache=cache) \
@@ -78,8 +87,23 @@ class Evaluator:
                 ext = box[0]
             self.extractor = ext.to(self.device)
             if rank == 0:
+                reference = cfg.eval.reference or (self.decoder(data.heldout) if self.decoder else data.train)
                 self.reference, self.reference_file = reference_statistics(
-                    self.extractor, data.train, cache, device=self.device, batch_size=cfg.eval.batch_size)
+                    self.extractor, reference, cache, device=self.device, batch_size=cfg.eval.batch_size)
+
+    def _latent_decoder(self, cfg: DictConfig, data) -> str:
+        """Load the VAE that decodes a latent set's samples (eval.vae, else the manifest's, if at hand); the
+        feature kind that leaves: inception on decoded samples (asked for, or auto with weights), else none."""
+        from imm.latents import LatentDecoder, decoder_vae
+
+        vae = decoder_vae(data.manifest, cfg.eval.vae)
+        wants = cfg.eval.features == "inception" or (cfg.eval.features == "auto" and cfg.eval.inception_weights)
+        if wants and vae is None:
+            raise ConfigError(f"eval.features: inception on latents needs the VAE that decodes them; set eval.vae (an "
+                              f"AutoencoderKL folder or s3:// prefix; the set names {data.manifest.vae!r})")
+        if vae and self.active:
+            self.decoder = LatentDecoder(data.manifest, vae, self.device)
+        return "inception" if wants else "none"
 
     @property
     def tags(self) -> dict[str, str]:
@@ -108,7 +132,7 @@ class Evaluator:
                              labels=labels, batch_size=chunk)
                 xs.append(x)
                 if self.extractor is not None:
-                    fs.append(self.extractor(x, chunk))
+                    fs.append(self.extractor(self.decoder(x) if self.decoder else x, chunk))
             x_all = self._gather(xs, n, self.shape)
             f_all = self._gather(fs, n, (self.extractor.dim,)) if self.extractor is not None else None
             if self.rank != 0:
@@ -116,7 +140,8 @@ class Evaluator:
             out.metrics[f"energy/steps_{k}"] = energy_distance(x_all, self.heldout)
             if f_all is not None:
                 out.metrics[f"{self.extractor.metric_prefix}/steps_{k}"] = frechet_to_reference(f_all, self.reference)
-            out.samples[k] = x_all.cpu()
+            # latents: the first 64 decoded, what a sample grid shows
+            out.samples[k] = (self.decoder(x_all[:64]) if self.decoder else x_all).cpu()
         return out
 
     def _gather(self, parts: list[Tensor], n: int, row: tuple[int, ...]) -> Tensor:

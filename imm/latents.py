@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from imm.config import ConfigError
-from imm.remote import DEFAULT_CACHE, is_remote, s3_client, split
+from imm.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"
 MANIFEST = "manifest.json"
@@ -243,6 +243,38 @@ class ShardReader:
         x = self.m.normalise(rows).to(device)
         y = labels[torch.from_numpy(idx)].to(device) if labels is not None else None
         return x, y
+
+
+def load_vae(uri: str):
+    """diffusers' AutoencoderKL from a folder (config.json + weights) or an s3:// prefix holding one, in eval mode."""
+    from diffusers import AutoencoderKL
+
+    path = local_copy(uri)
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"--vae: {uri!r} has no config.json (give the folder AutoencoderKL.save_pretrained "
+                                "wrote, e.g. a copy of stabilityai/sd-vae-ft-ema)")
+    return AutoencoderKL.from_pretrained(str(path)).eval()
+
+
+class LatentDecoder:
+    """Training-space latents -> images in [-1, 1]: the set's scaling undone, then the VAE's decoder, in chunks."""
+
+    def __init__(self, manifest: Manifest, vae: str, device):
+        self.manifest, self.uri, self.device = manifest, vae, torch.device(device)
+        self.vae = load_vae(vae).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, batch_size: int = 64) -> Tensor:
+        return torch.cat([self.vae.decode(self.manifest.decode_scale(x[i:i + batch_size].to(self.device).float()))
+                          .sample.clamp(-1, 1) for i in range(0, len(x), batch_size)])
+
+
+def decoder_vae(manifest: Manifest, configured: str | None) -> str | None:
+    """The VAE that decodes this set's samples: eval.vae, else the one the manifest names if it is at hand."""
+    if configured:
+        return configured
+    named = manifest.vae
+    return named if named and exists(f"{named.rstrip('/')}/config.json") else None
 
 
 def _slug(root: str) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from imm.data import IMAGE_EXTENSIONS
-from imm.latents import MANIFEST, LatentWriter, Manifest
-from imm.remote import is_remote, local_copy, s3_client, split
+from imm.latents import MANIFEST, LatentWriter, Manifest, load_vae
+from imm.remote import is_remote, s3_client, split
 
 SOURCE_PREFIX = "folder:"
 
@@ -94,17 +94,6 @@ def check_inputs(source: str, vae: str, out: str) -> None:
         raise ValueError(f"--out: {out!r} already holds a latent set ({MANIFEST}); choose another place")
 
 
-def load_vae(uri: str):
-    """diffusers' AutoencoderKL from a folder (config.json + weights) or an s3:// prefix holding one, in eval mode."""
-    from diffusers import AutoencoderKL
-
-    path = local_copy(uri)
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"--vae: {uri!r} has no config.json (give the folder AutoencoderKL.save_pretrained "
-                                "wrote, e.g. a copy of stabilityai/sd-vae-ft-ema)")
-    return AutoencoderKL.from_pretrained(str(path)).eval()
-
-
 class Encoder:
     """A Ray Data actor: the VAE, loaded once, encoding batches of image paths into posterior means."""
 
@@ -142,7 +131,8 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
         f"{'GPU' if gpus else 'CPU'}, batch {batch_size}, {heldout} held out")
     items = [{"path": im.path, "label": im.label, "heldout": i < heldout} for i, im in enumerate(images)]
     ds = ray.data.from_items(items).map_batches(
-        Encoder, fn_constructor_args=(vae, resolution), batch_size=batch_size, concurrency=pool,
+        Encoder, fn_constructor_args=(vae, resolution), batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=pool),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
     staging = Path(tempfile.mkdtemp(prefix="imm-encode-")) if is_remote(out) else Path(out).expanduser()
     writer, held_z, held_y = None, [], []

@@ -64,7 +64,7 @@ def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: in
             client.log_metric(run_id, name, value)
         with tempfile.TemporaryDirectory(prefix="imm-eval-") as tmp:
             for k, x in result.samples.items():
-                if x.ndim == 4 or (x.ndim == 2 and x.shape[1] == 2):
+                if (x.ndim == 4 and x.shape[1] in (1, 3)) or (x.ndim == 2 and x.shape[1] == 2):  # not raw latents
                     save_samples(x, Path(tmp) / f"steps_{k}.png", title=f"{cfg.method}, {k} step(s)")
             client.log_artifacts(run_id, tmp, "samples")
         client.set_terminated(run_id, "FINISHED")

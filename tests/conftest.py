@@ -168,3 +168,32 @@ def mlflow_ui(tmp_path):
     yield SimpleNamespace(uri=uri, url=url, port=port, log=log)
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    """A randomly initialised diffusers AutoencoderKL (3 -> 4 channels, 2x down), saved as save_pretrained writes a
+    folder; yields (folder, the model in eval mode)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        layers_per_block=1, norm_num_groups=4, sample_size=16)
+    path = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(path)
+    return path, vae.eval()
+
+
+@pytest.fixture(scope="session")
+def inception_file(tmp_path_factory):
+    """The FID Inception network with random weights, saved like pytorch-fid's file (what FID tests can use)."""
+    import torch
+
+    from imm.metrics.inception import InceptionV3
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "pt_inception-random.pth"
+    torch.save(InceptionV3().state_dict(), path)
+    return path

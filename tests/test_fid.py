@@ -19,6 +19,7 @@ from imm.config import load_config
 from imm.data import load_data
 from imm.evaluate import Evaluator, metric_names
 from imm.metrics.features import (
+    FeatureExtractor,
     build_extractor,
     classifier_extractor,
     inception_extractor,
@@ -27,14 +28,6 @@ from imm.metrics.features import (
 )
 from imm.metrics.fid import reference_statistics
 from imm.metrics.inception import InceptionV3, _avg3, load_inception
-
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "pt_inception-random.pth"
-    torch.save(InceptionV3().state_dict(), path)
-    return path
 
 
 def test_inception_has_torchvisions_layout_and_size():
@@ -206,3 +199,22 @@ def test_build_extractor_names_the_missing_weights_key(tmp_path):
     data = load_data(OmegaConf.create({"name": "digits", "heldout_fraction": 0.3, "seed": 0}))
     with pytest.raises(ValueError, match="eval.inception_weights"):
         build_extractor("inception", data, inception_weights=None, cache=tmp_path)
+
+
+def test_a_reference_batch_in_adms_format_gives_the_statistics_of_its_images(tmp_path):
+    """eval.reference: an .npz whose arr_0 holds (N, H, W, 3) uint8 images (ADM's VIRTUAL_imagenet256_labeled.npz
+    layout) gives the same statistics as those images passed as a [-1, 1] tensor, and is cached by content."""
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (37, 6, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.zeros(3))  # ADM's files also carry TF-Inception stats
+    ext = FeatureExtractor("test", "flatten-test", torch.nn.Flatten(), 90)
+    as_tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    (mu, sigma), _ = reference_statistics(ext, as_tensor, tmp_path / "cache-a", batch_size=10)
+    (mu_npz, sigma_npz), where = reference_statistics(ext, str(tmp_path / "ref.npz"), tmp_path / "cache-b",
+                                                      batch_size=10)
+    assert np.allclose(mu_npz, mu) and np.allclose(sigma_npz, sigma) and mu.shape == (90,)
+    assert "-npz-" in where and Path(where).is_file()
+    (tmp_path / "ref.npz").unlink()
+    np.savez(tmp_path / "ref.npz", images=images)
+    with pytest.raises(ValueError, match=r"^eval.reference: .* has no arr_0"):
+        reference_statistics(ext, str(tmp_path / "ref.npz"), tmp_path / "cache-b")

@@ -84,8 +84,8 @@ def test_bad_latent_input_is_one_line_before_anything_runs(tmp_path):
     cfg = load_config("imagenet256_dit", [f"data.name=latents:{tmp_path / 'set'}", "data.xflip=true"])
     with pytest.raises(ConfigError, match=r"^data.xflip: not for latents"):
         load_data(cfg.data)
-    with pytest.raises(ConfigError, match=r"^eval.features: 'inception' is not available for latents"):
-        load_config("imagenet256_dit", ["eval.features=inception"])
+    with pytest.raises(ConfigError, match=r"^eval.features: 'classifier' needs training images, which a latent set"):
+        load_config("imagenet256_dit", ["eval.features=classifier"])
 
 
 def test_a_set_larger_than_memory_is_read_without_loading_it(tmp_path):
@@ -168,7 +168,11 @@ def test_a_dit_trains_on_latents_and_samples(tmp_path):
 
 @pytest.mark.slow
 def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_it(ray_local, mlflow_server, s3_env,
-                                                                                  tmp_path, capsys):
+                                                                                  tiny_vae, inception_file, tmp_path,
+                                                                                  capsys):
+    """Latent training end to end: 2 Ray workers on latents:s3://..., each fetching only its shards; the samples
+    decoded by the set's VAE and scored by Inception (random weights) against the decoded held-out latents; the
+    metrics, the per-worker fetched MB and the decoded sample grid in MLflow."""
     from orchestrator import cli, tracking
 
     bucket = "latents-train"
@@ -179,7 +183,8 @@ def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_i
     args = ["train", "imagenet256_dit", f"data.name=latents:s3://{bucket}/imagenet", "model.arch=mlp",
             "model.hidden=32", "model.depth=1", "train.steps=20", "train.batch_size=32", "train.log_every=10",
             "train.checkpoint_every=20", "eval.every=20", "eval.n_samples=64", "eval.batch_size=32",
-            "eval.steps=[1,2]", "trainer.num_workers=2", "trainer.use_gpu=false",
+            "eval.steps=[1,2]", "trainer.num_workers=2", "trainer.use_gpu=false", f"eval.vae={tiny_vae[0]}",
+            "eval.features=inception", f"eval.inception_weights={inception_file}",
             f"storage.root={tmp_path / 'runs'}", "--name", "latents-s3", "--tracking-uri", mlflow_server,
             "--experiment", "latents"]
     assert cli.main(args) == 0, capsys.readouterr().err
@@ -194,4 +199,33 @@ def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_i
         assert metrics[f"data/fetched_mb/rank_{rank}"] == pytest.approx(own / 2**20), rank  # its 2 shards, once
         history = mlc.get_metric_history(run_id, f"data/fetched_mb/rank_{rank}")
         assert [m.step for m in history] == [10, 20] and history[0].value == history[1].value  # no refetch
-    assert {"energy/steps_1", "energy/steps_2"} <= set(metrics)
+    assert {"energy/steps_1", "energy/steps_2", "fid/steps_1", "fid/steps_2"} <= set(metrics)
+    run = mlc.get_run(run_id)
+    assert run.data.tags["imm.eval.features"] == "inception"
+    assert "samples.png" in {a.path for a in mlc.list_artifacts(run_id)}  # the decoded images, in a grid
+
+
+def test_the_reads_benchmark_runs_at_toy_size():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/latent_reads.py", "--shards", "4", "--rows", "128", "--batch", "32"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len([line for line in out.stdout.splitlines() if "x memory" in line]) == 3, out.stdout
+
+
+def test_samples_are_decoded_by_the_sets_vae_through_its_scaling(tmp_path, tiny_vae):
+    from imm.latents import LatentDecoder, decoder_vae
+
+    folder, vae = tiny_vae
+    m = write_set(tmp_path / "set", shards=1)
+    assert decoder_vae(m, None) is None  # the manifest names "tiny-test-vae", which is not at hand
+    assert decoder_vae(m, str(folder)) == str(folder)
+    m = Manifest(**{**m.__dict__, "vae": str(folder)})
+    assert decoder_vae(m, None) == str(folder)  # the manifest's own, when it is at hand
+    x = torch.randn(5, *SHAPE) * 0.5
+    images = LatentDecoder(m, str(folder), "cpu")(x, batch_size=2)
+    with torch.no_grad():
+        want = vae.decode(m.decode_scale(x)).sample.clamp(-1, 1)
+    assert images.shape == (5, 3, 16, 16) and torch.allclose(images, want, atol=1e-5)

@@ -30,6 +30,13 @@ def check_local(cfg) -> None:
         from imm.metrics.inception import WEIGHTS_HELP
 
         raise ConfigError(f"eval.inception_weights: no file at {weights!r}. {WEIGHTS_HELP}")
+    reference, vae = cfg.eval.reference, cfg.eval.vae
+    if reference and cfg.eval.features != "none" and not reference.startswith("s3://") \
+            and not Path(reference).expanduser().is_file():
+        raise ConfigError(f"eval.reference: no file at {reference!r}; give an ADM reference batch .npz (arr_0: uint8 "
+                          "images), or eval.reference=null for the training set's statistics")
+    if vae and not vae.startswith("s3://") and not (Path(vae).expanduser() / "config.json").is_file():
+        raise ConfigError(f"eval.vae: {vae!r} has no config.json; give the folder AutoencoderKL.save_pretrained wrote")
     if cfg.trainer.use_gpu:
         import torch
 

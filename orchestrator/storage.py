@@ -80,7 +80,9 @@ def check_s3(cfg) -> None:
 
     data = cfg.data.name.partition(":")[2]
     weights = cfg.eval.inception_weights if cfg.eval.features in ("auto", "inception") else None
+    reference = cfg.eval.reference if cfg.eval.features != "none" else None
     places = [("data.name", data, True), ("eval.inception_weights", weights or "", True),
+              ("eval.reference", reference or "", True), ("eval.vae", cfg.eval.vae or "", True),
               ("storage.ray_storage", cfg.storage.ray_storage or "", False),
               (f"${ARTIFACTS_ENV}", os.environ.get(ARTIFACTS_ENV, ""), False)]
     for field, uri, exists in places:

@@ -144,7 +144,8 @@ def test_a_dit_trains_on_latents_and_samples(tmp_path):
     cfg = load_config("imagenet256_dit", [
         f"data.name=latents:{root}", "model.dit=S/2", "train.batch_size=16", "train.steps=12", "train.lr=3e-4",
         "train.log_every=4", "train.checkpoint_every=12", "eval.every=12", "eval.n_samples=32", "eval.batch_size=16",
-        "eval.steps=[1,2]", "trainer.num_workers=1", "trainer.use_gpu=false", f"train.out_dir={tmp_path / 'run'}"])
+        "eval.steps=[1,2]", "eval.features=none", "trainer.num_workers=1", "trainer.use_gpu=false",
+        f"train.out_dir={tmp_path / 'run'}"])
     seen = []
 
     def report(metrics, checkpoint_dir):
@@ -184,7 +185,7 @@ def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_i
             "model.hidden=32", "model.depth=1", "train.steps=20", "train.batch_size=32", "train.log_every=10",
             "train.checkpoint_every=20", "eval.every=20", "eval.n_samples=64", "eval.batch_size=32",
             "eval.steps=[1,2]", "trainer.num_workers=2", "trainer.use_gpu=false", f"eval.vae={tiny_vae[0]}",
-            "eval.features=inception", f"eval.inception_weights={inception_file}",
+            "eval.features=inception", f"eval.inception_weights={inception_file}", "eval.reference=null",
             f"storage.root={tmp_path / 'runs'}", "--name", "latents-s3", "--tracking-uri", mlflow_server,
             "--experiment", "latents"]
     assert cli.main(args) == 0, capsys.readouterr().err

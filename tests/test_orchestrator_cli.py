@@ -36,9 +36,12 @@ def test_train_help_shows_examples(capsys):
         (["eval.inception_weights=/no/such/pt_inception.pth"], "eval.inception_weights"),
         (["eval.features=inception"], "eval.inception_weights"),
         (["eval.features=fancy"], "eval.features"),
+        (["eval.reference=/no/such/VIRTUAL_imagenet256_labeled.npz"], "eval.reference"),
+        (["eval.vae=/no/such/vae"], "eval.vae"),
     ],
     ids=["unknown-key", "bad-choice", "bad-range", "M-not-dividing-per-worker-batch", "uneven-split", "bad-storage",
-         "bad-name", "missing-inception-weights", "inception-without-weights", "bad-features"],
+         "bad-name", "missing-inception-weights", "inception-without-weights", "bad-features", "missing-reference",
+         "missing-vae"],
 )
 def test_bad_input_fails_before_ray_naming_the_field(overrides, field, capsys, no_ray, tmp_path):
     code = cli.main(["train", "toy2d", f"storage.root={tmp_path}", *overrides])

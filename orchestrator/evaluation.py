@@ -34,7 +34,9 @@ def evaluation_config(model_config: dict, steps: list[int], n: int | None, seed:
 
 def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: int | None = None,
                    overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-                   device=None, log: bool = True) -> EvalResult:
+                   device=None, log: bool = True, run_id: str | None = None) -> EvalResult:
+    """Evaluate the model at `uri` and log the result to a new MLflow run, or to `run_id` (a sweep's trial run,
+    opened by the sweep, which also closes it on failure)."""
     from imm.data import load_data
     from imm.evaluate import Evaluator
     from imm.sample import save_samples
@@ -49,16 +51,23 @@ def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: in
 
     client = tracking.client(tracking_uri)
     source = source_run_id(uri, client) if uri.startswith(("runs:/", "models:/")) else None
-    exp_name = experiment
-    if exp_name is None and source:
-        exp_name = client.get_experiment(client.get_run(source).info.experiment_id).name
-    exp_id = tracking.experiment_id(client, exp_name or "imm", tracking.artifact_root(tracking_uri))
-    tags = {"imm.eval.model_uri": uri, "imm.role": "eval", "dataset": cfg.data.name, "method": cfg.method,
+    tags = {"imm.eval.model_uri": uri, "dataset": cfg.data.name, "method": cfg.method,
             **evaluator.tags, **({"imm.eval.source_run_id": source} if source else {})}
-    run = client.create_run(exp_id, run_name=f"eval-{uri.replace('/', '_').replace(':', '')[:80]}", tags=tags)
-    run_id = run.info.run_id
+    if run_id is None:
+        exp_name = experiment
+        if exp_name is None and source:
+            exp_name = client.get_experiment(client.get_run(source).info.experiment_id).name
+        exp_id = tracking.experiment_id(client, exp_name or "imm", tracking.artifact_root(tracking_uri))
+        tags["imm.role"] = "eval"
+        run_id = client.create_run(exp_id, run_name=f"eval-{uri.replace('/', '_').replace(':', '')[:80]}",
+                                   tags=tags).info.run_id
+        params = ("steps", "n_samples", "seed", "features", "inception_weights")
+    else:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        params = ()  # the sweep logged the trial's config
     try:
-        for key in ("steps", "n_samples", "seed", "features", "inception_weights"):
+        for key in params:
             client.log_param(run_id, f"eval.{key}", str(cfg.eval[key]))
         for name, value in result.metrics.items():
             client.log_metric(run_id, name, value)

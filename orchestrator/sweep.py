@@ -270,6 +270,18 @@ def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> float:
     return launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO()).fit_s
 
 
+def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: str) -> float:
+    """The Ray task of one trial of a sweep of a trained model: evaluate it with the trial's sample.* / eval.*
+    params into the trial's MLflow run; return the time it took."""
+    from orchestrator.evaluation import evaluate_model
+
+    t0 = time.perf_counter()
+    cfg = plan.cfg.eval
+    evaluate_model(model, steps=list(cfg.steps), n=int(cfg.n_samples), seed=int(cfg.seed),
+                   overrides=[f"{k}={v}" for k, v in params.items()], tracking_uri=plan.tracking_uri, run_id=run_id)
+    return time.perf_counter() - t0
+
+
 @dataclass
 class SweepResult:
     parent_run_id: str
@@ -312,7 +324,8 @@ class SweepRunner:
             best = best_trials(self.study)
             if len(best) == 1:
                 self._tally.append(f"best {self.sweep.metrics[0]}={best[0]['values'][0]:.4g} (trial {best[0]['number']})")
-        steps = ", ".join(f"t{tr.number} {tr.last_step}/{tr.plan.cfg.train.steps}" for tr in running)
+        steps = ", ".join(f"t{tr.number} evaluating" if tr.board is None else
+                          f"t{tr.number} {tr.last_step}/{tr.plan.cfg.train.steps}" for tr in running)
         self.bar.set_postfix_str(", ".join([f"running {steps}" if running else "none running", *self._tally]))
 
     def run(self) -> SweepResult:
@@ -458,6 +471,14 @@ class SweepRunner:
                           "each evaluation (rows) and sampling step count (columns):", tracking.SAMPLES_ARTIFACT)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", plan.name)
+        if self.sweep.spec.model:  # evaluate the trained model: one task with one worker's resources
+            need = trial_resources(self.sweep)
+            task = ray.remote(num_cpus=need.get("CPU", 1), num_gpus=need.get("GPU", 0), max_retries=0,
+                              runtime_env=trial_env())(run_eval_trial)
+            tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id, board=None)
+            tr.ref = task.remote(self.sweep.spec.model, plan, params, run_id)
+            self.say(f"trial {number} {verb}: {label}  (run {plan.name}, evaluating {self.sweep.spec.model})")
+            return tr
         board = new_board()
         task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
                           scheduling_strategy=driver_node_affinity())(run_trial)
@@ -470,6 +491,9 @@ class SweepRunner:
     def _poll(self, tr: TrialRun) -> bool:
         """Feed the trial's new reports to the pruner; True if it was pruned (and stopped)."""
         import ray
+
+        if tr.board is None:  # an evaluation: nothing reported until it ends
+            return False
 
         try:
             items = ray.get(tr.board.drain.remote(), timeout=10)
@@ -521,7 +545,8 @@ class SweepRunner:
         except Exception as e:
             error = root_cause(e)
         finally:
-            ray.kill(tr.board)
+            if tr.board is not None:
+                ray.kill(tr.board)
         values = None
         if error is None:
             metrics = self.mlc.get_run(tr.run_id).data.metrics

@@ -33,6 +33,7 @@ from imm.config import ConfigError, _omegaconf_message, config_from_dict, load_c
 from imm.evaluate import metric_names
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid")
+EVAL_ONLY = ("sample.", "eval.")  # what a sweep of a trained model may search
 PRUNERS = ("none", "asha", "hyperband", "median")
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("int", "float")
@@ -99,6 +100,9 @@ class SweepSpec:
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # trials to run first, e.g. the paper's settings
     storage: str | None = None  # Optuna storage: None = journal file <storage.root>/optuna.journal; or an RDB URL
     experiment: str = "imm"  # MLflow experiment of the parent and trial runs
+    # A trained model (runs:/, models:/, a path or s3://) to evaluate instead of training: each trial samples it
+    # with its sample.* / eval.* params (e.g. guidance scale) and logs the metrics; `base` names its config
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,14 @@ def validate_sweep(spec: DictConfig) -> Sweep:
     params = tuple(_param(key, p, base, i, spec.space) for i, (key, p) in enumerate(spec.space.items()))
     if not params:
         raise ConfigError("space: empty; name at least one run-config key to search, e.g. imm.group_size: {choices: [2, 4]}")
+    if spec.model:
+        trained = [p.key for p in params if not p.key.startswith(EVAL_ONLY)]
+        if trained:
+            raise ConfigError(f"space.{trained[0]}: a sweep of a trained model (model: {spec.model}) searches only "
+                              f"{', '.join(k + '*' for k in EVAL_ONLY)} keys; training keys need a sweep without `model`")
+        if spec.pruner.name != "none":
+            raise ConfigError(f"pruner.name: {spec.pruner.name!r} prunes training; a sweep of a trained model has no "
+                              "intermediate reports (set pruner: none)")
     sweep = Sweep(spec=spec, base=base, params=params)
     _check_edges(sweep)
     _check_objective(sweep)
@@ -284,6 +296,8 @@ def validate_sweep(spec: DictConfig) -> Sweep:
 def _base_config(spec: DictConfig) -> DictConfig:
     r = spec.resources
     overrides = list(spec.base.overrides)
+    if spec.model:  # an evaluation runs in one task
+        overrides.append("trainer.num_workers=1")
     if r.workers is not None:
         _at_least("resources.workers", r.workers, 1)
         overrides.append(f"trainer.num_workers={r.workers}")

@@ -1,5 +1,6 @@
 """The official IMM checkpoints (github.com/lumalabs/imm) as checkpoints of this project, the yardstick for our
-network, samplers and FID: `imm-orch import --from official-cifar10 PATH --out DIR`, then `imm-orch eval --model DIR`.
+network, samplers and FID: `imm-orch import --from official-cifar10 PATH --out DIR` (or official-imagenet256-ts-a2,
+official-imagenet256-s-a1), then `imm-orch eval --model DIR`.
 
 The official file is a pickle of {'ema': network, ...} written by EDM's `torch_utils.persistence`, which embeds the
 network's source code and executes it on loading. We read it without the official code and without executing
@@ -24,8 +25,15 @@ from torch import Tensor
 
 from imm.config import load_config
 
-SOURCES = {"official-cifar10": "cifar10"}  # --from NAME: the built-in config whose network the weights fit
-OFFICIAL_PREFIX = "model."  # IMMPrecond.model is the U-Net; ours is OneStepModel.net
+# --from NAME: the built-in config whose network the weights fit (with the overrides that select it), the data
+# shape and the classes. The official ImageNet files: imagenet256_ts_a2.pkl passes t - s as the second time
+# embedding (our `stride`) and was trained with a = 2; imagenet256_s_a1.pkl passes s itself, a = 1.
+SOURCES = {
+    "official-cifar10": ("cifar10", ["model.arch=ddpmpp"], (3, 32, 32), 0),
+    "official-imagenet256-ts-a2": ("imagenet256_dit", ["model.s_embedding=stride", "imm.a=2"], (4, 32, 32), 1000),
+    "official-imagenet256-s-a1": ("imagenet256_dit", ["model.s_embedding=identity", "imm.a=1"], (4, 32, 32), 1000),
+}
+OFFICIAL_PREFIX = "model."  # IMMPrecond.model is the U-Net or DiT; ours is OneStepModel.net
 BOX_FILTER = torch.full((1, 1, 2, 2), 0.25)  # the official [1, 1] resampling filter, as a buffer of every resampler
 
 
@@ -105,8 +113,9 @@ def read_official(path: str | Path, raw: bytes | None = None) -> dict[str, Tenso
     return _tensors(net)
 
 
-def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module) -> OrderedDict[str, Tensor]:
-    """Rename official keys onto `model` (a OneStepModel over DDPMpp) and check every key and shape."""
+def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module, arch: str = "ddpmpp"
+                     ) -> OrderedDict[str, Tensor]:
+    """Rename official keys onto `model` (a OneStepModel over DDPMpp or DiT) and check every key and shape."""
     ours = model.state_dict()
     mapped: OrderedDict[str, Tensor] = OrderedDict()
     unexpected = []
@@ -120,13 +129,13 @@ def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module) -> Ord
         if name not in ours:
             unexpected.append(key)
         elif ours[name].shape != value.shape:
-            raise ValueError(f"{key}: shape {list(value.shape)} where model.arch=ddpmpp has {list(ours[name].shape)}; "
+            raise ValueError(f"{key}: shape {list(value.shape)} where model.arch={arch} has {list(ours[name].shape)}; "
                              "the checkpoint's network is not the configured one")
         else:
             mapped[name] = value.to(ours[name].dtype)
     missing = [k for k in ours if k not in mapped and k != "sigma_d"]
     if unexpected or missing:
-        raise ValueError(f"the official network and model.arch=ddpmpp differ: {len(unexpected)} unexpected key(s) "
+        raise ValueError(f"the official network and model.arch={arch} differ: {len(unexpected)} unexpected key(s) "
                          f"{unexpected[:3]}, {len(missing)} missing {missing[:3]}")
     mapped["sigma_d"] = ours["sigma_d"]
     return mapped
@@ -138,12 +147,13 @@ def import_official(source: str, path: str | Path, overrides: list[str] | None =
 
     if source not in SOURCES:
         raise ValueError(f"--from: {source!r} is not one of {list(SOURCES)}")
-    cfg = load_config(SOURCES[source], ["model.arch=ddpmpp", *(overrides or [])])
-    shape, sigma_d = (3, 32, 32), float(cfg.data.sigma_d)
-    model = build_model(cfg, shape, sigma_d)
+    config, selects, shape, classes = SOURCES[source]
+    cfg = load_config(config, [*selects, *(overrides or [])])
+    sigma_d = float(cfg.data.sigma_d)
+    model = build_model(cfg, shape, sigma_d, classes)
     raw = _file_bytes(path)  # read once: parsed and hashed
-    weights = official_to_ours(read_official(path, raw), model)
+    weights = official_to_ours(read_official(path, raw), model, cfg.model.arch)
     digest = hashlib.sha256(raw).hexdigest()[:16]
     return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
-            "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": 0,
+            "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": classes,
             "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}

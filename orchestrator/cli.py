@@ -113,6 +113,9 @@ examples:
   imm-orch import --from official-cifar10 cifar10.pt --out imported/cifar10 \\
       data.name=cifar10:./data/cifar-10-batches-py eval.inception_weights=./weights/pt_inception-2015-12-05-6726825d.pth
   imm-orch eval --model imported/cifar10 --steps 1 2 --n 50000     # the paper: FID 3.20 and 1.98 (a GPU: ~minutes)
+  imm-orch import --from official-imagenet256-ts-a2 imagenet256_ts_a2.pkl --out imported/imagenet256 \
+      eval.vae=./weights/sd-vae-ft-ema data.name=latents:s3://bucket/imagenet256-latents
+  imm-orch eval --model imported/imagenet256 --steps 1 2 4 8 --n 50000   # the paper: 8.05 3.99 2.51 1.99 (CFG 1.5)
 
 The file is the authors' checkpoint (github.com/lumalabs/imm, Hugging Face lumaai/imm), which you download
 yourself; nothing is fetched. It is read without the official code and without running code from the file.
@@ -284,15 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser(
         "import",
         help="convert an official IMM checkpoint into this project's checkpoint (the paper's yardstick)",
-        description="Read the official IMM CIFAR-10 checkpoint (its EMA network) or a state dict with its key names, "
-                    "map every weight onto model.arch=ddpmpp and write OUT/checkpoint.pt with the cifar10 config, "
-                    "ready for `imm-orch eval` and `imm-orch sample`.",
+        description="Read an official IMM checkpoint (its EMA network) or a state dict with its key names, map "
+                    "every weight onto our network (CIFAR-10: model.arch=ddpmpp with the cifar10 config; ImageNet-256: "
+                    "DiT-XL/2 with the imagenet256_dit config) and write OUT/checkpoint.pt, ready for `imm-orch eval` "
+                    "and `imm-orch sample`.",
         epilog=IMPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     imp.add_argument("path", help="the official file: a local path or s3:// URI")
     imp.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                     help="what the file is: official-cifar10")
+                     help="what the file is: official-cifar10, official-imagenet256-ts-a2 (imagenet256_ts_a2.pkl) "
+                          "or official-imagenet256-s-a1 (imagenet256_s_a1.pkl)")
     imp.add_argument("--out", required=True, help="folder to write checkpoint.pt into (a local path)")
     imp.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                      help="stored with the checkpoint, e.g. data.name=cifar10:PATH eval.inception_weights=PATH")
@@ -692,8 +697,10 @@ def run_import(args, out=None) -> int:
     os.replace(tmp, folder / CHECKPOINT_FILE)
     n = sum(v.numel() for k, v in checkpoint["ema"].items() if k != "sigma_d")
     print(f"imported {checkpoint['imported_from']}: {len(checkpoint['ema']) - 1} tensors, {n:,} parameters, "
-          f"model.arch=ddpmpp -> {folder / CHECKPOINT_FILE}", file=out)
-    print(f"next: imm-orch eval --model {folder} --steps 1 2 --n 50000   (the paper: FID 3.20 and 1.98)", file=out)
+          f"model.arch={checkpoint['config']['model']['arch']} -> {folder / CHECKPOINT_FILE}", file=out)
+    paper = "--steps 1 2 --n 50000   (the paper: FID 3.20 and 1.98)" if args.source == "official-cifar10" else \
+        "--steps 1 2 4 8 --n 50000   (the paper, CFG 1.5: FID 8.05, 3.99, 2.51, 1.99)"
+    print(f"next: imm-orch eval --model {folder} {paper}", file=out)
     return 0
 
 

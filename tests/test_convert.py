@@ -161,6 +161,36 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
     gen = load_generator(out)
     assert gen.cfg.eval.features == "none" and gen.sample(2, steps=2).shape == (2, 3, 32, 32)
     assert cli.main(["import", "--from", "official-cifar100", str(tmp_path / "official.pt"), "--out", str(out)]) == 2
-    assert "--from: 'official-cifar100' is not one of ['official-cifar10']" in capsys.readouterr().err
+    assert "--from: 'official-cifar100' is not one of ['official-cifar10', 'official-imagenet256-ts-a2', 'official-imagenet256-s-a1']" in capsys.readouterr().err
     assert cli.main(["import", "--from", "official-cifar10", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert "no file at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, s_embedding, a", [("official-imagenet256-ts-a2", "stride", 2),
+                                                     ("official-imagenet256-s-a1", "identity", 1)])
+def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embedding, a):
+    """The released ImageNet-256 files hold the official DiT, whose keys are ours under `model.` (the XL/2 key
+    fixture, tests/test_dit.py); here a DiT-S/2 with random weights under those names stands in for XL/2's 2.7 GB."""
+    from imm.generator import Generator
+    from imm.networks import DiT
+
+    torch.manual_seed(0)
+    net = DiT.named("S/2", 4, 32, num_classes=1000)
+    for p in net.parameters():  # adaLN-Zero starts at zero: fill everything, as a trained network would be
+        torch.nn.init.normal_(p, std=0.02)
+    official = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save(official, tmp_path / "imagenet256.pt")
+    ckpt = import_official(source, tmp_path / "imagenet256.pt", ["model.dit=S/2"])
+    for key, value in official.items():
+        assert torch.equal(ckpt["ema"]["net." + key[len("model."):]], value)
+    cfg = ckpt["config"]
+    assert (cfg["model"]["arch"], cfg["model"]["s_embedding"], cfg["imm"]["a"]) == ("dit", s_embedding, a)
+    assert ckpt["num_classes"] == 1000 and ckpt["data_shape"] == [4, 32, 32] and cfg["sample"]["cfg_scale"] == 1.5
+    gen = Generator.from_checkpoint(ckpt)
+    x, t, labels = torch.randn(2, 4, 32, 32), torch.tensor([0.7, 0.2]), torch.tensor([3, 1000])  # 1000: null
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model(x, t, t, labels), x)  # f_{t,t}(x) = x
+        assert not torch.allclose(gen.model(x, t, t * 0.5, labels), x)  # and the weights act elsewhere
+    with pytest.raises(ValueError, match=r"^model.pos_embed: shape \[1, 256, 384\] where model.arch=dit has "
+                                         r"\[1, 256, 768\]; the checkpoint's network is not the configured one"):
+        import_official(source, tmp_path / "imagenet256.pt", ["model.dit=B/2"])

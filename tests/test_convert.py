@@ -161,7 +161,8 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
     gen = load_generator(out)
     assert gen.cfg.eval.features == "none" and gen.sample(2, steps=2).shape == (2, 3, 32, 32)
     assert cli.main(["import", "--from", "official-cifar100", str(tmp_path / "official.pt"), "--out", str(out)]) == 2
-    assert "--from: 'official-cifar100' is not one of ['official-cifar10', 'official-imagenet256-ts-a2', 'official-imagenet256-s-a1']" in capsys.readouterr().err
+    assert ("--from: 'official-cifar100' is not one of ['official-cifar10', 'official-imagenet256-ts-a2', "
+            "'official-imagenet256-s-a1']") in capsys.readouterr().err
     assert cli.main(["import", "--from", "official-cifar10", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert "no file at" in capsys.readouterr().err
 

@@ -151,9 +151,10 @@ def test_samples_are_one_grid_sent_with_their_checkpoint_and_continued_after_a_r
     from orchestrator import sample_grids
 
     client, run_id, *_ = run
-    reference = torch.randn(300, 2)
+    torch.manual_seed(0)  # CI: 50 unseeded 1-pixel samples once left too few pure-blue pixels after downscaling
+    reference = torch.randn(2000, 2)
     log = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=60)
-    log.on_eval(20, {1: torch.randn(50, 2), 2: torch.randn(50, 2)}, reference=reference)
+    log.on_eval(20, {1: torch.randn(500, 2), 2: torch.randn(500, 2)}, reference=reference)
     log.record(_metrics(20, 1.0))
     assert "samples.png" not in {f.path for f in client.list_artifacts(run_id)}
     log.commit()

@@ -836,8 +836,9 @@ def dispatch(args) -> int:
             return 1
         if args.debug or not _is_training_failure(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"imm-orch: training failed: {first} ({resume_hint}; --debug for details)", file=terminal.err())
+        from orchestrator.sweep import root_cause
+
+        print(f"imm-orch: training failed: {root_cause(e)} ({resume_hint}; --debug for details)", file=terminal.err())
         return 1
 
 

@@ -121,6 +121,8 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
     this process is connected to; returns the set's manifest."""
     import ray
 
+    if not is_remote(vae):  # the manifest names it for decoding later, from wherever that runs
+        vae = str(Path(vae).expanduser().resolve())
     images, classes = list_images(source)
     if heldout >= len(images):
         raise ValueError(f"--heldout: {heldout} of {len(images)} images leaves none to train on")

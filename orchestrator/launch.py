@@ -91,6 +91,23 @@ def run_name(cfg: DictConfig, explicit: str | None = None) -> str:
     return f"{cfg.method}-{dataset}-{digest}"
 
 
+LOCAL_PATH_KEYS = ("eval.inception_weights", "eval.vae", "eval.reference")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make the config's local paths (data.name's PATH, the eval files) absolute against this process's directory:
+    Ray's workers run in another one, where a relative path names nothing (or something else)."""
+    from imm.remote import is_remote
+
+    kind, sep, path = cfg.data.name.partition(":")
+    if sep and path and not is_remote(path):
+        cfg.data.name = f"{kind}:{Path(path).expanduser().resolve()}"
+    for key in LOCAL_PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value and not is_remote(value):
+            OmegaConf.update(cfg, key, str(Path(value).expanduser().resolve()))
+
+
 def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | None = None,
              experiment: str | None = None, param_keys: tuple[str, ...] = (), title: str | None = None,
              tags: dict[str, str] | None = None) -> RunPlan:
@@ -98,6 +115,7 @@ def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | No
     name = run_name(cfg, name)
     cfg = cfg.copy()
     cfg.name = name
+    absolute_paths(cfg)
     return RunPlan(
         name=name,
         cfg=cfg,

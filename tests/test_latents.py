@@ -86,6 +86,15 @@ def test_bad_latent_input_is_one_line_before_anything_runs(tmp_path):
         load_data(cfg.data)
     with pytest.raises(ConfigError, match=r"^eval.features: 'classifier' needs training images, which a latent set"):
         load_config("imagenet256_dit", ["eval.features=classifier"])
+    from orchestrator.cluster import check_local
+
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"")
+    cfg = load_config("imagenet256_dit", [f"data.name=latents:{tmp_path / 'set'}", "trainer.use_gpu=false",
+                                          "eval.reference=null", f"eval.inception_weights={weights}"])
+    with pytest.raises(ConfigError, match=r"^eval.vae: FID on latents decodes the samples first; the set names the "
+                                          r"VAE 'tiny-test-vae', which is not here"):
+        check_local(cfg)
 
 
 def test_a_set_larger_than_memory_is_read_without_loading_it(tmp_path):
@@ -261,3 +270,17 @@ def test_samples_are_decoded_by_the_sets_vae_through_its_scaling(tmp_path, tiny_
     with torch.no_grad():
         want = vae.decode(m.decode_scale(x)).sample.clamp(-1, 1)
     assert images.shape == (5, 3, 16, 16) and torch.allclose(images, want, atol=1e-5)
+
+
+def test_relative_paths_reach_ray_workers_as_absolute_ones(tmp_path, monkeypatch):
+    """`imm-orch encode ... --out latents` then `imm-orch train ... data.name=latents:latents` failed in the worker
+    ("no manifest.json there"): Ray's workers run in another directory. The plan makes local paths absolute."""
+    from orchestrator.launch import plan_run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("imagenet256_dit", ["data.name=latents:latents", "eval.vae=vae", "eval.reference=s3://b/ref.npz"])
+    plan = plan_run(cfg, name="rel")
+    assert plan.cfg.data.name == f"latents:{tmp_path / 'latents'}" and plan.cfg.eval.vae == str(tmp_path / "vae")
+    assert plan.cfg.eval.inception_weights == str(tmp_path / "weights" / "pt_inception-2015-12-05-6726825d.pth")
+    assert plan.cfg.eval.reference == "s3://b/ref.npz"  # remote: as given
+    assert plan_run(load_config("toy2d", []), name="toy").cfg.data.name == "8gaussians"  # not a path

@@ -24,6 +24,7 @@ from imm.config import ConfigError
 from imm.evaluate import QUALITY_PREFIXES
 from imm.train import progress_line
 from orchestrator import storage, terminal, tracking
+from orchestrator.cluster import in_job
 from orchestrator.worker import KillSwitch, train_worker, worker_config
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in current Ray; older 2.x need the flag
@@ -115,7 +116,8 @@ def plan_run(cfg: DictConfig, *, name: str | None = None, tracking_uri: str | No
     name = run_name(cfg, name)
     cfg = cfg.copy()
     cfg.name = name
-    absolute_paths(cfg)
+    if not in_job():  # in a Ray job every worker's directory is a copy of the job's, where relative paths hold
+        absolute_paths(cfg)
     return RunPlan(
         name=name,
         cfg=cfg,

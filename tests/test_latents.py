@@ -284,3 +284,5 @@ def test_relative_paths_reach_ray_workers_as_absolute_ones(tmp_path, monkeypatch
     assert plan.cfg.eval.inception_weights == str(tmp_path / "weights" / "pt_inception-2015-12-05-6726825d.pth")
     assert plan.cfg.eval.reference == "s3://b/ref.npz"  # remote: as given
     assert plan_run(load_config("toy2d", []), name="toy").cfg.data.name == "8gaussians"  # not a path
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # a Ray job's driver: its workers share its directory
+    assert plan_run(cfg, name="rel").cfg.data.name == "latents:latents"

@@ -185,10 +185,6 @@ class ShardReader:
         self._resident: tuple[int, list[np.ndarray], np.ndarray, Tensor | None] | None = None
         self.labels = [self._labels(s) for s in self.mine] if manifest.num_classes else None
 
-    @property
-    def rows(self) -> int:
-        return sum(s["count"] for s in self.mine)
-
     def _path(self, name: str) -> Path:
         """A local path to one file of the set: the file itself, or its copy in the cache (fetched if missing)."""
         if not self.remote:

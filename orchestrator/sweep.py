@@ -273,12 +273,17 @@ def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> float:
 def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: str) -> float:
     """The Ray task of one trial of a sweep of a trained model: evaluate it with the trial's sample.* / eval.*
     params into the trial's MLflow run; return the time it took."""
+    from omegaconf import OmegaConf
+
     from orchestrator.evaluation import evaluate_model
 
     t0 = time.perf_counter()
     cfg = plan.cfg.eval
-    evaluate_model(model, steps=list(cfg.steps), n=int(cfg.n_samples), seed=int(cfg.seed),
-                   overrides=[f"{k}={v}" for k, v in params.items()], tracking_uri=plan.tracking_uri, run_id=run_id)
+    # the sweep's eval settings (features, weights, reference, VAE, ...) over the model's, then the trial's params
+    settings = {f"eval.{k}": v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if not isinstance(v, list)}
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in {**settings, **params}.items()]
+    evaluate_model(model, steps=list(cfg.steps), n=int(cfg.n_samples), seed=int(cfg.seed), overrides=overrides,
+                   tracking_uri=plan.tracking_uri, run_id=run_id)
     return time.perf_counter() - t0
 
 

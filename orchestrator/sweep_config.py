@@ -101,7 +101,8 @@ class SweepSpec:
     storage: str | None = None  # Optuna storage: None = journal file <storage.root>/optuna.journal; or an RDB URL
     experiment: str = "imm"  # MLflow experiment of the parent and trial runs
     # A trained model (runs:/, models:/, a path or s3://) to evaluate instead of training: each trial samples it
-    # with its sample.* / eval.* params (e.g. guidance scale) and logs the metrics; `base` names its config
+    # with its sample.* / eval.* params (e.g. guidance scale) and logs the metrics. The model keeps its own config,
+    # except for `base`'s eval.* settings (features, weights, reference, n_samples, steps, ...) and the params.
     model: str | None = None
 
 

@@ -17,7 +17,7 @@ BASE = ["model.class_conditional=true", "model.hidden=64", "model.depth=2", "tra
 
 def spec(tmp_path, **changes) -> dict:
     return {"name": "cfg", "model": str(tmp_path / "model"),
-            "base": {"config": "digits", "overrides": [*BASE, f"storage.root={tmp_path / 'runs'}"]},
+            "base": {"config": "digits", "overrides": [*BASE, f"storage.root={tmp_path / 'runs'}", "eval.features=rff"]},
             "space": {"sample.cfg_scale": {"choices": [1.0, 3.0]}},
             "objective": [{"metric": "energy/steps_1"}, {"metric": "energy/steps_2"}],
             "sampler": {"name": "grid"}, "trials": 2, **changes}
@@ -54,6 +54,7 @@ def test_each_trial_evaluates_the_model_with_its_guidance_scale(ray_local, mlflo
     assert set(by_scale) == {"1", "3"}
     for data in by_scale.values():
         assert {"energy/steps_1", "energy/steps_2"} <= set(data.metrics) and "train/loss" not in data.metrics
+        assert {"fd/steps_1", "fd/steps_2"} <= set(data.metrics)  # the sweep's eval.features, not the model's none
         assert data.tags["imm.eval.model_uri"] == str(tmp_path / "model")
     # guidance changed the samples: the same seeds at another scale give another score
     assert by_scale["1"].metrics["energy/steps_1"] != by_scale["3"].metrics["energy/steps_1"]

@@ -35,11 +35,16 @@ if TYPE_CHECKING:
 QUALITY_PREFIXES = ("energy/", "fid/", "fd/")
 
 
+def wants_inception(cfg: DictConfig) -> bool:
+    """Inception features asked for: by name, or by `auto` with weights given (for latents, the only extractor)."""
+    return cfg.eval.features == "inception" or (cfg.eval.features == "auto" and bool(cfg.eval.inception_weights))
+
+
 def frechet_prefix(cfg: DictConfig) -> str | None:
     """The name of the Frechet metric this config reports: fid, fd, or None (eval.features=none)."""
     kind = cfg.eval.features
     if cfg.data.name.startswith("latents:"):  # only Inception, on decoded samples
-        return "fid" if kind == "inception" or (kind == "auto" and cfg.eval.inception_weights) else None
+        return "fid" if wants_inception(cfg) else None
     if kind == "none":
         return None
     if kind == "auto":
@@ -97,7 +102,7 @@ class Evaluator:
         from imm.latents import LatentDecoder, decoder_vae
 
         vae = decoder_vae(data.manifest, cfg.eval.vae)
-        wants = cfg.eval.features == "inception" or (cfg.eval.features == "auto" and cfg.eval.inception_weights)
+        wants = wants_inception(cfg)
         if wants and vae is None:
             raise ConfigError(f"eval.features: inception on latents needs the VAE that decodes them; set eval.vae (an "
                               f"AutoencoderKL folder or s3:// prefix; the set names {data.manifest.vae!r})")

@@ -37,16 +37,16 @@ def check_local(cfg) -> None:
                           "images), or eval.reference=null for the training set's statistics")
     if vae and not vae.startswith("s3://") and not (Path(vae).expanduser() / "config.json").is_file():
         raise ConfigError(f"eval.vae: {vae!r} has no config.json; give the folder AutoencoderKL.save_pretrained wrote")
+    from imm.evaluate import wants_inception
+
     kind, _, path = cfg.data.name.partition(":")
-    wants_fid = cfg.eval.features == "inception" or (cfg.eval.features == "auto" and weights)
-    if kind == "latents" and wants_fid and not vae and not path.startswith("s3://"):
+    if kind == "latents" and wants_inception(cfg) and not vae and not path.startswith("s3://"):
         from imm.latents import Manifest, decoder_vae
 
         manifest = Manifest.read(path)
-        named = manifest.vae
         if decoder_vae(manifest, None) is None:
-            raise ConfigError(f"eval.vae: FID on latents decodes the samples first; the set names the VAE {named!r}, "
-                              "which is not here: set eval.vae to its folder (or eval.features=none)")
+            raise ConfigError(f"eval.vae: FID on latents decodes the samples first; the set names the VAE "
+                              f"{manifest.vae!r}, which is not here: set eval.vae to its folder (or eval.features=none)")
     if cfg.trainer.use_gpu:
         import torch
 

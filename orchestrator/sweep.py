@@ -279,11 +279,11 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
 
     t0 = time.perf_counter()
     cfg = plan.cfg.eval
-    # the sweep's eval settings (features, weights, reference, VAE, ...) over the model's, then the trial's params
+    # the sweep's eval settings (features, weights, reference, VAE, n_samples, seed, ...) over the model's, then
+    # the trial's params; eval.steps, a list, goes as `steps`
     settings = {f"eval.{k}": v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if not isinstance(v, list)}
     overrides = [f"{k}={'null' if v is None else v}" for k, v in {**settings, **params}.items()]
-    evaluate_model(model, steps=list(cfg.steps), n=int(cfg.n_samples), seed=int(cfg.seed), overrides=overrides,
-                   tracking_uri=plan.tracking_uri, run_id=run_id)
+    evaluate_model(model, steps=list(cfg.steps), overrides=overrides, tracking_uri=plan.tracking_uri, run_id=run_id)
     return time.perf_counter() - t0
 
 

@@ -64,6 +64,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
+    # A step whose gradient is not finite is skipped and counted (train/skipped_steps); this many in a row stop the
+    # run. Such steps come from rare draws, independent from step to step, so 20 in a row means the run itself has
+    # gone bad (weights, data, lr), and at paper scale 20 steps are seconds to a minute of wasted compute.
+    max_skipped_steps: int = 20
     # Micro-batches per step: each worker's batch is split in `accumulate` equal parts (each a multiple of IMM's M),
     # gradients add up locally and DDP all-reduces once, so the update equals one step on the whole batch.
     accumulate: int = 1
@@ -271,6 +275,7 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "train.lr", 0.0, None, strict_low=True)
     check_range(cfg, "train.ema_decay", 0.0, 1.0)
     check_range(cfg, "train.keep_checkpoints", 1, None)
+    check_range(cfg, "train.max_skipped_steps", 1, None)
     check_range(cfg, "train.checkpoint_every", 1, None)
     check_range(cfg, "train.log_every", 1, None)
     check_range(cfg, "model.dropout", 0.0, 1.0)

@@ -55,6 +55,19 @@ def accumulate_gradients(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: to
     return total
 
 
+def finite_gradients(model: torch.nn.Module, clip: float) -> bool:
+    """Whether every gradient is finite (one total norm, one host sync); clips to `clip` (> 0) when they are.
+    Under DDP the gradients are all-reduced before this, so a non-finite value on any rank is on every rank and
+    every rank decides alike, without another collective."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not bool(torch.isfinite(norm)):
+        return False
+    if clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), clip, norm)
+    return True
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """A 63-bit seed for one rank's training step, unrelated to its neighbours' (a hash, not seed + rank + step)."""
     digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
@@ -135,6 +148,9 @@ def train_loop(
     opt = accelerate.optimizer(cfg, model.parameters(), device)
     warmup = max(tc.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
+    # Steps whose gradient was not finite: skipped (no optimizer, scheduler or EMA update, loss not averaged),
+    # counted in all and in a row; both survive a resume, and max_skipped_steps in a row stop the run.
+    skipped, in_a_row = (int(resume.get("skipped_steps", 0)), int(resume.get("skipped_in_a_row", 0))) if resume else (0, 0)
     if resume:
         model.load_state_dict(resume["model"])
         ema.module.load_state_dict(resume["ema"])
@@ -155,7 +171,7 @@ def train_loop(
     last: dict[str, float] = {}
     # Seconds spent in this loop, summed over resumed attempts: what the run cost, without cluster start-up.
     train_s0, t_start = float(resume.get("train_s", 0.0)) if resume else 0.0, time.perf_counter()
-    loss_sum, loss_n, t_window = torch.zeros((), device=device), 0, time.perf_counter()
+    loss_sum, loss_n, t_window, window_start = torch.zeros((), device=device), 0, time.perf_counter(), start
     for step in range(start + 1, tc.steps + 1):
         # Each step's randomness comes from (seed, rank, step) alone: a run resumed from a checkpoint draws what an
         # uninterrupted one draws, so an interruption cannot change a trial's result; every rank draws its own.
@@ -172,27 +188,34 @@ def train_loop(
             y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, y)
         opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
-        ema.update_parameters(model)
-        loss_sum += loss
-        loss_n += 1
+        if finite_gradients(model, tc.grad_clip):
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+            loss_sum += loss
+            loss_n += 1
+            in_a_row = 0
+        else:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            if in_a_row >= tc.max_skipped_steps:
+                raise FloatingPointError(
+                    f"train.max_skipped_steps: the gradient was not finite {in_a_row} steps in a row (steps "
+                    f"{step - in_a_row + 1}-{step}, loss {float(loss):.4g}); lower train.lr or check the data")
 
         is_last = step == tc.steps
         do_log, do_eval = step % tc.log_every == 0 or is_last, step % cfg.eval.every == 0 or is_last
         do_ckpt = step % tc.checkpoint_every == 0 or is_last
         if not (do_log or do_eval or do_ckpt):
             continue
-        mean_loss = float(loss_sum / loss_n)
-        if not math.isfinite(mean_loss):
+        mean_loss = float(loss_sum / loss_n) if loss_n else float("nan")  # nan: every step of the window skipped
+        if loss_n and not math.isfinite(mean_loss):
             raise FloatingPointError(f"train/loss became {mean_loss} by step {step}; lower train.lr or check the data")
         elapsed = time.perf_counter() - t_window
         metrics = {
             "train/loss": mean_loss,
             "train/lr": opt.param_groups[0]["lr"],
-            "throughput/samples_per_s": loss_n * tc.batch_size / elapsed,
+            "throughput/samples_per_s": (step - window_start) * tc.batch_size / elapsed,
+            "train/skipped_steps": skipped,
         }
         if reader is not None and reader.remote:
             metrics.update(fetched_per_worker(reader, world_size, device))
@@ -214,6 +237,8 @@ def train_loop(
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "train_s": metrics["time/train_s"],
+                    "skipped_steps": skipped,
+                    "skipped_in_a_row": in_a_row,
                     "config": OmegaConf.to_container(cfg, resolve=True),
                     "sigma_d": sigma_d,
                     "data_shape": list(data_shape),
@@ -224,7 +249,7 @@ def train_loop(
             report(metrics, ckpt_dir)
         last = metrics
         loss_sum.zero_()
-        loss_n, t_window = 0, time.perf_counter()
+        loss_n, t_window, window_start = 0, time.perf_counter(), step
     return last
 
 

@@ -28,6 +28,11 @@ class Trajectory:
     def eta_inv(self, eta: Tensor) -> Tensor:
         return eta / (1 + eta) if self.name == "ot_fm" else torch.atan(eta) * (2 / math.pi)
 
+    def cross(self, s: Tensor, t: Tensor) -> Tensor:
+        """alpha_s sigma_t - sigma_s alpha_t, computed without cancellation: t - s for ot_fm, sin(pi (t - s) / 2) for
+        cosine. It is > 0 whenever s < t, however close (the products' difference rounds to 0 near s = t)."""
+        return t - s if self.name == "ot_fm" else torch.sin(0.5 * math.pi * (t - s))
+
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda_t = log(alpha_t^2 / sigma_t^2)."""
         return -2 * torch.log(self.eta(t))

@@ -45,6 +45,12 @@ class Weighting:
         return w
 
 
+# The smallest t - s the sampler draws (and t - eps_t): s < t strictly, so c_out(s, t) != 0 and the kernel scale
+# 1 / |c_out| is finite, and t > 0 where eps_t = 0, where the sigmoid weighting is 0 * inf. About 16 float32 spacings
+# at t ~ 1, far below any step a sampler takes.
+MIN_GAP = 1e-6
+
+
 def sample_times(
     n: int,
     traj: Trajectory,
@@ -57,19 +63,22 @@ def sample_times(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Draw n pairs eps_t <= s <= t <= T.
+    """Draw n pairs eps_t <= s < t <= T with t - s >= MIN_GAP.
 
-    uniform (the paper's): t ~ U(eps_t, T), s | t ~ U(eps_t, t).
-    lognormal: log eta_t ~ N(p_mean, p_std^2) (EDM-style, eta in units of the data's std), t clipped
-    to [eps_t, T], then s | t ~ U(eps_t, t).
+    uniform (the paper's): t ~ U(eps_t + MIN_GAP, T), s | t ~ U(eps_t, t - MIN_GAP).
+    lognormal: log eta_t ~ N(p_mean, p_std^2) (EDM-style, eta in units of the data's std) truncated to
+    [eps_t + MIN_GAP, T] by inverse CDF (a clamp would put whole groups at t = eps_t = s), then s | t as above.
     """
+    lo = eps_t + MIN_GAP
     u = torch.rand(2, n, generator=generator, device=device)
     if kind == "uniform":
-        t = eps_t + (T - eps_t) * u[0]
+        t = lo + (T - lo) * u[0]
     elif kind == "lognormal":
-        z = torch.randn(n, generator=generator, device=device)
-        t = traj.eta_inv(torch.exp(p_mean + p_std * z)).clamp(eps_t, T)
+        z_lo, z_hi = ((torch.log(traj.eta(torch.tensor(v, dtype=torch.float64))) - p_mean) / p_std for v in (lo, T))
+        c_lo, c_hi = torch.special.ndtr(z_lo), torch.special.ndtr(z_hi)
+        z = torch.special.ndtri(c_lo + (c_hi - c_lo) * u[0].double())
+        t = traj.eta_inv(torch.exp(p_mean + p_std * z)).float().clamp(lo, T)
     else:
         raise ValueError(f"unknown time sampler {kind!r}; choose one of {list(TIME_SAMPLERS)}")
-    s = eps_t + (t - eps_t) * u[1]
+    s = (eps_t + (t - lo) * u[1]).minimum(t - MIN_GAP)  # rounding can't reach t
     return s, t

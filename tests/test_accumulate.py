@@ -107,8 +107,12 @@ def test_two_ddp_workers_accumulating_equal_one_whole_batch_and_all_reduce_once(
     once = _spawn_ddp(1, tmp_path / "once.pt")
     accumulated = _spawn_ddp(PARTS, tmp_path / "parts.pt")
     for a, b, c in zip(single, once["grads"], accumulated["grads"], strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-7)
+        # float32 noise, measured relative to each gradient's largest entry: 8-row micro-batches take other BLAS
+        # paths than 64 rows and differ by ~1e-5 of it (the same without DDP, in one process); a wrong 1/N or a
+        # second all-reduce is off by a factor
+        atol = 1e-4 * float(a.abs().max())
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=atol)
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=atol)
     # one all-reduce per gradient bucket per update, with or without accumulation: no_sync skipped the others
     assert accumulated["reductions"] == once["reductions"] >= 1
 

@@ -13,6 +13,9 @@ from imm.trajectories import Trajectory, ddim
 
 PARAMETERIZATIONS = ("simple_edm", "euler_fm", "identity")
 S_EMBEDDINGS = ("identity", "stride")
+# The kernel scale's floor on |c_out|: far below what any sampled (s, t) gives (t - s >= 1e-6, so |c_out| >~ 1e-6
+# sigma_d), it only keeps 1 / |c_out| finite where s = t is forced, so that 0 * inf never reaches a gradient.
+MIN_C_OUT = 1e-20
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
@@ -80,18 +83,22 @@ class OneStepModel(nn.Module):
         a_t, s_t, a_s, s_s = self.traj.alpha(t), self.traj.sigma(t), self.traj.alpha(s), self.traj.sigma(s)
         norm = a_t**2 + s_t**2
         c_skip = (a_t * a_s + s_t * s_s) / norm
-        c_out = -(a_s * s_t - a_t * s_s) * self.sigma_d / torch.sqrt(norm)
+        c_out = -self.traj.cross(s, t) * self.sigma_d / torch.sqrt(norm)
         return c_skip, c_out
 
-    def kernel_scale(self, s: Tensor, t: Tensor) -> Tensor:
-        """w~(s, t) = 1 / |c_out(s, t)|, c_out = df/dG of this parameterisation: (t - s) sigma_d for euler_fm,
-        (alpha_s sigma_t - sigma_s alpha_t) / sigma_t for identity (DDIM's weight on G), simple_edm's c_out otherwise."""
+    def c_out(self, s: Tensor, t: Tensor) -> Tensor:
+        """df/dG of this parameterisation: (t - s) sigma_d for euler_fm, (alpha_s sigma_t - sigma_s alpha_t) / sigma_t
+        for identity (DDIM's weight on G), simple_edm's c_out otherwise; 0 at s = t for all three."""
         if self.parameterization == "euler_fm":
-            return 1 / ((t - s) * self.sigma_d)
+            return (t - s) * self.sigma_d
         if self.parameterization == "identity":
-            a_t, s_t, a_s, s_s = self.traj.alpha(t), self.traj.sigma(t), self.traj.alpha(s), self.traj.sigma(s)
-            return s_t / (a_s * s_t - s_s * a_t).abs()
-        return 1 / self.simple_edm_coefficients(s, t)[1].abs()
+            return self.traj.cross(s, t) / self.traj.sigma(t)
+        return self.simple_edm_coefficients(s, t)[1]
+
+    def kernel_scale(self, s: Tensor, t: Tensor) -> Tensor:
+        """w~(s, t) = 1 / |c_out(s, t)|, finite everywhere: |c_out| is floored at MIN_C_OUT, which only a forced
+        s = t reaches (the time samplers keep t - s >= MIN_GAP). There c_out = 0 makes G's gradient exactly 0."""
+        return 1 / self.c_out(s, t).abs().clamp_min(MIN_C_OUT)
 
 
 class VelocityModel(OneStepModel):

@@ -24,6 +24,23 @@ def precision(cfg: DictConfig, device: torch.device) -> str:
     return ("bf16" if device.type == "cuda" else "fp32") if p == "auto" else p
 
 
+def planned_precision(cfg: DictConfig) -> str:
+    """The precision a run will train in, known before any worker starts: `auto` is bf16 where the trainer asks for
+    GPUs (trainer.use_gpu). A run started by hand on a GPU resolves `auto` on its device (resolve_precision)."""
+    p = cfg.train.precision
+    return ("bf16" if cfg.trainer.use_gpu else "fp32") if p == "auto" else p
+
+
+def resolve_precision(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """A copy of cfg with train.precision=auto replaced by what it means on `device`, so that what depends on it
+    (IMM's low-precision floor imm.delta) and the checkpoint's config say what the run really did."""
+    if cfg.train.precision != "auto":
+        return cfg
+    out = cfg.copy()
+    out.train.precision = precision(cfg, device)
+    return out
+
+
 def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision(cfg, device) == "bf16")
 

@@ -29,7 +29,7 @@ from imm.config import load_config
 # shape and the classes. The official ImageNet files: imagenet256_ts_a2.pkl passes t - s as the second time
 # embedding (our `stride`) and was trained with a = 2; imagenet256_s_a1.pkl passes s itself, a = 1.
 SOURCES = {
-    "official-cifar10": ("cifar10", ["model.arch=ddpmpp"], (3, 32, 32), 0),
+    "official-cifar10": ("cifar10", [], (3, 32, 32), 0),
     "official-imagenet256-ts-a2": ("imagenet256_dit", ["model.s_embedding=stride", "imm.a=2"], (4, 32, 32), 1000),
     "official-imagenet256-s-a1": ("imagenet256_dit", ["model.s_embedding=identity", "imm.a=1"], (4, 32, 32), 1000),
 }

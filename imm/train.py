@@ -122,6 +122,7 @@ def train_loop(
     data to draw behind 2D samples (None for images).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = accelerate.resolve_precision(cfg, device)
     accelerate.configure_backends(cfg, device)
     layout = accelerate.memory_format(cfg, device)
     tc = cfg.train

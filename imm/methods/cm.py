@@ -12,4 +12,5 @@ METHOD = register(Method(
     "cm", "consistency model: IMM with M = 1, the energy kernel and s = eps_t",
     samplers={"restart": imm.restart, "pushforward": imm.pushforward}, build_model=imm.build_model,
     build_loss=lambda cfg: imm.build_loss(cfg, consistency=True), start=start_from_noise,
+    check_run=imm.resolved_delta,
 ))

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from imm.accelerate import planned_precision
 from imm.config import ConfigError, check_choice, check_range, resolved_T
 from imm.kernels import KERNELS, get_kernel
 from imm.losses import ESTIMATORS, at_least_fp32, mmd2
@@ -36,7 +37,8 @@ class IMMConfig:
     k: int = 12  # mapping decrement 2^-k
     eta_max: float = 160.0
     eta_min: float = 0.0
-    delta: float = 0.0  # low-precision floor on t - r (the paper's 1e-4); 0 = off
+    # Low-precision floor on t - r (paper section 4: 1e-4). null: BF16_DELTA where the run trains in bf16, else 0.
+    delta: float | None = None
     weighting: str = "sigmoid"
     a: float = 1.0
     b: float = 5.0
@@ -51,6 +53,26 @@ class IMMConfig:
     schedule: str = "uniform"
     p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
     p_std: float = 2.0
+
+
+# The floor on t - r that bf16 training needs. Near T the paper's decrement moves t by ~2e-7 (k = 15), which the
+# network's output cannot resolve in low precision: G(x_t, s, r) - G(x_t, s, t) is drowned by rounding. Measured on
+# the paper's networks at t = 0.99 (tests/test_bf16_times.py, relative error of that difference against fp32):
+# fp16 autocast needs the paper's 1e-4 (error 0.4 on DDPM++, 0.17 on DiT; 67 and 3.4 without it), bf16, whose
+# mantissa is 8x coarser, needs 1e-3 (0.35 and 0.15; at 1e-4 still 3.0 and 1.2).
+BF16_DELTA = 1e-3
+
+
+def resolved_delta(cfg: DictConfig) -> float:
+    """imm.delta, or its default for the run's precision; a floor below what bf16 needs is refused."""
+    bf16 = planned_precision(cfg) == "bf16"
+    delta = cfg.imm.delta
+    if delta is None:
+        return BF16_DELTA if bf16 else 0.0
+    if bf16 and delta < BF16_DELTA:
+        raise ConfigError(f"imm.delta: {delta} is below the floor bf16 training needs (allowed in bf16: >= {BF16_DELTA}, "
+                          "or null for that floor; smaller steps need train.precision=fp32)")
+    return delta
 
 
 @contextmanager
@@ -154,7 +176,8 @@ def build_loss(cfg: DictConfig, consistency: bool = False) -> IMMLoss:
         mapping=c.mapping, k=c.k, weighting=Weighting(c.weighting, c.a, c.b, c.weight_elbo, c.weight_alpha,
                                                       c.weight_norm),
         unbiased=c.estimator == "u", eps_t=cfg.eps_t, T=resolved_T(cfg), time_sampler=c.time_sampler,
-        p_mean=c.p_mean, p_std=c.p_std, eta_max=c.eta_max, eta_min=c.eta_min, delta=c.delta, s_at_eps=consistency,
+        p_mean=c.p_mean, p_std=c.p_std, eta_max=c.eta_max, eta_min=c.eta_min, delta=resolved_delta(cfg),
+        s_at_eps=consistency,
     )
 
 
@@ -165,6 +188,8 @@ def check_section(cfg: DictConfig) -> None:
         check_choice(cfg, key, allowed)
     check_range(cfg, "imm.k", 1, 20)
     check_range(cfg, "imm.group_size", 1, None)
+    if cfg.imm.delta is not None:
+        check_range(cfg, "imm.delta", 0.0, None)
 
 
 def check_run(cfg: DictConfig) -> None:
@@ -175,6 +200,7 @@ def check_run(cfg: DictConfig) -> None:
     if (b // w // acc) % m:
         raise ConfigError(f"imm.group_size, train.accumulate: M={m} must divide each micro-batch (per-worker batch "
                           f"{b // w} / train.accumulate {acc} = {b // w // acc}), so that groups stay whole")
+    resolved_delta(cfg)  # a floor too small for the run's precision, before anything starts
     if cfg.imm.estimator == "u" and m < 2:
         raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
 

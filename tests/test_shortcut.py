@@ -25,9 +25,10 @@ def test_two_half_steps_of_an_exact_flow_are_its_full_step():
     x = torch.randn(64, 2, generator=g, dtype=torch.float64)
     t = 0.3 + 0.69 * torch.rand(64, generator=g, dtype=torch.float64)
     s = t * torch.rand(64, generator=g, dtype=torch.float64)
-    assert torch.allclose(ShortcutLoss.target(u, x, s, t), u(x, s, t), atol=1e-12)
+    loss = ShortcutLoss(levels=20)  # every half step here is a trained one
+    assert torch.allclose(loss.target(u, x, s, t), u(x, s, t), atol=1e-12)
     wrong = lambda x_, r, t_, labels=None: u(x_, r, t_) + 0.1 * x_  # noqa: E731  (not a flow: a big step differs)
-    assert not torch.allclose(ShortcutLoss.target(wrong, x, s, t), wrong(x, s, t), atol=1e-3)
+    assert not torch.allclose(loss.target(wrong, x, s, t), wrong(x, s, t), atol=1e-3)
 
 
 def test_the_target_is_two_half_steps_of_the_model_and_training_runs():
@@ -41,9 +42,42 @@ def test_the_target_is_two_half_steps_of_the_model_and_training_runs():
         mid = torch.full((8,), 0.5, dtype=torch.float64)
         v1 = model(x, mid, t)
         v2 = model(x - 0.4 * v1, s, mid)
-        assert torch.allclose(ShortcutLoss.target(model, x, s, t), (v1 + v2) / 2)
+        assert torch.allclose(ShortcutLoss().target(model, x, s, t), (v1 + v2) / 2)
     cfg = load_config("toy2d", ["method=shortcut", "model.hidden=32", "model.depth=2", "train.steps=30",
                                 "train.batch_size=64", "eval.every=30", "eval.n_samples=64", "eval.steps=[1,4]",
                                 "train.log_every=10", "eval.features=none", "shortcut.self_consistency=0.5"])
     metrics = train_loop(cfg, device="cpu")
     assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["energy/steps_1"], metrics["energy/steps_4"]])).all()
+
+
+class Recorder:
+    """A model that records the step sizes D = t - r it is asked for (0 for the instantaneous velocity)."""
+
+    def __init__(self):
+        self.asked: set[float] = set()
+
+    def __call__(self, x, r, t, labels=None):
+        self.asked |= {round(float(d), 9) for d in (t - r)}
+        return x * 0.1
+
+
+def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
+    """Trained: D = 0 (flow matching) and the big steps T / 2^k, k < levels. The finest big step's target used half
+    steps of T / 2^levels, which no loss trains, and 128-step sampling asked for it too."""
+    from imm.methods.shortcut import shortcut_steps
+    from imm.sampling import time_grid
+
+    loss = ShortcutLoss(levels=7, T=0.994)
+    trained = {0.0} | {round(0.994 / 2**k, 9) for k in range(7)}
+    rec = Recorder()
+    x = torch.randn(7, 2, dtype=torch.float64)
+    big = torch.tensor([0.994 / 2**k for k in range(7)], dtype=torch.float64)
+    t = torch.full((7,), 0.994, dtype=torch.float64)
+    loss.target(rec, x, t - big, t)
+    assert rec.asked and rec.asked <= trained, sorted(rec.asked - trained)
+    rec.asked.clear()
+    tr = get_trajectory("ot_fm")
+    for steps in (1, 2, 8, 64, 128):
+        shortcut_steps(rec, x, time_grid(steps, tr, 0.0, 0.994), finest=loss.finest)
+    assert rec.asked <= {round(d, 9) for d in trained} | {0.0}, sorted(rec.asked - trained)
+    assert 0.0 in rec.asked and round(0.994 / 64, 9) in rec.asked  # 128 steps: D = 0; 64 steps: the finest

@@ -5,6 +5,10 @@ half steps of the model itself, under stop-gradient:
 
     d = D / 2,   v1 = u(x_t, t - d, t),   v2 = u(x_t - d v1, t - D, t - d),   u(x_t, t - D, t) <- (v1 + v2) / 2
 
+The recursion ends on a trained step: the finest big step's half steps (D / 2 below T / 2^(levels - 1)) are taken
+with the D = 0 velocity that flow matching trains, and so are sampling steps finer than it (128 steps with the
+default 7 levels), so the model is never asked for a step size that no loss trains.
+
 On the path and network of MeanFlow (imm.methods.meanflow): u = sigma_d G(c_in x_t, c_noise(t), c_noise(t - D)),
 sampled with 1, 2, 4, ... equal steps (`mean_steps` on the uniform grid).
 """
@@ -38,12 +42,18 @@ class ShortcutLoss:
     levels: int = 7
     T: float = 0.994
 
-    @staticmethod
-    def target(model, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """(v1 + v2) / 2: the velocity of the step t -> s made of two half steps of the model."""
+    @property
+    def finest(self) -> float:
+        """The smallest big step trained, T / 2^(levels - 1); below it only D = 0 is."""
+        return self.T / 2.0 ** (self.levels - 1)
+
+    def target(self, model, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(v1 + v2) / 2: the velocity of the step t -> s made of two half steps of the model, each conditioned on
+        its own step if that is trained, else on D = 0 (a half step of the finest big step)."""
         mid = (t + s) / 2
-        v1 = model(x_t, mid, t, labels)
-        v2 = model(x_t - _bcast(t - mid, x_t) * v1, s, mid, labels)
+        trained = trained_step(self.finest)
+        v1 = trained(model, x_t, mid, t, labels)
+        v2 = trained(model, x_t - _bcast(t - mid, x_t) * v1, s, mid, labels)
         return (v1 + v2) / 2
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -62,6 +72,20 @@ class ShortcutLoss:
         return (at_least_fp32(model(x_t, s, t, labels)) - at_least_fp32(target)).square().mean()
 
 
+def trained_step(finest: float):
+    """u(x, r, t) with the step condition D = t - r snapped to 0 where it is finer than the finest trained big step."""
+    def u(model, x: Tensor, r: Tensor, t: Tensor, *rest) -> Tensor:
+        return model(x, torch.where(t - r < finest * (1 - 1e-6), t, r), t, *rest)
+    return u
+
+
+def shortcut_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None = None,
+                   finest: float = 0.0) -> Tensor:
+    """MeanFlow's mean_steps, with steps finer than the finest trained big step taken with the D = 0 velocity."""
+    step = trained_step(finest)
+    return mean_steps(lambda x, r, t, *rest: step(model, x, r, t, *rest), z, grid, generator)
+
+
 def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "shortcut.self_consistency", 0.0, 1.0)
     check_range(cfg, "shortcut.levels", 1, 20)
@@ -69,7 +93,8 @@ def check_section(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "shortcut", "shortcut model: a step-conditioned velocity, big steps trained on two half steps of its own",
-    samplers={"mean_steps": mean_steps}, build_model=build_model,
+    samplers={"mean_steps": shortcut_steps}, build_model=build_model,
+    sampler_options=lambda cfg, sampler: {"finest": resolved_T(cfg) / 2.0 ** (cfg.shortcut.levels - 1)},
     build_loss=lambda cfg: ShortcutLoss(cfg.shortcut.self_consistency, cfg.shortcut.levels, T=resolved_T(cfg)),
     start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
     check_run=check_ot_fm,

@@ -52,24 +52,28 @@ def _full(v: Tensor, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def pushforward(model, x: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """x <- f_{t_{i+1}, t_i}(x): deterministic after the initial noise."""
+    """x <- f_{t_{i+1}, t_i}(x): deterministic after the initial noise. The state and the grid stay in float64 between
+    network calls, as in the official sampler (the network itself runs in its own dtype)."""
+    z = x.double()
     for t, s in zip(grid[:-1], grid[1:], strict=True):
-        x = model(x, _full(s, x), _full(t, x))
-    return x
+        z = model(z, _full(s, z), _full(t, z))
+    return z.to(x.dtype)
 
 
 @torch.no_grad()
 def restart(model, x: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """x0 <- f_{eps_t, t_i}(x), then re-noise x0 to t_{i+1} with fresh noise; the last step returns x0."""
+    """x0 <- f_{eps_t, t_i}(x), then re-noise x0 to t_{i+1} with fresh noise; the last step returns x0. The state,
+    the grid and the fresh noise in float64, as in the official sampler."""
     eps_t, traj, sigma_d = grid[-1], model.traj, model.sigma_d
+    z = x.double()
     for i, t in enumerate(grid[:-1]):
-        x0 = model(x, _full(eps_t, x), _full(t, x))
+        x0 = model(z, _full(eps_t, z), _full(t, z))
         if i == len(grid) - 2:
-            return x0
-        t_next = grid[i + 1]
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma_d
-        x = traj.alpha(t_next).item() * x0 + traj.sigma(t_next).item() * noise
-    return x
+            return x0.to(x.dtype)
+        t_next = grid[i + 1].double()
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float64) * float(sigma_d)
+        z = traj.alpha(t_next).item() * x0 + traj.sigma(t_next).item() * noise
+    return z.to(x.dtype)
 
 
 @torch.no_grad()
@@ -98,7 +102,6 @@ def initial_noise(
     n: int, shape: Sequence[int], sigma_d: Tensor, traj: Trajectory, T: float,
     generator: torch.Generator | None = None, device=None,
 ) -> Tensor:
-    """x_T ~ N(0, sigma_d^2 (alpha_T^2 + sigma_T^2) I): the marginal at T of data with std sigma_d."""
-    T_ = torch.tensor(T, dtype=torch.float64)
-    std = float(sigma_d) * float(torch.sqrt(traj.alpha(T_) ** 2 + traj.sigma(T_) ** 2))
-    return torch.randn((n, *shape), generator=generator, device=device) * std
+    """x_T = sigma_d eps, eps ~ N(0, I): the prior the trajectory ends in, as the official sampler draws it (not the
+    marginal at T, whose std is sigma_d sqrt(alpha_T^2 + sigma_T^2): 0.6% smaller on ot_fm at T = 0.994)."""
+    return torch.randn((n, *shape), generator=generator, device=device) * float(sigma_d)

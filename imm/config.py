@@ -35,6 +35,10 @@ class DataConfig:
     sigma_d: float | None = None  # data std; None = measured on the training set (the paper uses 0.5 for images)
     xflip: bool = False  # images: mirror half of each batch left-right (the paper's augmentation)
     latent_cache_gb: float = 16.0  # latents:s3://...: each worker's disk cache of shards (a window of them at a time)
+    # latents: the per-channel normalisation x = (z - latent_mean) / latent_std * final_std the model works in;
+    # null = the set's manifest. imagenet256_dit.yaml sets the official constants (imm.latents.OFFICIAL_NORMALISATION).
+    latent_mean: list[float] | None = None
+    latent_std: list[float] | None = None
 
 
 @dataclass
@@ -281,6 +285,10 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "model.dropout", 0.0, 1.0)
     check_range(cfg, "data.heldout_fraction", 0.0, 1.0, strict_low=True)
     check_range(cfg, "data.latent_cache_gb", 0.0, None, strict_low=True)
+    mean, std = cfg.data.latent_mean, cfg.data.latent_std
+    if (mean is None) != (std is None) or (mean is not None and (len(mean) != len(std) or min(std) <= 0)):
+        raise ConfigError(f"data.latent_mean, data.latent_std: both null, or per-channel lists of one length with "
+                          f"std > 0; got {mean} and {std}")
     if cfg.data.name.startswith("latents:") and cfg.eval.features not in ("auto", "inception", "none"):
         raise ConfigError(f"eval.features: {cfg.eval.features!r} needs training images, which a latent set does not "
                           "hold (allowed for latents: inception, on the VAE-decoded samples; none; auto)")

@@ -4,14 +4,20 @@ Format `imm-latents/1`, a folder (or s3:// prefix) holding
 
     manifest.json          {"format": "imm-latents/1", "shape": [C, H, W], "dtype": "float16", "count": N,
                             "num_classes": K, "vae": "...", "mean": [C], "std": [C], "final_std": 0.5,
-                            "xflip": false, "shards": [{"file": "shard-00000.npy", "labels": "shard-00000.labels.npy",
-                            "count": n}, ...], "heldout": {"file": ..., "labels": ..., "count": n} or null}
-    shard-00000.npy        (n, C, H, W) latents as the VAE's encoder gave them (its posterior mean), in `dtype`
+                            "posterior": "mean" or "sample", "xflip": false, "shards": [{"file": "shard-00000.npy",
+                            "labels": "shard-00000.labels.npy", "count": n}, ...],
+                            "heldout": {"file": ..., "labels": ..., "count": n} or null}
+    shard-00000.npy        posterior "mean": (n, C, H, W), the VAE encoder's posterior mean; "sample": (n, 2C, H, W),
+                           its mean and std, and each read draws z = mean + std * N(0, I) (what the official IMM
+                           encoder stores and draws, training/encoders.py); in `dtype`
     shard-00000.labels.npy (n,) int64 class labels (absent when num_classes is 0)
 
 Training sees x = (z - mean) / std * final_std per channel (the official IMM ImageNet recipe: final_std 0.5, so
-sigma_d = final_std); `decode_scale` undoes it before the VAE decodes. Horizontal flips are not in the format:
-`data.xflip` is refused for latents (a flipped image's latent is not the flipped latent).
+sigma_d = final_std); `decode_scale` undoes it before the VAE decodes. mean and std are the set's own statistics, or
+the official constants (OFFICIAL_NORMALISATION, `imm-orch encode --normalisation official`) that the released
+ImageNet weights expect; a config's data.latent_mean/latent_std override the manifest's (imagenet256_dit.yaml sets
+the official ones, so an imported model decodes with them whatever set is at hand). Horizontal flips are not in
+the format: `data.xflip` is refused for latents (a flipped image's latent is not the flipped latent).
 
 Worker r of W trains on shards r, r + W, ... only. Local shards are memory-mapped: a batch reads its rows and
 nothing else. S3 shards go through a bounded cache on the worker's disk (`data.latent_cache_gb`): the worker's
@@ -25,7 +31,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,11 @@ from imm.config import ConfigError
 from imm.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"
+POSTERIORS = ("mean", "sample")
+# The official ImageNet-256 latent normalisation (lumalabs/imm configs/im256_generate_images.yaml, for
+# stabilityai/sd-vae-ft-ema's raw latents, no 0.18215 factor): x = (z - raw_mean) * 0.5 / raw_std.
+OFFICIAL_NORMALISATION = {"mean": [0.86488, -0.27787343, 0.21616915, 0.3738409],
+                          "std": [4.85503674, 5.31922414, 3.93725398, 3.9870003]}
 MANIFEST = "manifest.json"
 PREFIX = "latents:"
 
@@ -64,6 +75,7 @@ class Manifest:
     std: list[float] = field(default_factory=list)
     final_std: float = 0.5
     heldout: dict | None = None
+    posterior: str = "mean"  # sample: the shards hold the posterior's mean and std, and each read draws from it
 
     @classmethod
     def read(cls, root: str) -> Manifest:
@@ -77,12 +89,24 @@ class Manifest:
         return cls(root=root, shape=tuple(raw["shape"]), dtype=raw["dtype"], count=int(raw["count"]),
                    shards=raw["shards"], num_classes=int(raw.get("num_classes", 0)), vae=raw.get("vae", ""),
                    mean=list(raw["mean"]), std=list(raw["std"]), final_std=float(raw.get("final_std", 0.5)),
-                   heldout=raw.get("heldout"))
+                   heldout=raw.get("heldout"), posterior=raw.get("posterior", "mean"))
 
-    def normalise(self, z: np.ndarray) -> Tensor:
-        """Stored latents -> training space: (z - mean) / std * final_std per channel, float32."""
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """A stored row's shape: the latent's, or mean and std stacked on the channels for posterior=sample."""
+        c, *rest = self.shape
+        return (2 * c, *rest) if self.posterior == "sample" else self.shape
+
+    def normalise(self, rows: np.ndarray, draw: bool = True) -> Tensor:
+        """Stored rows -> training space: (z - mean) / std * final_std per channel, float32. For posterior=sample z
+        is drawn from each row's posterior with torch's global RNG (seeded per step in training), or with
+        draw=False its mean (the held-out latents the metrics compare with)."""
+        z = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+        if self.posterior == "sample":
+            mu, std = z.chunk(2, dim=1)
+            z = mu + std * torch.randn_like(mu) if draw else mu
         mean, scale = self._per_channel()
-        return (torch.from_numpy(np.asarray(z, dtype=np.float32)) - mean) * scale
+        return (z - mean) * scale
 
     def decode_scale(self, x: Tensor) -> Tensor:
         """Training space -> the VAE's latent space (the inverse of `normalise`)."""
@@ -100,9 +124,11 @@ class LatentWriter:
     """Writes a latent set into a local folder, shard by shard, keeping per-channel sums for mean and std."""
 
     def __init__(self, out: str | Path, shape, *, shard_size: int = 4096, dtype: str = "float16", num_classes: int = 0,
-                 vae: str = "", final_std: float = 0.5):
+                 vae: str = "", final_std: float = 0.5, posterior: str = "mean"):
+        """`shape` is the latent's (C, H, W); with posterior=sample the rows added hold mean and std (2C channels)."""
         self.out, self.shape, self.shard_size, self.dtype = Path(out), tuple(shape), shard_size, dtype
-        self.num_classes, self.vae, self.final_std = num_classes, vae, final_std
+        self.num_classes, self.vae, self.final_std, self.posterior = num_classes, vae, final_std, posterior
+        self.rows = (2 * self.shape[0], *self.shape[1:]) if posterior == "sample" else self.shape
         self.out.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self.heldout: dict | None = None
@@ -122,14 +148,16 @@ class LatentWriter:
         return entry
 
     def add(self, z: np.ndarray, labels: np.ndarray | None = None) -> None:
-        """Latents (n, C, H, W) and their labels; full shards are written as they fill."""
+        """Rows (n, C, H, W) (posterior sample: (n, 2C, H, W), mean then std) and their labels; full shards are
+        written as they fill. The statistics are those of the latents training draws: E[z], E[z^2] = mu^2 + std^2."""
         z = np.asarray(z)
-        if tuple(z.shape[1:]) != self.shape:
-            raise ValueError(f"latents of shape {tuple(z.shape[1:])}, expected {self.shape}")
+        if tuple(z.shape[1:]) != self.rows:
+            raise ValueError(f"latents of shape {tuple(z.shape[1:])}, expected {self.rows}")
         labels = np.zeros(len(z), np.int64) if labels is None else np.asarray(labels)
         axes = (0, *range(2, z.ndim))
-        self._sum += z.sum(axis=axes, dtype=np.float64)
-        self._sq += np.square(z, dtype=np.float64).sum(axis=axes)
+        mu, std = np.split(z, 2, axis=1) if self.posterior == "sample" else (z, np.zeros(1))
+        self._sum += mu.sum(axis=axes, dtype=np.float64)
+        self._sq += (np.square(mu, dtype=np.float64) + np.square(std, dtype=np.float64)).sum(axis=axes)
         self._n += len(z) * math.prod(self.shape[1:])
         self._z.append(z)
         self._y.append(labels)
@@ -159,7 +187,7 @@ class LatentWriter:
                "count": sum(s["count"] for s in self.shards), "num_classes": self.num_classes, "vae": self.vae,
                "mean": list(map(float, own_mean if mean is None else mean)),
                "std": list(map(float, own_std if std is None else std)), "final_std": self.final_std,
-               "xflip": False, "shards": self.shards, "heldout": self.heldout}
+               "posterior": self.posterior, "xflip": False, "shards": self.shards, "heldout": self.heldout}
         tmp = self.out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(raw, indent=1))
         tmp.replace(self.out / MANIFEST)  # the manifest last: a folder without one is an unfinished write
@@ -229,7 +257,7 @@ class ShardReader:
         idx = torch.randint(int(ends[-1]), (n,)).numpy()
         which = np.searchsorted(ends, idx, side="right")
         starts = np.concatenate([[0], ends[:-1]])
-        rows = np.empty((n, *self.m.shape), dtype=self.m.dtype)
+        rows = np.empty((n, *self.m.stored_shape), dtype=self.m.dtype)
         for i, a in enumerate(arrays):
             hit = np.nonzero(which == i)[0]
             if len(hit):
@@ -311,7 +339,7 @@ class LatentData:
                 raise ConfigError(f"data.name=latents:{self.manifest.root}: the set has no held-out latents for the "
                                   "metrics (encode with --heldout N)")
             reader = ShardReader(self.manifest, 0, 1, self.cache_bytes)
-            x = self.manifest.normalise(np.load(reader._path(h["file"])))
+            x = self.manifest.normalise(np.load(reader._path(h["file"])), draw=False)
             y = torch.from_numpy(np.load(reader._path(h["labels"]))) if h.get("labels") else None
             self._heldout = (x, y)
         return self._heldout
@@ -332,4 +360,10 @@ def load_latents(cfg) -> LatentData:
     if cfg.xflip:
         raise ConfigError("data.xflip: not for latents (a flipped image's latent is not the flipped latent); "
                           "set data.xflip=false")
-    return LatentData(Manifest.read(cfg.name[len(PREFIX):]), float(cfg.latent_cache_gb) * 2**30)
+    manifest = Manifest.read(cfg.name[len(PREFIX):])
+    if cfg.latent_mean is not None:  # the model's own normalisation (e.g. the official constants), not the set's
+        if len(cfg.latent_mean) != manifest.shape[0]:
+            raise ConfigError(f"data.latent_mean, data.latent_std: {len(cfg.latent_mean)} channels, the set at "
+                              f"{manifest.root} has {manifest.shape[0]}")
+        manifest = replace(manifest, mean=list(cfg.latent_mean), std=list(cfg.latent_std))
+    return LatentData(manifest, float(cfg.latent_cache_gb) * 2**30)

@@ -123,7 +123,8 @@ yourself; nothing is fetched. It is read without the official code and without r
 
 ENCODE_EXAMPLES = """\
 examples:
-  imm-orch encode folder:/data/imagenet/train --vae /models/sd-vae-ft-ema --out s3://bucket/imagenet256-latents
+  imm-orch encode folder:/data/imagenet/train --vae /models/sd-vae-ft-ema --out s3://bucket/imagenet256-latents \
+      --posterior sample --normalisation official      # as the official IMM encoder: the released weights agree
   imm-orch encode folder:s3://bucket/images --vae s3://bucket/vae --out ./latents --resolution 64 --address auto
   imm-orch train imagenet256_dit data.name=latents:s3://bucket/imagenet256-latents
 
@@ -320,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--heldout", type=int, default=1000, help="images set aside for the metrics (default 1000)")
     enc.add_argument("--batch-size", type=int, default=64, help="images per VAE batch (default 64)")
     enc.add_argument("--workers", type=int, default=None, help="VAE actors (default: one per GPU, else CPUs / 2)")
+    enc.add_argument("--posterior", choices=("mean", "sample"), default="mean",
+                     help="store the VAE posterior's mean, or its mean and std for a draw at each read as the official "
+                          "IMM training does (default: mean)")
+    enc.add_argument("--normalisation", choices=("own", "official"), default="own",
+                     help="per-channel mean and std: the set's own, or the official ImageNet-256 constants that the "
+                          "released weights expect (default: own)")
     enc.add_argument("--address", default=None,
                      help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: start a local Ray)")
     _output_flags(enc)
@@ -717,8 +724,8 @@ def run_encode(args, out=None) -> int:
     check_inputs(args.source, args.vae, args.out)  # before Ray starts
     with connect(args.address, stream=out):
         encode(args.source, args.vae, args.out, resolution=args.resolution, shard_size=args.shard_size,
-               heldout=args.heldout, batch_size=args.batch_size, workers=args.workers,
-               say=lambda line: print(line, file=out, flush=True))
+               heldout=args.heldout, batch_size=args.batch_size, workers=args.workers, posterior=args.posterior,
+               normalisation=args.normalisation, say=lambda line: print(line, file=out, flush=True))
     print(f"next: imm-orch train imagenet256_dit data.name=latents:{args.out}", file=out)
     return 0
 

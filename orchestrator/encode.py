@@ -7,9 +7,10 @@ actors, each holding the VAE (diffusers' AutoencoderKL from a local folder or an
 one GPU each where the cluster has GPUs. The driver writes the shards as batches arrive and the manifest last, then
 uploads the folder if `out` is on S3 (again the manifest last: a prefix without one is an unfinished set).
 
-Each image is center-cropped to a square and resized (bicubic) to `resolution`, as ADM's reference batches are;
-the stored latent is the encoder's posterior mean (the official IMM code draws from the posterior instead, whose
-std is small next to the data's).
+Each image is center-cropped to a square and resized (bicubic) to `resolution`, as ADM's reference batches are.
+`posterior`: store the encoder's posterior mean, or (`sample`) its mean and std, from which training draws at each
+read, as the official IMM encoder does (it stores both and samples at every read). `normalisation`: the set's own
+per-channel statistics, or `official`, the constants the released ImageNet weights were trained on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from imm.data import IMAGE_EXTENSIONS
-from imm.latents import MANIFEST, LatentWriter, Manifest, load_vae
+from imm.latents import MANIFEST, OFFICIAL_NORMALISATION, LatentWriter, Manifest, load_vae
 from imm.remote import is_remote, s3_client, split
 
 SOURCE_PREFIX = "folder:"
@@ -95,28 +96,30 @@ def check_inputs(source: str, vae: str, out: str) -> None:
 
 
 class Encoder:
-    """A Ray Data actor: the VAE, loaded once, encoding batches of image paths into posterior means."""
+    """A Ray Data actor: the VAE, loaded once, encoding batches of image paths into posterior means (and stds)."""
 
-    def __init__(self, vae: str, resolution: int):
+    def __init__(self, vae: str, resolution: int, posterior: str = "mean"):
         import torch
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.vae = load_vae(vae).to(self.device)
-        self.resolution = resolution
+        self.resolution, self.posterior = resolution, posterior
 
     def __call__(self, batch: dict) -> dict:
         torch = self.torch
         pixels = np.stack([read_image(p, self.resolution) for p in batch["path"]])
         x = torch.from_numpy(pixels).to(self.device).float() / 127.5 - 1.0
         with torch.no_grad():
-            z = self.vae.encode(x).latent_dist.mean.float().cpu().numpy()
+            dist = self.vae.encode(x).latent_dist
+            z = dist.mean if self.posterior == "mean" else torch.cat([dist.mean, dist.std], dim=1)
+            z = z.float().cpu().numpy()
         return {"z": z, "label": batch["label"], "heldout": batch["heldout"]}
 
 
 def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size: int = 4096, heldout: int = 1000,
            batch_size: int = 64, workers: int | None = None, seed: int = 0, final_std: float = 0.5,
-           dtype: str = "float16", say=print) -> Manifest:
+           dtype: str = "float16", posterior: str = "mean", normalisation: str = "own", say=print) -> Manifest:
     """Encode every image under `source` into a latent set at `out` (a folder or an s3:// prefix) on the Ray
     this process is connected to; returns the set's manifest."""
     import ray
@@ -133,7 +136,7 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
         f"{'GPU' if gpus else 'CPU'}, batch {batch_size}, {heldout} held out")
     items = [{"path": im.path, "label": im.label, "heldout": i < heldout} for i, im in enumerate(images)]
     ds = ray.data.from_items(items).map_batches(
-        Encoder, fn_constructor_args=(vae, resolution), batch_size=batch_size,
+        Encoder, fn_constructor_args=(vae, resolution, posterior), batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=pool),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
     staging = Path(tempfile.mkdtemp(prefix="imm-encode-")) if is_remote(out) else Path(out).expanduser()
@@ -142,8 +145,10 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         z, y, is_held = batch["z"], batch["label"].astype(np.int64), batch["heldout"].astype(bool)
         if writer is None:
-            writer = LatentWriter(staging, z.shape[1:], shard_size=shard_size, dtype=dtype, num_classes=len(classes),
-                                  vae=vae, final_std=final_std)
+            c, *rest = z.shape[1:]
+            shape = (c // 2, *rest) if posterior == "sample" else (c, *rest)
+            writer = LatentWriter(staging, shape, shard_size=shard_size, dtype=dtype, num_classes=len(classes),
+                                  vae=vae, final_std=final_std, posterior=posterior)
         held_z.append(z[is_held])
         held_y.append(y[is_held])
         if (~is_held).any():
@@ -154,7 +159,7 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
             say(f"encode: {done}/{len(images)} images, {done / (said - t0):.1f} images/s")
     if heldout:
         writer.add_heldout(np.concatenate(held_z), np.concatenate(held_y))
-    manifest = writer.close()
+    manifest = writer.close(**(OFFICIAL_NORMALISATION if normalisation == "official" else {}))
     if is_remote(out):
         upload(staging, out)
         shutil.rmtree(staging, ignore_errors=True)

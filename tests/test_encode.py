@@ -73,6 +73,25 @@ def test_encode_a_folder_on_ray_writes_a_set_that_reads_back(ray_local, tiny_vae
     assert capsys.readouterr().err.startswith(f"imm-orch: error: --out: '{out}' already holds a latent set")
 
 
+def test_encode_as_the_official_encoder_stores_the_posterior_and_the_official_constants(ray_local, tiny_vae, images,
+                                                                                        tmp_path, capsys):
+    from imm.latents import OFFICIAL_NORMALISATION, Manifest
+
+    vae_path, vae = tiny_vae
+    out = tmp_path / "latents"
+    argv = ["encode", f"folder:{images}", "--vae", str(vae_path), "--out", str(out), "--resolution", "16",
+            "--shard-size", "16", "--heldout", "8", "--batch-size", "8", "--workers", "1",
+            "--posterior", "sample", "--normalisation", "official"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    m = Manifest.read(str(out))
+    assert m.posterior == "sample" and m.shape == (4, 8, 8) and m.mean == OFFICIAL_NORMALISATION["mean"]
+    rows = np.concatenate([np.load(out / s["file"]) for s in m.shards]).astype(np.float32)
+    want, _ = direct_latents(vae, images)
+    nearest = torch.cdist(torch.from_numpy(rows[:, :4]).flatten(1), want.flatten(1)).argmin(1)
+    assert torch.allclose(torch.from_numpy(rows[:, :4]), want[nearest], rtol=2e-3, atol=2e-3)
+    assert (rows[:, 4:] > 0).all()  # the posterior's std beside its mean
+
+
 def test_encode_from_s3_to_s3(ray_local, tiny_vae, images, s3_env, tmp_path, capsys):
     import io
 

@@ -1,4 +1,4 @@
-"""Training throughput of the paper's CIFAR-10 U-Net (imm/configs/cifar10.yaml) per GPU: eager fp32 against the
+"""Training throughput of the paper's CIFAR-10 network, DDPM++ (imm/configs/cifar10.yaml), per GPU: eager fp32 against the
 GPU switches (bf16 autocast + torch.compile + channels_last + TF32 + fused optimizer, imm/accelerate.py), IMM
 against flow matching, at per-GPU batch 256 and 512. One run measures every case, interleaved, and prints images/s,
 peak memory and the ratios. Targets (issue 18): fast/eager >= 1.8 and IMM/FM <= 1.35 with the switches on.
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str, int], float]:
     rate = {k: k[2] / statistics.median(v) for k, v in samples.items()}  # images/s
 
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"{name}: cifar10 U-Net (channels {args.channels or 128}), compile={args.compile}, "
+    print(f"{name}: cifar10 DDPM++ (channels {args.channels or 128}), compile={args.compile}, "
           f"median of {args.repeats} x {args.steps} steps")
     print(f"{'method':<6} {'mode':<11} {'batch':>5} {'images/s':>10} {'peak GiB':>9}")
     for (m, mode, b), r in rate.items():

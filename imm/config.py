@@ -201,13 +201,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_from_dict(d: dict[str, Any]) -> DictConfig:
-    """A validated config from a plain dict (e.g. the resolved config stored in a checkpoint)."""
+def config_from_dict(d: dict[str, Any], training: bool = True) -> DictConfig:
+    """A validated config from a plain dict (e.g. the resolved config stored in a checkpoint). training=False: to
+    sample or evaluate a trained model, so what only training needs (the method's check_run) is not asked of it: a
+    model trained before a training rule existed (e.g. the bf16 floor on imm.delta) still loads."""
     try:
         cfg = OmegaConf.merge(run_schema(), OmegaConf.create(d))
     except OmegaConfBaseException as e:
         raise ConfigError(_omegaconf_message(e)) from None
-    validate(cfg)
+    validate(cfg, training)
     return cfg
 
 
@@ -258,8 +260,8 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first bad field and the allowed values."""
+def validate(cfg: DictConfig, training: bool = True) -> None:
+    """Raise ConfigError naming the first bad field and the allowed values (training=False: see config_from_dict)."""
     from imm.methods import METHODS
 
     check_choice(cfg, "method", tuple(METHODS))
@@ -319,7 +321,7 @@ def validate(cfg: DictConfig) -> None:
     steps = list(cfg.eval.steps) if isinstance(cfg.eval.steps, ListConfig) else cfg.eval.steps
     if not steps or any((not isinstance(k, int)) or k < 1 for k in steps):
         raise ConfigError(f"eval.steps: a non-empty list of sampling step counts >= 1, got {steps}")
-    if method.check_run:  # what this method cannot run with the rest of the config
+    if training and method.check_run:  # what this method cannot train with the rest of the config
         method.check_run(cfg)
     if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")

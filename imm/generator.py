@@ -27,7 +27,7 @@ class Generator(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], ema: bool = True) -> Generator:
         """From a training checkpoint dict (imm.train): the EMA weights unless ema=False."""
-        cfg = config_from_dict(checkpoint["config"])
+        cfg = config_from_dict(checkpoint["config"], training=False)
         shape = tuple(checkpoint["data_shape"])
         model = build_model(cfg, shape, checkpoint["sigma_d"], checkpoint.get("num_classes", 0))
         model.load_state_dict(checkpoint["ema" if ema else "model"])
@@ -35,7 +35,7 @@ class Generator(nn.Module):
 
     @property
     def cfg(self):
-        return config_from_dict(self.config)
+        return config_from_dict(self.config, training=False)
 
     @property
     def num_classes(self) -> int:

@@ -172,8 +172,11 @@ class LatentWriter:
 
     def add_heldout(self, z: np.ndarray, labels: np.ndarray | None = None) -> None:
         """The held-out latents the metrics compare with (not counted in the training statistics)."""
+        z = np.asarray(z)
+        if tuple(z.shape[1:]) != self.rows:
+            raise ValueError(f"held-out latents of shape {tuple(z.shape[1:])}, expected {self.rows}")
         labels = np.zeros(len(z), np.int64) if labels is None else np.asarray(labels)
-        self.heldout = self._save("heldout", np.asarray(z), labels)
+        self.heldout = self._save("heldout", z, labels)
 
     def close(self, mean: list[float] | None = None, std: list[float] | None = None) -> Manifest:
         """Write the last shard and the manifest; mean and std default to the training latents' own."""
@@ -204,7 +207,7 @@ class ShardReader:
             raise ConfigError(f"data.name=latents:{manifest.root}: {len(manifest.shards)} shard(s) for {world_size} "
                               "workers; every worker needs one (encode with a smaller --shard-size)")
         self.remote = is_remote(manifest.root)
-        row_bytes = np.dtype(manifest.dtype).itemsize * math.prod(manifest.shape)
+        row_bytes = np.dtype(manifest.dtype).itemsize * math.prod(manifest.stored_shape)
         largest = max(s["count"] for s in self.mine) * row_bytes
         self.window = len(self.mine) if not self.remote else max(1, min(len(self.mine), int(cache_bytes // largest)))
         self.cache = cache_dir or DEFAULT_CACHE / "latents" / _slug(manifest.root)

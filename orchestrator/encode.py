@@ -147,6 +147,9 @@ def encode(source: str, vae: str, out: str, *, resolution: int = 256, shard_size
         if writer is None:
             c, *rest = z.shape[1:]
             shape = (c // 2, *rest) if posterior == "sample" else (c, *rest)
+            if normalisation == "official" and shape[0] != len(OFFICIAL_NORMALISATION["mean"]):
+                raise ValueError(f"--normalisation official: the constants are for sd-vae-ft-ema's 4 latent channels, "
+                                 f"this VAE gives {shape[0]}")
             writer = LatentWriter(staging, shape, shard_size=shard_size, dtype=dtype, num_classes=len(classes),
                                   vae=vae, final_std=final_std, posterior=posterior)
         held_z.append(z[is_held])

@@ -29,7 +29,7 @@ def evaluation_config(model_config: dict, steps: list[int], n: int | None, seed:
         cfg.eval.n_samples = n
     if seed is not None:
         cfg.eval.seed = seed
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    return config_from_dict(OmegaConf.to_container(cfg, resolve=True), training=False)
 
 
 def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: int | None = None,

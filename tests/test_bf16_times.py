@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from imm.config import ConfigError, load_config
 from imm.mapping import mapping_fn
@@ -87,3 +88,20 @@ def test_a_run_on_a_gpu_by_hand_resolves_auto_on_its_device():
     cfg = resolve_precision(load_config("toy2d"), torch.device("cuda"))
     assert cfg.train.precision == "bf16" and build_loss(cfg).delta == BF16_DELTA
     assert resolve_precision(load_config("toy2d"), torch.device("cpu")).train.precision == "fp32"
+
+
+def test_a_model_trained_before_the_floor_still_loads_to_sample():
+    """A checkpoint written before this rule holds imm.delta 0.0 with precision auto on GPU workers: training with it
+    is refused, sampling from it is not (what only training needs is not asked of a stored model)."""
+    from imm.config import config_from_dict
+    from imm.generator import Generator
+    from imm.methods import build_model
+
+    cfg = load_config("toy2d", ["model.hidden=16", "model.depth=1"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["imm"]["delta"], old["trainer"]["use_gpu"] = 0.0, True
+    with pytest.raises(ConfigError, match="^imm.delta: 0.0 is below"):
+        config_from_dict(old)
+    model = build_model(cfg, (2,), 1.0)
+    ckpt = {"config": old, "data_shape": [2], "sigma_d": 1.0, "ema": model.state_dict()}
+    assert Generator.from_checkpoint(ckpt).sample(8, steps=2).shape == (8, 2)

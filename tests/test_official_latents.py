@@ -53,6 +53,13 @@ def test_a_posterior_set_stores_mean_and_std_and_each_read_draws_from_it(tmp_pat
     torch.testing.assert_close(m.decode_scale(held), torch.from_numpy(mu[:10]), atol=1e-4, rtol=0)
 
 
+def test_a_posterior_sets_cache_window_counts_its_stored_rows(tmp_path):
+    """A stored row holds mean and std (2C channels): the S3 cache's window is sized on that, not on C."""
+    m, _ = write_posterior_set(tmp_path / "set")  # 4 shards of 50 rows of 8x8x8 float32: 102,400 bytes a shard
+    object.__setattr__(m, "root", "s3://bucket/set")  # only the window's size is under test: nothing is fetched
+    assert ShardReader(m, 0, 1, cache_bytes=2.5 * 102_400).window == 2  # counted on C it would be 4 (all)
+
+
 def test_the_papers_config_normalises_with_the_official_constants_whatever_the_sets(tmp_path):
     m, _ = write_posterior_set(tmp_path / "set")
     assert m.mean != OFFICIAL_NORMALISATION["mean"]  # the set's own statistics

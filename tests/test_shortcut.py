@@ -54,30 +54,38 @@ class Recorder:
     """A model that records the step sizes D = t - r it is asked for (0 for the instantaneous velocity)."""
 
     def __init__(self):
-        self.asked: set[float] = set()
+        self.asked: list[float] = []
 
     def __call__(self, x, r, t, labels=None):
-        self.asked |= {round(float(d), 9) for d in (t - r)}
+        self.asked += [float(d) for d in (t - r)]
         return x * 0.1
 
 
 def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
     """Trained: D = 0 (flow matching) and the big steps T / 2^k, k < levels. The finest big step's target used half
-    steps of T / 2^levels, which no loss trains, and 128-step sampling asked for it too."""
+    steps of T / 2^levels, which no loss trains, and 128-step sampling asked for it too. Sampling in float32 on
+    [T, eps_t] with eps_t > 0 (cifar10's 0.006) keeps steps of about the finest as they are."""
     from imm.methods.shortcut import shortcut_steps
     from imm.sampling import time_grid
 
     loss = ShortcutLoss(levels=7, T=0.994)
-    trained = {0.0} | {round(0.994 / 2**k, 9) for k in range(7)}
+    trained = [0.0] + [0.994 / 2**k for k in range(7)]
+
+    def untrained(asked):  # farther than 1% from every trained step size (eps_t = 0.006 shortens grids by 0.6%)
+        return sorted({d for d in asked if min(abs(d - s) for s in trained) > 0.01 * max(d, 1e-9)})
+
     rec = Recorder()
-    x = torch.randn(7, 2, dtype=torch.float64)
-    big = torch.tensor([0.994 / 2**k for k in range(7)], dtype=torch.float64)
-    t = torch.full((7,), 0.994, dtype=torch.float64)
+    x = torch.randn(7, 2)
+    big = torch.tensor([0.994 / 2**k for k in range(7)])
+    t = torch.full((7,), 0.994)
     loss.target(rec, x, t - big, t)
-    assert rec.asked and rec.asked <= trained, sorted(rec.asked - trained)
-    rec.asked.clear()
+    assert rec.asked and not untrained(rec.asked)
     tr = get_trajectory("ot_fm")
     for steps in (1, 2, 8, 64, 128):
-        shortcut_steps(rec, x, time_grid(steps, tr, 0.0, 0.994), finest=loss.finest)
-    assert rec.asked <= {round(d, 9) for d in trained} | {0.0}, sorted(rec.asked - trained)
-    assert 0.0 in rec.asked and round(0.994 / 64, 9) in rec.asked  # 128 steps: D = 0; 64 steps: the finest
+        rec = Recorder()
+        shortcut_steps(rec, x, time_grid(steps, tr, 0.006, 0.994), finest=loss.finest)
+        assert not untrained(rec.asked), (steps, untrained(rec.asked))
+        if steps == 64:  # every step is about the finest trained one: none may fall back to D = 0
+            assert min(rec.asked) > 0.9 * loss.finest
+        if steps == 128:  # finer than any trained big step: the flow-matching velocity
+            assert max(rec.asked) == 0.0

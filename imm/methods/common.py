@@ -48,8 +48,8 @@ def ot_fm_point(x: Tensor, t: Tensor, sigma_d: Tensor) -> tuple[Tensor, Tensor]:
 
 def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x_T from the prior's marginal at T and the time grid T = t_0 > ... > t_N = eps_t: sample.times, else the
-    sample.grids entry for this step count, else the config's schedule."""
+    """x_T = sigma_d eps (the prior, as the official sampler draws it) and the time grid T = t_0 > ... > t_N = eps_t:
+    sample.times, else the sample.grids entry for this step count, else the config's schedule."""
     T = resolved_T(cfg)
     tuned = next((list(g) for g in cfg.sample.grids if len(g) == steps + 1), None)
     grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times or tuned)

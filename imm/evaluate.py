@@ -143,8 +143,9 @@ class Evaluator:
             if self.rank != 0:
                 continue
             out.metrics[f"energy/steps_{k}"] = energy_distance(x_all, self.heldout)
-            if f_all is not None:
-                out.metrics[f"{self.extractor.metric_prefix}/steps_{k}"] = frechet_to_reference(f_all, self.reference)
+            if f_all is not None:  # samples gone non-finite (a diverging run) have no Frechet distance, not an error
+                out.metrics[f"{self.extractor.metric_prefix}/steps_{k}"] = (
+                    frechet_to_reference(f_all, self.reference) if bool(torch.isfinite(f_all).all()) else float("nan"))
             # latents: the first 64 decoded, what a sample grid shows
             out.samples[k] = (self.decoder(x_all[:64]) if self.decoder else x_all).cpu()
         return out

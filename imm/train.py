@@ -199,9 +199,11 @@ def train_loop(
         else:
             skipped, in_a_row = skipped + 1, in_a_row + 1
             if in_a_row >= tc.max_skipped_steps:
+                first, value = step - in_a_row + 1, float(loss)
+                diverged = f"train/loss became {value} by step {first}: " if not math.isfinite(value) else ""
                 raise FloatingPointError(
-                    f"train.max_skipped_steps: the gradient was not finite {in_a_row} steps in a row (steps "
-                    f"{step - in_a_row + 1}-{step}, loss {float(loss):.4g}); lower train.lr or check the data")
+                    f"{diverged}the gradient was not finite {in_a_row} steps in a row (steps {first}-{step}, "
+                    f"train.max_skipped_steps={tc.max_skipped_steps}); lower train.lr or check the data")
 
         is_last = step == tc.steps
         do_log, do_eval = step % tc.log_every == 0 or is_last, step % cfg.eval.every == 0 or is_last

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from imm.networks.registry import ARCHITECTURES
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -53,8 +55,8 @@ def configure_backends(cfg: DictConfig, device: torch.device) -> None:
 
 
 def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
-    """channels_last for the U-Net on CUDA with train.channels_last, else the default layout."""
-    fast = device.type == "cuda" and cfg.train.channels_last and cfg.model.arch != "mlp"
+    """channels_last for the convolutional networks on CUDA with train.channels_last, else the default layout."""
+    fast = device.type == "cuda" and cfg.train.channels_last and ARCHITECTURES[cfg.model.arch].channels_last
     return torch.channels_last if fast else torch.contiguous_format
 
 

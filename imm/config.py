@@ -3,7 +3,7 @@ names the field and its allowed values before anything expensive starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from imm.accelerate import OPTIMIZERS, PRECISIONS
 from imm.metrics.features import FEATURES
+from imm.networks import ARCHITECTURES, PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.networks.dit import NAMES as DIT_NAMES
-from imm.networks.precond import PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.sampling import SCHEDULES
 from imm.trajectories import TRAJECTORIES
-
-ARCHS = ("mlp", "unet", "ddpmpp", "dit")
 
 
 class ConfigError(ValueError):
@@ -43,7 +41,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # mlp (any data, flattened); for images (or latents): unet, ddpmpp (the official IMM CIFAR-10 layout) or dit
+    # a registered network (imm/networks/): mlp (any data, flattened); for images (or latents): unet, ddpmpp (the
+    # official IMM CIFAR-10 layout) or dit. A network added later reads its own section model.<arch> if it has one.
     arch: str = "mlp"
     dit: str = "S/2"  # dit: size/patch, S|B|L|XL / 2|4|8 (the paper's ImageNet network: XL/2)
     hidden: int = 256  # mlp
@@ -162,7 +161,6 @@ class RunConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "trajectory": tuple(TRAJECTORIES),
-    "model.arch": ARCHS,
     "model.dit": DIT_NAMES,
     "model.parameterization": PARAMETERIZATIONS,
     "model.s_embedding": S_EMBEDDINGS,
@@ -176,7 +174,8 @@ BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
 
 def run_schema() -> DictConfig:
-    """RunConfig plus the config section of every registered method (imm, ddpm, vae, ...)."""
+    """RunConfig plus the config section of every registered method (imm, ddpm, vae, ...) and of every registered
+    network that has its own (model.<arch>)."""
     from imm.methods import METHODS
 
     schema = OmegaConf.structured(RunConfig)
@@ -184,6 +183,9 @@ def run_schema() -> DictConfig:
         for m in METHODS.values():
             if m.section and m.section not in schema:
                 schema[m.section] = OmegaConf.structured(m.config)
+        own = [(a.name, a.config, field(default_factory=a.config)) for a in ARCHITECTURES.values() if a.config]
+        if own:  # a typed section cannot gain keys: the model section becomes ModelConfig plus model.<arch> fields
+            schema.model = OmegaConf.structured(make_dataclass("ModelConfig", own, bases=(ModelConfig,)))
     return schema
 
 
@@ -265,6 +267,7 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
     from imm.methods import METHODS
 
     check_choice(cfg, "method", tuple(METHODS))
+    check_choice(cfg, "model.arch", tuple(ARCHITECTURES))
     for key, allowed in CHOICES.items():
         check_choice(cfg, key, allowed)
     method = METHODS[cfg.method]

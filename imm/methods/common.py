@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imm.config import ConfigError, resolved_T
 from imm.methods.registry import schedule_of
-from imm.networks import MLP, DDPMpp, DiT, UNet
+from imm.networks import ARCHITECTURES
 from imm.sampling import initial_noise, time_grid
 
 
 def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
-    """G_theta: the MLP (any data, flattened), or for images and latents the U-Net, the official DDPM++ or DiT."""
-    m = cfg.model
-    if m.arch != "mlp" and (len(data_shape) != 3 or data_shape[1] != data_shape[2]):
-        raise ConfigError(f"model.arch: {m.arch} needs square images (C, H, H), this data has shape {data_shape}")
-    if m.arch == "dit":
-        return DiT.named(m.dit, data_shape[0], data_shape[1], num_classes=num_classes, dropout=m.dropout)
-    if m.arch == "ddpmpp":  # emb_dim is 4 x channels there, as in the official network
-        return DDPMpp(data_shape[0], data_shape[1], model_channels=m.channels, channel_mult=tuple(m.channel_mult),
-                      num_blocks=m.num_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-                      num_classes=num_classes)
-    if m.arch == "unet":
-        return UNet(data_shape[0], data_shape[1], model_channels=m.channels, channel_mult=tuple(m.channel_mult),
-                    num_blocks=m.num_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-                    emb_dim=m.emb_dim, num_classes=num_classes)
-    return MLP(math.prod(data_shape), hidden=m.hidden, depth=m.depth, emb_dim=m.emb_dim, dropout=m.dropout,
-               num_classes=num_classes)
+    """G_theta: the registered architecture model.arch names (imm/networks/), built from the model section."""
+    arch = ARCHITECTURES[cfg.model.arch]
+    if arch.images and (len(data_shape) != 3 or data_shape[1] != data_shape[2]):
+        raise ConfigError(f"model.arch: {arch.name} needs square images (C, H, H), this data has shape {data_shape}")
+    return arch.build(cfg.model, tuple(data_shape), num_classes)
 
 
 def check_ot_fm(cfg: DictConfig) -> None:

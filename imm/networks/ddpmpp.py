@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.registry import Architecture, register
 from imm.networks.unet import zero_init
 
 SKIP_SCALE = math.sqrt(0.5)
@@ -141,3 +142,12 @@ class DDPMpp(nn.Module):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
         return conv(F.silu(norm(x)))
+
+
+ARCH = register(Architecture(
+    "ddpmpp", "the official IMM CIFAR-10 network (EDM's SongUNet, DDPM++ setting); its weights load key for key",
+    build=lambda m, shape, classes: DDPMpp(shape[0], shape[1], model_channels=m.channels,  # emb: 4 x channels
+                                           channel_mult=tuple(m.channel_mult), num_blocks=m.num_blocks,
+                                           attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                                           num_classes=classes),
+))

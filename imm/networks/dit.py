@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.registry import Architecture, register
+
 SIZES = {  # name: (hidden size, depth, heads), DiT's table 1
     "S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16),
 }
@@ -189,3 +191,9 @@ class DiT(nn.Module):
         n, g, p = x.shape[0], x.shape[-1] // self.patch, self.patch
         h = h.reshape(n, g, g, p, p, self.channels)
         return torch.einsum("nhwpqc->nchpwq", h).reshape(n, self.channels, g * p, g * p)
+
+
+ARCH = register(Architecture(
+    "dit", "DiT in the official IMM ImageNet layout, sized by model.dit (S|B|L|XL / 2|4|8)",
+    build=lambda m, shape, classes: DiT.named(m.dit, shape[0], shape[1], num_classes=classes, dropout=m.dropout),
+))

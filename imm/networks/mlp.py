@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from imm.networks.registry import Architecture, register
+
 
 def sinusoidal_embedding(c_noise: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer-style features of the (already scaled, e.g. 1000 t) noise level: (B,) -> (B, dim)."""
@@ -65,3 +67,11 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.out(nn.functional.silu(self.out_norm(h))).view_as(x)
+
+
+ARCH = register(Architecture(
+    "mlp", "a residual MLP on flattened data (any shape)",
+    build=lambda m, shape, classes: MLP(math.prod(shape), hidden=m.hidden, depth=m.depth, emb_dim=m.emb_dim,
+                                        dropout=m.dropout, num_classes=classes),
+    images=False, channels_last=False,
+))

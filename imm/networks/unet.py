@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from imm.networks.mlp import sinusoidal_embedding, time_embedder
+from imm.networks.registry import Architecture, register
 
 SKIP_SCALE = 1 / math.sqrt(2)  # DDPM++ rescales every residual sum so activations keep unit variance
 
@@ -160,3 +161,12 @@ class UNet(nn.Module):
         for layer in self.up:
             h = layer(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(layer, Level) else layer(h)
         return self.out(F.silu(self.out_norm(h)))
+
+
+ARCH = register(Architecture(
+    "unet", "a DDPM++-style U-Net of this project (lighter than the official one)",
+    build=lambda m, shape, classes: UNet(shape[0], shape[1], model_channels=m.channels,
+                                         channel_mult=tuple(m.channel_mult), num_blocks=m.num_blocks,
+                                         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                                         emb_dim=m.emb_dim, num_classes=classes),
+))

@@ -171,10 +171,8 @@ def quality(model, cfg, sampler: str, k: int, n: int, shape, heldout, seeds=(0, 
 # ---- instruments ---------------------------------------------------------------------------------------------------
 
 def instrument(model, loss, data, sigma_d: float, name: str, n: int = 2000) -> dict:
-    from imm.mapping import mapping_fn
     from imm.metrics import energy_distance
     from imm.sampling import time_grid
-    from imm.weighting import sample_times
 
     g = torch.Generator().manual_seed(3)
     traj, T = model.traj, loss.T
@@ -206,10 +204,8 @@ def instrument(model, loss, data, sigma_d: float, name: str, n: int = 2000) -> d
             x = ref[torch.randint(len(ref), (groups * m,), generator=g)]
             with torch.no_grad():
                 bins[i][j] = float(loss.per_group(model, loss.draw(x, model.sigma_d, times=(s, t))).mean())
-    s, t = sample_times(100000, traj, loss.eps_t, T, loss.time_sampler, p_mean=loss.p_mean, p_std=loss.p_std,
-                        generator=g)
-    r = mapping_fn(s, t, traj, loss.mapping, loss.k, eta_max=loss.eta_max, eta_min=loss.eta_min, eps_t=loss.eps_t,
-                   T=T, delta=loss.delta)
+    s, t = loss.times(100000, generator=g)
+    r = loss.mapping(s, t)
     return {"grid8": grid, "step_error": step_err, "ode_error": ode_err, "loss_bins": bins, "bin_edges": edges,
             "r_is_s": float((r == s).double().mean()), "r_is_s_small_t": float((r == s)[t < 0.25].double().mean())}
 

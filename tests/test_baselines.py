@@ -102,7 +102,7 @@ def test_l_simple_at_the_gaussian_optimum_is_the_mean_alpha_bar():
 def test_the_consistency_model_case_is_imm_with_one_particle_the_energy_kernel_and_s_at_eps():
     cfg = load_config("toy2d", ["method=cm", "eps_t=0.002", "imm.group_size=8", "imm.kernel=rbf"])
     loss = build_loss(cfg)
-    assert (loss.group_size, loss.kernel, loss.s_at_eps) == (1, "energy", True)
+    assert (loss.group_size, loss.c.kernel, loss.s_at_eps) == (1, "energy", True)
     batch = loss.draw(torch.randn(64, 2), torch.tensor(1.0))
     assert batch.s.shape == (64,) and bool((batch.s == 0.002).all()) and bool((batch.t >= batch.r).all())
     model = build_model(cfg, (2,), 1.0)

@@ -11,7 +11,7 @@ import torch
 
 from imm.config import load_config
 from imm.kernels import KERNELS
-from imm.methods.imm import IMMLoss
+from imm.methods.imm import IMMConfig, IMMLoss
 from imm.networks import MLP, OneStepModel
 from imm.networks.precond import PARAMETERIZATIONS
 from imm.trajectories import get_trajectory
@@ -33,7 +33,7 @@ def test_a_group_forced_to_s_equal_t_gives_finite_gradients(kernel, param, traj)
     """s = r = t for one group of two: c_out = 0 there, the kernel scale stays finite, G gets a zero gradient from that
     group and the other group's gradient is untouched."""
     model = _model(param, traj)
-    loss = IMMLoss(get_trajectory(traj), group_size=4, kernel=kernel, eps_t=0.006, T=0.994)
+    loss = IMMLoss(get_trajectory(traj), IMMConfig(group_size=4, kernel=kernel), eps_t=0.006, T=0.994)
     x = torch.randn(8, 3)
     s, t = torch.tensor([0.3, 0.2]), torch.tensor([0.3, 0.7])  # group 0: s = t
     batch = loss.draw(x, model.sigma_d, times=(s, t))

@@ -8,7 +8,7 @@ import torch
 
 from imm.config import load_config
 from imm.methods import build_loss, build_model, generate
-from imm.methods.meanflow import AverageVelocityModel, MeanFlowLoss
+from imm.methods.meanflow import AverageVelocityModel, MeanFlowConfig, MeanFlowLoss
 from imm.networks import MLP
 from imm.trajectories import get_trajectory
 
@@ -28,7 +28,7 @@ def test_the_jvp_target_is_the_total_time_derivative_along_the_flow(monkeypatch)
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     monkeypatch.setattr(mlp, "sinusoidal_embedding", embedding64)
-    model, loss = _model(), MeanFlowLoss()
+    model, loss = _model(), MeanFlowLoss(MeanFlowConfig(), T=0.994)
     g = torch.Generator().manual_seed(1)
     z, v = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
     t = torch.rand(16, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -137,7 +137,7 @@ def test_guidance_in_the_target_mixes_the_velocities_as_the_paper_writes_it():
     torch.manual_seed(0)
     model = AverageVelocityModel(MLP(3, hidden=16, depth=1, emb_dim=8, num_classes=4), get_trajectory("ot_fm"),
                                  sigma_d=0.7).double()
-    loss = MeanFlowLoss(guidance=2.0, guidance_mix=0.25)
+    loss = MeanFlowLoss(MeanFlowConfig(guidance=2.0, guidance_mix=0.25), T=0.994)
     z, v = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
     t = torch.rand(6, dtype=torch.float64)
     labels = torch.tensor([0, 1, 4, 2, 4, 3])  # 4 = the null label
@@ -152,7 +152,7 @@ def test_guidance_in_the_target_mixes_the_velocities_as_the_paper_writes_it():
     torch.manual_seed(0)
     m = build_model(cfg, (1, 8, 8), 0.5, num_classes=10)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 11, (16,))
-    guided, plain = build_loss(cfg), MeanFlowLoss(T=build_loss(cfg).T)
+    guided, plain = build_loss(cfg), MeanFlowLoss(MeanFlowConfig(), T=build_loss(cfg).T)
     torch.manual_seed(1)
     lg = guided(m, x, y)
     torch.manual_seed(1)

@@ -36,7 +36,8 @@ SHRUNK = Method(
     samplers={"half_euler": half_euler, "euler": euler},
     build_model=lambda cfg, shape, sigma_d, classes=0: VelocityModel(build_network(cfg, shape, classes),
                                                                      get_trajectory("ot_fm"), sigma_d=sigma_d),
-    build_loss=lambda cfg: (lambda model, x, labels=None: cfg.shrunk.weight * FlowMatchingLoss()(model, x, labels)),
+    build_loss=lambda cfg: (lambda model, x, labels=None:
+                            cfg.shrunk.weight * FlowMatchingLoss(eps_t=0.0, T=0.994)(model, x, labels)),
     start=start_from_noise, section="shrunk", config=ShrunkConfig, check_section=_check,
     sampler_options=lambda cfg, sampler: {"shrink": 0.5} if sampler == "half_euler" else {},
 )

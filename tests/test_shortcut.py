@@ -5,7 +5,7 @@ import torch
 
 from imm.config import load_config
 from imm.methods.meanflow import AverageVelocityModel
-from imm.methods.shortcut import ShortcutLoss
+from imm.methods.shortcut import ShortcutConfig, ShortcutLoss
 from imm.networks import MLP
 from imm.trajectories import get_trajectory
 
@@ -25,7 +25,7 @@ def test_two_half_steps_of_an_exact_flow_are_its_full_step():
     x = torch.randn(64, 2, generator=g, dtype=torch.float64)
     t = 0.3 + 0.69 * torch.rand(64, generator=g, dtype=torch.float64)
     s = t * torch.rand(64, generator=g, dtype=torch.float64)
-    loss = ShortcutLoss(levels=20)  # every half step here is a trained one
+    loss = ShortcutLoss(ShortcutConfig(levels=20), T=0.994)  # every half step here is a trained one
     assert torch.allclose(loss.target(u, x, s, t), u(x, s, t), atol=1e-12)
     wrong = lambda x_, r, t_, labels=None: u(x_, r, t_) + 0.1 * x_  # noqa: E731  (not a flow: a big step differs)
     assert not torch.allclose(loss.target(wrong, x, s, t), wrong(x, s, t), atol=1e-3)
@@ -42,7 +42,7 @@ def test_the_target_is_two_half_steps_of_the_model_and_training_runs():
         mid = torch.full((8,), 0.5, dtype=torch.float64)
         v1 = model(x, mid, t)
         v2 = model(x - 0.4 * v1, s, mid)
-        assert torch.allclose(ShortcutLoss().target(model, x, s, t), (v1 + v2) / 2)
+        assert torch.allclose(ShortcutLoss(ShortcutConfig(), T=0.994).target(model, x, s, t), (v1 + v2) / 2)
     cfg = load_config("toy2d", ["method=shortcut", "model.hidden=32", "model.depth=2", "train.steps=30",
                                 "train.batch_size=64", "eval.every=30", "eval.n_samples=64", "eval.steps=[1,4]",
                                 "train.log_every=10", "eval.features=none", "shortcut.self_consistency=0.5"])
@@ -68,7 +68,7 @@ def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
     from imm.methods.shortcut import shortcut_steps
     from imm.sampling import time_grid
 
-    loss = ShortcutLoss(levels=7, T=0.994)
+    loss = ShortcutLoss(ShortcutConfig(levels=7), T=0.994)
     trained = [0.0] + [0.994 / 2**k for k in range(7)]
 
     def untrained(asked):  # farther than 1% from every trained step size (eps_t = 0.006 shortens grids by 0.6%)

@@ -20,8 +20,8 @@ from imm.trajectories import get_trajectory
 
 @dataclass
 class FlowMatchingLoss:
-    eps_t: float = 0.0
-    T: float = 0.994
+    eps_t: float
+    T: float
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         t = self.eps_t + (self.T - self.eps_t) * torch.rand(x.shape[0], device=x.device)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from imm.accelerate import planned_precision
@@ -98,42 +98,35 @@ class IMMBatch:
     labels: Tensor | None = None  # (B,) class labels, the same for both inputs
 
 
-@dataclass
 class IMMLoss:
-    traj: Trajectory
-    group_size: int = 4
-    kernel: str = "laplace"
-    mapping: str = "constant_eta"
-    k: int = 15
-    weighting: Weighting = Weighting()
-    unbiased: bool = False
-    eps_t: float = 0.0
-    T: float = 0.994
-    time_sampler: str = "uniform"
-    p_mean: float = -0.4
-    p_std: float = 2.0
-    eta_max: float = 160.0
-    eta_min: float = 0.0
-    delta: float = 0.0
-    s_at_eps: bool = False  # the consistency-model case: every group maps to s = eps_t
+    """IMM's objective, built from the `imm` section (an IMMConfig, or a run config's cfg.imm) and the run's times:
+    eps_t, T and the low-precision floor delta as resolved for the run (resolved_delta). s_at_eps: the
+    consistency-model case, every group mapped to s = eps_t."""
 
-    def __post_init__(self):
-        self.kernel_fn = get_kernel(self.kernel)
+    def __init__(self, traj: Trajectory, c: IMMConfig, *, eps_t: float, T: float, delta: float = 0.0,
+                 s_at_eps: bool = False):
+        self.traj, self.c, self.eps_t, self.T, self.delta, self.s_at_eps = traj, c, eps_t, T, delta, s_at_eps
+        self.group_size = c.group_size
+        self.kernel_fn = get_kernel(c.kernel)
+        self.weighting = Weighting(c.weighting, c.a, c.b, c.weight_elbo, c.weight_alpha, c.weight_norm)
+        self.unbiased = c.estimator == "u"
+
+    def times(self, groups: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(s, t) for each group from imm.time_sampler (s = eps_t throughout in the consistency-model case)."""
+        s, t = sample_times(groups, self.traj, self.eps_t, self.T, self.c.time_sampler, p_mean=self.c.p_mean,
+                            p_std=self.c.p_std, generator=generator, device=device)
+        return (torch.full_like(s, self.eps_t), t) if self.s_at_eps else (s, t)
+
+    def mapping(self, s: Tensor, t: Tensor) -> Tensor:
+        """r(s, t) from imm.mapping, imm.k and the run's floor delta."""
+        return mapping_fn(s, t, self.traj, self.c.mapping, self.c.k, eta_max=self.c.eta_max, eta_min=self.c.eta_min,
+                          eps_t=self.eps_t, T=self.T, delta=self.delta)
 
     def draw(self, x: Tensor, sigma_d: Tensor, labels: Tensor | None = None,
              times: tuple[Tensor, Tensor] | None = None) -> IMMBatch:
         """Times (one (s, r, t) per group, or the given (s, t)), noise and the two noisy inputs for a batch of data x."""
-        groups = x.shape[0] // self.group_size
-        s, t = times if times is not None else sample_times(
-            groups, self.traj, self.eps_t, self.T, self.time_sampler,
-            p_mean=self.p_mean, p_std=self.p_std, device=x.device,
-        )
-        if self.s_at_eps:
-            s = torch.full_like(s, self.eps_t)
-        r = mapping_fn(
-            s, t, self.traj, self.mapping, self.k,
-            eta_max=self.eta_max, eta_min=self.eta_min, eps_t=self.eps_t, T=self.T, delta=self.delta,
-        )
+        s, t = times if times is not None else self.times(x.shape[0] // self.group_size, x.device)
+        r = self.mapping(s, t)
         s_, r_, t_ = (v.repeat_interleave(self.group_size) for v in (s, r, t))
         shape = (-1,) + (1,) * (x.ndim - 1)
         eps = torch.randn_like(x) * sigma_d
@@ -169,16 +162,9 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
 
 def build_loss(cfg: DictConfig, consistency: bool = False) -> IMMLoss:
     """IMM's loss from the `imm` section; `consistency`: the CM case (M = 1, energy kernel, s = eps_t)."""
-    c = cfg.imm
-    return IMMLoss(
-        get_trajectory(cfg.trajectory),
-        group_size=1 if consistency else c.group_size, kernel="energy" if consistency else c.kernel,
-        mapping=c.mapping, k=c.k, weighting=Weighting(c.weighting, c.a, c.b, c.weight_elbo, c.weight_alpha,
-                                                      c.weight_norm),
-        unbiased=c.estimator == "u", eps_t=cfg.eps_t, T=resolved_T(cfg), time_sampler=c.time_sampler,
-        p_mean=c.p_mean, p_std=c.p_std, eta_max=c.eta_max, eta_min=c.eta_min, delta=resolved_delta(cfg),
-        s_at_eps=consistency,
-    )
+    c = OmegaConf.merge(cfg.imm, {"group_size": 1, "kernel": "energy"}) if consistency else cfg.imm
+    return IMMLoss(get_trajectory(cfg.trajectory), c, eps_t=cfg.eps_t, T=resolved_T(cfg), delta=resolved_delta(cfg),
+                   s_at_eps=consistency)
 
 
 def check_section(cfg: DictConfig) -> None:

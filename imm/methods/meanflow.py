@@ -57,22 +57,17 @@ class AverageVelocityModel(OneStepModel):
         return self.sigma_d * self.network_output(z, r, t, labels, cfg_scale)
 
 
-@dataclass
 class MeanFlowLoss:
-    r_equals_t: float = 0.75
-    time_mean: float = -0.4
-    time_std: float = 1.0
-    adaptive_p: float = 1.0
-    adaptive_c: float = 1e-3
-    T: float = 0.994
-    guidance: float = 1.0
-    guidance_mix: float = 0.0
+    """MeanFlow's objective, built from the `meanflow` section (a MeanFlowConfig, or a run config's cfg.meanflow)."""
+
+    def __init__(self, c: MeanFlowConfig, *, T: float):
+        self.c, self.T = c, T
 
     def times(self, n: int, device) -> tuple[Tensor, Tensor]:
         """(t, r) with r <= t from a logit-normal, r = t for a share r_equals_t of them."""
-        a, b = torch.sigmoid(self.time_mean + self.time_std * torch.randn(2, n, device=device)) * self.T
+        a, b = torch.sigmoid(self.c.time_mean + self.c.time_std * torch.randn(2, n, device=device)) * self.T
         t, r = torch.maximum(a, b), torch.minimum(a, b)
-        return t, torch.where(torch.rand(n, device=device) < self.r_equals_t, t, r)
+        return t, torch.where(torch.rand(n, device=device) < self.c.r_equals_t, t, r)
 
     def target(self, model: AverageVelocityModel, z: Tensor, v: Tensor, r: Tensor, t: Tensor,
                labels: Tensor | None = None) -> Tensor:
@@ -87,20 +82,21 @@ class MeanFlowLoss:
         null = torch.full_like(labels, model.net.num_classes)
         with torch.no_grad():
             u_null = model(z, t, t, null)
-            u_c = model(z, t, t, labels) if self.guidance_mix else torch.zeros_like(v)
-        mixed = self.guidance * v + self.guidance_mix * u_c + (1 - self.guidance - self.guidance_mix) * u_null
+            u_c = model(z, t, t, labels) if self.c.guidance_mix else torch.zeros_like(v)
+        omega, kappa = self.c.guidance, self.c.guidance_mix
+        mixed = omega * v + kappa * u_c + (1 - omega - kappa) * u_null
         return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         m = unwrap(model)
         t, r = self.times(x.shape[0], x.device)
         z, v = ot_fm_point(x, t, m.sigma_d)
-        if labels is not None and (self.guidance != 1 or self.guidance_mix != 0):
+        if labels is not None and (self.c.guidance != 1 or self.c.guidance_mix != 0):
             v = self.guided_velocity(m, z, v, t, labels)
         with replay_rng(x.device):  # the online pass below sees the same dropout masks as the target's
             u_tgt = at_least_fp32(self.target(m, z, v, r, t, labels))
         err = (at_least_fp32(model(z, r, t, labels)) - u_tgt).flatten(1).square().sum(1)
-        w = 1 / (err.detach() + self.adaptive_c) ** self.adaptive_p
+        w = 1 / (err.detach() + self.c.adaptive_c) ** self.c.adaptive_p
         return (w * err).mean()
 
 
@@ -120,9 +116,7 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
 
 
 def build_loss(cfg: DictConfig) -> MeanFlowLoss:
-    c = cfg.meanflow
-    return MeanFlowLoss(c.r_equals_t, c.time_mean, c.time_std, c.adaptive_p, c.adaptive_c, T=resolved_T(cfg),
-                        guidance=c.guidance, guidance_mix=c.guidance_mix)
+    return MeanFlowLoss(cfg.meanflow, T=resolved_T(cfg))
 
 
 def check_section(cfg: DictConfig) -> None:

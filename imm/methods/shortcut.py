@@ -36,16 +36,16 @@ class ShortcutConfig:
     levels: int = 7  # big steps D = T / 2^k for k = 0 .. levels - 1 (the paper: 1 down to 1/128)
 
 
-@dataclass
 class ShortcutLoss:
-    self_consistency: float = 0.25
-    levels: int = 7
-    T: float = 0.994
+    """The shortcut objective, built from the `shortcut` section (a ShortcutConfig, or a run config's cfg.shortcut)."""
+
+    def __init__(self, c: ShortcutConfig, *, T: float):
+        self.c, self.T = c, T
 
     @property
     def finest(self) -> float:
         """The smallest big step trained, T / 2^(levels - 1); below it only D = 0 is."""
-        return self.T / 2.0 ** (self.levels - 1)
+        return self.T / 2.0 ** (self.c.levels - 1)
 
     def target(self, model, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """(v1 + v2) / 2: the velocity of the step t -> s made of two half steps of the model, each conditioned on
@@ -58,8 +58,8 @@ class ShortcutLoss:
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         m, n, device = unwrap(model), x.shape[0], x.device
-        sc = torch.rand(n, device=device) < self.self_consistency
-        big = self.T / 2.0 ** torch.randint(self.levels, (n,), device=device)
+        sc = torch.rand(n, device=device) < self.c.self_consistency
+        big = self.T / 2.0 ** torch.randint(self.c.levels, (n,), device=device)
         step = torch.where(sc, big, torch.zeros_like(big))
         t = step + (self.T - step) * torch.rand(n, device=device)
         s = t - step
@@ -97,7 +97,7 @@ METHOD = register(Method(
     "shortcut", "shortcut model: a step-conditioned velocity, big steps trained on two half steps of its own",
     samplers={"mean_steps": shortcut_steps}, build_model=build_model,
     sampler_options=lambda cfg, sampler: {"finest": resolved_T(cfg) / 2.0 ** (cfg.shortcut.levels - 1)},
-    build_loss=lambda cfg: ShortcutLoss(cfg.shortcut.self_consistency, cfg.shortcut.levels, T=resolved_T(cfg)),
+    build_loss=lambda cfg: ShortcutLoss(cfg.shortcut, T=resolved_T(cfg)),
     start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
     check_run=check_ot_fm,
 ))

@@ -162,7 +162,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "trajectory": tuple(TRAJECTORIES),
     "model.dit": DIT_NAMES,
-    "model.parameterization": PARAMETERIZATIONS,
+    "model.parameterization": tuple(PARAMETERIZATIONS),
     "model.s_embedding": S_EMBEDDINGS,
     "train.optimizer": tuple(OPTIMIZERS),
     "train.precision": PRECISIONS,

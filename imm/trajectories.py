@@ -11,42 +11,92 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Trajectory:
-    """alpha_t, sigma_t on t in [0, 1]; eta_t = sigma_t / alpha_t; log-SNR lambda_t = -2 log eta_t."""
+    """alpha_t, sigma_t on t in [0, 1]; eta_t = sigma_t / alpha_t; log-SNR lambda_t = -2 log eta_t. One subclass per
+    interpolant owns its coefficients (as EDM's preconditioners do); what follows from them is written once here."""
 
     name: str
     default_T: float  # largest time used in training and sampling (eta_T is finite)
 
     def alpha(self, t: Tensor) -> Tensor:
-        return 1 - t if self.name == "ot_fm" else torch.cos(0.5 * math.pi * t)
+        raise NotImplementedError
 
     def sigma(self, t: Tensor) -> Tensor:
-        return t if self.name == "ot_fm" else torch.sin(0.5 * math.pi * t)
+        raise NotImplementedError
 
     def eta(self, t: Tensor) -> Tensor:
-        return t / (1 - t) if self.name == "ot_fm" else torch.tan(0.5 * math.pi * t)
+        return self.sigma(t) / self.alpha(t)
 
     def eta_inv(self, eta: Tensor) -> Tensor:
-        return eta / (1 + eta) if self.name == "ot_fm" else torch.atan(eta) * (2 / math.pi)
+        raise NotImplementedError
 
     def cross(self, s: Tensor, t: Tensor) -> Tensor:
-        """alpha_s sigma_t - sigma_s alpha_t, computed without cancellation: t - s for ot_fm, sin(pi (t - s) / 2) for
-        cosine. It is > 0 whenever s < t, however close (the products' difference rounds to 0 near s = t)."""
-        return t - s if self.name == "ot_fm" else torch.sin(0.5 * math.pi * (t - s))
+        """alpha_s sigma_t - sigma_s alpha_t, computed without cancellation (subclasses): > 0 whenever s < t, however
+        close (the products' difference rounds to 0 near s = t)."""
+        return self.alpha(s) * self.sigma(t) - self.sigma(s) * self.alpha(t)
 
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda_t = log(alpha_t^2 / sigma_t^2)."""
         return -2 * torch.log(self.eta(t))
 
     def neg_dlog_snr_dt(self, t: Tensor) -> Tensor:
-        """-d lambda_t / dt = 2 eta'_t / eta_t: 2 / (t (1 - t)) for ot_fm, 2 pi / sin(pi t) for cosine."""
-        if self.name == "ot_fm":
-            return 2 / (t * (1 - t))
+        """-d lambda_t / dt = 2 eta'_t / eta_t."""
+        raise NotImplementedError
+
+    def __setstate__(self, state: dict) -> None:
+        """Models pickled before the subclasses (promoted mlflow.pytorch models) hold a plain Trajectory: it becomes
+        the subclass its name says (until models are stored without pickle)."""
+        object.__setattr__(self, "__dict__", dict(state))
+        if type(self) is Trajectory:
+            object.__setattr__(self, "__class__", type(TRAJECTORIES[state["name"]]))
+
+
+class OTFM(Trajectory):
+    """Flow matching's straight path: alpha_t = 1 - t, sigma_t = t."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def eta(self, t: Tensor) -> Tensor:
+        return t / (1 - t)
+
+    def eta_inv(self, eta: Tensor) -> Tensor:
+        return eta / (1 + eta)
+
+    def cross(self, s: Tensor, t: Tensor) -> Tensor:
+        return t - s
+
+    def neg_dlog_snr_dt(self, t: Tensor) -> Tensor:
+        return 2 / (t * (1 - t))
+
+
+class Cosine(Trajectory):
+    """The variance-preserving cosine path: alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2)."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.cos(0.5 * math.pi * t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sin(0.5 * math.pi * t)
+
+    def eta(self, t: Tensor) -> Tensor:
+        return torch.tan(0.5 * math.pi * t)
+
+    def eta_inv(self, eta: Tensor) -> Tensor:
+        return torch.atan(eta) * (2 / math.pi)
+
+    def cross(self, s: Tensor, t: Tensor) -> Tensor:
+        return torch.sin(0.5 * math.pi * (t - s))
+
+    def neg_dlog_snr_dt(self, t: Tensor) -> Tensor:
         return 2 * math.pi / torch.sin(math.pi * t)
 
 
-TRAJECTORIES = {
-    "ot_fm": Trajectory("ot_fm", default_T=0.994),
-    "cosine": Trajectory("cosine", default_T=0.996),
+TRAJECTORIES: dict[str, Trajectory] = {
+    "ot_fm": OTFM("ot_fm", default_T=0.994),
+    "cosine": Cosine("cosine", default_T=0.996),
 }
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from imm.methods.imm import IMMBatch, IMMLoss
-from imm.networks import MLP, OneStepModel, VelocityModel
+from imm.methods.imm import IMMBatch, IMMConfig, IMMLoss
+from imm.networks import MLP, PARAMETERIZATIONS, OneStepModel, VelocityModel
 from imm.trajectories import ddim, get_trajectory
 from imm.weighting import Weighting
 
@@ -64,7 +64,7 @@ def test_simple_edm_is_exact_for_a_perfect_network():
     s, t = _times()
     c = lambda v: v[:, None]  # noqa: E731
     x_t, x_s = c(1 - t) * x0 + c(t) * eps, c(1 - s) * x0 + c(s) * eps
-    c_skip, c_out = model.simple_edm_coefficients(s, t)
+    c_skip, c_out = PARAMETERIZATIONS["simple_edm"].coefficients(model.traj, s, t, model.sigma_d)
     g = (x_s - c(c_skip) * x_t) / c(c_out)
     torch.testing.assert_close(model.combine(x_t, g, s, t), x_s)
 
@@ -116,7 +116,8 @@ def test_velocity_model_is_euler_fm_at_s_equal_t():
 
 
 def _loss(group_size=4, **kw):
-    return IMMLoss(get_trajectory("ot_fm"), group_size=group_size, weighting=Weighting("sigmoid"), k=8, **kw)
+    return IMMLoss(get_trajectory("ot_fm"), IMMConfig(group_size=group_size, weighting="sigmoid", k=8, **kw),
+                   eps_t=0.0, T=0.994)
 
 
 def test_gradient_flows_only_through_the_online_branch():
@@ -184,3 +185,19 @@ def test_draw_shares_times_within_groups_and_reuses_noise():
     tr, t, r = get_trajectory("ot_fm"), b.t.repeat_interleave(4)[:, None], b.r.repeat_interleave(4)[:, None]
     eps = (b.x_t - (1 - t) * x) / t  # the noise used for x_t...
     torch.testing.assert_close(b.x_r, tr.alpha(r) * x + tr.sigma(r) * eps)  # ...is the noise of x_r
+
+
+@pytest.mark.parametrize("name", ["ot_fm", "cosine"])
+def test_a_trajectory_pickled_before_the_subclasses_loads_as_its_subclass(name):
+    """Promoted mlflow.pytorch models pickle their model, its Trajectory included; one pickled when Trajectory was a
+    single class (its state: name and default_T) unpickles as the subclass its name says, with the same numbers."""
+    import pickle
+
+    from imm.trajectories import TRAJECTORIES, Trajectory
+
+    old = object.__new__(Trajectory)
+    object.__setattr__(old, "__dict__", {"name": name, "default_T": TRAJECTORIES[name].default_T})
+    loaded = pickle.loads(pickle.dumps(old))
+    assert type(loaded) is type(TRAJECTORIES[name]) and loaded == TRAJECTORIES[name]
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(loaded.alpha(t), TRAJECTORIES[name].alpha(t))

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from imm.trajectories import Trajectory, ddim
 
-PARAMETERIZATIONS = ("simple_edm", "euler_fm", "identity")
 S_EMBEDDINGS = ("identity", "stride")
 # The kernel scale's floor on |c_out|: far below what any sampled (s, t) gives (t - s >= 1e-6, so |c_out| >~ 1e-6
 # sigma_d), it only keeps 1 / |c_out| finite where s = t is forced, so that 0 * inf never reaches a gradient.
@@ -21,6 +20,58 @@ MIN_C_OUT = 1e-20
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) to broadcast against x."""
     return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Parameterization:
+    """How f_{s,t} mixes x_t and the network output g: one small class per scheme owns its coefficients (as EDM's
+    VPPrecond, EDMPrecond do). c_out = df/dg sets the kernel scale 1 / |c_out|, so the two always agree."""
+
+    def combine(self, traj: Trajectory, x_t: Tensor, g: Tensor, s: Tensor, t: Tensor, sigma_d: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_out(self, traj: Trajectory, s: Tensor, t: Tensor, sigma_d: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SimpleEDM(Parameterization):
+    """f = c_skip x_t + c_out g (best on CIFAR-10)."""
+
+    def coefficients(self, traj: Trajectory, s: Tensor, t: Tensor, sigma_d: Tensor) -> tuple[Tensor, Tensor]:
+        """c_skip = (a_t a_s + s_t s_s) / (a_t^2 + s_t^2), c_out = -(a_s s_t - a_t s_s) sigma_d / sqrt(a_t^2 + s_t^2)."""
+        a_t, s_t, a_s, s_s = traj.alpha(t), traj.sigma(t), traj.alpha(s), traj.sigma(s)
+        norm = a_t**2 + s_t**2
+        return (a_t * a_s + s_t * s_s) / norm, -traj.cross(s, t) * sigma_d / torch.sqrt(norm)
+
+    def combine(self, traj, x_t, g, s, t, sigma_d):
+        c_skip, c_out = self.coefficients(traj, s, t, sigma_d)
+        return _bcast(c_skip, x_t) * x_t + _bcast(c_out, x_t) * g
+
+    def c_out(self, traj, s, t, sigma_d):
+        return self.coefficients(traj, s, t, sigma_d)[1]
+
+
+class EulerFM(Parameterization):
+    """f = x_t - (t - s) sigma_d g: g is a velocity in units of sigma_d (ImageNet's)."""
+
+    def combine(self, traj, x_t, g, s, t, sigma_d):
+        return x_t - _bcast((t - s) * sigma_d, x_t) * g
+
+    def c_out(self, traj, s, t, sigma_d):
+        return (t - s) * sigma_d
+
+
+class Identity(Parameterization):
+    """f = DDIM(x_t, g, s, t): g predicts clean data; c_out = (alpha_s sigma_t - sigma_s alpha_t) / sigma_t."""
+
+    def combine(self, traj, x_t, g, s, t, sigma_d):
+        return ddim(x_t, g, _bcast(s, x_t), _bcast(t, x_t), traj)
+
+    def c_out(self, traj, s, t, sigma_d):
+        return traj.cross(s, t) / traj.sigma(t)
+
+
+PARAMETERIZATIONS: dict[str, Parameterization] = {"simple_edm": SimpleEDM(), "euler_fm": EulerFM(),
+                                                   "identity": Identity()}
 
 
 def guided(net: nn.Module, args: tuple, labels: Tensor | None, scale: float) -> Tensor:
@@ -50,7 +101,7 @@ class OneStepModel(nn.Module):
     ):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {list(PARAMETERIZATIONS)}")
         if s_embedding not in S_EMBEDDINGS:
             raise ValueError(f"unknown s_embedding {s_embedding!r}; choose one of {S_EMBEDDINGS}")
         self.net, self.traj = net, traj
@@ -76,29 +127,11 @@ class OneStepModel(nn.Module):
 
     def combine(self, x_t: Tensor, g: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """The parameterisation's skip/output mix of x_t and the network output g (guidance acts on g)."""
-        if self.parameterization == "identity":  # G predicts clean data
-            return ddim(x_t, g, _bcast(s, x_t), _bcast(t, x_t), self.traj)
-        if self.parameterization == "euler_fm":  # G is a velocity in units of sigma_d
-            return x_t - _bcast((t - s) * self.sigma_d, x_t) * g
-        c_skip, c_out = self.simple_edm_coefficients(s, t)
-        return _bcast(c_skip, x_t) * x_t + _bcast(c_out, x_t) * g
-
-    def simple_edm_coefficients(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """c_skip = (a_t a_s + s_t s_s) / (a_t^2 + s_t^2), c_out = -(a_s s_t - a_t s_s) sigma_d / sqrt(a_t^2 + s_t^2)."""
-        a_t, s_t, a_s, s_s = self.traj.alpha(t), self.traj.sigma(t), self.traj.alpha(s), self.traj.sigma(s)
-        norm = a_t**2 + s_t**2
-        c_skip = (a_t * a_s + s_t * s_s) / norm
-        c_out = -self.traj.cross(s, t) * self.sigma_d / torch.sqrt(norm)
-        return c_skip, c_out
+        return PARAMETERIZATIONS[self.parameterization].combine(self.traj, x_t, g, s, t, self.sigma_d)
 
     def c_out(self, s: Tensor, t: Tensor) -> Tensor:
-        """df/dG of this parameterisation: (t - s) sigma_d for euler_fm, (alpha_s sigma_t - sigma_s alpha_t) / sigma_t
-        for identity (DDIM's weight on G), simple_edm's c_out otherwise; 0 at s = t for all three."""
-        if self.parameterization == "euler_fm":
-            return (t - s) * self.sigma_d
-        if self.parameterization == "identity":
-            return self.traj.cross(s, t) / self.traj.sigma(t)
-        return self.simple_edm_coefficients(s, t)[1]
+        """df/dG of this parameterisation; 0 at s = t for all three."""
+        return PARAMETERIZATIONS[self.parameterization].c_out(self.traj, s, t, self.sigma_d)
 
     def kernel_scale(self, s: Tensor, t: Tensor) -> Tensor:
         """w~(s, t) = 1 / |c_out(s, t)|, finite everywhere: |c_out| is floored at MIN_C_OUT, which only a forced

@@ -625,8 +625,7 @@ def ui_command(args) -> list[str]:
 
 
 def run_ui(args, out=None) -> int:
-    import signal
-    import subprocess
+    from orchestrator.processes import Stopped, owned_process
 
     out = out or terminal.out()
     cmd = ui_command(args)
@@ -636,12 +635,13 @@ def run_ui(args, out=None) -> int:
         print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=terminal.err())
     for line in ui_links(cmd[cmd.index("--backend-store-uri") + 1], f"http://{args.host}:{args.port}/"):
         print(line, file=out, flush=True)
-    server = subprocess.Popen(cmd)
-    signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # stopping `imm-orch ui` stops the server
-    try:
-        return server.wait()
-    except KeyboardInterrupt:  # the server got the terminal's SIGINT too
-        return server.wait()
+    try:  # the server and its workers end with this command, however it ends (orchestrator/processes.py)
+        with owned_process(cmd) as server:
+            return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    except Stopped as e:
+        return e.code
 
 
 def ui_links(store: str, base: str) -> list[str]:

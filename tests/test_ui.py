@@ -35,3 +35,53 @@ def test_ui_serves_runs_and_artifacts(mlflow_ui):
     assert page == b"method: imm\n"
     assert b"<html" in urllib.request.urlopen(url).read().lower()  # the UI itself
     assert f"MLflow UI: http://127.0.0.1:{mlflow_ui.port}" in mlflow_ui.log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGHUP", "SIGTERM"])
+def test_the_server_and_its_workers_end_with_the_command(tmp_path, signum):
+    """`imm-orch ui` ended by SIGHUP (its terminal closing) or SIGTERM left `mlflow server` and its workers on the
+    port; now the whole process group goes with it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import free_port, wait_for_health
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.client(uri).search_experiments()
+    port, log = free_port(), tmp_path / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri",
+                                 uri], stdout=out, stderr=subprocess.STDOUT)
+    wait_for_health(f"http://127.0.0.1:{port}", proc, log)
+    server = [pid for pid, stat in _procs().items() if stat[1] == proc.pid]  # the mlflow server: imm-orch's child
+    assert len(server) == 1
+    group = [pid for pid, stat in _procs().items() if stat[2] == server[0]]
+    assert len(group) >= 2, group  # the server and the workers it started, in its own process group
+    proc.send_signal(getattr(signal, signum))
+    assert proc.wait(timeout=30) == 128 + getattr(signal, signum)
+    deadline = time.monotonic() + 15
+    while (left := [pid for pid, stat in _procs().items() if stat[2] == server[0]]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running: {left}"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _procs() -> dict[int, tuple[str, int, int]]:
+    """Live processes: pid -> (state, parent pid, process group), zombies left out."""
+    import os
+
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                out[int(name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return out

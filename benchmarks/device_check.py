@@ -3,8 +3,9 @@
     python3 benchmarks/device_check.py --out OUT           # on a GPU box, under 8 minutes
     python3 benchmarks/device_check.py --smoke --out OUT   # on a CPU, at toy size (CI runs this)
 
-If omegaconf is missing it is installed from the wheels in --wheels (default .whl/: omegaconf and
-antlr4-python3-runtime, `pip download` them where there is a network) into a temporary folder. Each section runs in
+If omegaconf is missing it is installed from the wheels in --wheels (default .whl/, git-ignored: made where there is
+a network with `pip wheel --no-deps -w .whl omegaconf==2.3.0 antlr4-python3-runtime==4.9.3`) into a temporary folder;
+checked in a bare venv with only torch, numpy, pyyaml, pyarrow, matplotlib, scikit-learn, pillow and pytest. Each section runs in
 its own process under its own time limit, and OUT/device_check.json is rewritten after every section, so a run cut
 short still reports what it measured. The sections and their targets (issue 24):
 

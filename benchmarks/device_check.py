@@ -5,9 +5,9 @@
 
 If omegaconf is missing it is installed from the wheels in --wheels (default .whl/, git-ignored: made where there is
 a network with `pip wheel --no-deps -w .whl omegaconf==2.3.0 antlr4-python3-runtime==4.9.3`) into a temporary folder;
-checked in a bare venv with only torch, numpy, pyyaml, pyarrow, matplotlib, scikit-learn, pillow and pytest. Each section runs in
-its own process under its own time limit, and OUT/device_check.json is rewritten after every section, so a run cut
-short still reports what it measured. The sections and their targets (issue 24):
+checked in a bare venv with only torch, numpy, pyyaml, pyarrow, matplotlib, scikit-learn, pillow and pytest.
+Each section runs in its own process under its own time limit, and OUT/device_check.json is rewritten after every
+section, so a run cut short still reports what it measured. The sections and their targets (issue 24):
 
 - cuda_tests: imm/'s tests that need no Ray or MLflow, on the GPU (pytest --noconftest).
 - gpu_step: benchmarks/gpu_step.py on the paper's DDPM++: eager fp32 against bf16 + compile + channels-last + fused

@@ -42,7 +42,6 @@ from imm.config import ConfigError
 from imm.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"
-POSTERIORS = ("mean", "sample")
 # The official ImageNet-256 latent normalisation (lumalabs/imm configs/im256_generate_images.yaml, for
 # stabilityai/sd-vae-ft-ema's raw latents, no 0.18215 factor): x = (z - raw_mean) * 0.5 / raw_std.
 OFFICIAL_NORMALISATION = {"mean": [0.86488, -0.27787343, 0.21616915, 0.3738409],
@@ -60,6 +59,12 @@ def _read_text(uri: str) -> str:
         bucket, key = split(uri)
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     return Path(uri).read_text()
+
+
+def stored_shape(shape: tuple[int, ...], posterior: str) -> tuple[int, ...]:
+    """A stored row's shape: the latent's, or mean and std stacked on the channels for posterior=sample."""
+    c, *rest = shape
+    return (2 * c, *rest) if posterior == "sample" else tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,7 @@ class Manifest:
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
-        """A stored row's shape: the latent's, or mean and std stacked on the channels for posterior=sample."""
-        c, *rest = self.shape
-        return (2 * c, *rest) if self.posterior == "sample" else self.shape
+        return stored_shape(self.shape, self.posterior)
 
     def normalise(self, rows: np.ndarray, draw: bool = True) -> Tensor:
         """Stored rows -> training space: (z - mean) / std * final_std per channel, float32. For posterior=sample z
@@ -128,7 +131,7 @@ class LatentWriter:
         """`shape` is the latent's (C, H, W); with posterior=sample the rows added hold mean and std (2C channels)."""
         self.out, self.shape, self.shard_size, self.dtype = Path(out), tuple(shape), shard_size, dtype
         self.num_classes, self.vae, self.final_std, self.posterior = num_classes, vae, final_std, posterior
-        self.rows = (2 * self.shape[0], *self.shape[1:]) if posterior == "sample" else self.shape
+        self.rows = stored_shape(self.shape, posterior)
         self.out.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self.heldout: dict | None = None

@@ -119,35 +119,15 @@ def sync(device: str) -> None:
 
 def training_step(config: str, overrides: list[str], shape, classes: int, batch: int, device: str, compile_: bool):
     """(step(), model): one bf16 IMM training step of `config` on random data, with every GPU switch on."""
-    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_step import training_step as build
 
-    from imm import accelerate
     from imm.config import load_config
-    from imm.methods import build_loss, build_model
 
     cfg = load_config(config, [*overrides, f"train.batch_size={batch}", "trainer.num_workers=1",
                                "train.precision=bf16" if device == "cuda" else "train.precision=fp32",
                                "data.name=8gaussians"])
-    dev = torch.device(device)
-    accelerate.configure_backends(cfg, dev)
-    layout = accelerate.memory_format(cfg, dev)
-    torch.manual_seed(0)
-    model = build_model(cfg, shape, 0.5, classes).to(dev, memory_format=layout)
-    net = torch.compile(model) if compile_ else model
-    loss_fn, autocast = build_loss(cfg), accelerate.autocast(cfg, dev)
-    opt = accelerate.optimizer(cfg, model.parameters(), dev)
-    x = torch.randn(batch, *shape, device=dev).contiguous(memory_format=layout)
-    y = torch.randint(classes, (batch,), device=dev) if classes else None
-
-    def step(module=None):
-        with autocast:
-            loss = loss_fn(module or net, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step, model
+    return build(cfg, shape, classes, device, compile_)
 
 
 def mfu(smoke: bool, device: str) -> dict:

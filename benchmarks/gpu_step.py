@@ -26,32 +26,45 @@ MODES = {  # the train.* switches of each mode
 }
 
 
+def training_step(cfg, shape, classes: int, device: str, compile_: bool):
+    """(step(module=None), model): one training step of `cfg` on a fixed random batch, with cfg's GPU switches."""
+    dev = torch.device(device)
+    accelerate.configure_backends(cfg, dev)
+    layout = accelerate.memory_format(cfg, dev)
+    torch.manual_seed(0)
+    model = build_model(cfg, shape, 0.5, classes).to(dev, memory_format=layout)
+    net = torch.compile(model) if compile_ else model
+    loss_fn, autocast = build_loss(cfg), accelerate.autocast(cfg, dev)
+    opt = accelerate.optimizer(cfg, model.parameters(), dev)
+    batch = cfg.train.batch_size
+    x = torch.randn(batch, *shape, device=dev).contiguous(memory_format=layout)
+    y = torch.randint(classes, (batch,), device=dev) if classes else None
+
+    def step(module=None):
+        with autocast:
+            loss = loss_fn(module or net, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, model
+
+
 def make_step(method: str, mode: str, batch: int, args):
     overrides = [f"method={method}", f"train.batch_size={batch}", "trainer.num_workers=1", *MODES[mode]]
     if args.channels:
         overrides.append(f"model.channels={args.channels}")
     cfg = load_config("cifar10", overrides)
-    device = torch.device(args.device)
     torch.set_float32_matmul_precision("highest")  # each mode sets its own below
     torch.backends.cudnn.allow_tf32 = False
-    accelerate.configure_backends(cfg, device)
-    layout = accelerate.memory_format(cfg, device)
-    torch.manual_seed(0)
-    model = build_model(cfg, (3, 32, 32), sigma_d=0.5).to(device, memory_format=layout)
-    net = torch.compile(model) if mode == "fast" and args.compile else model
-    loss_fn, opt = build_loss(cfg), accelerate.optimizer(cfg, model.parameters(), device)
-    autocast = accelerate.autocast(cfg, device)
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=layout)
+    train_step, _ = training_step(cfg, (3, 32, 32), 0, args.device, mode == "fast" and args.compile)
 
     def step():
         # the backends are process-wide: set this mode's before each timed block
         torch.set_float32_matmul_precision("high" if cfg.train.tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
-        with autocast:
-            loss = loss_fn(net, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step()
 
     return step
 

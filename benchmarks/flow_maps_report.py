@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.models import load_model
-from orchestrator.sweep import ROLE_TAG, STATE_TAG, SWEEP_TAG
+from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_TAG
 
 STEPS = (1, 2, 4, 8)
 METRICS = ("energy", "fd")

@@ -22,8 +22,8 @@ import tempfile
 import time
 
 from orchestrator import tracking
-from orchestrator.sweep import SweepRunner
-from orchestrator.sweep_config import sweep_from_dict
+from orchestrator.sweep.runner import SweepRunner
+from orchestrator.sweep.spec import sweep_from_dict
 
 
 def run_sweep(root: str, trials: int, steps: int, concurrent: int) -> tuple[float, list[float]]:

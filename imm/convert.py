@@ -157,3 +157,18 @@ def import_official(source: str, path: str | Path, overrides: list[str] | None =
     return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
             "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": classes,
             "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}
+
+
+def write_checkpoint(checkpoint: dict[str, Any], folder: str | Path) -> Path:
+    """Write an imported checkpoint as FOLDER/checkpoint.pt, atomically (a crash never leaves half a file where
+    `imm-orch eval` would read it); its path."""
+    import os
+
+    from imm.train import CHECKPOINT_FILE
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, folder / CHECKPOINT_FILE)
+    return folder / CHECKPOINT_FILE

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imm.remote import local_copy
+from imm.remote import is_remote, local_copy
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
@@ -79,37 +79,61 @@ def moons(n: int, g: torch.Generator) -> Tensor:
 TOY_SETS = {"8gaussians": eight_gaussians, "checkerboard": checkerboard, "moons": moons}
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """`data.name` parsed once: a set made here or shipped with a package (`8gaussians`, `digits`), or KIND:PATH with
+    PATH a local path or an s3:// URI (`npy:`, `cifar10:`, `folder:`, `latents:`)."""
+
+    kind: str  # the whole name for a set without a path
+    path: str | None = None  # None: a set without a path
+
+    @classmethod
+    def parse(cls, name: str) -> DataSource:
+        kind, sep, path = name.partition(":")
+        return cls(kind, path) if sep else cls(name)
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    @property
+    def is_local_path(self) -> bool:
+        return bool(self.path) and not is_remote(self.path)
+
+
 def load_data(cfg) -> Data:
     """The data set a DataConfig names (toy set, npy:PATH, digits, cifar10:PATH, folder:PATH; latents:PATH
     answers an imm.latents.LatentData, which streams its training rows instead of holding them)."""
-    name = cfg.name
+    source = DataSource.parse(cfg.name)
+    kind, path = (source.kind, source.path) if source.path is not None else (None, None)
     g = torch.Generator().manual_seed(cfg.seed)
-    if name in TOY_SETS:
-        points = TOY_SETS[name](cfg.n_train + cfg.n_heldout, g)
+    if cfg.name in TOY_SETS:
+        points = TOY_SETS[cfg.name](cfg.n_train + cfg.n_heldout, g)
         return Data(points[: cfg.n_train].contiguous(), points[cfg.n_train :].contiguous())
-    if name.startswith("npy:"):
-        return _split(_load_npy(name[4:]), None, cfg.heldout_fraction, g)
-    if name == "digits":
+    if kind == "npy":
+        return _split(_load_npy(path), None, cfg.heldout_fraction, g)
+    if cfg.name == "digits":
         return _split(*_digits(), cfg.heldout_fraction, g, num_classes=10)
-    if name.startswith("cifar10:"):
-        return _cifar10(name[len("cifar10:"):])
-    if name.startswith("folder:"):
-        images, labels, n_classes = _folder(name[len("folder:"):])
+    if kind == "cifar10":
+        return _cifar10(path)
+    if kind == "folder":
+        images, labels, n_classes = _folder(path)
         return _split(images, labels, cfg.heldout_fraction, g, num_classes=n_classes)
-    if name.startswith("latents:"):
+    if kind == "latents":
         from imm.latents import load_latents
 
         return load_latents(cfg)
-    raise ValueError(f"data.name: {name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH, "
+    raise ValueError(f"data.name: {cfg.name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH, "
                      "folder:PATH or latents:PATH (PATH may be s3://bucket/prefix)")
 
 
 def probe(name: str) -> None:
     """load_data's checks of a local data set, without reading it: the file or folder exists and has the right
     shape, so a mistake fails before any cluster starts. s3:// paths are checked where the workers read them."""
-    kind, _, path = name.partition(":")
-    if not path or path.startswith("s3://"):
+    source = DataSource.parse(name)
+    if not source.is_local_path:
         return
+    kind, path = source.kind, source.path
     if kind == "npy":
         _npy_array(path, mmap_mode="r")  # the header only
     elif kind == "cifar10":

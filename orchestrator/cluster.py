@@ -19,45 +19,6 @@ from imm.config import ConfigError
 from orchestrator import terminal
 
 
-def check_local(cfg) -> None:
-    """Fail before starting an embedded Ray that could never place the workers, or whose workers would miss a file."""
-    from imm.data import probe
-
-    probe(cfg.data.name)
-    weights = cfg.eval.inception_weights
-    if weights and cfg.eval.features in ("auto", "inception") and not weights.startswith("s3://") \
-            and not Path(weights).expanduser().is_file():
-        from imm.metrics.inception import WEIGHTS_HELP
-
-        raise ConfigError(f"eval.inception_weights: no file at {weights!r}. {WEIGHTS_HELP}")
-    reference, vae = cfg.eval.reference, cfg.eval.vae
-    if reference and cfg.eval.features != "none" and not reference.startswith("s3://") \
-            and not Path(reference).expanduser().is_file():
-        raise ConfigError(f"eval.reference: no file at {reference!r}; give an ADM reference batch .npz (arr_0: uint8 "
-                          "images), or eval.reference=null for the training set's statistics")
-    if vae and not vae.startswith("s3://") and not (Path(vae).expanduser() / "config.json").is_file():
-        raise ConfigError(f"eval.vae: {vae!r} has no config.json; give the folder AutoencoderKL.save_pretrained wrote")
-    from imm.evaluate import wants_inception
-
-    kind, _, path = cfg.data.name.partition(":")
-    if kind == "latents" and wants_inception(cfg) and not vae and not path.startswith("s3://"):
-        from imm.latents import Manifest, decoder_vae
-
-        manifest = Manifest.read(path)
-        if decoder_vae(manifest, None) is None:
-            raise ConfigError(f"eval.vae: FID on latents decodes the samples first; the set names the VAE "
-                              f"{manifest.vae!r}, which is not here: set eval.vae to its folder (or eval.features=none)")
-    if cfg.trainer.use_gpu:
-        import torch
-
-        have = torch.cuda.device_count()
-        if have < cfg.trainer.num_workers:
-            raise ConfigError(
-                f"trainer.use_gpu: {cfg.trainer.num_workers} GPU worker(s) need as many GPUs, this machine has {have}; "
-                "set trainer.use_gpu=false or pass --address of a GPU cluster"
-            )
-
-
 def _worker_logs():
     """The job's workers log WARNING and above: progress comes from rank 0's reports, not from Ray Train's INFO
     lines (process group set up, each checkpoint created) that would otherwise reach the driver's terminal."""

@@ -82,19 +82,6 @@ def read_image(path: str, resolution: int) -> np.ndarray:
     return center_crop(PILImage.open(path), resolution)
 
 
-def check_inputs(source: str, vae: str, out: str) -> None:
-    """The source has images, the VAE folder a config and the output no finished set, before any Ray starts."""
-    from imm.remote import exists
-
-    list_images(source)
-    config = f"{vae.rstrip('/')}/config.json"
-    if not exists(config):
-        raise FileNotFoundError(f"--vae: {vae!r} has no config.json (give the folder AutoencoderKL.save_pretrained "
-                                "wrote, e.g. a copy of stabilityai/sd-vae-ft-ema)")
-    if exists(f"{out.rstrip('/')}/{MANIFEST}"):
-        raise ValueError(f"--out: {out!r} already holds a latent set ({MANIFEST}); choose another place")
-
-
 class Encoder:
     """A Ray Data actor: the VAE, loaded once, encoding batches of image paths into posterior means (and stds)."""
 

@@ -98,11 +98,12 @@ LOCAL_PATH_KEYS = ("eval.inception_weights", "eval.vae", "eval.reference")
 def absolute_paths(cfg: DictConfig) -> None:
     """Make the config's local paths (data.name's PATH, the eval files) absolute against this process's directory:
     Ray's workers run in another one, where a relative path names nothing (or something else)."""
+    from imm.data import DataSource
     from imm.remote import is_remote
 
-    kind, sep, path = cfg.data.name.partition(":")
-    if sep and path and not is_remote(path):
-        cfg.data.name = f"{kind}:{Path(path).expanduser().resolve()}"
+    data = DataSource.parse(cfg.data.name)
+    if data.is_local_path:
+        cfg.data.name = f"{data.kind}:{Path(data.path).expanduser().resolve()}"
     for key in LOCAL_PATH_KEYS:
         value = OmegaConf.select(cfg, key)
         if value and not is_remote(value):

@@ -16,7 +16,7 @@ from pathlib import Path
 from imm.evaluate import QUALITY_PREFIXES
 from orchestrator import tracking
 from orchestrator.models import CHECKPOINT_ARTIFACT, MODEL_ARTIFACT, save_mlflow_model
-from orchestrator.sweep import ROLE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
 
 MODES = ("min", "max")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")

@@ -3,7 +3,7 @@
 The job's driver is this project's command line (`python -m orchestrator.cli sweep|train ... --address auto`),
 run by Ray on the cluster's head node in a working dir that holds this checkout's code, so a sweep outlives
 the laptop that submitted it. What the job would find wrong is checked here first: the run config or sweep
-file, the storage rules of a cluster (`storage.check_shared`: in a job `./imm-runs` is a temporary folder Ray
+file, the storage rules of a cluster (`preflight.check_shared`: in a job `./imm-runs` is a temporary folder Ray
 deletes) and the cluster's address, so a mistake costs one line and no job.
 """
 
@@ -62,7 +62,7 @@ def checkout_root() -> Path | None:
 
 def plan_submission(args) -> Submission:
     """Load and check everything the job will use, as `imm-orch sweep|train` would in the job; build the job."""
-    from orchestrator import storage, tracking
+    from orchestrator import preflight, tracking
 
     working_dir = Path(args.working_dir).resolve() if args.working_dir else (checkout_root() or Path.cwd())
     if not working_dir.is_dir():
@@ -72,15 +72,15 @@ def plan_submission(args) -> Submission:
         if value is not None and value < 1:
             raise ValueError(f"{flag}: {value} is out of range (allowed: >= 1)")
     if is_sweep_file(args.target):
-        from orchestrator.sweep import redact, storage_url, study_setting
-        from orchestrator.sweep_config import load_sweep
+        from orchestrator.sweep.spec import load_sweep
+        from orchestrator.sweep.study import redact, storage_url, study_setting
 
         if args.name:
             raise ValueError("--name: a sweep is named by its file's `name`")
         sweep = load_sweep(args.target, base_overrides=args.overrides)
         kind, name, cfg, study_raw = "sweep", sweep.name, sweep.base, study_setting(sweep)
         uri = tracking.tracking_uri(cfg, args.tracking_uri)
-        storage.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True, study_url=study_raw)
+        preflight.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True, study_url=study_raw)
         study = redact(storage_url(sweep))
         flags += ["--resume"] if args.resume else []
         flags += ["--trials", str(args.trials)] if args.trials else []
@@ -94,7 +94,7 @@ def plan_submission(args) -> Submission:
                 raise ValueError(f"{flag}: only for a sweep file (a run resumes when submitted again with its name)")
         plan = plan_run(load_config(args.target, args.overrides), name=args.name, tracking_uri=args.tracking_uri)
         kind, name, cfg, study, study_raw, uri = "train", plan.name, plan.cfg, None, None, plan.tracking_uri
-        storage.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True)
+        preflight.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True)
         flags += ["--name", plan.name]  # a resolved config's hash would differ on the cluster (its env): pin the name
     target = _in_working_dir(args.target, working_dir)
     # The job uses the stores checked here, whatever the cluster's environment says.

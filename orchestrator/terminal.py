@@ -100,3 +100,16 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost 'SomeError: message' line of an error (Ray wraps a worker's error twice): the one line a user
+    is shown for a failed trial, run or command."""
+    import re
+
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*:", ln)]
+    if lines:
+        return lines[-1][:1000]
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:1000]

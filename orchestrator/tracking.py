@@ -53,6 +53,12 @@ def default_tracking_uri(explicit: str | None = None) -> str:
 ARTIFACTS_ENV = "IMM_MLFLOW_ARTIFACTS"
 
 
+def shown_value(v: float) -> float:
+    """A metric as MLflow keeps it: 6 significant digits, what a reader compares (and what a sweep's study is told,
+    so the two agree)."""
+    return float(f"{v:.6g}")
+
+
 def artifact_root(uri: str) -> str | None:
     """Where new experiments keep their artifacts, as a URI:
     - $IMM_MLFLOW_ARTIFACTS when set (e.g. s3://bucket/mlflow: MLflow's direct mode, in which every client
@@ -338,7 +344,7 @@ class RankZeroLogger:
         if step <= self.logged_through:
             return
         ts = int(time.time() * 1000)
-        shown = {k: float(f"{v:.6g}") for k, v in metrics.items() if k != "step"}  # 6 digits: what a reader compares
+        shown = {k: shown_value(v) for k, v in metrics.items() if k != "step"}
         if shown.get(LR_KEY) == self.last_lr:  # a flat line of points says nothing: the learning rate when it changes
             shown.pop(LR_KEY)
         self.last_lr = shown.get(LR_KEY, self.last_lr)

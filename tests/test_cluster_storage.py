@@ -1,4 +1,4 @@
-"""The storage rules of a cluster (`storage.check_shared`) and what `imm-orch submit` would send, without a cluster:
+"""The storage rules of a cluster (`preflight.check_shared`) and what `imm-orch submit` would send, without a cluster:
 each store a job or a multi-node cluster cannot share is refused with the setting to change."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from imm.config import ConfigError, load_config
-from orchestrator import storage
+from orchestrator import preflight
 from orchestrator.cli import parse_args
 from orchestrator.submit import EXCLUDES, plan_submission
 
@@ -18,7 +18,7 @@ SERVER = "http://mlflow:5000"
 
 def check(overrides, uri=SERVER, study=None, in_job=True, where="in a Ray job"):
     cfg = load_config("toy2d", overrides)
-    storage.check_shared(cfg, tracking_uri=uri, where=where, in_job=in_job, study_url=study)
+    preflight.check_shared(cfg, tracking_uri=uri, where=where, in_job=in_job, study_url=study)
 
 
 def test_shared_stores_pass():

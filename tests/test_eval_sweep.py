@@ -9,7 +9,7 @@ import yaml
 
 from imm.config import ConfigError, load_config
 from orchestrator import cli, tracking
-from orchestrator.sweep_config import load_sweep, sweep_from_dict
+from orchestrator.sweep.spec import load_sweep, sweep_from_dict
 
 BASE = ["model.class_conditional=true", "model.hidden=64", "model.depth=2", "train.batch_size=64",
         "eval.n_samples=300", "eval.steps=[1,2]", "eval.features=none"]

@@ -86,7 +86,7 @@ def test_bad_latent_input_is_one_line_before_anything_runs(tmp_path):
         load_data(cfg.data)
     with pytest.raises(ConfigError, match=r"^eval.features: 'classifier' needs training images, which a latent set"):
         load_config("imagenet256_dit", ["eval.features=classifier"])
-    from orchestrator.cluster import check_local
+    from orchestrator.preflight import check_local
 
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"")

@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from imm.config import ConfigError
-from orchestrator import lease as lease_mod
-from orchestrator.lease import LEASE_ATTR, Lease, live_lease, refuse_if_held
+from orchestrator.sweep import lease as lease_mod
+from orchestrator.sweep.lease import LEASE_ATTR, Lease, live_lease, refuse_if_held
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def test_a_registered_method_is_configured_validated_trained_and_sampled(shrunk,
 
 def test_a_registered_method_goes_through_the_cli_and_a_sweep_space(shrunk, capsys, no_ray, tmp_path):
     from orchestrator import cli
-    from orchestrator.sweep_config import sweep_from_dict
+    from orchestrator.sweep.spec import sweep_from_dict
 
     assert cli.main(["train", "toy2d", "method=shrunk", "shrunk.weight=3", "--dry-run",
                      f"storage.root={tmp_path}"]) == 0

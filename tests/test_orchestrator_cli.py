@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imm.config import load_config
-from orchestrator import cli, storage, tracking
+from orchestrator import cli, preflight, tracking
 
 
 def test_train_help_shows_examples(capsys):
@@ -196,7 +196,7 @@ def test_s3_places_are_probed_before_ray_starts(s3_env, tmp_path, capsys, monkey
             err = capsys.readouterr().err
             assert err.startswith(f"imm-orch: error: {message}") and err.count("\n") == 1, err
     for ok in (["storage.ray_storage=s3://probed/ray"], ["data.name=npy:s3://probed/data/points.npy"]):
-        storage.check_s3(load_config("toy2d", ok))  # these are there
+        preflight.check_s3(load_config("toy2d", ok))  # these are there
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     t0 = time.perf_counter()
     assert cli.main(["train", "toy2d", "storage.ray_storage=s3://probed/ray", "--tracking-uri", uri]) == 2

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweep import ask_distinct, check_study, concurrency, open_study, redact, root_cause
-from orchestrator.sweep_config import sweep_from_dict
+from orchestrator.sweep.spec import sweep_from_dict
+from orchestrator.sweep.study import ask_distinct, check_study, open_study, redact
+from orchestrator.sweep.trials import concurrency
+from orchestrator.terminal import root_cause
 
 TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "eval.every=20"]
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from imm.config import ConfigError
-from orchestrator.sweep_config import load_sweep, sweep_from_dict
+from orchestrator.sweep.spec import load_sweep, sweep_from_dict
 
 SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
 

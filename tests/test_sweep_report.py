@@ -10,9 +10,9 @@ from urllib.parse import urlparse
 import optuna
 
 from orchestrator import tracking
-from orchestrator.sweep import best_trials, open_study
-from orchestrator.sweep_config import sweep_from_dict
-from orchestrator.sweep_report import log_to_parent
+from orchestrator.sweep.report import log_to_parent
+from orchestrator.sweep.spec import sweep_from_dict
+from orchestrator.sweep.study import best_trials, open_study
 
 
 def test_report_logs_best_table_and_plots(tmp_path, mlflow_uri):

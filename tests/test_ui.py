@@ -7,12 +7,13 @@ import urllib.request
 import pytest
 
 from orchestrator import cli, tracking
+from orchestrator.commands.ui import ui_command
 
 
 def test_ui_binds_to_localhost_and_serves_the_artifacts_beside_the_database(tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     tracking.client(f"sqlite:///{db}").search_experiments()
-    cmd = cli.ui_command(cli.parse_args(["ui", "--tracking-uri", f"sqlite:///{db}", "--port", "5055"]))
+    cmd = ui_command(cli.parse_args(["ui", "--tracking-uri", f"sqlite:///{db}", "--port", "5055"]))
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5055"
     assert cmd[cmd.index("--artifacts-destination") + 1] == (tmp_path / "artifacts").as_uri()
     assert cli.main(["ui", "--tracking-uri", "http://mlflow:5000"]) == 2

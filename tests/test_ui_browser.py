@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator import cli, tracking
+from orchestrator.links import ui_links
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,7 +69,7 @@ def test_run_pages_show_sample_grids_the_comparison_table_and_pruned_trials(ray_
     exp = client.get_experiment_by_name("browsed").experiment_id
     (parent,) = client.search_runs([exp], "tags.`imm.sweep.role` = 'parent'")
     trial = client.search_runs([exp], "tags.`imm.sweep.role` = 'trial' and tags.`imm.trial.state` = 'complete'")[0]
-    links = dict(re.findall(r"^  (.+?): (http\S+)$", "\n".join(cli.ui_links(uri, f"{url}/")), re.M))
+    links = dict(re.findall(r"^  (.+?): (http\S+)$", "\n".join(ui_links(uri, f"{url}/")), re.M))
     assert set(links) == {"runs of 'browsed'", "latest sweep 'browsed', its trials best first",
                           "... and its samples, a row per trial"}, links
 

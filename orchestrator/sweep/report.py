@@ -18,6 +18,9 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from orchestrator.sweep.naming import swept_values, trial_title, view_key
+from orchestrator.sweep.study import best_trials, trial_counts
+
 STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 
@@ -65,7 +68,6 @@ def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
     from PIL import Image
 
     from orchestrator import sample_grids, tracking
-    from orchestrator.sweep import trial_title
 
     TS = optuna.trial.TrialState
     complete = [t for t in study.get_trials(deepcopy=False, states=[TS.COMPLETE]) if t.values]
@@ -96,7 +98,6 @@ def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
 def describe_parent(mlc, parent_id: str, study, sweep, best: list[dict], finished: list, grid: Path | None) -> None:
     """The parent run's description: the outcome in words, a link to the best trial, and the sweep grid."""
     from orchestrator import tracking
-    from orchestrator.sweep import swept_values, trial_counts, view_key
 
     counts = ", ".join(f"{n} {s}" for s, n in sorted(trial_counts(study).items()))
     text = f"Sweep `{sweep.name}`: {len(finished)} trials finished ({counts})."
@@ -234,7 +235,6 @@ def _natural(label: str):
 
 def format_status(study, storage: str) -> str:
     """The trials of a study as a table (state, objective, params, time) and the best so far."""
-    from orchestrator.sweep import best_trials, trial_counts
 
     trials = study.get_trials(deepcopy=False)
     metrics = study.user_attrs.get("metrics") or [f"objective_{i}" for i in range(len(study.directions))]

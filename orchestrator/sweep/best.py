@@ -29,8 +29,9 @@ def best_of(path: str, overrides: list[str],
     import optuna
 
     from orchestrator import tracking
-    from orchestrator.sweep import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, open_storage, redact, storage_url, swept_values
-    from orchestrator.sweep_config import load_sweep
+    from orchestrator.sweep.naming import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, swept_values
+    from orchestrator.sweep.spec import load_sweep
+    from orchestrator.sweep.study import open_storage, redact, storage_url
 
     sweep = load_sweep(path, base_overrides=overrides)
     url = storage_url(sweep)

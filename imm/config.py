@@ -36,7 +36,7 @@ class DataConfig:
     # latents: the per-channel normalisation x = (z - latent_mean) / latent_std * final_std the model works in;
     # null = the set's manifest. imagenet256_dit.yaml sets the official constants (imm.latents.OFFICIAL_NORMALISATION).
     latent_mean: list[float] | None = None
-    latent_std: list[float] | None = None
+    latent_std: list[float] | None = None  # latents: the per-channel std of that normalisation (null = the manifest's)
 
 
 @dataclass
@@ -48,24 +48,27 @@ class ModelConfig:
     hidden: int = 256  # mlp
     depth: int = 4  # mlp
     channels: int = 128  # unet: base channels (the paper's CIFAR-10 net: 128, mult [2, 2, 2], 4 blocks, dropout 0.2)
+    # unet, ddpmpp: channels per resolution, as multiples of `channels`
     channel_mult: list[int] = field(default_factory=lambda: [2, 2, 2])
-    num_blocks: int = 4
+    num_blocks: int = 4  # unet, ddpmpp: residual blocks per resolution
+    # unet, ddpmpp: the feature-map sizes that get self-attention
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
-    emb_dim: int = 128
-    dropout: float = 0.0
+    emb_dim: int = 128  # mlp, unet: width of the time (and label) embedding
+    dropout: float = 0.0  # unet, ddpmpp: dropout in the residual blocks (the paper's CIFAR-10 net: 0.2)
+    # how f_{s,t}(x_t) mixes x_t and the network: simple_edm, euler_fm or identity (docs/method.md 3)
     parameterization: str = "simple_edm"
-    s_embedding: str = "identity"
+    s_embedding: str = "identity"  # how s enters the network: identity (s itself) or stride (t - s)
     class_conditional: bool = False  # a label embedding with a null label (classifier-free guidance)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 5000
-    batch_size: int = 512
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    steps: int = 5000  # optimizer steps of the run
+    batch_size: int = 512  # samples per update, over all workers and micro-batches (a multiple of IMM's M per worker)
+    lr: float = 1e-3  # the peak learning rate (after warm-up), constant after
+    optimizer: str = "adam"  # adam, adamw or radam (the paper's CIFAR-10 run: radam)
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for the others
+    warmup_steps: int = 0  # linear warm-up of the learning rate from 0
     grad_clip: float = 0.0  # 0 = off
     # A step whose gradient is not finite is skipped and counted (train/skipped_steps); this many in a row stop the
     # run. Such steps come from rare draws, independent from step to step, so 20 in a row means the run itself has
@@ -78,16 +81,16 @@ class TrainConfig:
     # The GPU switches (imm/accelerate.py), no-ops on CPU: auto = bf16 autocast for the forward passes on CUDA (the
     # loss is reduced in fp32), fp32 elsewhere; TF32 matmuls; the U-Net in channels-last layout; fused optimizer step.
     precision: str = "auto"
-    tf32: bool = True
-    channels_last: bool = True
-    fused_optimizer: bool = True
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA
+    channels_last: bool = True  # image networks in channels-last memory layout on CUDA
+    fused_optimizer: bool = True  # the optimizer's fused CUDA step where torch has one
     compile: bool = False  # torch.compile the network (first steps pay the compilation)
-    ema_decay: float = 0.999
-    seed: int = 0
-    out_dir: str = "./imm-runs/local"
-    keep_checkpoints: int = 2
-    checkpoint_every: int = 1000
-    log_every: int = 100
+    ema_decay: float = 0.999  # the EMA of the weights that is sampled and evaluated
+    seed: int = 0  # the run's seed: each step's randomness comes from it, the rank and the step, so a resumed run matches
+    out_dir: str = "./imm-runs/local"  # python -m imm.train (no Ray): where checkpoint.pt goes and is resumed from
+    keep_checkpoints: int = 2  # Ray Train checkpoints kept per run (the newest); a sweep deletes a finished trial's
+    checkpoint_every: int = 1000  # steps between checkpoints (and at the last step)
+    log_every: int = 100  # steps between reports of loss, learning rate and throughput
 
 
 @dataclass
@@ -104,10 +107,11 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 1000
+    every: int = 1000  # steps between evaluations (and at the last step)
+    # the sampling step counts evaluated: metrics energy/steps_K, fid/steps_K or fd/steps_K
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    n_samples: int = 4000
-    seed: int = 1234
+    n_samples: int = 4000  # samples drawn at each step count
+    seed: int = 1234  # the evaluation's sampling seed, fixed so evaluations compare
     batch_size: int = 500  # samples drawn and featurised per chunk (chunk i uses seed + i)
     features: str = "auto"  # Frechet-distance features: auto, inception, classifier, rff, none (imm.metrics.features)
     inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: a path or s3:// URI
@@ -124,11 +128,11 @@ class EvalConfig:
 
 @dataclass
 class TrainerConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    num_workers: int = 1  # Ray Train workers (DDP processes); each gets batch_size / num_workers samples
+    use_gpu: bool = False  # workers on GPUs (gpus_per_worker each), DDP over NCCL; false: CPU workers over gloo
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several trials' workers on one GPU
-    max_failures: int = 0
+    max_failures: int = 0  # times Ray Train restarts dead workers from the last checkpoint before the run fails
 
 
 @dataclass
@@ -144,10 +148,11 @@ class StorageConfig:
 
 @dataclass
 class RunConfig:
-    name: str | None = None
+    name: str | None = None  # the run's name (Ray's and MLflow's); null = METHOD-DATASET-<hash of the resolved config>
+    # what is trained: imm or a registered baseline or flow map (imm/methods/: fm, ddpm, cm, vae, meanflow, ...)
     method: str = "imm"
-    trajectory: str = "ot_fm"
-    eps_t: float = 0.0
+    trajectory: str = "ot_fm"  # the interpolant x_t = alpha_t x + sigma_t eps: ot_fm (alpha = 1 - t, sigma = t) or cosine
+    eps_t: float = 0.0  # the smallest time: the few-step samplers end there and training draws t > eps_t
     T: float | None = None  # None = the trajectory's default (0.994 ot_fm, 0.996 cosine)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

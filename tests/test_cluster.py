@@ -1,6 +1,6 @@
 """Cluster mode on real processes: a multi-node Ray cluster (separate `ray start` raylets on 127.0.0.1, token
 authentication on, the dashboard serving job submission), moto's S3 server for shared storage and a real
-`mlflow server`. Sweeps and runs go in as Ray jobs, through `imm-orch submit` and through the README's own
+`mlflow server`. Sweeps and runs go in as Ray jobs, through `imm-orch submit` and through docs/cluster.md's
 `ray job submit` line; a worker node and a sweep's driver are killed mid-run.
 
 The processes that talk to the cluster (`imm-orch submit`, `ray job submit`) run as subprocesses: this test
@@ -36,7 +36,7 @@ def cluster(s3_server, mlflow_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
-    # the README's `ray job submit` takes these from the nodes' environment
+    # docs/cluster.md's `ray job submit` takes these from the nodes' environment
     stores = dict(MLFLOW_TRACKING_URI=mlflow_server, IMM_RAY_STORAGE=f"s3://{BUCKET}/ray",
                   IMM_OPTUNA_STORAGE=f"journal:{tmp / 'cluster-env.journal'}")
     port, dash = free_port(), free_port()
@@ -166,19 +166,19 @@ def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(
     assert promote.returncode == 0 and "models:/cluster-sweep@champion" in promote.stdout, promote.stderr
 
 
-def readme_ray_job_submit() -> str:
-    """The `ray job submit` command of the README's cluster section, as one line."""
-    section = (ROOT / "README.md").read_text().split("## On a Ray cluster", 1)[1]
+def docs_ray_job_submit() -> str:
+    """The `ray job submit` command of docs/cluster.md, as one line."""
+    section = (ROOT / "docs" / "cluster.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "ray job submit" in b)
     command = block[block.index("ray job submit"):].split("\n\n")[0]
     return re.sub(r"\\\n\s*", "", command).split("#", 1)[0].strip()
 
 
-def test_the_readme_ray_job_submit_line_runs_as_written(cluster):
+def test_the_docs_ray_job_submit_line_runs_as_written(cluster):
     """The job takes MLflow, checkpoints and the study from the cluster's environment (the fixture's, as
     docker/compose.yaml sets them). This cluster has no PostgreSQL, so its study is a journal, which the job must
     be told lives on a shared folder; the other overrides shorten the sweep to one tiny trial."""
-    line = readme_ray_job_submit()
+    line = docs_ray_job_submit()
     assert line.startswith("ray job submit --address http://HEAD:8265 --working-dir . -- python -m orchestrator.cli "
                            "sweep sweeps/toy2d_smoke.yaml --address auto"), line
     args = shlex.split(line.replace("http://HEAD:8265", cluster.dashboard))
@@ -246,7 +246,7 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
     job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
     client = cluster.client()
     journal = f"journal:{shared / 'optuna.journal'}"
-    from orchestrator.sweep import open_storage
+    from orchestrator.sweep.study import open_storage
 
     def study():
         return optuna.load_study(study_name="toy2d_smoke", storage=open_storage(journal))
@@ -328,7 +328,7 @@ def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_
 
 
 def test_a_job_on_nodes_sharing_a_temp_dir_stops_with_the_reason(cluster, mlflow_server):
-    """The crash of the README's `ray job submit` line on two `ray start` raylets of one machine: the second node's
+    """The crash of docs/cluster.md's `ray job submit` line on two `ray start` raylets of one machine: the second node's
     runtime-env agent unpacked the job's working dir again into the folder both share, deleting it under the
     driver (FileNotFoundError from os.getcwd() in MLflow's client). Now the driver says so and how to avoid it."""
     client = cluster.client()

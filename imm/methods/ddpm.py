@@ -30,8 +30,8 @@ from imm.networks.precond import guided, unwrap
 @dataclass
 class DDPMConfig:
     steps: int = 1000  # the discrete schedule's length N
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    beta_start: float = 1e-4  # the linear beta schedule's first beta
+    beta_end: float = 0.02  # its last
     clip_x0: float = 0.0  # > 0: clip the sampler's clean-data prediction to +-clip_x0 (1.0 for images in [-1, 1])
 
 

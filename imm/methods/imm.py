@@ -32,27 +32,27 @@ from imm.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
 @dataclass
 class IMMConfig:
     group_size: int = 4  # M
-    kernel: str = "laplace"
-    mapping: str = "constant_eta"
+    kernel: str = "laplace"  # the MMD kernel: laplace (the paper's), rbf or energy, scaled by 1 / |c_out(s, t)|
+    mapping: str = "constant_eta"  # r(s, t): constant_eta (a decrement in eta = sigma / alpha, the paper's) or constant_t
     k: int = 12  # mapping decrement 2^-k
-    eta_max: float = 160.0
-    eta_min: float = 0.0
+    eta_max: float = 160.0  # constant_eta: r's decrement in eta is (eta_max - eta_min) / 2^k
+    eta_min: float = 0.0  # constant_eta: see eta_max
     # Low-precision floor on t - r (paper section 4: 1e-4). null: BF16_DELTA where the run trains in bf16, else 0.
     delta: float | None = None
-    weighting: str = "sigmoid"
-    a: float = 1.0
-    b: float = 5.0
+    weighting: str = "sigmoid"  # w(s, t) of the paper's eq. 13: sigmoid, or constant (1)
+    a: float = 1.0  # sigmoid weighting: the exponent of the alpha factor
+    b: float = 5.0  # sigmoid weighting: the shift of the sigmoid in log-SNR
     weight_elbo: bool = True  # the factors of the sigmoid weighting, switchable one by one
-    weight_alpha: bool = True
-    weight_norm: bool = True
+    weight_alpha: bool = True  # the alpha_t^a factor of the sigmoid weighting
+    weight_norm: bool = True  # the 1 / (alpha_t^2 + sigma_t^2) normalisation of the sigmoid weighting
     estimator: str = "v"  # v: the paper's V-statistic; u: unbiased U-statistic
-    time_sampler: str = "uniform"
+    time_sampler: str = "uniform"  # p(t): uniform on [eps_t, T], or lognormal in eta (p_mean, p_std)
     # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
     # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
     sampler: str = "pushforward"
-    schedule: str = "uniform"
+    schedule: str = "uniform"  # the grid IMM samples on: uniform in t, or eta (EDM's)
     p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
-    p_std: float = 2.0
+    p_std: float = 2.0  # lognormal time sampler: the std of log eta
 
 
 # The floor on t - r that bf16 training needs. Near T the paper's decrement moves t by ~2e-7 (k = 15), which the

@@ -38,9 +38,9 @@ from imm.trajectories import Trajectory, get_trajectory
 class MeanFlowConfig:
     r_equals_t: float = 0.75  # share of samples with r = t (the paper's best: 25% with r != t)
     time_mean: float = -0.4  # logit(t), logit(r) ~ N(time_mean, time_std^2)
-    time_std: float = 1.0
+    time_std: float = 1.0  # the std of that logit-normal
     adaptive_p: float = 1.0  # adaptive loss weight 1 / (||error||^2 + c)^p; p = 0 is plain squared error
-    adaptive_c: float = 1e-3
+    adaptive_c: float = 1e-3  # the c of the adaptive weight
     # Class-conditional models: guidance trained into u (the paper's CFG), sampled with cfg_scale 1. Labelled samples
     # regress on v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null); omega = 1, kappa = 0: none.
     guidance: float = 1.0  # omega

@@ -23,7 +23,7 @@ from imm.methods.registry import Method, register
 
 @dataclass
 class VAEConfig:
-    latent_dim: int = 16
+    latent_dim: int = 16  # the size of the latent code z
 
 
 def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:

@@ -1,6 +1,7 @@
-"""Issue 25: a network is one file. A toy network written in one new module outside the package (in a temporary
-folder, imported in process) registers itself, gets its own config section, trains and samples; nothing in the
-package is edited."""
+"""Issue 25: a network is one file, a command is one file. A toy network and a toy `imm-orch` command, each written
+in one new module outside the package (in a temporary folder, imported in process), register themselves; the
+network gets its own config section, trains and samples, and the command, found through the command table, builds
+that network from a config given on its command line. Nothing in the package is edited."""
 
 from __future__ import annotations
 
@@ -46,16 +47,62 @@ ARCH = register(Architecture("toy", "one hidden layer", images=False, channels_l
 '''
 
 
+TOY_COMMAND = '''
+"""`imm-orch params CONFIG key=value ...`: the network a config builds, and its parameter count."""
+from orchestrator import terminal
+from orchestrator.commands import Command, output_flags, overrides_arg, register
+
+
+def arguments(parser):
+    parser.add_argument("config", help="a YAML config file or a built-in config name")
+    overrides_arg(parser, "dotted config overrides")
+    output_flags(parser)
+
+
+def run(args):
+    from imm.config import load_config
+    from imm.methods import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    net = build_model(cfg, (2,), 1.0).net
+    print(f"{cfg.model.arch}: {type(net).__name__}, {sum(p.numel() for p in net.parameters())} parameters",
+          file=terminal.out())
+    return 0
+
+
+COMMAND = register(Command("params", help="the network a config builds and its size", description=__doc__,
+                           examples="example:\\n  imm-orch params toy2d model.arch=mlp\\n", arguments=arguments,
+                           run=run, overrides=True))
+'''
+
+
+def _import_from(folder, name: str, source: str):
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
 @pytest.fixture
 def toy_network(tmp_path):
-    (tmp_path / "toy_network.py").write_text(textwrap.dedent(TOY_NETWORK))
-    sys.path.insert(0, str(tmp_path))
     try:
-        yield importlib.import_module("toy_network")
+        yield _import_from(tmp_path, "toy_network", TOY_NETWORK)
     finally:
-        sys.path.remove(str(tmp_path))
         sys.modules.pop("toy_network", None)
         ARCHITECTURES.pop("toy", None)
+
+
+@pytest.fixture
+def toy_command(tmp_path):
+    from orchestrator.commands import COMMANDS
+
+    try:
+        yield _import_from(tmp_path, "toy_command", TOY_COMMAND)
+    finally:
+        sys.modules.pop("toy_command", None)
+        COMMANDS.pop("params", None)
 
 
 def test_a_network_in_one_new_file_trains_and_samples_with_its_own_config_section(toy_network):
@@ -84,3 +131,16 @@ def test_the_built_in_networks_are_registered_with_what_they_need():
         from imm.methods import build_model
 
         build_model(load_config("toy2d", ["model.arch=unet"]), (2,), 1.0)
+
+
+def test_a_command_in_one_new_file_is_found_by_the_cli_and_builds_the_toy_network(toy_network, toy_command, capsys):
+    from orchestrator import cli
+
+    assert cli.main(["params", "toy2d", "model.arch=toy", "model.toy.width=5"]) == 0
+    # Linear(2 + 2, 5) and Linear(5, 2): 4*5 + 5 + 5*2 + 2 weights and biases
+    assert capsys.readouterr().out == "toy: Toy, 37 parameters\n"
+    with pytest.raises(SystemExit):  # its own help, with its examples, from the table
+        cli.main(["params", "--help"])
+    assert "imm-orch params toy2d model.arch=mlp" in capsys.readouterr().out
+    assert cli.main(["params", "toy2d", "model.toy.width=0x"]) == 2  # the CLI's error policy applies to it
+    assert capsys.readouterr().err.startswith("imm-orch: error: model.toy.width")

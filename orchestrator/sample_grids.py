@@ -68,3 +68,20 @@ def save(grid: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, optimize=True)
     return path
+
+
+def evaluation_row(step: int, samples: dict, folder: Path, reference=None) -> tuple[list[str], Image.Image]:
+    """(column headers, row) of a run's grid for the evaluation at `step`: per sampling step count, a scatter plot of
+    2D samples (over faint `reference` points of the data) or a grid of images (latents get a blank cell: they are
+    drawn once decoded). The cells' PNGs are written under `folder`."""
+    from imm.sample import image_grid_png, scatter_png
+
+    cells = []
+    for k, x in sorted(samples.items()):
+        out = folder / f"step_{step:07d}_steps_{k}.png"
+        if x.ndim == 4 and x.shape[1] in (1, 3):
+            image_grid_png(x, out)
+        elif x.ndim == 2 and x.shape[-1] == 2:
+            scatter_png(x, out, title=f"step {step}, {k} sampling step(s)", reference=reference)
+        cells.append(Image.open(out).copy() if out.is_file() else None)
+    return step_columns(sorted(samples)), row(f"training step {step}", cells)

@@ -351,11 +351,7 @@ class RankZeroLogger:
         self.pending += [Metric(k, v, ts, step) for k, v in shown.items()]
 
     def on_eval(self, step: int, samples: dict, tags: dict[str, str] | None = None, reference=None) -> None:
-        """A row of the sample grid: per sampling step count, a scatter plot of 2D samples (over faint `reference`
-        points of the data) or a grid of images; and the evaluation's tags."""
-        from PIL import Image
-
-        from imm.sample import image_grid_png, scatter_png
+        """A row of the sample grid (`sample_grids.evaluation_row`) and the evaluation's tags."""
         from orchestrator import sample_grids
 
         if tags and tags != self.eval_tags:  # which feature extractor the Frechet metrics use
@@ -365,16 +361,8 @@ class RankZeroLogger:
             self.eval_tags = tags
         if step <= self.logged_through:
             return
-        cells = []
-        for k, x in sorted(samples.items()):
-            out = self.plots / f"step_{step:07d}_steps_{k}.png"
-            if x.ndim == 4 and x.shape[1] in (1, 3):  # not latents: they are drawn once decoded
-                image_grid_png(x, out)
-            elif x.ndim == 2 and x.shape[-1] == 2:
-                scatter_png(x, out, title=f"step {step}, {k} sampling step(s)", reference=reference)
-            cells.append(Image.open(out).copy() if out.is_file() else None)
-        self.columns = sample_grids.step_columns(sorted(samples))
-        self.rows.append(sample_grids.row(f"training step {step}", cells))
+        self.columns, row = sample_grids.evaluation_row(step, samples, self.plots, reference)
+        self.rows.append(row)
         self.held_rows += 1
 
     def commit(self) -> None:

@@ -110,7 +110,7 @@ def test_console_script_user_error_is_one_line_and_debug_shows_traceback(tmp_pat
 def test_progress_line_shows_step_loss_throughput_eta_quality_and_restarts():
     import io
 
-    from orchestrator.launch import ProgressPrinter
+    from orchestrator.progress import ProgressPrinter
 
     out = io.StringIO()
     printer = ProgressPrinter(100, max_failures=2, stream=out)

@@ -24,7 +24,8 @@ from typing import Any
 
 from imm.config import ConfigError
 from orchestrator import tracking
-from orchestrator.launch import RestartNotice, new_board, plan_run
+from orchestrator.launch import plan_run
+from orchestrator.progress import RestartNotice, new_board
 from orchestrator.sweep import trials
 from orchestrator.sweep.lease import Lease
 from orchestrator.sweep.naming import params_line, trial_title

@@ -16,7 +16,8 @@ from typing import Any
 
 from imm.config import ConfigError
 from orchestrator import storage
-from orchestrator.launch import RestartNotice, RunPlan, launch, plan_run
+from orchestrator.launch import RunPlan, launch, plan_run
+from orchestrator.progress import RestartNotice
 from orchestrator.sweep.spec import Sweep
 from orchestrator.tracking import shown_value
 

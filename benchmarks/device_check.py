@@ -17,7 +17,7 @@ section, so a run cut short still reports what it measured. The sections and the
   torch.utils.flop_counter over one eager step: every matmul, convolution and attention of the online pass, its
   backward, and IMM's no-grad target pass (which is real work each step); elementwise ops are not counted.
 - train: 3 minutes of bf16 IMM training of DDPM++ (cifar10.yaml at its per-GPU batch, 512) on CIFAR-shaped
-  synthetic data through imm.train.train_loop: loss finite, skipped steps, images/s, peak memory.
+  synthetic data through imm.training.loop.train_loop: loss finite, skipped steps, images/s, peak memory.
 - sampling: 1-step IMM against 64-step flow-matching sampling throughput on DDPM++ (target >= 50x).
 - separation: the bf16/TF32 measurement of tests/test_bf16_times.py on the GPU, full-size networks: does
   G(x_t, s, r) - G(x_t, s, t) survive low precision at t = 0.99, with no floor, the paper's 1e-4 and bf16's 1e-3?
@@ -189,10 +189,10 @@ class Enough(Exception):
 def train(smoke: bool, device: str) -> dict:
     import torch
 
-    from imm.accelerate import resolve_precision
     from imm.config import load_config
     from imm.methods.imm import resolved_delta
-    from imm.train import train_loop
+    from imm.training.accelerate import resolve_precision
+    from imm.training.loop import train_loop
 
     seconds = 20 if smoke else TRAIN_SECONDS
     data = Path(tempfile.mkdtemp(prefix="imm-cifar-")) / "cifar-10-batches-py"
@@ -256,7 +256,7 @@ def separation(smoke: bool, device: str) -> dict:
     import torch
 
     from imm.config import load_config
-    from imm.mapping import mapping_fn
+    from imm.maths.mapping import mapping_fn
     from imm.methods import build_model
 
     nets = {"ddpmpp": ("cifar10", [], (3, 32, 32)), "dit_b2": ("imagenet256_dit", ["model.dit=B/2"], (4, 32, 32))}

@@ -20,10 +20,10 @@ import torch
 
 from imm.config import load_config
 from imm.data import load_data
-from imm.generator import load_generator
 from imm.metrics import energy_distance
-from imm.sample import image_grid_png
-from imm.train import train
+from imm.sampling.generator import load_generator
+from imm.sampling.pictures import image_grid_png
+from imm.training.loop import train
 
 PLAN = {  # method: [(sampler, steps), ...]
     "imm": [("pushforward", 1), ("pushforward", 2), ("pushforward", 4), ("pushforward", 8), ("restart", 4)],

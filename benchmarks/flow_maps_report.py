@@ -80,7 +80,7 @@ def main() -> None:
         "imm", "meanflow", "shortcut", "cm", "fm"})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from imm.sample import image_grid_png
+    from imm.sampling.pictures import image_grid_png
 
     for m in order:
         gen = load_model(f"runs:/{res[m]['run_ids'][0]}", tracking_uri=uri, device="cpu")

@@ -1,5 +1,5 @@
 """Training throughput of the paper's CIFAR-10 network, DDPM++ (imm/configs/cifar10.yaml), per GPU: eager fp32 against the
-GPU switches (bf16 autocast + torch.compile + channels_last + TF32 + fused optimizer, imm/accelerate.py), IMM
+GPU switches (bf16 autocast + torch.compile + channels_last + TF32 + fused optimizer, imm/training/accelerate.py), IMM
 against flow matching, at per-GPU batch 256 and 512. One run measures every case, interleaved, and prints images/s,
 peak memory and the ratios. Targets (issue 18): fast/eager >= 1.8 and IMM/FM <= 1.35 with the switches on.
 
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from imm import accelerate
 from imm.config import load_config
 from imm.methods import build_loss, build_model
+from imm.training import accelerate
 
 MODES = {  # the train.* switches of each mode
     "eager fp32": ["train.precision=fp32", "train.tf32=false", "train.channels_last=false",

@@ -1,4 +1,4 @@
-"""Latent batches per second for one worker (imm/latents.py): rows in memory (the baseline), memory-mapped local
+"""Latent batches per second for one worker (imm/data/latents.py): rows in memory (the baseline), memory-mapped local
 shards, and shards fetched from an S3 server (moto's, on 127.0.0.1) through the bounded cache, first pass (fetching)
 and later passes (cached). The set is ImageNet-256's latent shape (4x32x32, float16); ratios are against memory.
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from imm.latents import LatentWriter, Manifest, ShardReader  # noqa: E402
+from imm.data.latents import LatentWriter, Manifest, ShardReader  # noqa: E402
 
 SHAPE = (4, 32, 32)
 

@@ -108,7 +108,7 @@ def trained(job: Job, cache: str):
     """The job's config and EMA model in eval mode, trained once and then read from `cache`; and the state saved
     with it (sigma_d, data_shape, train_s)."""
     from imm.methods import build_model
-    from imm.train import CHECKPOINT_FILE, train_loop
+    from imm.training.loop import CHECKPOINT_FILE, train_loop
 
     cfg = job.config()
     model_file = Path(cache) / f"{job.key}.pt"

@@ -10,12 +10,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from imm.accelerate import OPTIMIZERS, PRECISIONS
+from imm.maths.trajectories import TRAJECTORIES
 from imm.metrics.features import FEATURES
 from imm.networks import ARCHITECTURES, PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.networks.dit import NAMES as DIT_NAMES
 from imm.sampling import SCHEDULES
-from imm.trajectories import TRAJECTORIES
+from imm.training.accelerate import OPTIMIZERS, PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # a toy 2D set, npy:PATH (an (N, D) array), digits, cifar10:PATH, folder:PATH or latents:PATH (imm.latents)
+    # a toy 2D set, npy:PATH (an (N, D) array), digits, cifar10:PATH, folder:PATH or latents:PATH (imm.data.latents)
     name: str = "8gaussians"
     n_train: int = 20000  # toy sets: points generated for training
     n_heldout: int = 5000  # toy sets: held-out points for metrics
@@ -34,7 +34,7 @@ class DataConfig:
     xflip: bool = False  # images: mirror half of each batch left-right (the paper's augmentation)
     latent_cache_gb: float = 16.0  # latents:s3://...: each worker's disk cache of shards (a window of them at a time)
     # latents: the per-channel normalisation x = (z - latent_mean) / latent_std * final_std the model works in;
-    # null = the set's manifest. imagenet256_dit.yaml sets the official constants (imm.latents.OFFICIAL_NORMALISATION).
+    # null = the set's manifest. imagenet256_dit.yaml sets the official constants (imm.data.latents.OFFICIAL_NORMALISATION).
     latent_mean: list[float] | None = None
     latent_std: list[float] | None = None  # latents: the per-channel std of that normalisation (null = the manifest's)
 
@@ -78,7 +78,7 @@ class TrainConfig:
     # gradients add up locally and DDP all-reduces once, so the update equals one step on the whole batch.
     accumulate: int = 1
     label_dropout: float = 0.1  # class-conditional models: share of labels replaced by the null label
-    # The GPU switches (imm/accelerate.py), no-ops on CPU: auto = bf16 autocast for the forward passes on CUDA (the
+    # The GPU switches (imm/training/accelerate.py), no-ops on CPU: auto = bf16 autocast for the forward passes on CUDA (the
     # loss is reduced in fp32), fp32 elsewhere; TF32 matmuls; the U-Net in channels-last layout; fused optimizer step.
     precision: str = "auto"
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA

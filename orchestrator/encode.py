@@ -1,4 +1,4 @@
-"""`imm-orch encode`: images -> VAE latents in imm/latents.py's format, as a Ray Data batch-inference job.
+"""`imm-orch encode`: images -> VAE latents in imm/data/latents.py's format, as a Ray Data batch-inference job.
 
 The images (a folder or an s3:// prefix; one level of subfolders names the classes) are listed and shuffled with a
 fixed seed, so every shard mixes the classes (a worker streaming a window of shards sees them all), and the first
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from imm.data import IMAGE_EXTENSIONS
-from imm.latents import MANIFEST, OFFICIAL_NORMALISATION, LatentWriter, Manifest, load_vae
-from imm.remote import is_remote, s3_client, split
+from imm.data.latents import MANIFEST, OFFICIAL_NORMALISATION, LatentWriter, Manifest, load_vae
+from imm.data.remote import is_remote, s3_client, split
 
 SOURCE_PREFIX = "folder:"
 

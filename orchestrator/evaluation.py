@@ -38,8 +38,8 @@ def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: in
     """Evaluate the model at `uri` and log the result to a new MLflow run, or to `run_id` (a sweep's trial run,
     opened by the sweep, which also closes it on failure)."""
     from imm.data import load_data
-    from imm.evaluate import Evaluator
-    from imm.sample import save_samples
+    from imm.metrics.evaluator import Evaluator
+    from imm.sampling.pictures import save_samples
 
     tracking_uri = tracking.default_tracking_uri(tracking_uri)
     gen = load_model(uri, tracking_uri=tracking_uri, device=device)

@@ -97,7 +97,7 @@ def absolute_paths(cfg: DictConfig) -> None:
     """Make the config's local paths (data.name's PATH, the eval files) absolute against this process's directory:
     Ray's workers run in another one, where a relative path names nothing (or something else)."""
     from imm.data import DataSource
-    from imm.remote import is_remote
+    from imm.data.remote import is_remote
 
     data = DataSource.parse(cfg.data.name)
     if data.is_local_path:

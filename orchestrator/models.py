@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from imm.generator import Generator, load_generator
-from imm.remote import local_copy
-from imm.train import CHECKPOINT_FILE
+from imm.data.remote import local_copy
+from imm.sampling.generator import Generator, load_generator
+from imm.training.loop import CHECKPOINT_FILE
 
 MODEL_ARTIFACT = "model"  # the MLflow model of a promoted run
 CHECKPOINT_ARTIFACT = "checkpoint"  # the final training checkpoint every run logs

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from imm.config import ConfigError
 from imm.data import DataSource
-from imm.remote import is_remote
+from imm.data.remote import is_remote
 from orchestrator.tracking import ARTIFACTS_ENV
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -92,11 +92,11 @@ def check_local(cfg) -> None:
 
 def _check_latents_decoder(cfg) -> None:
     """FID on latents decodes the samples first: the VAE must be here."""
-    from imm.evaluate import wants_inception
+    from imm.metrics.evaluator import wants_inception
 
     data = DataSource.parse(cfg.data.name)
     if data.kind == "latents" and data.is_local_path and wants_inception(cfg) and not cfg.eval.vae:
-        from imm.latents import Manifest, decoder_vae
+        from imm.data.latents import Manifest, decoder_vae
 
         manifest = Manifest.read(data.path)
         if decoder_vae(manifest, None) is None:
@@ -106,8 +106,8 @@ def _check_latents_decoder(cfg) -> None:
 
 def check_s3(cfg) -> None:
     """Every s3:// place the run reads or writes answers: the endpoint, the credentials, the buckets, and the
-    objects it reads (one short probe each, imm.remote.probe)."""
-    from imm.remote import probe
+    objects it reads (one short probe each, imm.data.remote.probe)."""
+    from imm.data.remote import probe
 
     for loc in locations(cfg):
         if is_remote(loc.uri):
@@ -200,8 +200,8 @@ def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, 
 
 def check_encode(source: str, vae: str, out: str) -> None:
     """`imm-orch encode`: the source has images, the VAE folder a config and the output no finished set."""
-    from imm.latents import MANIFEST
-    from imm.remote import exists
+    from imm.data.latents import MANIFEST
+    from imm.data.remote import exists
     from orchestrator.encode import list_images
 
     list_images(source)

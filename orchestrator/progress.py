@@ -11,8 +11,8 @@ import math
 import threading
 import time
 
-from imm.evaluate import QUALITY_PREFIXES
-from imm.train import progress_line
+from imm.metrics.evaluator import QUALITY_PREFIXES
+from imm.training.loop import progress_line
 from orchestrator import terminal
 
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imm.evaluate import QUALITY_PREFIXES
+from imm.metrics.evaluator import QUALITY_PREFIXES
 from orchestrator import tracking
 from orchestrator.models import CHECKPOINT_ARTIFACT, MODEL_ARTIFACT, save_mlflow_model
 from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
@@ -121,7 +121,7 @@ def ensure_model_artifact(client, run) -> str:
     if MODEL_ARTIFACT not in names:
         if CHECKPOINT_ARTIFACT not in names:
             raise ValueError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}/ artifact to promote (artifacts: {sorted(names)})")
-        from imm.generator import load_generator
+        from imm.sampling.generator import load_generator
 
         with tempfile.TemporaryDirectory(prefix="imm-promote-") as tmp:
             ckpt = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)

@@ -74,7 +74,7 @@ def evaluation_row(step: int, samples: dict, folder: Path, reference=None) -> tu
     """(column headers, row) of a run's grid for the evaluation at `step`: per sampling step count, a scatter plot of
     2D samples (over faint `reference` points of the data) or a grid of images (latents get a blank cell: they are
     drawn once decoded). The cells' PNGs are written under `folder`."""
-    from imm.sample import image_grid_png, scatter_png
+    from imm.sampling.pictures import image_grid_png, scatter_png
 
     cells = []
     for k, x in sorted(samples.items()):

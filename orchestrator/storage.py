@@ -2,7 +2,7 @@
 
 The embedded default keeps everything under `storage.root` (./imm-runs): `mlflow.db`, `artifacts/` and
 `ray/`. `storage.ray_storage` may point Ray's checkpoints elsewhere: a folder or `s3://bucket/prefix`.
-For an S3 endpoint other than AWS (MinIO, moto), Ray needs an explicit pyarrow filesystem: `imm.remote`
+For an S3 endpoint other than AWS (MinIO, moto), Ray needs an explicit pyarrow filesystem: `imm.data.remote`
 builds it from AWS_ENDPOINT_URL_S3 or MLFLOW_S3_ENDPOINT_URL.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from imm.config import ConfigError
-from imm.remote import s3_filesystem
+from imm.data.remote import s3_filesystem
 
 
 @dataclass(frozen=True)

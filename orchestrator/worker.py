@@ -1,4 +1,4 @@
-"""What every Ray Train worker runs: `imm.train.train_loop`, wired to Ray's report/checkpoints and MLflow.
+"""What every Ray Train worker runs: `imm.training.loop.train_loop`, wired to Ray's report/checkpoints and MLflow.
 
 No cluster logic and no model logic lives here: rank, world size and device come from Ray's context,
 the checkpoint to resume from from `ray.train.get_checkpoint()`, and everything about training from imm.
@@ -69,7 +69,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from imm.config import config_from_dict
-    from imm.train import load_checkpoint, train_loop
+    from imm.training.loop import load_checkpoint, train_loop
     from orchestrator.tracking import RankZeroLogger, add_nodes
 
     cfg = config_from_dict(config["cfg"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imm import accelerate
 from imm.config import load_config
+from imm.training import accelerate
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -43,7 +43,7 @@ def test_each_switch_can_be_turned_off():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_unet_run_on_cuda_trains_with_every_switch_on():
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     cfg = _cfg("train.steps=20", "train.batch_size=32", "eval.every=20", "eval.n_samples=64", "eval.features=none",
                "train.log_every=20", "train.checkpoint_every=20")

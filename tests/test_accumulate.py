@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from imm.config import ConfigError, load_config
 from imm.methods import build_loss, build_model
 from imm.methods.imm import IMMBatch
-from imm.train import accumulate_gradients
+from imm.training.loop import accumulate_gradients
 
 BATCH, M, PARTS = 64, 4, 4
 
@@ -133,7 +133,7 @@ def test_bad_accumulation_is_a_one_line_error_naming_the_keys(overrides, message
 def test_the_training_loop_accumulates(tmp_path):
     """train_loop with accumulate=4 runs, and its loss curve matches accumulate=1 closely (same seeds; the
     randomness is drawn per micro-batch there, so only statistically)."""
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     losses = {}
     for acc in (1, 4):

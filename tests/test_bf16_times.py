@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from imm.config import ConfigError, load_config
-from imm.mapping import mapping_fn
+from imm.maths.mapping import mapping_fn
 from imm.methods import build_model
 from imm.methods.imm import BF16_DELTA, build_loss
 
@@ -83,7 +83,7 @@ def test_a_smaller_floor_in_bf16_is_refused_in_one_line_naming_imm_delta(method)
 def test_a_run_on_a_gpu_by_hand_resolves_auto_on_its_device():
     """python -m imm.train on a GPU box (trainer.use_gpu false): train_loop resolves precision=auto on the device,
     and the loss it builds follows (here the device is named, not used: no GPU in CI)."""
-    from imm.accelerate import resolve_precision
+    from imm.training.accelerate import resolve_precision
 
     cfg = resolve_precision(load_config("toy2d"), torch.device("cuda"))
     assert cfg.train.precision == "bf16" and build_loss(cfg).delta == BF16_DELTA
@@ -94,8 +94,8 @@ def test_a_model_trained_before_the_floor_still_loads_to_sample():
     """A checkpoint written before this rule holds imm.delta 0.0 with precision auto on GPU workers: training with it
     is refused, sampling from it is not (what only training needs is not asked of a stored model)."""
     from imm.config import config_from_dict
-    from imm.generator import Generator
     from imm.methods import build_model
+    from imm.sampling.generator import Generator
 
     cfg = load_config("toy2d", ["model.hidden=16", "model.depth=1"])
     old = OmegaConf.to_container(cfg, resolve=True)

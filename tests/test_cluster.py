@@ -315,7 +315,7 @@ def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_
     import torch
 
     from imm.config import load_config
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the Ray worker (1 CPU)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imm.convert import import_official, official_to_ours, read_official
+from imm.maths.trajectories import get_trajectory
 from imm.networks import DDPMpp, OneStepModel
-from imm.trajectories import get_trajectory
+from imm.networks.official import import_official, official_to_ours, read_official
 from orchestrator import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -68,7 +68,7 @@ def test_the_paper_network_imports_key_for_key_and_keeps_f_tt_the_identity(tmp_p
     for key, value in official.items():  # every weight landed, unchanged, under its new name
         if not key.endswith("resample_filter"):
             assert torch.equal(weights["net." + key[len("model."):]], value)
-    from imm.generator import Generator
+    from imm.sampling.generator import Generator
 
     gen = Generator.from_checkpoint(ckpt)
     x = torch.randn(2, 3, 32, 32)
@@ -156,7 +156,7 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
                      "eval.features=none"]) == 0
     printed = capsys.readouterr().out
     assert f"{PAPER_PARAMS:,} parameters" in printed and "imm-orch eval --model" in printed
-    from imm.generator import load_generator
+    from imm.sampling.generator import load_generator
 
     gen = load_generator(out)
     assert gen.cfg.eval.features == "none" and gen.sample(2, steps=2).shape == (2, 3, 32, 32)
@@ -172,8 +172,8 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
 def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embedding, a):
     """The released ImageNet-256 files hold the official DiT, whose keys are ours under `model.` (the XL/2 key
     fixture, tests/test_dit.py); here a DiT-S/2 with random weights under those names stands in for XL/2's 2.7 GB."""
-    from imm.generator import Generator
     from imm.networks import DiT
+    from imm.sampling.generator import Generator
 
     torch.manual_seed(0)
     net = DiT.named("S/2", 4, 32, num_classes=1000)

@@ -120,7 +120,7 @@ def test_xflip_mirrors_about_half_of_the_images():
 def test_image_grid_png(tmp_path):
     from PIL import Image
 
-    from imm.sample import image_grid_png
+    from imm.sampling.pictures import image_grid_png
 
     image_grid_png(torch.rand(10, 1, 8, 8) * 2 - 1, tmp_path / "g.png")
     img = Image.open(tmp_path / "g.png")

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from imm.config import load_config
+from imm.maths.trajectories import get_trajectory
 from imm.methods import build_model
 from imm.networks import DiT, OneStepModel
 from imm.networks.dit import NAMES, parse_size
 from imm.networks.precond import PARAMETERIZATIONS, guided
-from imm.trajectories import get_trajectory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PUBLISHED = {"S/2": 33.0e6, "B/2": 130.3e6, "L/2": 458.1e6, "XL/2": 675.1e6}  # DiT's table 1 (Gflops table), 256px
@@ -100,8 +100,8 @@ def test_cfg_scale_one_is_the_conditional_model_and_w_extrapolates_from_the_null
 
 def test_a_small_dit_trains_and_samples_on_cpu(tmp_path):
     """model.arch=dit through the config, class-conditional, on digits (a stand-in for latents until they land)."""
-    from imm.generator import load_generator
-    from imm.train import train
+    from imm.sampling.generator import load_generator
+    from imm.training.loop import train
 
     cfg = load_config("digits", ["model.arch=dit", "model.dit=S/4", "model.class_conditional=true", "train.steps=6",
                                  "train.batch_size=16", "eval.every=6", "eval.n_samples=20", "eval.features=none",

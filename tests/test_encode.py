@@ -1,5 +1,5 @@
 """`imm-orch encode` on the session's Ray: a tiny randomly initialised AutoencoderKL in a temp folder encodes an
-image folder (and the same from moto's S3 server) into shards + manifest that imm/latents.py reads back."""
+image folder (and the same from moto's S3 server) into shards + manifest that imm/data/latents.py reads back."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def check_set(m, read, vae, root) -> None:
 
 
 def test_encode_a_folder_on_ray_writes_a_set_that_reads_back(ray_local, tiny_vae, images, tmp_path, capsys):
-    from imm.latents import Manifest
+    from imm.data.latents import Manifest
 
     vae_path, vae = tiny_vae
     out = tmp_path / "latents"
@@ -75,7 +75,7 @@ def test_encode_a_folder_on_ray_writes_a_set_that_reads_back(ray_local, tiny_vae
 
 def test_encode_as_the_official_encoder_stores_the_posterior_and_the_official_constants(ray_local, tiny_vae, images,
                                                                                         tmp_path, capsys):
-    from imm.latents import OFFICIAL_NORMALISATION, Manifest
+    from imm.data.latents import OFFICIAL_NORMALISATION, Manifest
 
     vae_path, vae = tiny_vae
     out = tmp_path / "latents"
@@ -95,7 +95,7 @@ def test_encode_as_the_official_encoder_stores_the_posterior_and_the_official_co
 def test_encode_from_s3_to_s3(ray_local, tiny_vae, images, s3_env, tmp_path, capsys):
     import io
 
-    from imm.latents import Manifest
+    from imm.data.latents import Manifest
 
     vae_path, vae = tiny_vae
     s3_env.create_bucket(Bucket="encode")

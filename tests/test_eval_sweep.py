@@ -35,7 +35,7 @@ def test_a_sweep_of_a_trained_model_searches_sampling_keys_only(tmp_path):
 
 @pytest.mark.slow
 def test_each_trial_evaluates_the_model_with_its_guidance_scale(ray_local, mlflow_uri, tmp_path, capsys):
-    from imm.train import train
+    from imm.training.loop import train
 
     train(load_config("digits", [*BASE, "train.steps=60", "train.checkpoint_every=60", "eval.every=60",
                                  f"train.out_dir={tmp_path / 'model'}"]))

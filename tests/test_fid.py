@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from imm.config import load_config
 from imm.data import load_data
-from imm.evaluate import Evaluator, metric_names
+from imm.metrics.evaluator import Evaluator, metric_names
 from imm.metrics.features import (
     FeatureExtractor,
     build_extractor,
@@ -59,7 +59,7 @@ def test_inception_weights_load_from_s3(inception_file, s3_env, tmp_path, monkey
     import imm.metrics.features
 
     monkeypatch.setattr(imm.metrics.features, "local_copy",
-                        lambda uri: __import__("imm.remote").remote.local_copy(uri, tmp_path / "cache"))
+                        lambda uri: __import__("imm.data.remote").data.remote.local_copy(uri, tmp_path / "cache"))
     s3_env.create_bucket(Bucket="weights")
     s3_env.upload_file(str(inception_file), "weights", "fid/pt_inception.pth")
     x = torch.rand(2, 3, 16, 16) * 2 - 1

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from imm.config import load_config
-from imm.kernels import KERNELS
+from imm.maths.kernels import KERNELS
+from imm.maths.trajectories import get_trajectory
+from imm.maths.weighting import MIN_GAP, sample_times
 from imm.methods.imm import IMMConfig, IMMLoss
 from imm.networks import MLP, OneStepModel
 from imm.networks.precond import PARAMETERIZATIONS
-from imm.trajectories import get_trajectory
-from imm.weighting import MIN_GAP, sample_times
 
 TINY = ["train.steps=30", "train.log_every=10", "eval.every=30", "eval.n_samples=64", "eval.steps=[1]",
         "train.checkpoint_every=10", "model.hidden=32", "model.depth=2", "train.batch_size=64", "eval.features=none"]
@@ -83,7 +83,7 @@ def test_time_samplers_keep_s_strictly_below_t(kind, eps_t):
 def test_lognormal_training_with_cifar10s_eps_t_is_finite_and_skips_nothing():
     """`imm.time_sampler=lognormal eps_t=0.006` died with `train/loss became nan by step 100`; 400 steps now finish
     with finite metrics, and not by skipping: train/skipped_steps = 0."""
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     cfg = load_config("toy2d", ["imm.time_sampler=lognormal", "eps_t=0.006", "train.steps=400", "eval.every=400",
                                 "eval.n_samples=500", "eval.steps=[1,2]"])
@@ -119,25 +119,25 @@ class NonFiniteAt:
 
 
 def _inject(steps: set[int], loss_finite: bool = False):
-    """Patch imm.train's loss builder (in this process) to inject NaN at `steps`; returns the real one."""
-    import imm.train
+    """Patch imm.training.loop's loss builder (in this process) to inject NaN at `steps`; returns the real one."""
+    import imm.training.loop
 
-    real = imm.train.build_loss
-    imm.train.build_loss = lambda cfg: NonFiniteAt(real(cfg), steps, loss_finite)
+    real = imm.training.loop.build_loss
+    imm.training.loop.build_loss = lambda cfg: NonFiniteAt(real(cfg), steps, loss_finite)
     return real
 
 
 def _ddp_guard_worker(rank: int, world: int, store: str, out: str):
     import torch.distributed as dist
 
-    import imm.train
+    import imm.training.loop
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         _inject({5, 12, 13} if rank == 1 else set())  # only rank 1's gradient goes non-finite
         reports = []
         cfg = load_config("toy2d", [*TINY, "trainer.num_workers=2"])
-        imm.train.train_loop(cfg, rank=rank, world_size=world, device="cpu",
+        imm.training.loop.train_loop(cfg, rank=rank, world_size=world, device="cpu",
                              report=lambda m, ckpt: reports.append(dict(m)))
         torch.save({"skipped": [(int(m["step"]), m["train/skipped_steps"]) for m in reports],
                     "losses": [m["train/loss"] for m in reports]}, f"{out}.{rank}")
@@ -163,7 +163,7 @@ def test_a_non_finite_gradient_on_one_ddp_rank_is_skipped_on_every_rank_and_coun
 
 
 def test_skips_are_counted_logged_and_survive_a_resume(tmp_path):
-    import imm.train
+    import imm.training.loop
 
     real = _inject({5, 12})
     try:
@@ -173,33 +173,33 @@ def test_skips_are_counted_logged_and_survive_a_resume(tmp_path):
         def report(metrics, ckpt):
             reports.append(dict(metrics))
             if ckpt and metrics["step"] == 10:
-                kept["state"] = imm.train.load_checkpoint(ckpt)
+                kept["state"] = imm.training.loop.load_checkpoint(ckpt)
 
-        imm.train.train_loop(cfg, report=report)
+        imm.training.loop.train_loop(cfg, report=report)
         assert [(int(m["step"]), m["train/skipped_steps"]) for m in reports] == [(10, 1), (20, 2), (30, 2)]
         state = kept["state"]
         assert state["skipped_steps"] == 1 and state["skipped_in_a_row"] == 0
         # the skipped step left the optimizer alone: Adam's own step count is 10 - 1
         assert int(next(iter(state["optimizer"]["state"].values()))["step"]) == 9
         assert int(state["ema_updates"]) == 9
-        imm.train.build_loss = real  # resumed at step 10 with no more injections: the count goes on from 1
+        imm.training.loop.build_loss = real  # resumed at step 10 with no more injections: the count goes on from 1
         resumed = []
-        imm.train.train_loop(cfg, resume=state, report=lambda m, c: resumed.append(dict(m)))
+        imm.training.loop.train_loop(cfg, resume=state, report=lambda m, c: resumed.append(dict(m)))
         assert [m["train/skipped_steps"] for m in resumed] == [1, 1]
     finally:
-        imm.train.build_loss = real
+        imm.training.loop.build_loss = real
 
 
 @pytest.mark.parametrize("loss_finite", [False, True])
 def test_too_many_skips_in_a_row_stop_the_run_with_a_one_line_cause(loss_finite):
-    import imm.train
+    import imm.training.loop
 
     real = _inject({4, 5, 6}, loss_finite)
     try:
         with pytest.raises(FloatingPointError) as e:
-            imm.train.train_loop(load_config("toy2d", [*TINY, "train.max_skipped_steps=3"]))
+            imm.training.loop.train_loop(load_config("toy2d", [*TINY, "train.max_skipped_steps=3"]))
     finally:
-        imm.train.build_loss = real
+        imm.training.loop.build_loss = real
     cause = ("the gradient was not finite 3 steps in a row (steps 4-6, train.max_skipped_steps=3); lower train.lr or "
              "check the data")
     # a diverged loss is named first (as before the guard); a finite loss with a non-finite gradient is not

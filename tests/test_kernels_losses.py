@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from imm.kernels import get_kernel
-from imm.losses import mmd2
+from imm.maths.estimators import mmd2
+from imm.maths.kernels import get_kernel
 
 
 def _ref_kernel(name, x, y, w, d):

@@ -1,4 +1,4 @@
-"""Latent data sets (imm/latents.py): the shard format, each worker reading only its own shards (memory-mapped
+"""Latent data sets (imm/data/latents.py): the shard format, each worker reading only its own shards (memory-mapped
 locally, through a bounded cache from moto's S3 server), memory that does not grow with the set, and training a
 DiT on latents end to end."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imm.config import ConfigError, load_config
-from imm.latents import FORMAT, LatentWriter, Manifest, ShardReader
+from imm.data.latents import FORMAT, LatentWriter, Manifest, ShardReader
 
 SHAPE = (4, 8, 8)
 
@@ -117,7 +117,7 @@ def test_training_on_a_set_larger_than_memory_keeps_its_peak_memory_below_a_quar
     sampled every 10 ms, stays below a quarter of the set (had it been loaded, it would exceed it)."""
     import threading
 
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     m = write_set(tmp_path / "big", shards=48, per_shard=256, shape=(4, 32, 32), dtype="float32", heldout=64)
     over = ["model.arch=mlp", "model.hidden=32", "model.depth=1", "model.class_conditional=true", "train.batch_size=64",
@@ -177,7 +177,7 @@ def test_a_dit_trains_on_latents_and_samples(tmp_path):
     """DiT-S/2 on a toy latent set, class-conditional with CFG, on the CPU: the loss falls and samples are finite;
     the checkpoint records the latent set's sigma_d (final_std), not a measured one."""
     from imm.methods import build_model, generate
-    from imm.train import CHECKPOINT_FILE, train_loop
+    from imm.training.loop import CHECKPOINT_FILE, train_loop
 
     root = tmp_path / "set"
     write_set(root, shards=2, per_shard=64, heldout=64)
@@ -257,7 +257,7 @@ def test_the_reads_benchmark_runs_at_toy_size():
 
 
 def test_samples_are_decoded_by_the_sets_vae_through_its_scaling(tmp_path, tiny_vae):
-    from imm.latents import LatentDecoder, decoder_vae
+    from imm.data.latents import LatentDecoder, decoder_vae
 
     folder, vae = tiny_vae
     m = write_set(tmp_path / "set", shards=1)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from imm.mapping import mapping_fn
-from imm.trajectories import get_trajectory
+from imm.maths.mapping import mapping_fn
+from imm.maths.trajectories import get_trajectory
 
 
 def _times(traj, n=4000, eps_t=0.0, T=None, seed=0):

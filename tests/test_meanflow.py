@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from imm.config import load_config
+from imm.maths.trajectories import get_trajectory
 from imm.methods import build_loss, build_model, generate
 from imm.methods.meanflow import AverageVelocityModel, MeanFlowConfig, MeanFlowLoss
 from imm.networks import MLP
-from imm.trajectories import get_trajectory
 
 
 def _model(seed=0) -> AverageVelocityModel:
@@ -70,7 +70,7 @@ def test_on_gaussian_data_the_exact_average_velocity_is_the_fixed_point_of_the_i
 
 @pytest.mark.parametrize("arch,precision", [("mlp", "fp32"), ("mlp", "bf16"), ("unet", "fp32")])
 def test_meanflow_trains_and_samples_in_one_and_several_steps(arch, precision):
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     base = ("digits", ["model.arch=unet", "model.channels=8", "model.channel_mult=[1]", "model.num_blocks=1",
                        "model.attn_resolutions=[]", "model.emb_dim=16"]) if arch == "unet" else (

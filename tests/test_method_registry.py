@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from imm.config import ConfigError, load_config
+from imm.maths.trajectories import get_trajectory
 from imm.methods import METHODS, Method, generate, register
 from imm.methods.common import build_network, start_from_noise
 from imm.methods.flow_matching import FlowMatchingLoss
 from imm.networks import VelocityModel
 from imm.sampling import euler
-from imm.trajectories import get_trajectory
 
 
 @dataclass
@@ -56,7 +56,7 @@ def test_the_builtin_methods_are_the_table(shrunk):
 
 
 def test_a_registered_method_is_configured_validated_trained_and_sampled(shrunk, tmp_path):
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     overrides = ["method=shrunk", "shrunk.weight=2.0", "model.hidden=32", "model.depth=1", "train.steps=30",
                  "train.batch_size=64", "eval.every=30", "eval.n_samples=100", "eval.steps=[1,4]",

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from imm.maths.trajectories import ddim, get_trajectory
+from imm.maths.weighting import Weighting
 from imm.methods.imm import IMMBatch, IMMConfig, IMMLoss
 from imm.networks import MLP, PARAMETERIZATIONS, OneStepModel, VelocityModel
-from imm.trajectories import ddim, get_trajectory
-from imm.weighting import Weighting
 
 
 def _random_model(param, traj="ot_fm", s_embedding="identity", dropout=0.0, seed=0):
@@ -193,7 +193,7 @@ def test_a_trajectory_pickled_before_the_subclasses_loads_as_its_subclass(name):
     single class (its state: name and default_T) unpickles as the subclass its name says, with the same numbers."""
     import pickle
 
-    from imm.trajectories import TRAJECTORIES, Trajectory
+    from imm.maths.trajectories import TRAJECTORIES, Trajectory
 
     old = object.__new__(Trajectory)
     object.__setattr__(old, "__dict__", {"name": name, "default_T": TRAJECTORIES[name].default_T})

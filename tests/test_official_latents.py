@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imm.config import config_from_dict, load_config
-from imm.latents import OFFICIAL_NORMALISATION, LatentDecoder, LatentWriter, ShardReader, load_latents
+from imm.data.latents import OFFICIAL_NORMALISATION, LatentDecoder, LatentWriter, ShardReader, load_latents
 
 SHAPE = (4, 8, 8)
 RAW_MEAN = torch.tensor(OFFICIAL_NORMALISATION["mean"]).view(-1, 1, 1)
@@ -75,8 +75,8 @@ def test_the_papers_config_normalises_with_the_official_constants_whatever_the_s
 def test_an_imported_imagenet_model_decodes_with_the_official_constants(tmp_path, tiny_vae):
     """The set at hand was normalised with its own statistics; the imported model's samples still decode through
     the official constants (they live in the released weights' space)."""
-    from imm.convert import import_official
     from imm.networks import DiT
+    from imm.networks.official import import_official
 
     folder, vae = tiny_vae
     torch.manual_seed(0)

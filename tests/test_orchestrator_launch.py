@@ -145,7 +145,7 @@ def _ddp_step(config):
     torch.manual_seed(0)
     model = build_model(cfg, (2,), 1.0)
     model.load_state_dict(config["state"])
-    ddp = DistributedDataParallel(model)  # what imm.train.train_loop does when world_size > 1
+    ddp = DistributedDataParallel(model)  # what imm.training.loop.train_loop does when world_size > 1
     loss_fn, batch = build_loss(cfg), config["batch"]
     groups = batch.s.shape[0] // world
     g, p = slice(rank * groups, (rank + 1) * groups), slice(rank * groups * cfg.imm.group_size,

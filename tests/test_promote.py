@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from imm.generator import Generator
-from imm.train import train
+from imm.sampling.generator import Generator
+from imm.training.loop import train
 from orchestrator import cli, load_model, tracking
 from orchestrator.promote import promote
 

@@ -107,7 +107,7 @@ def toy_command(tmp_path):
 
 def test_a_network_in_one_new_file_trains_and_samples_with_its_own_config_section(toy_network):
     from imm.methods import generate
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     cfg = load_config("toy2d", ["model.arch=toy", "model.toy.width=12", "train.steps=20", "train.log_every=10",
                                 "eval.every=20", "eval.n_samples=100", "eval.steps=[1]", "train.batch_size=64",

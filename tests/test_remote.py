@@ -7,13 +7,13 @@ import pytest
 
 from imm.config import load_config
 from imm.data import load_data
-from imm.remote import local_copy
+from imm.data.remote import local_copy
 
 
 def test_cifar10_from_s3_is_copied_once_and_read_like_a_folder(s3_env, tmp_path, monkeypatch, write_fake_cifar):
-    import imm.remote
+    import imm.data.remote
 
-    monkeypatch.setattr(imm.remote, "DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(imm.data.remote, "DEFAULT_CACHE", tmp_path / "cache")
     local = tmp_path / "cifar"
     last = write_fake_cifar(local)
     s3_env.create_bucket(Bucket="data")
@@ -37,7 +37,7 @@ def test_a_missing_s3_object_is_named(s3_env, tmp_path):
 
 
 def test_retries_are_bounded_and_configurable(monkeypatch):
-    from imm.remote import retry_settings, s3_client, s3_filesystem
+    from imm.data.remote import retry_settings, s3_client, s3_filesystem
 
     assert retry_settings() == ("standard", 8)
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
+from imm.maths.trajectories import get_trajectory
 from imm.sampling import euler, heun, initial_noise, pushforward, restart, time_grid
-from imm.trajectories import get_trajectory
 
 SIGMA_D = 0.8
 

@@ -4,10 +4,10 @@ of the model make the target."""
 import torch
 
 from imm.config import load_config
+from imm.maths.trajectories import get_trajectory
 from imm.methods.meanflow import AverageVelocityModel
 from imm.methods.shortcut import ShortcutConfig, ShortcutLoss
 from imm.networks import MLP
-from imm.trajectories import get_trajectory
 
 
 def _exact_u(a: float, s: float):
@@ -32,7 +32,7 @@ def test_two_half_steps_of_an_exact_flow_are_its_full_step():
 
 
 def test_the_target_is_two_half_steps_of_the_model_and_training_runs():
-    from imm.train import train_loop
+    from imm.training.loop import train_loop
 
     torch.manual_seed(0)
     model = AverageVelocityModel(MLP(2, hidden=16, depth=1, emb_dim=8), get_trajectory("ot_fm"), sigma_d=1.0).double()

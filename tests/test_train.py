@@ -7,7 +7,7 @@ import torch
 from imm import sample as sample_cli
 from imm import train as train_cli
 from imm.config import load_config
-from imm.train import CHECKPOINT_FILE, load_checkpoint, train_loop
+from imm.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
 
 TINY = [
     "model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.steps=30",

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from imm.trajectories import ddim, get_trajectory
+from imm.maths.trajectories import ddim, get_trajectory
 
 TRAJ = ["ot_fm", "cosine"]
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from imm.trajectories import get_trajectory
-from imm.weighting import Weighting, sample_times
+from imm.maths.trajectories import get_trajectory
+from imm.maths.weighting import Weighting, sample_times
 
 
 def _sigmoid(z):

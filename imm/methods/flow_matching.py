@@ -9,13 +9,13 @@ import torch
 from torch import Tensor
 
 from imm.config import resolved_T
-from imm.losses import at_least_fp32
+from imm.maths.estimators import at_least_fp32
+from imm.maths.trajectories import get_trajectory
 from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.registry import Method, register
 from imm.networks import VelocityModel
 from imm.networks.precond import unwrap
 from imm.sampling import euler, heun
-from imm.trajectories import get_trajectory
 
 
 @dataclass

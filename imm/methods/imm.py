@@ -16,17 +16,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from imm.accelerate import planned_precision
 from imm.config import ConfigError, check_choice, check_range, resolved_T
-from imm.kernels import KERNELS, get_kernel
-from imm.losses import ESTIMATORS, at_least_fp32, mmd2
-from imm.mapping import MAPPINGS, mapping_fn
+from imm.maths.estimators import ESTIMATORS, at_least_fp32, mmd2
+from imm.maths.kernels import KERNELS, get_kernel
+from imm.maths.mapping import MAPPINGS, mapping_fn
+from imm.maths.trajectories import Trajectory, ddim, get_trajectory
+from imm.maths.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
 from imm.methods.common import build_network, start_from_noise
 from imm.methods.registry import Method, register
 from imm.networks.precond import OneStepModel, unwrap
 from imm.sampling import SCHEDULES, pushforward, restart
-from imm.trajectories import Trajectory, ddim, get_trajectory
-from imm.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
+from imm.training.accelerate import planned_precision
 
 
 @dataclass

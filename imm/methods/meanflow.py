@@ -26,12 +26,12 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from imm.config import check_range, resolved_T
-from imm.losses import at_least_fp32
+from imm.maths.estimators import at_least_fp32
+from imm.maths.trajectories import Trajectory, get_trajectory
 from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.registry import Method, register
 from imm.networks.precond import OneStepModel, _bcast, unwrap
-from imm.trajectories import Trajectory, get_trajectory
 
 
 @dataclass

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from imm.config import check_range, resolved_T
-from imm.losses import at_least_fp32
+from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.meanflow import build_model, mean_steps

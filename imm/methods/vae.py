@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imm.config import ConfigError, check_range
-from imm.losses import at_least_fp32
+from imm.maths.estimators import at_least_fp32
 from imm.methods.registry import Method, register
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from imm.remote import DEFAULT_CACHE, cached, local_copy, publish
+from imm.data.remote import DEFAULT_CACHE, cached, local_copy, publish
 
 FEATURES = ("auto", "inception", "classifier", "rff", "none")
 CLASSIFIER_STEPS = 600  # 10 s on 2 CPU cores for digits: 97% held-out accuracy

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from imm.data.remote import cached, publish
 from imm.metrics.features import FeatureExtractor, data_key
 from imm.metrics.frechet import feature_statistics, frechet_distance
-from imm.remote import cached, publish
 
 Statistics = tuple[np.ndarray, np.ndarray]
 
@@ -32,8 +32,8 @@ def reference_statistics(extractor: FeatureExtractor, train: Tensor | str, cache
     or s3://) whose `arr_0` holds (N, H, W, 3) uint8 images, e.g. VIRTUAL_imagenet256_labeled.npz, featurised a
     chunk at a time with this project's extractor (so both sides of the distance share one network)."""
     if isinstance(train, str):
+        from imm.data.remote import local_copy
         from imm.metrics.features import file_sha256
-        from imm.remote import local_copy
 
         local = local_copy(train)
         name = f"stats-{extractor.id}-npz-{file_sha256(local)[:16]}.npz"

@@ -5,7 +5,7 @@ training/unets.py): positional time embeddings (cos/sin swapped to sin/cos), a s
 t's, 2x2 box-filter resampling inside the residual blocks, one attention head where the resolution is listed,
 skip scale sqrt(1/2), GroupNorm eps 1e-6. Module and parameter names follow theirs (enc/dec ModuleDicts with keys
 like `32x32_block0`, norm0/conv0/affine/norm1/conv1/skip/norm2/qkv/proj, map_layer0, map_layer0_s, ...), so an
-official state dict maps onto this one key for key (imm/convert.py). Only the constant resampling-filter buffers
+official state dict maps onto this one key for key (imm/networks/official.py). Only the constant resampling-filter buffers
 are not kept: with the [1, 1] filter, down- and upsampling are 2x2 average pooling and nearest upsampling.
 """
 

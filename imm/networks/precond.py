@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from imm.trajectories import Trajectory, ddim
+from imm.maths.trajectories import Trajectory, ddim
 
 S_EMBEDDINGS = ("identity", "stride")
 # The kernel scale's floor on |c_out|: far below what any sampled (s, t) gives (t - s >= 1e-6, so |c_out| >~ 1e-6

@@ -61,7 +61,7 @@ COMMAND = register(Command(
     name="encode",
     help="encode images into a latent set (VAE on Ray Data) for latents:PATH",
     description="Run the VAE encoder over every image under SOURCE as a Ray Data batch-inference job (actors, a "
-                "GPU each where the cluster has them) and write .npy shards and a manifest (imm/latents.py) to "
+                "GPU each where the cluster has them) and write .npy shards and a manifest (imm/data/latents.py) to "
                 "--out, a folder or an s3:// prefix.",
     examples=EXAMPLES,
     arguments=arguments,

@@ -35,8 +35,8 @@ def arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imm.convert import import_official, write_checkpoint
-    from imm.remote import local_copy
+    from imm.data.remote import local_copy
+    from imm.networks.official import import_official, write_checkpoint
 
     out = terminal.out()
     checkpoint = import_official(args.source, local_copy(args.path), args.overrides)

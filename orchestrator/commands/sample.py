@@ -33,7 +33,7 @@ def arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imm.sample import reference_points, save_samples
+    from imm.sampling.pictures import reference_points, save_samples
     from orchestrator.models import load_model
 
     if Path(args.out).suffix not in (".npy", ".png"):

@@ -70,7 +70,7 @@ def prepare(args):
 
 def run_train(args, plan, kill, out=None) -> int:
     from imm.config import to_yaml
-    from imm.evaluate import QUALITY_PREFIXES
+    from imm.metrics.evaluator import QUALITY_PREFIXES
     from orchestrator import cluster, preflight
 
     out = out or terminal.out()

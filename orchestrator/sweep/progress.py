@@ -3,7 +3,7 @@ steps, pruned, failed, the best); elsewhere (CI, `ray job logs`) a line per repo
 
 from __future__ import annotations
 
-from imm.evaluate import QUALITY_PREFIXES
+from imm.metrics.evaluator import QUALITY_PREFIXES
 from orchestrator import terminal
 from orchestrator.sweep.study import best_trials, trial_counts
 

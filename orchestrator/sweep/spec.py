@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from imm.config import ConfigError, _omegaconf_message, config_from_dict, load_config, load_yaml
-from imm.evaluate import metric_names
+from imm.metrics.evaluator import metric_names
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid")
 EVAL_ONLY = ("sample.", "eval.")  # what a sweep of a trained model may search

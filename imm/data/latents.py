@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from imm.config import ConfigError
-from imm.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
+from imm.data.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"
 # The official ImageNet-256 latent normalisation (lumalabs/imm configs/im256_generate_images.yaml, for

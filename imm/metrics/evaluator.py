@@ -30,7 +30,7 @@ from imm.metrics.features import FeatureExtractor, build_extractor, cache_dir, r
 from imm.metrics.fid import frechet_to_reference, reference_statistics
 
 if TYPE_CHECKING:
-    from imm.latents import LatentDecoder
+    from imm.data.latents import LatentDecoder
 
 QUALITY_PREFIXES = ("energy/", "fid/", "fd/")
 
@@ -99,7 +99,7 @@ class Evaluator:
     def _latent_decoder(self, cfg: DictConfig, data) -> str:
         """Load the VAE that decodes a latent set's samples (eval.vae, else the manifest's, if at hand); the
         feature kind that leaves: inception on decoded samples (asked for, or auto with weights), else none."""
-        from imm.latents import LatentDecoder, decoder_vae
+        from imm.data.latents import LatentDecoder, decoder_vae
 
         vae = decoder_vae(data.manifest, cfg.eval.vae)
         wants = wants_inception(cfg)

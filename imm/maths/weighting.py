@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from imm.trajectories import Trajectory
+from imm.maths.trajectories import Trajectory
 
 WEIGHTINGS = ("sigmoid", "constant")
 TIME_SAMPLERS = ("uniform", "lognormal")

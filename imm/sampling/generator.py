@@ -74,6 +74,15 @@ class Generator(nn.Module):
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """From a checkpoint.pt file or a folder holding one."""
-    from imm.train import load_checkpoint
+    from imm.training.loop import load_checkpoint
 
     return Generator.from_checkpoint(load_checkpoint(path, map_location=device)).to(device)
+
+
+SAMPLE_FLAGS = ("n", "steps", "sampler", "label", "cfg_scale", "eta")
+
+
+def as_flag_error(e: Exception) -> str:
+    """'label: 10 is not ...' from Generator.sample -> '--label: 10 is not ...' for a command line."""
+    head, sep, rest = str(e).partition(":")
+    return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in SAMPLE_FLAGS else str(e)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from imm.kernels import Kernel
+from imm.maths.kernels import Kernel
 
 ESTIMATORS = ("v", "u")
 

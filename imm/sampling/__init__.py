@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from imm.trajectories import Trajectory
+from imm.maths.trajectories import Trajectory
 
 SCHEDULES = ("uniform", "eta")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imm.remote import is_remote, local_copy
+from imm.data.remote import is_remote, local_copy
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
@@ -103,7 +103,7 @@ class DataSource:
 
 def load_data(cfg) -> Data:
     """The data set a DataConfig names (toy set, npy:PATH, digits, cifar10:PATH, folder:PATH; latents:PATH
-    answers an imm.latents.LatentData, which streams its training rows instead of holding them)."""
+    answers an imm.data.latents.LatentData, which streams its training rows instead of holding them)."""
     source = DataSource.parse(cfg.name)
     kind, path = (source.kind, source.path) if source.path is not None else (None, None)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -120,7 +120,7 @@ def load_data(cfg) -> Data:
         images, labels, n_classes = _folder(path)
         return _split(images, labels, cfg.heldout_fraction, g, num_classes=n_classes)
     if kind == "latents":
-        from imm.latents import load_latents
+        from imm.data.latents import load_latents
 
         return load_latents(cfg)
     raise ValueError(f"data.name: {cfg.name!r} is not one of {sorted(TOY_SETS)}, digits, npy:PATH, cifar10:PATH, "
@@ -141,7 +141,7 @@ def probe(name: str) -> None:
     elif kind == "folder":
         _image_files(Path(path), path, first_only=True)
     elif kind == "latents":
-        from imm.latents import Manifest
+        from imm.data.latents import Manifest
 
         Manifest.read(path)
 

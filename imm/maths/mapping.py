@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from imm.trajectories import Trajectory
+from imm.maths.trajectories import Trajectory
 
 MAPPINGS = ("constant_eta", "constant_t")
 

@@ -1,0 +1,135 @@
+"""MeanFlow (Geng et al. 2025): the average velocity u(z_t, r, t) = (1 / (t - r)) int_r^t v(z_tau, tau) dtau on flow
+matching's path z_t = (1 - t) x + t eps, learned from the MeanFlow identity
+
+    u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),    d/dt u = v . grad_z u + d_t u  (along the flow)
+
+with the conditional velocity v = eps - x in place of v(z_t, t), and the total derivative from one forward-mode JVP
+along the tangent (v, 0, 1) of (z, r, t), under stop-gradient:
+
+    u_tgt = v - (t - r) JVP,    L = sg(w) ||u_theta(z_t, r, t) - sg(u_tgt)||^2,    w = 1 / (||.||^2 + c)^p
+
+t and r come from a logit-normal (the larger is t); a share `meanflow.r_equals_t` of the batch has r = t, where
+u_tgt = v and the loss is flow matching's. A step from t to r is z_r = z_t - (t - r) u(z_t, r, t); one step is
+z_0 = z_1 - u(z_1, 0, 1). Class-conditional models train guidance into u (`meanflow.guidance` omega,
+`meanflow.guidance_mix` kappa): labelled samples regress on v~ = omega v + kappa u(z_t, t, t | c) + (1 - omega - kappa)
+u(z_t, t, t | null) in place of v, so one step samples the guided distribution.
+The network is IMM's (u = sigma_d G(c_in z, t, r), the euler_fm parameterisation, so f_{r,t} = z - (t - r) u is IMM's
+one-step model and pushforward is MeanFlow's sampler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from imm.config import check_range, resolved_T
+from imm.maths.estimators import at_least_fp32
+from imm.maths.trajectories import Trajectory, get_trajectory
+from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
+from imm.methods.imm import replay_rng
+from imm.methods.registry import Method, register
+from imm.networks.precond import OneStepModel, _bcast, unwrap
+
+
+@dataclass
+class MeanFlowConfig:
+    r_equals_t: float = 0.75  # share of samples with r = t (the paper's best: 25% with r != t)
+    time_mean: float = -0.4  # logit(t), logit(r) ~ N(time_mean, time_std^2)
+    time_std: float = 1.0  # the std of that logit-normal
+    adaptive_p: float = 1.0  # adaptive loss weight 1 / (||error||^2 + c)^p; p = 0 is plain squared error
+    adaptive_c: float = 1e-3  # the c of the adaptive weight
+    # Class-conditional models: guidance trained into u (the paper's CFG), sampled with cfg_scale 1. Labelled samples
+    # regress on v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null); omega = 1, kappa = 0: none.
+    guidance: float = 1.0  # omega
+    guidance_mix: float = 0.0  # kappa
+
+
+class AverageVelocityModel(OneStepModel):
+    """u(z_t, r, t) = sigma_d G(c_in z_t, t, r); `step` is the map z_t -> z_r."""
+
+    def __init__(self, net, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity"):
+        super().__init__(net, traj, "euler_fm", sigma_d, s_embedding)
+
+    def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
+        return self.sigma_d * self.network_output(z, r, t, labels, cfg_scale)
+
+
+class MeanFlowLoss:
+    """MeanFlow's objective, built from the `meanflow` section (a MeanFlowConfig, or a run config's cfg.meanflow)."""
+
+    def __init__(self, c: MeanFlowConfig, *, T: float):
+        self.c, self.T = c, T
+
+    def times(self, n: int, device) -> tuple[Tensor, Tensor]:
+        """(t, r) with r <= t from a logit-normal, r = t for a share r_equals_t of them."""
+        a, b = torch.sigmoid(self.c.time_mean + self.c.time_std * torch.randn(2, n, device=device)) * self.T
+        t, r = torch.maximum(a, b), torch.minimum(a, b)
+        return t, torch.where(torch.rand(n, device=device) < self.c.r_equals_t, t, r)
+
+    def target(self, model: AverageVelocityModel, z: Tensor, v: Tensor, r: Tensor, t: Tensor,
+               labels: Tensor | None = None) -> Tensor:
+        """u_tgt = v - (t - r) (v . grad_z u + d_t u), the total derivative from one JVP, without gradient."""
+        with torch.no_grad():
+            _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (v, torch.ones_like(t)))
+        return (v - _bcast(t - r, z) * dudt).detach()
+
+    def guided_velocity(self, model: AverageVelocityModel, z: Tensor, v: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null) where the label is a class;
+        v where it is the null label (the dropped labels train the unconditional u)."""
+        null = torch.full_like(labels, model.net.num_classes)
+        with torch.no_grad():
+            u_null = model(z, t, t, null)
+            u_c = model(z, t, t, labels) if self.c.guidance_mix else torch.zeros_like(v)
+        omega, kappa = self.c.guidance, self.c.guidance_mix
+        mixed = omega * v + kappa * u_c + (1 - omega - kappa) * u_null
+        return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
+
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        m = unwrap(model)
+        t, r = self.times(x.shape[0], x.device)
+        z, v = ot_fm_point(x, t, m.sigma_d)
+        if labels is not None and (self.c.guidance != 1 or self.c.guidance_mix != 0):
+            v = self.guided_velocity(m, z, v, t, labels)
+        with replay_rng(x.device):  # the online pass below sees the same dropout masks as the target's
+            u_tgt = at_least_fp32(self.target(m, z, v, r, t, labels))
+        err = (at_least_fp32(model(z, r, t, labels)) - u_tgt).flatten(1).square().sum(1)
+        w = 1 / (err.detach() + self.c.adaptive_c) ** self.c.adaptive_p
+        return (w * err).mean()
+
+
+@torch.no_grad()
+def mean_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """z <- z - (t_i - t_{i+1}) u(z, t_{i+1}, t_i) along the grid; one step is z_0 = z_T - T u(z_T, 0, T)."""
+    for t, r in zip(grid[:-1], grid[1:], strict=True):
+        n = z.shape[0]
+        t_, r_ = (torch.full((n,), float(v), dtype=z.dtype, device=z.device) for v in (t, r))
+        z = z - float(t - r) * model(z, r_, t_)
+    return z
+
+
+def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0):
+    return AverageVelocityModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
+                                sigma_d=sigma_d, s_embedding=cfg.model.s_embedding)
+
+
+def build_loss(cfg: DictConfig) -> MeanFlowLoss:
+    return MeanFlowLoss(cfg.meanflow, T=resolved_T(cfg))
+
+
+def check_section(cfg: DictConfig) -> None:
+    check_range(cfg, "meanflow.r_equals_t", 0.0, 1.0)
+    check_range(cfg, "meanflow.time_std", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.adaptive_p", 0.0, None)
+    check_range(cfg, "meanflow.adaptive_c", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.guidance", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.guidance_mix", 0.0, 1.0)
+
+
+METHOD = register(Method(
+    "meanflow", "MeanFlow: the average velocity u(z, r, t) from the MeanFlow identity (one JVP per step)",
+    samplers={"mean_steps": mean_steps}, build_model=build_model, build_loss=build_loss, start=start_from_noise,
+    section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
+))

@@ -1,0 +1,174 @@
+"""The official IMM checkpoints (github.com/lumalabs/imm) as checkpoints of this project, the yardstick for our
+network, samplers and FID: `imm-orch import --from official-cifar10 PATH --out DIR` (or official-imagenet256-ts-a2,
+official-imagenet256-s-a1), then `imm-orch eval --model DIR`.
+
+The official file is a pickle of {'ema': network, ...} written by EDM's `torch_utils.persistence`, which embeds the
+network's source code and executes it on loading. We read it without the official code and without executing
+anything from the file: persistent objects become plain records of their state, and only torch's, numpy's and
+OmegaConf's own classes are built. A state dict saved with `torch.save` (keys as the official network names them)
+is read as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from imm.config import load_config
+
+# --from NAME: the built-in config whose network the weights fit (with the overrides that select it), the data
+# shape and the classes. The official ImageNet files: imagenet256_ts_a2.pkl passes t - s as the second time
+# embedding (our `stride`) and was trained with a = 2; imagenet256_s_a1.pkl passes s itself, a = 1.
+SOURCES = {
+    "official-cifar10": ("cifar10", [], (3, 32, 32), 0),
+    "official-imagenet256-ts-a2": ("imagenet256_dit", ["model.s_embedding=stride", "imm.a=2"], (4, 32, 32), 1000),
+    "official-imagenet256-s-a1": ("imagenet256_dit", ["model.s_embedding=identity", "imm.a=1"], (4, 32, 32), 1000),
+}
+OFFICIAL_PREFIX = "model."  # IMMPrecond.model is the U-Net or DiT; ours is OneStepModel.net
+BOX_FILTER = torch.full((1, 1, 2, 2), 0.25)  # the official [1, 1] resampling filter, as a buffer of every resampler
+
+
+class Record(dict):
+    """A persistent object of the pickle (or any class we do not build): its state (and items), nothing else."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.class_name = ""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+def _persistent(meta: dict) -> Record:
+    record = Record()
+    record.class_name = meta.get("class_name", "")
+    record.__setstate__(meta.get("state") or {})
+    return record
+
+
+class _Reader(pickle.Unpickler):
+    """Builds torch tensors and plain containers; every other class becomes a Record (no code from the file runs)."""
+
+    SAFE = ("torch", "collections", "numpy", "omegaconf", "_codecs", "copyreg")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch_utils.persistence", "_reconstruct_persistent_obj"):
+            return _persistent
+        if module.split(".")[0] in self.SAFE:
+            return super().find_class(module, name)
+        if module == "builtins" and name in ("set", "frozenset", "slice", "range", "complex", "bytearray"):
+            return super().find_class(module, name)
+        return Record
+
+
+def _tensors(obj: Any, prefix: str = "") -> dict[str, Tensor]:
+    """A module tree's parameters and buffers by dotted name: from Records, real nn.Modules or nested dicts."""
+    state = obj.__dict__ if hasattr(obj, "__dict__") else {}
+    out: dict[str, Tensor] = {}
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if value is not None:
+                out[prefix + name] = value.detach() if isinstance(value, Tensor) else value
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            out |= _tensors(child, f"{prefix}{name}.")
+    return out
+
+
+def _file_bytes(path: str | Path) -> bytes:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path: no file at {path} (the official checkpoint, which you download yourself)")
+    return Path(path).read_bytes()
+
+
+def read_official(path: str | Path, raw: bytes | None = None) -> dict[str, Tensor]:
+    """The EMA network's tensors (official names) from the official pickle or from a torch.save'd state dict
+    (`raw`: the file's bytes, when the caller has read them already)."""
+    raw = _file_bytes(path) if raw is None else raw
+    try:
+        with warnings.catch_warnings():  # torch's note on a raw pickle's protocol: not a state dict, read below
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:
+        state = None
+    if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
+        return dict(state)
+    try:
+        data = _Reader(io.BytesIO(raw)).load()
+    except Exception as e:
+        raise ValueError(f"{path}: neither a state dict nor an official IMM pickle ({type(e).__name__}: {e})") from None
+    net = data.get("ema") if isinstance(data, dict) else None
+    if net is None:
+        raise ValueError(f"{path}: an official IMM checkpoint holds a dict with the EMA network under 'ema'; "
+                         f"this file holds {type(data).__name__} {sorted(data)[:5] if isinstance(data, dict) else ''}")
+    return _tensors(net)
+
+
+def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module, arch: str = "ddpmpp"
+                     ) -> OrderedDict[str, Tensor]:
+    """Rename official keys onto `model` (a OneStepModel over DDPMpp or DiT) and check every key and shape."""
+    ours = model.state_dict()
+    mapped: OrderedDict[str, Tensor] = OrderedDict()
+    unexpected = []
+    for key, value in official.items():
+        if key.endswith("resample_filter"):  # a constant: our resampling is the same box filter, built in
+            if not torch.allclose(value.float(), BOX_FILTER):
+                raise ValueError(f"{key}: the network resamples with another filter than [1, 1]; "
+                                 "model.arch=ddpmpp implements the [1, 1] filter only")
+            continue
+        name = "net." + key[len(OFFICIAL_PREFIX):] if key.startswith(OFFICIAL_PREFIX) else key
+        if name not in ours:
+            unexpected.append(key)
+        elif ours[name].shape != value.shape:
+            raise ValueError(f"{key}: shape {list(value.shape)} where model.arch={arch} has {list(ours[name].shape)}; "
+                             "the checkpoint's network is not the configured one")
+        else:
+            mapped[name] = value.to(ours[name].dtype)
+    missing = [k for k in ours if k not in mapped and k != "sigma_d"]
+    if unexpected or missing:
+        raise ValueError(f"the official network and model.arch={arch} differ: {len(unexpected)} unexpected key(s) "
+                         f"{unexpected[:3]}, {len(missing)} missing {missing[:3]}")
+    mapped["sigma_d"] = ours["sigma_d"]
+    return mapped
+
+
+def import_official(source: str, path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A checkpoint dict of this project (imm.train's format, EMA weights = the official EMA) from an official file."""
+    from imm.methods import build_model
+
+    if source not in SOURCES:
+        raise ValueError(f"--from: {source!r} is not one of {list(SOURCES)}")
+    config, selects, shape, classes = SOURCES[source]
+    cfg = load_config(config, [*selects, *(overrides or [])])
+    sigma_d = float(cfg.data.sigma_d)
+    model = build_model(cfg, shape, sigma_d, classes)
+    raw = _file_bytes(path)  # read once: parsed and hashed
+    weights = official_to_ours(read_official(path, raw), model, cfg.model.arch)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
+            "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": classes,
+            "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}
+
+
+def write_checkpoint(checkpoint: dict[str, Any], folder: str | Path) -> Path:
+    """Write an imported checkpoint as FOLDER/checkpoint.pt, atomically (a crash never leaves half a file where
+    `imm-orch eval` would read it); its path."""
+    import os
+
+    from imm.training.loop import CHECKPOINT_FILE
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, folder / CHECKPOINT_FILE)
+    return folder / CHECKPOINT_FILE

@@ -1,0 +1,88 @@
+"""A trained model ready to sample: the network (EMA weights), its resolved config and the data shape in one
+`nn.Module`, so that one pickled object is the whole model (what the MLflow registry stores, and what
+`mlflow.pytorch.load_model` gives back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from imm.config import ConfigError, config_from_dict
+from imm.methods import METHODS, build_model, generate, num_classes_of
+
+
+class Generator(nn.Module):
+    """`sample(n, steps, seed)` -> (n, *data_shape) samples in the data's range, reproducible from the seed."""
+
+    def __init__(self, model: nn.Module, config: dict[str, Any], data_shape: tuple[int, ...]):
+        super().__init__()
+        self.model = model.eval()
+        self.config = config  # the run's resolved config, as plain data (pickles without OmegaConf)
+        self.data_shape = tuple(data_shape)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], ema: bool = True) -> Generator:
+        """From a training checkpoint dict (imm.train): the EMA weights unless ema=False."""
+        cfg = config_from_dict(checkpoint["config"], training=False)
+        shape = tuple(checkpoint["data_shape"])
+        model = build_model(cfg, shape, checkpoint["sigma_d"], checkpoint.get("num_classes", 0))
+        model.load_state_dict(checkpoint["ema" if ema else "model"])
+        return cls(model, OmegaConf.to_container(cfg, resolve=True), shape)
+
+    @property
+    def cfg(self):
+        return config_from_dict(self.config, training=False)
+
+    @property
+    def num_classes(self) -> int:
+        return num_classes_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, n: int, steps: int = 1, seed: int = 0) -> Tensor:
+        return self.sample(n, steps, seed)
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int = 1, seed: int = 0, *, sampler: str | None = None,
+               label: int | None = None, cfg_scale: float | None = None, eta: float | None = None) -> Tensor:
+        """n samples in `steps` steps; `label` picks one class of a class-conditional model (default: all in turn)."""
+        cfg = self.cfg
+        if n < 1:
+            raise ConfigError(f"n: the number of samples must be >= 1, got {n}")
+        if steps < 1:
+            raise ConfigError(f"steps: must be >= 1, got {steps}")
+        allowed = tuple(METHODS[cfg.method].samplers)
+        if sampler is not None and sampler not in allowed:
+            raise ConfigError(f"sampler: {sampler!r} does not apply to method={cfg.method}; choose one of {list(allowed)}")
+        for key, value in (("sample.eta", eta), ("sample.cfg_scale", cfg_scale)):
+            if value is not None:
+                OmegaConf.update(cfg, key, value)
+        labels = None
+        if label is not None:
+            if not 0 <= label < self.num_classes:
+                raise ConfigError(f"label: {label} is not a class of this model (it has {self.num_classes})")
+            labels = torch.full((n,), label, device=self.device)
+        return generate(self.model, cfg, n, steps, sampler=sampler, seed=seed, data_shape=self.data_shape,
+                        labels=labels)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """From a checkpoint.pt file or a folder holding one."""
+    from imm.training.loop import load_checkpoint
+
+    return Generator.from_checkpoint(load_checkpoint(path, map_location=device)).to(device)
+
+
+SAMPLE_FLAGS = ("n", "steps", "sampler", "label", "cfg_scale", "eta")
+
+
+def as_flag_error(e: Exception) -> str:
+    """'label: 10 is not ...' from Generator.sample -> '--label: 10 is not ...' for a command line."""
+    head, sep, rest = str(e).partition(":")
+    return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in SAMPLE_FLAGS else str(e)

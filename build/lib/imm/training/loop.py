@@ -1,0 +1,297 @@
+"""One training loop, the same on a laptop CPU and inside each Ray Train worker.
+
+`train_loop` knows nothing about the cluster: rank, world size and a `report(metrics, checkpoint_dir)`
+callback are parameters. Every rank calls `report` at the same steps (Ray's report is a barrier);
+only rank 0 evaluates and writes checkpoints. `python -m imm.train CONFIG [key=value ...]` runs it
+alone and keeps `checkpoint.pt` under `train.out_dir`, resuming from it when it is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from imm.config import ConfigError
+from imm.data import load_data, random_xflip, shard
+from imm.methods import build_loss, build_model
+from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
+from imm.training import accelerate
+
+CHECKPOINT_FILE = "checkpoint.pt"
+Report = Callable[[dict[str, float], "str | None"], None]
+
+
+def accumulate_gradients(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor | None, parts: int,
+                         autocast=None) -> torch.Tensor:
+    """Backpropagate the loss of (x, y) as `parts` equal micro-batches; return the whole batch's loss, detached.
+
+    Each micro-batch's loss is divided by `parts`, so for losses that are means over equal groups the summed
+    gradients are the whole batch's. Under DDP only the last backward all-reduces (`no_sync` on the others).
+    """
+    total = torch.zeros((), device=x.device)
+    xs, ys = x.chunk(parts), (y.chunk(parts) if y is not None else (None,) * parts)
+    for i, (xb, yb) in enumerate(zip(xs, ys, strict=True)):
+        sync = i == parts - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast or contextlib.nullcontext():
+                loss = loss_fn(model, xb, yb) / parts
+            loss.backward()
+        total += loss.detach()
+    return total
+
+
+def finite_gradients(model: torch.nn.Module, clip: float) -> bool:
+    """Whether every gradient is finite (one total norm, one host sync); clips to `clip` (> 0) when they are.
+    Under DDP the gradients are all-reduced before this, so a non-finite value on any rank is on every rank and
+    every rank decides alike, without another collective."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not bool(torch.isfinite(norm)):
+        return False
+    if clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), clip, norm)
+    return True
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for one rank's training step, unrelated to its neighbours' (a hash, not seed + rank + step)."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    """A checkpoint dict from a checkpoint.pt file or a folder holding one (weights_only: no pickled code)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path!r} (expected {CHECKPOINT_FILE} or a folder holding it)")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated (EOFError, zip errors), not a torch file (UnpicklingError), foreign objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{p} is not a readable checkpoint, perhaps truncated or corrupt: {first[:200]}") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{p} is not a checkpoint of this project (a dict with its run config)")
+    return state
+
+
+def fetched_per_worker(reader, world_size: int, device) -> dict[str, float]:
+    """MB of latent shards each worker has fetched from S3 so far (`data/fetched_mb/rank_R`): that every worker
+    fetches only its own shards, once per pass, is visible in the run. Collective: every rank calls it."""
+    mine = torch.tensor([reader.fetched_bytes / 2**20], dtype=torch.float64, device=device)
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        every = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(every, mine)
+    else:
+        every = [mine]
+    return {f"data/fetched_mb/rank_{r}": float(v) for r, v in enumerate(every)}
+
+
+def train_loop(
+    cfg: DictConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device | None = None,
+    report: Report | None = None,
+    resume: dict[str, Any] | None = None,
+    on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str], torch.Tensor | None], None] | None = None,
+) -> dict[str, float]:
+    """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics.
+
+    report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
+    (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
+    on_eval(step, {steps_K: samples}, tags, reference) is called on rank 0 after each evaluation (every rank evaluates
+    its share of the samples); tags say which feature extractor the Frechet metrics used; reference is held-out
+    data to draw behind 2D samples (None for images).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = accelerate.resolve_precision(cfg, device)
+    accelerate.configure_backends(cfg, device)
+    layout = accelerate.memory_format(cfg, device)
+    tc = cfg.train
+    start = int(resume["step"]) if resume else 0
+    torch.manual_seed(tc.seed)  # the initial weights (rank 0's reach every rank under DDP)
+
+    dataset = load_data(cfg.data)
+    sigma_d = float(cfg.data.sigma_d or dataset.sigma_d)
+    num_classes = dataset.num_classes if cfg.model.class_conditional else 0
+    if cfg.model.class_conditional and not num_classes:
+        raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
+    if dataset.train is None:  # latents: this worker's shards, read a batch at a time
+        reader, data, labels = dataset.reader(rank, world_size), None, None
+    else:
+        reader, data = None, shard(dataset.train, rank, world_size).to(device)
+        if data.ndim == 4:
+            data = data.contiguous(memory_format=layout)
+        labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
+    data_shape = dataset.shape
+    evaluator = Evaluator(cfg, dataset, device, rank, world_size)
+    reference = dataset.heldout[:2000] if len(data_shape) == 1 else None  # drawn faintly behind 2D samples
+    model = build_model(cfg, data_shape, sigma_d, num_classes).to(device, memory_format=layout)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    opt = accelerate.optimizer(cfg, model.parameters(), device)
+    warmup = max(tc.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
+    # Steps whose gradient was not finite: skipped (no optimizer, scheduler or EMA update, loss not averaged),
+    # counted in all and in a row; both survive a resume, and max_skipped_steps in a row stop the run.
+    skipped, in_a_row = (int(resume.get("skipped_steps", 0)), int(resume.get("skipped_in_a_row", 0))) if resume else (0, 0)
+    if resume:
+        model.load_state_dict(resume["model"])
+        ema.module.load_state_dict(resume["ema"])
+        ema.n_averaged.fill_(int(resume["ema_updates"]))
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+
+    ddp = model
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if tc.compile:
+        ddp = torch.compile(ddp)
+    autocast = accelerate.autocast(cfg, device)
+    loss_fn = build_loss(cfg)
+    per_worker = tc.batch_size // world_size
+    report = report or (lambda metrics, checkpoint_dir: None)
+
+    last: dict[str, float] = {}
+    # Seconds spent in this loop, summed over resumed attempts: what the run cost, without cluster start-up.
+    train_s0, t_start = float(resume.get("train_s", 0.0)) if resume else 0.0, time.perf_counter()
+    loss_sum, loss_n, t_window, window_start = torch.zeros((), device=device), 0, time.perf_counter(), start
+    for step in range(start + 1, tc.steps + 1):
+        # Each step's randomness comes from (seed, rank, step) alone: a run resumed from a checkpoint draws what an
+        # uninterrupted one draws, so an interruption cannot change a trial's result; every rank draws its own.
+        torch.manual_seed(step_seed(tc.seed, rank, step))
+        if reader is not None:
+            x, y = reader.batch(per_worker, step, device)
+            x, y = x.contiguous(memory_format=layout) if x.ndim == 4 else x, y if num_classes else None
+        else:
+            idx = torch.randint(len(data), (per_worker,), device=device)
+            x, y = data[idx], labels[idx] if labels is not None else None
+        if cfg.data.xflip and x.ndim == 4:
+            x = random_xflip(x)
+        if y is not None:  # classifier-free guidance trains the null label too
+            y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, y)
+        opt.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
+        if finite_gradients(model, tc.grad_clip):
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+            loss_sum += loss
+            loss_n += 1
+            in_a_row = 0
+        else:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            if in_a_row >= tc.max_skipped_steps:
+                first, value = step - in_a_row + 1, float(loss)
+                diverged = f"train/loss became {value} by step {first}: " if not math.isfinite(value) else ""
+                raise FloatingPointError(
+                    f"{diverged}the gradient was not finite {in_a_row} steps in a row (steps {first}-{step}, "
+                    f"train.max_skipped_steps={tc.max_skipped_steps}); lower train.lr or check the data")
+
+        is_last = step == tc.steps
+        do_log, do_eval = step % tc.log_every == 0 or is_last, step % cfg.eval.every == 0 or is_last
+        do_ckpt = step % tc.checkpoint_every == 0 or is_last
+        if not (do_log or do_eval or do_ckpt):
+            continue
+        mean_loss = float(loss_sum / loss_n) if loss_n else float("nan")  # nan: every step of the window skipped
+        if loss_n and not math.isfinite(mean_loss):
+            raise FloatingPointError(f"train/loss became {mean_loss} by step {step}; lower train.lr or check the data")
+        elapsed = time.perf_counter() - t_window
+        metrics = {
+            "train/loss": mean_loss,
+            "train/lr": opt.param_groups[0]["lr"],
+            "throughput/samples_per_s": (step - window_start) * tc.batch_size / elapsed,
+            "train/skipped_steps": skipped,
+        }
+        if reader is not None and reader.remote:
+            metrics.update(fetched_per_worker(reader, world_size, device))
+        if do_eval:
+            evaluation = evaluator(ema.module)
+            metrics.update(evaluation.metrics)
+            if on_eval and rank == 0:
+                on_eval(step, evaluation.samples, evaluator.tags, reference)
+        metrics["time/train_s"] = train_s0 + time.perf_counter() - t_start
+        metrics["step"] = step
+        ckpt_dir = None
+        with tempfile.TemporaryDirectory(prefix="imm-ckpt-") as tmp:
+            if do_ckpt and rank == 0:
+                state = {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "ema": ema.module.state_dict(),
+                    "ema_updates": int(ema.n_averaged),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "train_s": metrics["time/train_s"],
+                    "skipped_steps": skipped,
+                    "skipped_in_a_row": in_a_row,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "sigma_d": sigma_d,
+                    "data_shape": list(data_shape),
+                    "num_classes": num_classes,
+                }
+                torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
+                ckpt_dir = tmp
+            report(metrics, ckpt_dir)
+        last = metrics
+        loss_sum.zero_()
+        loss_n, t_window, window_start = 0, time.perf_counter(), step
+    return last
+
+
+def progress_line(metrics: dict[str, float], total_steps: int, eta_seconds: float) -> str:
+    """`step S/N  loss L  R samples/s  ETA hh:mm:ss  energy/steps_K=...`: one line per report."""
+    eta = time.strftime("%H:%M:%S", time.gmtime(eta_seconds)) if math.isfinite(eta_seconds) else "--:--:--"
+    quality = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(QUALITY_PREFIXES))
+    line = (f"step {int(metrics['step'])}/{total_steps}  loss {metrics['train/loss']:.4g}  "
+            f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta}  {quality}")
+    return line.rstrip()
+
+
+class LocalReporter:
+    """The single-process `report`: a progress line per report and checkpoint.pt kept under out_dir."""
+
+    def __init__(self, out_dir: str | Path, total_steps: int, stream=None):
+        self.out_dir, self.total, self.stream = Path(out_dir), total_steps, stream or sys.stdout
+        self.t0, self.first_step = time.perf_counter(), None
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        step, now = int(metrics["step"]), time.perf_counter()
+        if self.first_step is None:
+            self.first_step, self.t0 = step, now
+        rate = (step - self.first_step) / (now - self.t0) if now > self.t0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        print(progress_line(metrics, self.total, eta), file=self.stream, flush=True)
+        if checkpoint_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
+            shutil.copyfile(os.path.join(checkpoint_dir, CHECKPOINT_FILE), tmp)
+            os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
+
+
+def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, float]:
+    """Single-process training under train.out_dir, resuming from its checkpoint.pt if present."""
+    out = Path(cfg.train.out_dir)
+    resume = None
+    if (out / CHECKPOINT_FILE).is_file():
+        resume = load_checkpoint(out)
+        print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume)

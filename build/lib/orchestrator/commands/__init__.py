@@ -1,0 +1,90 @@
+"""The table of `imm-orch` commands: a command is one module here (or anywhere) that calls `register(Command(...))`.
+
+`orchestrator.cli` builds its parser from this table and runs every command under one error policy; a module
+only says its arguments, its help with examples and what it runs. Modules import what they run inside their
+functions, so `imm-orch --help` starts no torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str  # one line in `imm-orch --help`
+    description: str  # the first paragraph of `imm-orch NAME --help`
+    examples: str  # its epilog: examples and notes
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # the exit code
+    # Long commands (training, sweeps) check all input first, before Ray starts: prepare(args) returns the work to do.
+    # Without it, the whole of `run` counts as checking input (any ConfigError/ValueError/... is the user's).
+    prepare: Callable[[argparse.Namespace], Callable[[], int]] | None = None
+    resume_hint: str = ""  # what to do after an interruption, e.g. "rerun the same command to resume"
+    overrides: bool = False  # takes key=value config overrides (anywhere among its options)
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(command: Command) -> Command:
+    """Add (or replace) a command; returns it, so a module can write COMMAND = register(Command(...))."""
+    COMMANDS[command.name] = command
+    return command
+
+
+# Shared flags -------------------------------------------------------------------------------------------------
+
+def output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and MLflow's own log lines here (default: in <storage.root>/logs/)")
+
+
+def tracking_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./imm-runs/mlflow.db)")
+    output_flags(parser)
+
+
+def ray_flags(parser: argparse.ArgumentParser) -> None:
+    """--address, --tracking-uri and the output flags of the commands that run on Ray and log to MLflow."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: start a local Ray)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage.root>/mlflow.db)")
+    output_flags(parser)
+
+
+def overrides_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help=help)
+
+
+def model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def check_model_store(args) -> None:
+    """A model named by MLflow URI needs the tracking server: say so at once if it does not answer."""
+    from orchestrator import tracking
+
+    if args.model.startswith(("runs:/", "models:/")):
+        tracking.check_reachable(tracking.default_tracking_uri(args.tracking_uri))
+
+
+def at_least(flag: str, value: int | None, low: int) -> None:
+    """`--flag: V is out of range (allowed: >= LOW)` for a flag given below its floor."""
+    if value is not None and value < low:
+        raise ValueError(f"{flag}: {value} is out of range (allowed: >= {low})")
+
+
+# The built-in commands, in the order `imm-orch --help` lists them.
+BUILT_IN = ("train", "sweep", "submit", "status", "promote", "sample", "evaluate", "import_official", "encode", "ui")
+for _module in BUILT_IN:
+    importlib.import_module(f"{__name__}.{_module}")

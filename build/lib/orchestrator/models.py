@@ -1,0 +1,128 @@
+"""Models by URI: `load_model(uri).sample(n, steps, seed)` for any of
+
+    runs:/RUN_ID              the run's registered-style model (`model/`) if promoted, else its final `checkpoint/`
+    runs:/RUN_ID/PATH         an artifact folder of the run (an MLflow model or a checkpoint)
+    models:/NAME@ALIAS        a registry alias (champion, ...) or models:/NAME/VERSION
+    PATH or s3://BUCKET/KEY   a checkpoint.pt, a folder holding one, or an MLflow model folder
+
+and `save_mlflow_model`, which writes a Generator as an MLflow PyTorch model (what the registry holds).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from imm.data.remote import local_copy
+from imm.sampling.generator import Generator, load_generator
+from imm.training.loop import CHECKPOINT_FILE
+
+MODEL_ARTIFACT = "model"  # the MLflow model of a promoted run
+CHECKPOINT_ARTIFACT = "checkpoint"  # the final training checkpoint every run logs
+URI_HELP = "runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI"
+
+
+def load_model(uri: str, *, tracking_uri: str | None = None, device: str | torch.device | None = None) -> Generator:
+    """The model at `uri` on `device` (default: cuda when available), ready to `.sample(n, steps, seed)`."""
+    from orchestrator import tracking
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if uri.startswith(("runs:/", "models:/")):
+        tracking_uri = tracking.default_tracking_uri(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="imm-model-") as tmp:
+            return _load_local(download(uri, tracking_uri, tmp), device, uri)
+    return _load_local(local_copy(uri), device, uri)
+
+
+def download(uri: str, tracking_uri: str, dst: str) -> Path:
+    """A runs:/ or models:/ URI's files, downloaded under `dst`; a clear error for what does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator import tracking
+
+    client = tracking.client(tracking_uri)
+    try:
+        if uri.startswith("models:/"):  # resolved here: MLflow's own resolution reads the global registry URI
+            source = client.get_model_version_download_uri(*model_version(uri, client))
+        elif uri.rstrip("/").count("/") == 1:
+            source = f"{uri.rstrip('/')}/{_run_artifact(uri[len('runs:/'):].strip('/'), client, tracking_uri)}"
+        else:
+            source = uri
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=tracking_uri))
+    except MlflowException as e:
+        raise ValueError(f"--model: {uri} not found in {tracking_uri}: {str(e).splitlines()[0]}") from None
+
+
+def model_version(uri: str, client) -> tuple[str, str]:
+    """(name, version) of models:/NAME@ALIAS or models:/NAME/VERSION (MlflowException if there is none)."""
+    ref = uri[len("models:/"):].strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"--model: {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, version
+
+
+def source_run_id(uri: str, client) -> str | None:
+    """The training run behind a runs:/ or models:/ URI (None for paths, or what the registry cannot tell)."""
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/"):].strip("/").split("/")[0]
+    if not uri.startswith("models:/"):
+        return None
+    try:
+        return client.get_model_version(*model_version(uri, client)).run_id
+    except MlflowException:
+        return None
+
+
+def _run_artifact(run_id: str, client, tracking_uri: str) -> str:
+    """`model` when the run was promoted (an MLflow model), else its `checkpoint`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"--model: no run {run_id!r} in {tracking_uri}") from None
+    names = {Path(a.path).name for a in client.list_artifacts(run_id)}
+    for name in (MODEL_ARTIFACT, CHECKPOINT_ARTIFACT):
+        if name in names:
+            return name
+    raise ValueError(f"--model: run {run_id} has no {CHECKPOINT_ARTIFACT}/ artifact (did it finish?); "
+                     f"its artifacts: {sorted(names)}")
+
+
+def _load_local(path: Path, device: torch.device, uri: str) -> Generator:
+    if (path / "MLmodel").is_file():
+        import mlflow.pytorch
+
+        model = mlflow.pytorch.load_model(str(path), map_location=device)
+        if not isinstance(model, Generator):
+            raise ValueError(f"--model: {uri} is an MLflow model of {type(model).__name__}, not an imm Generator")
+        return model.to(device)
+    if path.is_file() or (path / CHECKPOINT_FILE).is_file():
+        return load_generator(path, device)
+    raise FileNotFoundError(f"--model: nothing to load at {uri} (expected {CHECKPOINT_FILE}, a folder holding it, "
+                            f"or an MLflow model folder; or one of {URI_HELP})")
+
+
+def save_mlflow_model(gen: Generator, path: str | Path, metadata: dict | None = None) -> Path:
+    """`gen` as an MLflow PyTorch model at `path` (created), with the imm package inside it (`code/`), so that
+    `mlflow.pytorch.load_model` needs only torch, numpy and omegaconf to load it."""
+    import mlflow.pytorch
+    import numpy
+    import omegaconf
+
+    import imm
+
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
+                    f"omegaconf=={omegaconf.__version__}"]
+    mlflow.pytorch.save_model(gen.cpu().eval(), str(path), code_paths=[str(Path(imm.__file__).parent)],
+                              pip_requirements=requirements, metadata=metadata, serialization_format="pickle")
+    return Path(path)

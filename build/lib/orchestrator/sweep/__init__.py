@@ -1,0 +1,13 @@
+"""Sweeps: an Optuna study whose trials are Ray Train runs, tracked as nested MLflow runs.
+
+    spec      the sweep file, validated (`load_sweep`)
+    study     the Optuna study: storage, sampler and pruner, distinct proposals, resume checks
+    lease     one driver per sweep at a time
+    trials    a trial on Ray: resources, its task, what it returns, its checkpoints
+    runner    the loop: ask -> launch -> poll -> tell (`SweepRunner`)
+    records   the MLflow parent and trial runs, told what happens
+    progress  the terminal's lines and bar
+    report    what a finished sweep leaves on its parent run; `imm-orch status`
+    best      `imm-orch train --best-of`: the best trial's settings trained again
+    naming    the tags, trial titles and view names the others share
+"""

@@ -1,0 +1,316 @@
+"""The sweep's loop: ask the study for a trial, launch it on Ray, poll its reports for the pruner, tell the study
+how it ended, as Optuna's own `optimize` loop reads. The MLflow record (`records`) and the terminal (`progress`)
+are told what happens; the study (`study`) and the trials' Ray tasks (`trials`) live in their own modules.
+
+At most `max_concurrent` trials run, fewer if the cluster cannot hold them. Intermediate metrics feed an Optuna
+pruner (ASHA, Hyperband, median), and a pruned trial's task is cancelled.
+
+Why not `Tuner` + `OptunaSearch`: that keeps the sweep's state twice (Tune's experiment snapshot and the
+Optuna study), and after the driver is SIGKILLed the two can disagree: Tune snapshots periodically, so a
+trial that finished after the last snapshot would run again. Here the study, in a persistent storage (a
+journal file by default, an RDB URL on a cluster), is the only record: `--resume` never reruns a finished
+trial, and a trial left RUNNING by a killed driver is relaunched under its own number, so its Ray Train
+run (`SWEEP-ID-tNNNN`) restores from its last checkpoint and its MLflow child run carries on. Optuna's
+pruners implement the same algorithms as Tune's schedulers and record PRUNED trials natively.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from imm.config import ConfigError
+from orchestrator import tracking
+from orchestrator.launch import plan_run
+from orchestrator.progress import RestartNotice, new_board
+from orchestrator.sweep import trials
+from orchestrator.sweep.lease import Lease
+from orchestrator.sweep.naming import params_line, trial_title
+from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.records import SweepRecords
+from orchestrator.sweep.spec import Sweep
+from orchestrator.sweep.study import (
+    ask_distinct,
+    best_trials,
+    finished_trials,
+    open_study,
+    redact,
+    storage_url,
+    trial_counts,
+)
+from orchestrator.sweep.trials import TrialRun
+from orchestrator.terminal import root_cause
+
+FAIL_FAST = 3  # trials: when the first ones all fail with the same error, the sweep stops
+
+
+class SweepFailed(RuntimeError):
+    """The sweep stopped: its first trials all failed the same way."""
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    study_name: str
+    storage: str
+    best: list[dict]  # the best trial (one objective) or the Pareto front: number, values, params, run_id
+    counts: dict[str, int]
+    wall_s: float
+    trial_fit_s: dict[int, float]
+
+
+class SweepRunner:
+    def __init__(self, sweep: Sweep, *, ray_address: str, tracking_uri: str | None, experiment: str | None,
+                 resume: bool, trials: int | None, stream=None):
+        self.sweep, self.ray_address, self.resume = sweep, ray_address, resume
+        self.progress = SweepProgress(sweep.name, sweep.metrics[0], stream)
+        self.trials = trials or int(sweep.spec.trials)
+        points = sweep.points()  # a trial never repeats another's parameter set (ask_distinct)
+        if points is not None and len(points) < self.trials:
+            self.say(f"space: {len(points)} distinct parameter sets, so {len(points)} trials (not {self.trials})")
+            self.trials = len(points)
+        self.used_up = False  # the space has no parameter set left
+        self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
+        self.experiment = experiment or sweep.spec.experiment
+        self.fit_s: dict[int, float] = {}
+
+    @property
+    def stream(self):
+        return self.progress.stream
+
+    def say(self, line: str) -> None:
+        self.progress.say(line)
+
+    def run(self) -> SweepResult:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        t0 = time.perf_counter()
+        url = storage_url(self.sweep)
+        self.study = open_study(self.sweep, resume=self.resume)
+        self.lease = Lease(self.study, self.sweep.name).acquire()  # before its RUNNING trials are taken for crashed ones
+        try:
+            self.records = SweepRecords(self.sweep, self.study, tracking_uri=self.tracking_uri,
+                                        experiment=self.experiment, trials=self.trials, storage_url=url)
+            self.say(f"sweep {self.sweep.name!r}: study in {redact(url)}; MLflow parent run {self.records.parent_id} "
+                     f"(experiment {self.experiment!r}, {self.tracking_uri})")
+            self._loop()
+            return self._close(url, time.perf_counter() - t0)
+        finally:
+            self.lease.release()
+            self.progress.close()
+
+    def _loop(self) -> None:
+        import optuna
+        import ray
+
+        done = finished_trials(self.study)
+        adopted = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+        n, why = trials.concurrency(self.sweep, ray.cluster_resources(), max(self.trials - len(done), 1))
+        self.say(f"trials: {len(done)} of {self.trials} done" + (f", {len(adopted)} to resume" if adopted else "")
+                 + f"; {why}")
+        running: dict[Any, TrialRun] = {}
+        pending = list(adopted)
+        self.progress.open(self.trials, len(done))
+
+        def changed():
+            self.progress.update(self.study, list(running.values()))
+
+        try:
+            while True:
+                while len(running) < n and not self.used_up and \
+                        len(finished_trials(self.study)) + len(running) < self.trials:
+                    tr = self._start(pending.pop(0) if pending else None)
+                    if tr is not None:
+                        running[tr.ref] = tr
+                    self._fail_fast()
+                    changed()
+                if not running:
+                    return
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                for tr in list(running.values()):
+                    if tr.ref not in ready and self._poll(tr):
+                        del running[tr.ref]
+                        changed()
+                for ref in ready:
+                    self._finish(running.pop(ref))
+                    self._fail_fast()
+                    changed()
+                self.progress.update(self.study, list(running.values()), changed=False)  # the steps, the time
+        except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
+            self._abandon(list(running.values()), e)
+            raise
+
+    # -- ask and launch --
+
+    def _start(self, frozen=None) -> TrialRun | None:
+        """Launch a new trial, or relaunch `frozen` (left RUNNING by a killed driver) under its own number."""
+        import optuna
+
+        if frozen is None:
+            asked = ask_distinct(self.study, self.sweep)
+            if asked is None:
+                self.used_up = True
+                self.say("space: every parameter set has run; the sweep ends here")
+                return None
+            trial, params = asked
+            number, verb = trial.number, "started"
+        else:
+            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            params, number, verb = dict(frozen.params), frozen.number, "resumed"
+        try:
+            cfg = self.sweep.trial_config(params)
+        except ConfigError as e:  # a combination the per-key checks could not see: this trial fails, the sweep goes on
+            trial.set_user_attr("error", str(e))  # (a finished trial's attributes are frozen: set them first)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.say(f"trial {number} failed before start: {e}")
+            return None
+        plan = plan_run(cfg, name=f"{self.sweep.name}-{self.records.sweep_id}-t{number:04d}",
+                        tracking_uri=self.tracking_uri, experiment=self.experiment, param_keys=tuple(params),
+                        title=trial_title(number, params))
+        run_id = self.records.trial_opened(number, trial._trial_id, params, plan, ray_address=self.ray_address,
+                                           stream=self.stream)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("run_name", plan.name)
+        evaluating = bool(self.sweep.spec.model)
+        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id,
+                      board=None if evaluating else new_board(),
+                      restarts=None if evaluating else RestartNotice(int(cfg.trainer.max_failures)))
+        tr.ref = trials.start_task(self.sweep, tr, self.ray_address)
+        what = f", evaluating {self.sweep.spec.model}" if evaluating else ""
+        self.say(f"trial {number} {verb}: {params_line(params)}  (run {plan.name}{what})")
+        return tr
+
+    # -- poll: the pruner --
+
+    def _poll(self, tr: TrialRun) -> bool:
+        """Feed the trial's new reports to the pruner; True if it was pruned (and stopped)."""
+        import ray
+
+        if tr.board is None:  # an evaluation: nothing reported until it ends
+            return False
+        try:
+            items = ray.get(tr.board.drain.remote(), timeout=10)
+        except Exception:
+            return False
+        metric = self.sweep.metrics[0]
+        for item in items:
+            line = tr.restarts(item)
+            if line:
+                self.say(f"trial {tr.number}: {line}")
+            if item.get("event") or metric not in item:
+                continue
+            step, value = int(item["step"]), float(item[metric])
+            tr.last_step = max(tr.last_step, step)
+            self.progress.reported(tr, item)
+            if len(self.sweep.metrics) > 1 or not math.isfinite(value):
+                continue
+            tr.trial.report(value, step)
+            if step < tr.steps and tr.trial.should_prune():  # at the last step it is done anyway
+                self._prune(tr, step, value)
+                return True
+        return False
+
+    def _prune(self, tr: TrialRun, step: int, value: float) -> None:
+        import optuna
+        import ray
+
+        ray.cancel(tr.ref, force=True)  # the trial's task owns its TorchTrainer: its workers go with it
+        self.study.tell(tr.trial, state=optuna.trial.TrialState.PRUNED)
+        self.records.trial_pruned(tr.run_id, tr.number, tr.params, step)
+        ray.kill(tr.board)
+        self._discard_checkpoints(tr.plan.name, tr.run_id)
+        self.say(f"trial {tr.number} pruned at step {step}: {self.sweep.metrics[0]}={value:.4g}")
+
+    # -- tell --
+
+    def _finish(self, tr: TrialRun) -> None:
+        import optuna
+        import ray
+
+        values, error = None, None
+        try:
+            outcome: trials.TrialOutcome = ray.get(tr.ref)
+            self.fit_s[tr.number] = outcome.work_s
+            # a trial relaunched after it had finished trains no further step and reports nothing: its record has them
+            metrics = outcome.metrics if set(self.sweep.metrics) <= set(outcome.metrics) else \
+                {**self.records.logged_metrics(tr.run_id), **outcome.metrics}
+            values = trials.objective_values(self.sweep, metrics)
+        except Exception as e:
+            error = root_cause(e)
+        finally:
+            if tr.board is not None:
+                ray.kill(tr.board)
+        took = time.perf_counter() - tr.started
+        if error is None:
+            self.study.tell(tr.trial, values)
+            self.records.trial_complete(tr.run_id)
+            shown = " ".join(f"{m}={v:.4g}" for m, v in zip(self.sweep.metrics, values, strict=True))
+            self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{self._best_mark(tr.number)}")
+        else:
+            tr.trial.set_user_attr("error", error)
+            self.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
+            self.records.trial_failed(tr.run_id, error)
+            self.say(f"trial {tr.number} failed after {took:.0f}s: {error}")
+        self._discard_checkpoints(tr.plan.name, tr.run_id)
+
+    def _discard_checkpoints(self, run_name: str, run_id: str) -> None:
+        """A finished trial's Ray checkpoints go (a complete trial's final `checkpoint/`, without optimizer state,
+        stays in its MLflow run). Best effort: the sweep's end deletes what is left (a pruned trial's workers may
+        still be writing when it is cancelled)."""
+        try:
+            if trials.discard_checkpoints(self.sweep, run_name):
+                self.records.checkpoints_discarded(run_id)
+        except Exception as e:
+            self.say(f"warning: could not delete the checkpoints of {run_name}: {root_cause(e)}")
+
+    def _best_mark(self, number: int) -> str:
+        if len(self.sweep.metrics) > 1:
+            return ""
+        try:
+            return "  (best so far)" if self.study.best_trial.number == number else ""
+        except ValueError:
+            return ""
+
+    # -- the end --
+
+    def _fail_fast(self) -> None:
+        """Stop a sweep whose first trials all failed with one and the same error: a mistake in the sweep or its
+        data, which every further trial would repeat."""
+        import optuna
+
+        finished = finished_trials(self.study)
+        if len(finished) < min(FAIL_FAST, self.trials) or any(t.state != optuna.trial.TrialState.FAIL for t in finished):
+            return
+        errors = {t.user_attrs.get("error", "") for t in finished}
+        if len(errors) == 1:
+            raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
+
+    def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
+        """Stop the running trials and close every run this driver holds open, saying why; their study trials stay
+        RUNNING, so --resume relaunches them from their checkpoints. Best effort: `e` is what the user must see."""
+        import ray
+
+        for tr in running:
+            ray.cancel(tr.ref, force=True)
+        # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver soon after its SIGTERM, and a lease
+        # left behind would hold off a --resume from another machine until it expired.
+        self.lease.release()
+        try:
+            self.records.abandoned([tr.run_id for tr in running], interrupted=isinstance(e, KeyboardInterrupt | SystemExit),
+                                   why=root_cause(e), sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
+        except Exception as close_error:  # e.g. the tracking server is what failed
+            self.say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")
+
+    def _close(self, url: str, wall_s: float) -> SweepResult:
+        for t in finished_trials(self.study):
+            if "run_name" in t.user_attrs:
+                self._discard_checkpoints(t.user_attrs["run_name"], t.user_attrs["mlflow_run_id"])
+        best = best_trials(self.study)
+        self.records.finished(best)
+        return SweepResult(parent_run_id=self.records.parent_id, study_name=self.study.study_name, storage=redact(url),
+                           best=best, counts=trial_counts(self.study), wall_s=wall_s, trial_fit_s=dict(self.fit_s))

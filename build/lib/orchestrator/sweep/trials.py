@@ -1,0 +1,125 @@
+"""A trial on Ray: what it needs, the task that runs it and what it returns to the driver, and its checkpoints.
+
+A training trial is a Ray task that fits the trial's own `TorchTrainer` (as Tune's function trainable would) and
+returns its final metrics; rank 0 pushes every report to a board the driver drains for the pruner and the
+progress. A trial of a trained model is one task that evaluates it. Both write to the MLflow run the driver
+opened for them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from imm.config import ConfigError
+from orchestrator import storage
+from orchestrator.launch import RunPlan, launch, plan_run
+from orchestrator.progress import RestartNotice
+from orchestrator.sweep.spec import Sweep
+from orchestrator.tracking import shown_value
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a trial's task returns to the driver: its final metrics and how long its work took."""
+
+    metrics: dict[str, float]
+    work_s: float  # the TorchTrainer's fit, or the evaluation
+
+
+@dataclass
+class TrialRun:
+    """A trial while it runs, as the driver sees it."""
+
+    number: int
+    trial: Any  # optuna.trial.Trial
+    params: dict[str, Any]
+    plan: RunPlan
+    run_id: str
+    board: Any  # the ProgressBoard rank 0 reports to; None for an evaluation
+    ref: Any = None  # the Ray task's ObjectRef
+    started: float = field(default_factory=time.perf_counter)
+    last_step: int = 0
+    restarts: RestartNotice | None = None
+
+    @property
+    def steps(self) -> int:
+        return int(self.plan.cfg.train.steps)
+
+
+def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> TrialOutcome:
+    """The Ray task of one training trial: fit its TorchTrainer (it closes the MLflow run)."""
+    result = launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO())
+    return TrialOutcome(metrics=result.metrics, work_s=result.fit_s)
+
+
+def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: str) -> TrialOutcome:
+    """The Ray task of one trial of a sweep of a trained model: evaluate it with the trial's sample.* / eval.*
+    params into the trial's MLflow run."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.evaluation import evaluate_model
+
+    t0 = time.perf_counter()
+    cfg = plan.cfg.eval
+    # the sweep's eval settings (features, weights, reference, VAE, n_samples, seed, ...) over the model's, then
+    # the trial's params; eval.steps, a list, goes as `steps`
+    settings = {f"eval.{k}": v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if not isinstance(v, list)}
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in {**settings, **params}.items()]
+    result = evaluate_model(model, steps=list(cfg.steps), overrides=overrides, tracking_uri=plan.tracking_uri,
+                            run_id=run_id)
+    return TrialOutcome(metrics=dict(result.metrics), work_s=time.perf_counter() - t0)
+
+
+def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
+    """Submit the trial's Ray task; its ObjectRef. A training trial's task needs no CPU of its own (its workers
+    ask for theirs) and runs beside the driver; an evaluation takes one worker's resources."""
+    import ray
+
+    from orchestrator.cluster import driver_node_affinity, trial_env
+
+    if sweep.spec.model:
+        need = trial_resources(sweep)
+        task = ray.remote(num_cpus=need.get("CPU", 1), num_gpus=need.get("GPU", 0), max_retries=0,
+                          runtime_env=trial_env())(run_eval_trial)
+        return task.remote(sweep.spec.model, tr.plan, tr.params, tr.run_id)
+    task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
+                      scheduling_strategy=driver_node_affinity())(run_trial)
+    return task.remote(tr.plan, ray_address, tr.run_id, tr.board)
+
+
+def objective_values(sweep: Sweep, metrics: dict[str, float]) -> list[float]:
+    """The objective's values among a trial's metrics; a ValueError names those missing or not finite."""
+    missing = [m for m in sweep.metrics if not math.isfinite(metrics.get(m, math.nan))]
+    if missing:
+        raise ValueError(f"the run finished without a finite {missing} (logged: {sorted(metrics)})")
+    return [shown_value(float(metrics[m])) for m in sweep.metrics]
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    per = plan_run(sweep.base, name="resources").resources_per_worker
+    return {k: v * int(sweep.base.trainer.num_workers) for k, v in per.items()}
+
+
+def concurrency(sweep: Sweep, cluster: dict[str, float], trials_left: int) -> tuple[int, str]:
+    """(how many trials to run at once, why): max_concurrent, capped by what the cluster holds."""
+    need = trial_resources(sweep)
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    fit = min(fits) if fits else trials_left
+    have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in need) or "no resources asked"
+    want = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    if fit < 1:
+        raise ConfigError(f"resources: one trial needs {want}, the cluster has {have}; lower resources.workers "
+                          "or cpus_per_worker/gpus_per_worker, or use a bigger cluster")
+    limit = sweep.spec.max_concurrent or fit
+    n = max(1, min(limit, fit, trials_left))
+    return n, f"at most {n} at a time (max_concurrent={sweep.spec.max_concurrent}; each trial {want}; cluster {have})"
+
+
+def discard_checkpoints(sweep: Sweep, run_name: str) -> bool:
+    """Delete a finished trial's Ray checkpoints (the study never runs it again; what it made stays in its MLflow
+    run); True if there were any."""
+    return storage.ray_storage(sweep.base).delete_run(run_name)

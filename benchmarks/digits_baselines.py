@@ -21,8 +21,8 @@ import torch
 from imm.config import load_config
 from imm.data import load_data
 from imm.metrics import energy_distance
-from imm.sampling.generator import load_generator
 from imm.sampling.pictures import image_grid_png
+from imm.sampling.trained import load_trained
 from imm.training.loop import train
 
 PLAN = {  # method: [(sampler, steps), ...]
@@ -55,7 +55,7 @@ def main() -> int:
             t0 = time.perf_counter()
             train(cfg, stream=open("/dev/null", "w"))  # noqa: SIM115
             train_s = time.perf_counter() - t0
-            gen = load_generator(f"{tmp}/{method}")
+            gen = load_trained(f"{tmp}/{method}")
             data = load_data(gen.cfg.data)
             for sampler, k in PLAN[method]:
                 x = gen.sample(args.n, k, seed=0, sampler=sampler)

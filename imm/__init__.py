@@ -31,7 +31,7 @@ MOVED = {
     "imm.remote": "imm.data.remote",
     "imm.accelerate": "imm.training.accelerate",
     "imm.convert": "imm.networks.official",
-    "imm.generator": "imm.sampling.generator",
+    "imm.generator": "imm.sampling.trained",
     "imm.evaluate": "imm.metrics.evaluator",
 }
 

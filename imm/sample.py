@@ -12,8 +12,8 @@ import sys
 import torch
 
 from imm.config import ConfigError
-from imm.sampling.generator import as_flag_error, load_generator
 from imm.sampling.pictures import save_samples
+from imm.sampling.trained import as_flag_error, load_trained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
-        gen = load_generator(args.checkpoint, args.device)
+        gen = load_trained(args.checkpoint, args.device)
         x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale,
                        eta=args.eta)
         save_samples(x, args.out, title=f"{gen.cfg.method}, {args.steps} step(s)")

@@ -112,7 +112,7 @@ def dispatch(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars for each model download
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at" after each run we print
     from imm.config import ConfigError
-    from imm.sampling.generator import as_flag_error
+    from imm.sampling.trained import as_flag_error
 
     command = COMMANDS[args.command]
     user_errors = (ConfigError, FileNotFoundError, ValueError, ConnectionError)

@@ -5,7 +5,7 @@
     models:/NAME@ALIAS        a registry alias (champion, ...) or models:/NAME/VERSION
     PATH or s3://BUCKET/KEY   a checkpoint.pt, a folder holding one, or an MLflow model folder
 
-and `save_mlflow_model`, which writes a Generator as an MLflow PyTorch model (what the registry holds).
+and `save_mlflow_model`, which writes a TrainedModel as an MLflow PyTorch model (what the registry holds).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from imm.data.remote import local_copy
-from imm.sampling.generator import Generator, load_generator
+from imm.sampling.trained import TrainedModel, load_trained
 from imm.training.loop import CHECKPOINT_FILE
 
 MODEL_ARTIFACT = "model"  # the MLflow model of a promoted run
@@ -24,7 +24,7 @@ CHECKPOINT_ARTIFACT = "checkpoint"  # the final training checkpoint every run lo
 URI_HELP = "runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI"
 
 
-def load_model(uri: str, *, tracking_uri: str | None = None, device: str | torch.device | None = None) -> Generator:
+def load_model(uri: str, *, tracking_uri: str | None = None, device: str | torch.device | None = None) -> TrainedModel:
     """The model at `uri` on `device` (default: cuda when available), ready to `.sample(n, steps, seed)`."""
     from orchestrator import tracking
 
@@ -98,21 +98,21 @@ def _run_artifact(run_id: str, client, tracking_uri: str) -> str:
                      f"its artifacts: {sorted(names)}")
 
 
-def _load_local(path: Path, device: torch.device, uri: str) -> Generator:
+def _load_local(path: Path, device: torch.device, uri: str) -> TrainedModel:
     if (path / "MLmodel").is_file():
         import mlflow.pytorch
 
         model = mlflow.pytorch.load_model(str(path), map_location=device)
-        if not isinstance(model, Generator):
-            raise ValueError(f"--model: {uri} is an MLflow model of {type(model).__name__}, not an imm Generator")
+        if not isinstance(model, TrainedModel):
+            raise ValueError(f"--model: {uri} is an MLflow model of {type(model).__name__}, not an imm TrainedModel")
         return model.to(device)
     if path.is_file() or (path / CHECKPOINT_FILE).is_file():
-        return load_generator(path, device)
+        return load_trained(path, device)
     raise FileNotFoundError(f"--model: nothing to load at {uri} (expected {CHECKPOINT_FILE}, a folder holding it, "
                             f"or an MLflow model folder; or one of {URI_HELP})")
 
 
-def save_mlflow_model(gen: Generator, path: str | Path, metadata: dict | None = None) -> Path:
+def save_mlflow_model(gen: TrainedModel, path: str | Path, metadata: dict | None = None) -> Path:
     """`gen` as an MLflow PyTorch model at `path` (created), with the imm package inside it (`code/`), so that
     `mlflow.pytorch.load_model` needs only torch, numpy and omegaconf to load it."""
     import mlflow.pytorch

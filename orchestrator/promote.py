@@ -121,11 +121,11 @@ def ensure_model_artifact(client, run) -> str:
     if MODEL_ARTIFACT not in names:
         if CHECKPOINT_ARTIFACT not in names:
             raise ValueError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}/ artifact to promote (artifacts: {sorted(names)})")
-        from imm.sampling.generator import load_generator
+        from imm.sampling.trained import load_trained
 
         with tempfile.TemporaryDirectory(prefix="imm-promote-") as tmp:
             ckpt = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)
-            gen = load_generator(ckpt)
+            gen = load_trained(ckpt)
             meta = {"run_id": run_id, "data_shape": list(gen.data_shape), "method": gen.config["method"]}
             save_mlflow_model(gen, Path(tmp) / MODEL_ARTIFACT, metadata=meta)
             client.log_artifacts(run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)

@@ -95,7 +95,7 @@ def test_a_model_trained_before_the_floor_still_loads_to_sample():
     is refused, sampling from it is not (what only training needs is not asked of a stored model)."""
     from imm.config import config_from_dict
     from imm.methods import build_model
-    from imm.sampling.generator import Generator
+    from imm.sampling.trained import TrainedModel
 
     cfg = load_config("toy2d", ["model.hidden=16", "model.depth=1"])
     old = OmegaConf.to_container(cfg, resolve=True)
@@ -104,4 +104,4 @@ def test_a_model_trained_before_the_floor_still_loads_to_sample():
         config_from_dict(old)
     model = build_model(cfg, (2,), 1.0)
     ckpt = {"config": old, "data_shape": [2], "sigma_d": 1.0, "ema": model.state_dict()}
-    assert Generator.from_checkpoint(ckpt).sample(8, steps=2).shape == (8, 2)
+    assert TrainedModel.from_checkpoint(ckpt).sample(8, steps=2).shape == (8, 2)

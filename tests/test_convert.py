@@ -68,9 +68,9 @@ def test_the_paper_network_imports_key_for_key_and_keeps_f_tt_the_identity(tmp_p
     for key, value in official.items():  # every weight landed, unchanged, under its new name
         if not key.endswith("resample_filter"):
             assert torch.equal(weights["net." + key[len("model."):]], value)
-    from imm.sampling.generator import Generator
+    from imm.sampling.trained import TrainedModel
 
-    gen = Generator.from_checkpoint(ckpt)
+    gen = TrainedModel.from_checkpoint(ckpt)
     x = torch.randn(2, 3, 32, 32)
     t = torch.tensor([0.7, 0.2])
     with torch.no_grad():
@@ -156,9 +156,9 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
                      "eval.features=none"]) == 0
     printed = capsys.readouterr().out
     assert f"{PAPER_PARAMS:,} parameters" in printed and "imm-orch eval --model" in printed
-    from imm.sampling.generator import load_generator
+    from imm.sampling.trained import load_trained
 
-    gen = load_generator(out)
+    gen = load_trained(out)
     assert gen.cfg.eval.features == "none" and gen.sample(2, steps=2).shape == (2, 3, 32, 32)
     assert cli.main(["import", "--from", "official-cifar100", str(tmp_path / "official.pt"), "--out", str(out)]) == 2
     assert ("--from: 'official-cifar100' is not one of ['official-cifar10', 'official-imagenet256-ts-a2', "
@@ -173,7 +173,7 @@ def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embed
     """The released ImageNet-256 files hold the official DiT, whose keys are ours under `model.` (the XL/2 key
     fixture, tests/test_dit.py); here a DiT-S/2 with random weights under those names stands in for XL/2's 2.7 GB."""
     from imm.networks import DiT
-    from imm.sampling.generator import Generator
+    from imm.sampling.trained import TrainedModel
 
     torch.manual_seed(0)
     net = DiT.named("S/2", 4, 32, num_classes=1000)
@@ -187,7 +187,7 @@ def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embed
     cfg = ckpt["config"]
     assert (cfg["model"]["arch"], cfg["model"]["s_embedding"], cfg["imm"]["a"]) == ("dit", s_embedding, a)
     assert ckpt["num_classes"] == 1000 and ckpt["data_shape"] == [4, 32, 32] and cfg["sample"]["cfg_scale"] == 1.5
-    gen = Generator.from_checkpoint(ckpt)
+    gen = TrainedModel.from_checkpoint(ckpt)
     x, t, labels = torch.randn(2, 4, 32, 32), torch.tensor([0.7, 0.2]), torch.tensor([3, 1000])  # 1000: null
     with torch.no_grad():
         torch.testing.assert_close(gen.model(x, t, t, labels), x)  # f_{t,t}(x) = x

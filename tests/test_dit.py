@@ -100,7 +100,7 @@ def test_cfg_scale_one_is_the_conditional_model_and_w_extrapolates_from_the_null
 
 def test_a_small_dit_trains_and_samples_on_cpu(tmp_path):
     """model.arch=dit through the config, class-conditional, on digits (a stand-in for latents until they land)."""
-    from imm.sampling.generator import load_generator
+    from imm.sampling.trained import load_trained
     from imm.training.loop import train
 
     cfg = load_config("digits", ["model.arch=dit", "model.dit=S/4", "model.class_conditional=true", "train.steps=6",
@@ -108,6 +108,6 @@ def test_a_small_dit_trains_and_samples_on_cpu(tmp_path):
                                  "eval.steps=[1,2]", "train.checkpoint_every=6", f"train.out_dir={tmp_path}"])
     metrics = train(cfg, stream=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
     assert torch.isfinite(torch.tensor(metrics["train/loss"])) and "energy/steps_2" in metrics
-    gen = load_generator(tmp_path)
+    gen = load_trained(tmp_path)
     assert isinstance(gen.model.net, DiT) and gen.sample(4, steps=2, label=3).shape == (4, 1, 8, 8)
     assert isinstance(build_model(cfg, (1, 8, 8), 0.5, 10).net, DiT)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from imm import MOVED
 from imm.config import load_config
 from imm.methods import build_model
-from imm.sampling.generator import Generator
+from imm.sampling.trained import TrainedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,25 +26,31 @@ def test_an_old_module_name_is_the_module_at_its_new_path(old):
     assert importlib.import_module(old) is importlib.import_module(MOVED[old])
 
 
-def test_a_model_pickled_under_the_old_module_paths_loads_in_a_fresh_process(tmp_path, monkeypatch):
+def test_a_model_pickled_under_the_old_module_paths_loads_in_a_fresh_process(tmp_path):
     cfg = load_config("toy2d", ["model.hidden=16", "model.depth=2"])
-    gen = Generator(build_model(cfg, (2,), 1.0), OmegaConf.to_container(cfg, resolve=True), (2,))
-    # Pickle as the promoted models of the old layout were: every class of a moved module under the module's old name.
-    for old, new in MOVED.items():
-        module = importlib.import_module(new)
-        for value in vars(module).values():
-            if isinstance(value, type) and value.__module__ == new:
-                monkeypatch.setattr(value, "__module__", old)
-    path = tmp_path / "old_model.pt"
-    torch.save(gen, path)
-    monkeypatch.undo()
+    gen = TrainedModel(build_model(cfg, (2,), 1.0), OmegaConf.to_container(cfg, resolve=True), (2,))
+    # Pickle as the promoted models of the old layout were: every class of a moved module under the module's old name,
+    # and TrainedModel under its name then.
+    renamed = [(value, value.__module__, value.__qualname__) for old, new in MOVED.items()
+               for value in vars(importlib.import_module(new)).values()
+               if isinstance(value, type) and value.__module__ == new]
+    old_of = {new: old for old, new in MOVED.items()}
+    try:
+        for cls, module, _ in renamed:
+            cls.__module__ = old_of[module]
+        TrainedModel.__qualname__ = "Generator"
+        path = tmp_path / "old_model.pt"
+        torch.save(gen, path)
+    finally:
+        for cls, module, qualname in renamed:
+            cls.__module__, cls.__qualname__ = module, qualname
     data = path.read_bytes()
-    assert b"imm.generator" in data and b"imm.trajectories" in data and b"imm.sampling.generator" not in data
+    assert b"imm.generator" in data and b"imm.trajectories" in data and b"imm.sampling.trained" not in data
     expected = gen.sample(5, 2, seed=3)
     code = ("import sys, torch; g = torch.load(sys.argv[1], weights_only=False); "
             "print(type(g).__module__, type(g.model.traj).__module__); torch.save(g.sample(5, 2, seed=3), sys.argv[2])")
     out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt")], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["imm.sampling.generator", "imm.maths.trajectories"]
+    assert out.stdout.split() == ["imm.sampling.trained", "imm.maths.trajectories"]
     assert torch.equal(torch.load(tmp_path / "x.pt"), expected)

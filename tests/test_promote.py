@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from imm.sampling.generator import Generator
+from imm.sampling.trained import TrainedModel
 from imm.training.loop import train
 from orchestrator import cli, load_model, tracking
 from orchestrator.promote import promote
@@ -101,7 +101,7 @@ def test_every_kind_of_model_uri_samples_the_same(store, checkpoint, tmp_path, c
     for model_uri in ("models:/toy@champion", "models:/toy/1", f"runs:/{runs[1]}", f"runs:/{runs[0]}",
                       f"runs:/{runs[1]}/checkpoint", str(checkpoint / "checkpoint.pt")):
         gen = load_model(model_uri, tracking_uri=uri, device="cpu")
-        assert isinstance(gen, Generator)
+        assert isinstance(gen, TrainedModel)
         assert torch.equal(gen.sample(50, steps=2, seed=7), expected), model_uri
     # The registered model is a plain MLflow PyTorch model.
     mlflow.set_tracking_uri(uri)

@@ -51,6 +51,29 @@ class SweepFailed(RuntimeError):
     """The sweep stopped: its first trials all failed the same way."""
 
 
+def fail_fast(study, trials: int) -> None:
+    """Stop a sweep whose first trials all failed with one and the same error: a mistake in the sweep or its data,
+    which every further trial would repeat."""
+    import optuna
+
+    finished = finished_trials(study)
+    if len(finished) < min(FAIL_FAST, trials) or any(t.state != optuna.trial.TrialState.FAIL for t in finished):
+        return
+    errors = {t.user_attrs.get("error", "") for t in finished}
+    if len(errors) == 1:
+        raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
+
+
+def best_mark(study, sweep: Sweep, number: int) -> str:
+    """`  (best so far)` after a complete trial's line when it is the study's best (one objective)."""
+    if len(sweep.metrics) > 1:
+        return ""
+    try:
+        return "  (best so far)" if study.best_trial.number == number else ""
+    except ValueError:
+        return ""
+
+
 @dataclass
 class SweepResult:
     parent_run_id: str
@@ -127,7 +150,7 @@ class SweepRunner:
                     tr = self._start(pending.pop(0) if pending else None)
                     if tr is not None:
                         running[tr.ref] = tr
-                    self._fail_fast()
+                    fail_fast(self.study, self.trials)
                     changed()
                 if not running:
                     return
@@ -138,7 +161,7 @@ class SweepRunner:
                         changed()
                 for ref in ready:
                     self._finish(running.pop(ref))
-                    self._fail_fast()
+                    fail_fast(self.study, self.trials)
                     changed()
                 self.progress.update(self.study, list(running.values()), changed=False)  # the steps, the time
         except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
@@ -250,7 +273,7 @@ class SweepRunner:
             self.study.tell(tr.trial, values)
             self.records.trial_complete(tr.run_id)
             shown = " ".join(f"{m}={v:.4g}" for m, v in zip(self.sweep.metrics, values, strict=True))
-            self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{self._best_mark(tr.number)}")
+            self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{best_mark(self.study, self.sweep, tr.number)}")
         else:
             tr.trial.set_user_attr("error", error)
             self.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
@@ -268,27 +291,7 @@ class SweepRunner:
         except Exception as e:
             self.say(f"warning: could not delete the checkpoints of {run_name}: {root_cause(e)}")
 
-    def _best_mark(self, number: int) -> str:
-        if len(self.sweep.metrics) > 1:
-            return ""
-        try:
-            return "  (best so far)" if self.study.best_trial.number == number else ""
-        except ValueError:
-            return ""
-
     # -- the end --
-
-    def _fail_fast(self) -> None:
-        """Stop a sweep whose first trials all failed with one and the same error: a mistake in the sweep or its
-        data, which every further trial would repeat."""
-        import optuna
-
-        finished = finished_trials(self.study)
-        if len(finished) < min(FAIL_FAST, self.trials) or any(t.state != optuna.trial.TrialState.FAIL for t in finished):
-            return
-        errors = {t.user_attrs.get("error", "") for t in finished}
-        if len(errors) == 1:
-            raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
 
     def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
         """Stop the running trials and close every run this driver holds open, saying why; their study trials stay

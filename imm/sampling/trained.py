@@ -15,7 +15,7 @@ from imm.config import ConfigError, config_from_dict
 from imm.methods import METHODS, build_model, generate, num_classes_of
 
 
-class Generator(nn.Module):
+class TrainedModel(nn.Module):
     """`sample(n, steps, seed)` -> (n, *data_shape) samples in the data's range, reproducible from the seed."""
 
     def __init__(self, model: nn.Module, config: dict[str, Any], data_shape: tuple[int, ...]):
@@ -25,7 +25,7 @@ class Generator(nn.Module):
         self.data_shape = tuple(data_shape)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], ema: bool = True) -> Generator:
+    def from_checkpoint(cls, checkpoint: dict[str, Any], ema: bool = True) -> TrainedModel:
         """From a training checkpoint dict (imm.train): the EMA weights unless ema=False."""
         cfg = config_from_dict(checkpoint["config"], training=False)
         shape = tuple(checkpoint["data_shape"])
@@ -72,17 +72,20 @@ class Generator(nn.Module):
                         labels=labels)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """From a checkpoint.pt file or a folder holding one."""
     from imm.training.loop import load_checkpoint
 
-    return Generator.from_checkpoint(load_checkpoint(path, map_location=device)).to(device)
+    return TrainedModel.from_checkpoint(load_checkpoint(path, map_location=device)).to(device)
 
 
 SAMPLE_FLAGS = ("n", "steps", "sampler", "label", "cfg_scale", "eta")
 
 
 def as_flag_error(e: Exception) -> str:
-    """'label: 10 is not ...' from Generator.sample -> '--label: 10 is not ...' for a command line."""
+    """'label: 10 is not ...' from TrainedModel.sample -> '--label: 10 is not ...' for a command line."""
     head, sep, rest = str(e).partition(":")
     return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in SAMPLE_FLAGS else str(e)
+
+
+Generator = TrainedModel  # its name before issue 25: models promoted then are pickled as imm.generator.Generator

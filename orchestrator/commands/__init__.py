@@ -20,9 +20,10 @@ class Command:
     description: str  # the first paragraph of `imm-orch NAME --help`
     examples: str  # its epilog: examples and notes
     arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]  # the exit code
-    # Long commands (training, sweeps) check all input first, before Ray starts: prepare(args) returns the work to do.
-    # Without it, the whole of `run` counts as checking input (any ConfigError/ValueError/... is the user's).
+    # run(args) -> the exit code; the whole of it counts as checking input (any ConfigError/ValueError/... is the
+    # user's). Long commands (training, sweeps) give `prepare` instead: it checks all input before Ray starts and
+    # returns the work to do, whose errors are not the user's.
+    run: Callable[[argparse.Namespace], int] | None = None
     prepare: Callable[[argparse.Namespace], Callable[[], int]] | None = None
     resume_hint: str = ""  # what to do after an interruption, e.g. "rerun the same command to resume"
     overrides: bool = False  # takes key=value config overrides (anywhere among its options)
@@ -33,6 +34,8 @@ COMMANDS: dict[str, Command] = {}
 
 def register(command: Command) -> Command:
     """Add (or replace) a command; returns it, so a module can write COMMAND = register(Command(...))."""
+    if (command.run is None) == (command.prepare is None):
+        raise TypeError(f"command {command.name!r}: give it `run` or `prepare`, one of them")
     COMMANDS[command.name] = command
     return command
 

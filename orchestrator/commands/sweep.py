@@ -98,7 +98,6 @@ COMMAND = register(Command(
                 "MLflow parent run id.",
     examples=EXAMPLES,
     arguments=arguments,
-    run=lambda args: prepare(args)(),
     prepare=prepare,
     resume_hint="rerun with --resume to continue",
     overrides=True,

@@ -103,7 +103,6 @@ COMMAND = register(Command(
     description="Launch one run as a Ray Train TorchTrainer; prints the MLflow run id and where checkpoints are.",
     examples=EXAMPLES,
     arguments=arguments,
-    run=lambda args: prepare(args)(),
     prepare=prepare,
     resume_hint="rerun the same command to resume",
     overrides=True,

@@ -59,7 +59,7 @@ def main() -> None:
             _ = vae.encode(x.float() / 127.5 - 1).latent_dist.mean
     base = args.images / (time.perf_counter() - t0)
 
-    ray.init(num_cpus=args.workers + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     t0 = time.perf_counter()
     encode(f"folder:{root / 'img'}", str(root / "vae"), str(root / "latents"), resolution=args.resolution,
            shard_size=16, heldout=4, batch_size=args.batch, workers=args.workers, say=lambda line: None)

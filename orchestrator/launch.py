@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
 from orchestrator import storage, terminal, tracking
+from orchestrator.board import new_board
 from orchestrator.cluster import in_job
-from orchestrator.progress import ProgressPrinter, failure_callback, new_board, pump
+from orchestrator.progress import ProgressPrinter, failure_callback, pump
 from orchestrator.worker import KillSwitch, train_worker, worker_config
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in current Ray; older 2.x need the flag
@@ -158,15 +159,15 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
 
 
 def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None,
-           run_id: str | None = None, board=None) -> RunResult:
+           run_id: str | None = None, board=None, in_process: bool = False) -> RunResult:
     """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED.
 
     `run_id`: an MLflow run opened beforehand (`open_tracked_run`); `board`: a ProgressBoard actor the caller
     drains itself (a sweep reads intermediate metrics from it); without one, progress is printed to `stream`.
+    `in_process`: train the (one-worker) run in this process instead of a Ray Train worker group
+    (`orchestrator.in_process`; a sweep's trial task, which Ray retries when it dies).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     stream = stream or terminal.out()
 
@@ -183,24 +184,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
 
     own_board = board is None
     board = board or new_board()
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill),
-        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=bool(cfg.trainer.use_gpu),
-                                     resources_per_worker=plan.resources_per_worker),
-        run_config=RunConfig(
-            name=plan.name,
-            storage_path=plan.storage.path,
-            storage_filesystem=plan.storage.filesystem(),
-            checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.train.keep_checkpoints)),
-            failure_config=FailureConfig(max_failures=int(cfg.trainer.max_failures)),
-            callbacks=[failure_callback(board)],
-            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from rank 0, once per report
-            # Ray 2.60's structured worker logging prints every report at INFO whatever LoggingConfig says;
-            # without it the workers log as plain Python (warnings and errors still reach the driver).
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}},
-        ),
-    )
+    config = worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill)
     stop = threading.Event()
     printer = ProgressPrinter(cfg.train.steps, int(cfg.trainer.max_failures), stream)
     pumping = threading.Thread(target=pump, args=(board, printer, stop), daemon=True) if own_board else None
@@ -209,11 +193,16 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     status = "FAILED"
     t_fit = time.perf_counter()
     try:
-        result = trainer.fit()
+        if in_process:
+            from orchestrator.in_process import fit_in_process
+
+            metrics, checkpoint = fit_in_process(plan, config)
+        else:
+            metrics, checkpoint = fit_with_ray_train(plan, config, board)
         fit_s = time.perf_counter() - t_fit
-        ckpt_uri = plan.storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
-        if result.checkpoint is not None:
-            tracking.log_checkpoint(mlc, run_id, result.checkpoint, ckpt_uri)
+        ckpt_uri = plan.storage.checkpoint_uri(checkpoint) if checkpoint is not None else None
+        if checkpoint is not None:
+            tracking.log_checkpoint(mlc, run_id, checkpoint, ckpt_uri)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit) as e:
         status = "KILLED"
@@ -229,5 +218,34 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         printer.close()
         tracking.close_run(mlc, run_id, status)
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
-    return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(result.metrics or {}),
+    return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(metrics or {}),
                      resumed=resumed, fit_s=fit_s, startup_s=startup_s)
+
+
+def fit_with_ray_train(plan: RunPlan, config: dict, board) -> tuple[dict[str, float], object]:
+    """Fit the run's `TorchTrainer` (workers run `orchestrator.worker.train_worker` with `config`): (its last
+    metrics, its final checkpoint)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = plan.cfg
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=bool(cfg.trainer.use_gpu),
+                                     resources_per_worker=plan.resources_per_worker),
+        run_config=RunConfig(
+            name=plan.name,
+            storage_path=plan.storage.path,
+            storage_filesystem=plan.storage.filesystem(),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.train.keep_checkpoints)),
+            failure_config=FailureConfig(max_failures=int(cfg.trainer.max_failures)),
+            callbacks=[failure_callback(board)],
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from rank 0, once per report
+            # Ray 2.60's structured worker logging prints every report at INFO whatever LoggingConfig says;
+            # without it the workers log as plain Python (warnings and errors still reach the driver).
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}},
+        ),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {}), result.checkpoint

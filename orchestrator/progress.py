@@ -1,5 +1,5 @@
-"""A run's progress on the driver: the board rank 0 pushes its reports to, the line printed when Ray Train restarts
-the workers, and the printer that shows it all (a bar on a terminal, a line per report elsewhere).
+"""A run's progress on the driver: the line printed when Ray Train restarts the workers, and the printer that
+shows what rank 0 pushed to the board (`orchestrator.board`): a bar on a terminal, a line per report elsewhere.
 
 A single run's driver pumps its board into a `ProgressPrinter`; a sweep drains each trial's board itself
 (`orchestrator.sweep`), for the pruner as well as the terminal.
@@ -14,25 +14,6 @@ import time
 from imm.metrics.evaluator import QUALITY_PREFIXES
 from imm.training.loop import progress_line
 from orchestrator import terminal
-
-
-class ProgressBoard:
-    """A Ray actor rank 0 pushes its reports to; the driver drains it to print progress.
-
-    `new_board()` places it on the driver's node: on a node that dies it would take the progress with it (and
-    rank 0 would wait on every push) while the run itself goes on.
-    """
-
-    def __init__(self):
-        self.items: list[dict] = []
-
-    def push(self, item: dict) -> None:
-        self.items.append(item)
-
-    def drain(self) -> list[dict]:
-        items, self.items = self.items, []
-        return items
-
 
 DEATH_ERRORS = ("WorkerHealthCheckFailedError", "ActorDiedError", "ActorUnavailableError", "RayActorError",
                 "NodeDiedError")  # Ray's errors for a worker process or node that is gone
@@ -66,6 +47,8 @@ class RestartNotice:
             return f"resumed from the checkpoint at step {item['step']}" if event == "resumed" else None
         # A dead worker fails its peers too (e.g. gloo's "Connection reset by peer"): name the dead ones if known.
         dead = {r: e for r, e in failure.items() if e.startswith(DEATH_ERRORS)} or failure
+        if not dead and len(old_nodes) == 1:  # a one-worker trial's task, which Ray reruns only when it dies
+            dead = {0: "its process or its node died"}
         died = "; ".join(f"rank {r}" + (f" on {old_nodes[r]}" if r < len(old_nodes) else "") + f" ({e})"
                          for r, e in sorted(dead.items())) or "a worker died"
         after = f" after step {self.last_step}" if self.last_step is not None else ""
@@ -134,14 +117,6 @@ class ProgressPrinter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def new_board():
-    import ray
-
-    from orchestrator.cluster import driver_node_affinity
-
-    return ray.remote(num_cpus=0, scheduling_strategy=driver_node_affinity())(ProgressBoard).remote()
 
 
 def pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:

@@ -1,7 +1,8 @@
-"""What every Ray Train worker runs: `imm.training.loop.train_loop`, wired to Ray's report/checkpoints and MLflow.
+"""What every worker runs: `imm.training.loop.train_loop`, wired to its session's report/checkpoints and MLflow.
 
-No cluster logic and no model logic lives here: rank, world size and device come from Ray's context,
-the checkpoint to resume from from `ray.train.get_checkpoint()`, and everything about training from imm.
+No cluster logic and no model logic lives here: rank, world size, device, the checkpoint to resume from and where
+checkpoints go come from the session (Ray Train's context, or `orchestrator.in_process` for a run in one process),
+and everything about training from imm.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from orchestrator.board import Pusher
 
 KILL_ENV = "IMM_ORCH_KILL_WORKER"
 
@@ -63,57 +66,89 @@ def worker_config(cfg, *, tracking_uri: str, run_id: str, progress=None, kill: K
     }
 
 
+class RayTrainSession:
+    """What a worker of a Ray Train run is told and tells: its rank and device from Ray's context, the checkpoint
+    to resume from from `ray.train.get_checkpoint()`, its reports and checkpoints through `ray.train.report`."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def restore(self) -> dict | None:
+        import ray.train
+
+        from imm.training.loop import load_checkpoint
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return load_checkpoint(d)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        """Report on every rank (a barrier); with a checkpoint, return on rank 0 once a relaunch would restore it."""
+        import ray.train
+
+        step = int(metrics["step"])
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}" if ckpt else None)
+        if ckpt is not None and self.rank == 0:
+            # report() returns once this rank uploaded the checkpoint, but a relaunch restores only what the
+            # controller registered, after polling every rank; a rank dying in between would leave MLflow ahead
+            # of the restore point.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker."""
-    import ray.train
-    import ray.train.torch
+    run_worker(config, RayTrainSession())
 
+
+def run_worker(config: dict[str, Any], session) -> dict[str, float]:
+    """Train one worker's share of the run, in a Ray Train worker or alone in one process (`session` says which,
+    `RayTrainSession` or `orchestrator.in_process.InProcessSession`); rank 0 logs to MLflow, commits the metrics
+    a checkpoint covers once it is safe, and pushes each report to the progress board. The last metrics."""
     from imm.config import config_from_dict
-    from imm.training.loop import load_checkpoint, train_loop
+    from imm.training.loop import train_loop
     from orchestrator.tracking import RankZeroLogger, add_nodes
 
     cfg = config_from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world_size = session.rank, session.world_size
     kill = KillSwitch(**config["kill"]) if config.get("kill") else None
-    progress = config.get("progress")
+    progress = Pusher(config["progress"]) if rank == 0 and config.get("progress") is not None else None
 
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(d)
+    resume = session.restore()
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
     nodes = _gather_nodes(world_size)
     if logger is not None:
         add_nodes(logger.client, config["run_id"], nodes)
-    if rank == 0 and progress is not None:  # the driver tells a restart by a second such event
+    if progress is not None:  # the driver tells a restart by a second such event
         event = "resumed" if resume else "started"
-        _push(progress, {"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
+        progress.push({"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        step = int(metrics["step"])
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}" if ckpt else None)
+        session.report(metrics, checkpoint_dir)  # returns once a relaunch would restore the checkpoint
         if logger is not None:
             logger.record(metrics)
-            if ckpt is not None:
-                # report() returns once this rank uploaded the checkpoint, but a relaunch restores only what
-                # the controller registered, after polling every rank; a rank dying in between would leave
-                # MLflow ahead of the restore point. Wait for the registration, then commit.
-                ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            if checkpoint_dir:
                 logger.commit()
             if progress is not None:
-                _push(progress, {**metrics, "time": time.time()})
+                progress.push({**metrics, "time": time.time()})
         if kill is not None:
-            kill.maybe_fire(step, rank)
+            if progress is not None:
+                progress.flush()  # the drill kills right after a report the driver has seen
+            kill.maybe_fire(int(metrics["step"]), rank)
 
     try:
-        train_loop(
+        return train_loop(
             cfg,
             rank=rank,
             world_size=world_size,
-            device=ray.train.torch.get_device(),
+            device=session.device,
             report=report,
             resume=resume,
             on_eval=logger.on_eval if logger else None,
@@ -121,6 +156,8 @@ def train_worker(config: dict[str, Any]) -> None:
     finally:
         if logger is not None:
             logger.close()  # drops what was held: on an error those steps are computed again after a restart
+        if progress is not None:
+            progress.flush()
 
 
 def _gather_nodes(world_size: int) -> list[str]:
@@ -134,13 +171,3 @@ def _gather_nodes(world_size: int) -> list[str]:
     nodes: list[str] = [""] * world_size
     dist.all_gather_object(nodes, me)
     return nodes
-
-
-def _push(board, item: dict) -> None:
-    """Hand a progress item to the driver's board and wait for it (so none is lost at the end); best effort."""
-    import ray
-
-    try:
-        ray.get(board.push.remote(item), timeout=10)
-    except Exception:  # the driver's progress display must never fail a training run
-        pass

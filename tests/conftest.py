@@ -53,7 +53,8 @@ def ray_local():
 
     t0 = time.perf_counter()
     # log_to_driver=False: the workers' log lines would otherwise reach whatever test captures output at the time
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # address="local": a Ray of its own, even where a `ray start` cluster runs (or ran and left its address file)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield SimpleNamespace(startup_s=time.perf_counter() - t0)
     ray.shutdown()
 

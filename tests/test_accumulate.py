@@ -7,6 +7,8 @@ itself: the 1/N scaling, whole groups per micro-batch, and DDP all-reducing once
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -17,15 +19,25 @@ from imm.methods.imm import IMMBatch
 from imm.training.loop import accumulate_gradients
 
 BATCH, M, PARTS = 64, 4, 4
+# In float64, so that the sums the checks compare, taken in other orders (micro-batches, BLAS paths, gloo's
+# all-reduce), agree to rounding: a sum of n terms moves by at most n * u * sum|terms| when reordered (u = 2^-53,
+# n <= BATCH). TOL, relative to each gradient's largest entry, allows sum|terms| up to ~10^5 times that entry;
+# a missing 1/N or a second all-reduce is off by a factor (0.25 or more).
+TOL = BATCH * 2.0**-53 * 1e5
 
 
 def _model_loss_and_draw(seed: int = 0):
     cfg = load_config("toy2d", [f"imm.group_size={M}", "model.hidden=32", "model.depth=2"])
     torch.manual_seed(seed)
-    model, loss = build_model(cfg, (2,), 1.0), build_loss(cfg)
-    x = torch.randn(BATCH, 2)
+    model, loss = build_model(cfg, (2,), 1.0).double(), build_loss(cfg)
+    x = torch.randn(BATCH, 2, dtype=torch.float64)
     draw = loss.draw(x, model.sigma_d)
+    draw = replace(draw, s=draw.s.double(), r=draw.r.double(), t=draw.t.double())  # drawn in the default dtype
     return model, loss, x, draw
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(b, a, rtol=0, atol=TOL * float(a.abs().max()))
 
 
 def _rows(draw: IMMBatch, idx: torch.Tensor) -> IMMBatch:
@@ -51,9 +63,9 @@ def test_accumulated_gradients_equal_the_whole_batch_and_a_wrong_scaling_would_n
     model.zero_grad()
     parts = accumulate_gradients(model, _loss_on(loss, draw), x, idx, PARTS)
     g_parts = _grads(model)
-    assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+    assert float(parts) == pytest.approx(float(whole), rel=TOL)
     for a, b in zip(g_whole, g_parts, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        _close(a, b)
     # the check can fail: summing the micro-batch gradients without the 1/N is N times too large
     assert not torch.allclose(g_whole[0] * PARTS, g_parts[0], rtol=1e-3)
 
@@ -107,12 +119,8 @@ def test_two_ddp_workers_accumulating_equal_one_whole_batch_and_all_reduce_once(
     once = _spawn_ddp(1, tmp_path / "once.pt")
     accumulated = _spawn_ddp(PARTS, tmp_path / "parts.pt")
     for a, b, c in zip(single, once["grads"], accumulated["grads"], strict=True):
-        # float32 noise, measured relative to each gradient's largest entry: 8-row micro-batches take other BLAS
-        # paths than 64 rows and differ by ~1e-5 of it (the same without DDP, in one process); a wrong 1/N or a
-        # second all-reduce is off by a factor
-        atol = 1e-4 * float(a.abs().max())
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=atol)
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=atol)
+        _close(a, b)
+        _close(a, c)
     # one all-reduce per gradient bucket per update, with or without accumulation: no_sync skipped the others
     assert accumulated["reductions"] == once["reductions"] >= 1
 

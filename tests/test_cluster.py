@@ -234,6 +234,47 @@ def test_a_run_survives_losing_the_node_its_workers_run_on(cluster, mlflow_serve
     assert len(runs[0].data.tags["imm.nodes"].split(",")) == 3  # started on node_c, finished on head and node_b
 
 
+def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, tmp_path):
+    """A one-worker trial trains in its own Ray task (`orchestrator.in_process`), not in a Ray Train worker group:
+    a third node takes it (the other nodes' CPUs are held by idle jobs) and is SIGKILLed after the trial's first
+    checkpoint reached S3. Ray runs the task again on a freed node, which resumes from that checkpoint into the
+    same MLflow run."""
+    client = cluster.client()
+    cluster.start_node("node_c", 1)
+    holds = [client.submit_job(entrypoint="sleep 600", entrypoint_num_cpus=1, entrypoint_resources={n: 1})
+             for n in ("head", "node_b")]
+    try:
+        proc = cluster.run(submit_args(
+            cluster, "sweeps/toy2d_smoke.yaml", "--trials", "1", "--tracking-uri", mlflow_server, "--experiment",
+            "trial-node-loss", f"storage.ray_storage=s3://{BUCKET}/ray", "trainer.max_failures=2", "train.steps=160",
+            "eval.every=160", shared=tmp_path / "shared"), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
+        mlc, deadline = tracking.client(mlflow_server), time.monotonic() + 300
+        while not (trial := [r for r in runs_of(mlflow_server, "trial-node-loss")[1] if r.data.tags.get(
+                "imm.sweep.role") == "trial" and mlc.get_metric_history(r.info.run_id, "train/loss")]):
+            assert time.monotonic() < deadline and not client.get_job_status(job_id).is_terminal(), \
+                client.get_job_logs(job_id)[-3000:]
+            time.sleep(0.5)
+        name = trial[0].data.tags[tracking.RUN_NAME_TAG]
+        assert any("/checkpoint_0000020/" in k for k in s3_keys(f"ray/{name}/"))
+    finally:
+        for h in holds:
+            client.stop_job(h)
+    cluster.kill_raylet("node_c")
+    info = wait_job(client, job_id)
+    logs = client.get_job_logs(job_id)
+    cluster.stop_node("node_c")
+    assert info.status == "SUCCEEDED", logs[-4000:]
+    assert re.search(r"^trial 0: workers restarted, attempt 2 of 3: rank 0 on [\d.]+/\w+ \(its process or its node "
+                     r"died\) after step \d+; resumed from the checkpoint at step \d+$", logs, re.M), logs[-3000:]
+    (run,) = [r for r in runs_of(mlflow_server, "trial-node-loss")[1] if r.data.tags.get("imm.sweep.role") == "trial"]
+    assert run.info.status == "FINISHED" and run.data.tags["imm.trial.state"] == "complete"
+    steps = [m.step for m in mlc.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # strictly increasing: no step logged twice
+    assert len(run.data.tags["imm.nodes"].split(",")) == 2  # started on node_c, finished on another
+
+
 def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_server, tmp_path):
     import optuna
 

@@ -199,6 +199,29 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
         assert steps == sorted(set(steps)) == [10, 20, 30, 40], (c.data.tags["imm.trial.number"], steps)
 
 
+def test_a_trial_whose_process_dies_resumes_from_its_checkpoint_in_the_same_run(ray_local, mlflow_uri, tmp_path,
+                                                                               capsys, monkeypatch):
+    """A one-worker trial trains in its own Ray task (`orchestrator.in_process`): the worker SIGKILL of that mode
+    kills the task's process. Ray runs the task again (trainer.max_failures=1), and it resumes from the trial's
+    last checkpoint into the same MLflow run: no step is logged twice, and the terminal says what happened."""
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("IMM_ORCH_KILL_WORKER", f"step=25,rank=0,marker={marker}")
+    path = write_sweep(tmp_path, base={"config": "toy2d", "overrides": [
+        *TINY, f"storage.root={tmp_path / 'runs'}", "trainer.max_failures=1"]}, trials=1, max_concurrent=1)
+    assert cli.main(["sweep", str(path), "--tracking-uri", mlflow_uri, "--experiment", "trial-kill"]) == 0
+    out = capsys.readouterr().out
+    assert marker.read_text().startswith("killed rank 0 pid ")
+    assert re.search(r"^trial 0: workers restarted, attempt 2 of 2: rank 0 on [\d.]+/\w+ \(its process or its node "
+                     r"died\) after step 30; resumed from the checkpoint at step 20$", out, re.M), out
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state.name == "COMPLETE"
+    client = tracking.client(mlflow_uri)
+    (run,) = sweep_runs(client, "trial-kill")[1]
+    assert run.info.status == "FINISHED" and run.data.metrics["energy/steps_1"] == trial.values[0]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [10, 20, 30, 40], steps
+
+
 def test_a_diverging_trial_fails_a_poor_one_is_pruned_and_the_sweep_goes_on(ray_local, mlflow_uri, tmp_path, capsys):
     # Enqueued in this order, one at a time: a good run, one whose loss becomes NaN (lr 1e30), and one that barely
     # learns (lr 1e-9) for long enough that the median pruner (with the good run as reference) stops it early.

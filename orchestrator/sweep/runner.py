@@ -24,8 +24,9 @@ from typing import Any
 
 from imm.config import ConfigError
 from orchestrator import tracking
+from orchestrator.board import new_board
 from orchestrator.launch import plan_run
-from orchestrator.progress import RestartNotice, new_board
+from orchestrator.progress import RestartNotice
 from orchestrator.sweep import trials
 from orchestrator.sweep.lease import Lease
 from orchestrator.sweep.naming import params_line, trial_title
@@ -109,6 +110,7 @@ class SweepRunner:
 
     def run(self) -> SweepResult:
         import optuna
+        import ray
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -117,10 +119,14 @@ class SweepRunner:
         self.study = open_study(self.sweep, resume=self.resume)
         self.lease = Lease(self.study, self.sweep.name).acquire()  # before its RUNNING trials are taken for crashed ones
         try:
+            self.concurrent = trials.concurrency(self.sweep, ray.cluster_resources(),
+                                                 max(self.trials - len(finished_trials(self.study)), 1))
+            warming = trials.warm_up(self.sweep, self.concurrent[0])
             self.records = SweepRecords(self.sweep, self.study, tracking_uri=self.tracking_uri,
                                         experiment=self.experiment, trials=self.trials, storage_url=url)
             self.say(f"sweep {self.sweep.name!r}: study in {redact(url)}; MLflow parent run {self.records.parent_id} "
                      f"(experiment {self.experiment!r}, {self.tracking_uri})")
+            ray.wait(warming, num_returns=len(warming), timeout=60)  # the first trials then find their processes ready
             self._loop()
             return self._close(url, time.perf_counter() - t0)
         finally:
@@ -133,7 +139,7 @@ class SweepRunner:
 
         done = finished_trials(self.study)
         adopted = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
-        n, why = trials.concurrency(self.sweep, ray.cluster_resources(), max(self.trials - len(done), 1))
+        n, why = self.concurrent
         self.say(f"trials: {len(done)} of {self.trials} done" + (f", {len(adopted)} to resume" if adopted else "")
                  + f"; {why}")
         running: dict[Any, TrialRun] = {}

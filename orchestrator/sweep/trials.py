@@ -20,6 +20,7 @@ from orchestrator.launch import RunPlan, launch, plan_run
 from orchestrator.progress import RestartNotice
 from orchestrator.sweep.spec import Sweep
 from orchestrator.tracking import shown_value
+from orchestrator.worker import KillSwitch
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,12 @@ class TrialRun:
         return int(self.plan.cfg.train.steps)
 
 
-def run_trial(plan: RunPlan, ray_address: str, run_id: str, board) -> TrialOutcome:
-    """The Ray task of one training trial: fit its TorchTrainer (it closes the MLflow run)."""
-    result = launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO())
+def run_trial(plan: RunPlan, ray_address: str, run_id: str, board, in_process: bool,
+              kill: KillSwitch | None = None) -> TrialOutcome:
+    """The Ray task of one training trial: train it here (one worker) or fit its TorchTrainer; it closes the
+    MLflow run."""
+    result = launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO(),
+                    in_process=in_process, kill=kill)
     return TrialOutcome(metrics=result.metrics, work_s=result.fit_s)
 
 
@@ -75,20 +79,70 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
 
 
 def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
-    """Submit the trial's Ray task; its ObjectRef. A training trial's task needs no CPU of its own (its workers
-    ask for theirs) and runs beside the driver; an evaluation takes one worker's resources."""
+    """Submit the trial's Ray task; its ObjectRef.
+
+    A one-worker trial trains in its task (`orchestrator.in_process`), which takes the worker's resources; Ray
+    retries it, up to trainer.max_failures times, when its process or node dies, and it resumes from its last
+    checkpoint (an error the trial raises, a NaN loss say, is not retried: it would be raised again).
+    A trial of several workers fits a TorchTrainer from a task that needs no CPU of its own (its workers ask for
+    theirs) and runs beside the driver. An evaluation takes one worker's resources.
+    """
     import ray
 
     from orchestrator.cluster import driver_node_affinity, trial_env
 
     if sweep.spec.model:
-        need = trial_resources(sweep)
-        task = ray.remote(num_cpus=need.get("CPU", 1), num_gpus=need.get("GPU", 0), max_retries=0,
-                          runtime_env=trial_env())(run_eval_trial)
+        task = ray.remote(**pooled_task(sweep, retries=0))(run_eval_trial)
         return task.remote(sweep.spec.model, tr.plan, tr.params, tr.run_id)
+    if in_process(sweep):
+        task = ray.remote(**pooled_task(sweep, retries=int(tr.plan.cfg.trainer.max_failures)))(run_trial)
+        return task.remote(tr.plan, ray_address, tr.run_id, tr.board, True, KillSwitch.from_env())
     task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
                       scheduling_strategy=driver_node_affinity())(run_trial)
-    return task.remote(tr.plan, ray_address, tr.run_id, tr.board)
+    return task.remote(tr.plan, ray_address, tr.run_id, tr.board, False)
+
+
+def in_process(sweep: Sweep) -> bool:
+    """Whether the sweep's trials train in their own task (one worker each) rather than a Ray Train worker group."""
+    return not sweep.spec.model and int(sweep.base.trainer.num_workers) == 1
+
+
+def pooled_task(sweep: Sweep, retries: int) -> dict[str, Any]:
+    """The Ray options of a task that does a trial's work itself (trains one worker, or evaluates): the trial's
+    resources, in a process that stays for the next such task (max_calls=0: Ray's default for a GPU task is a new
+    process each time, its imports and CUDA context paid again)."""
+    from orchestrator.cluster import trial_env
+
+    need = trial_resources(sweep)
+    return {"num_cpus": need.get("CPU", 0), "num_gpus": need.get("GPU", 0), "max_retries": retries, "max_calls": 0,
+            "runtime_env": trial_env()}
+
+
+def _ready_for_a_trial() -> None:
+    """What a trial's process imports, the lazy imports of its first evaluation and MLflow calls included (not the
+    store itself: the driver may be creating it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    import imm.sampling.pictures  # noqa: F401
+    import imm.training.loop  # noqa: F401
+    import orchestrator.in_process  # noqa: F401
+    import orchestrator.sample_grids  # noqa: F401
+    import orchestrator.tracking  # noqa: F401
+
+
+def warm_up(sweep: Sweep, n: int) -> list:
+    """Start the processes of the first `n` trials now, while the driver opens the study and its MLflow runs: each
+    pays its imports (torch, imm, MLflow: seconds) in a task of its own and then waits, in Ray's pool, for a trial.
+    Only for trials that work in their task (`pooled_task`); their ObjectRefs."""
+    import ray
+
+    if sweep.spec.model or in_process(sweep):
+        return [ray.remote(**pooled_task(sweep, retries=0))(_ready_for_a_trial).remote() for _ in range(n)]
+    return []
 
 
 def objective_values(sweep: Sweep, metrics: dict[str, float]) -> list[float]:

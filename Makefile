@@ -33,7 +33,7 @@ test: venv
 CHAMPION_STEPS := train.steps=3000 train.ema_decay=0.998 train.checkpoint_every=1000 eval.every=1000
 
 demo: venv
-	@echo "== 1/4 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, 600 steps each; ~3 min on 2 cores)"
+	@echo "== 1/4 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, up to 2000 steps each; ~3 min on 2 cores)"
 	@if $(BIN)/imm-orch status $(DEMO_SWEEP) >/dev/null 2>&1; then resume=--resume; fi; \
 	  $(BIN)/imm-orch sweep sweeps/$(DEMO_SWEEP).yaml $$resume
 	@echo "== 2/4 the best trial's settings, trained for the full toy2d budget (3000 steps; ~2 min)"

@@ -96,3 +96,14 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
             subprocess.run([str(clone / ".venv" / "bin" / "imm-orch"), "sample", "--model", "models:/toy2d_smoke@champion",
                             "--steps", "2", "--n", "5000", "--out", str(npy)], cwd=clone, env=env, check=True)
             assert occupied_modes(np.load(npy)) == 8
+            # issue 26: the sweep's own best trial does too (its row of the sweep's sample grid)
+            from orchestrator import tracking
+
+            mlc = tracking.client(f"sqlite:///{clone / 'imm-runs' / 'mlflow.db'}")
+            (parent,) = [r for r in mlc.search_runs([mlc.get_experiment_by_name("imm").experiment_id])
+                         if r.data.tags.get("imm.sweep.role") == "parent"]
+            best = tmp_path / "best_trial_2steps.npy"
+            subprocess.run([str(clone / ".venv" / "bin" / "imm-orch"), "sample", "--model",
+                            f"runs:/{parent.data.tags['best.run_id']}", "--steps", "2", "--n", "5000", "--out", str(best)],
+                           cwd=clone, env=env, check=True)
+            assert occupied_modes(np.load(best)) == 8

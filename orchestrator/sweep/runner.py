@@ -248,7 +248,7 @@ class SweepRunner:
         import optuna
         import ray
 
-        ray.cancel(tr.ref, force=True)  # the trial's task owns its TorchTrainer: its workers go with it
+        trials.stop_task(self.sweep, tr)
         self.study.tell(tr.trial, state=optuna.trial.TrialState.PRUNED)
         self.records.trial_pruned(tr.run_id, tr.number, tr.params, step)
         ray.kill(tr.board)

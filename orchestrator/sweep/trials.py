@@ -102,6 +102,22 @@ def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
     return task.remote(tr.plan, ray_address, tr.run_id, tr.board, False)
 
 
+def stop_task(sweep: Sweep, tr: TrialRun, *, wait_s: float = 30.0) -> None:
+    """Stop a running trial's task and return once it has ended (a pruned trial's CPUs go to the next one).
+
+    One that trains in its task is interrupted (`ray.cancel` raises KeyboardInterrupt in it: its run is closed, and
+    its process, with its imports, stays for the next trial); killed if it has not ended within `wait_s`. A
+    TorchTrainer's task is killed outright: its controller and workers are actors it owns, which die with it.
+    """
+    import ray
+
+    if in_process(sweep):
+        ray.cancel(tr.ref, force=False)
+        if ray.wait([tr.ref], timeout=wait_s)[0]:
+            return
+    ray.cancel(tr.ref, force=True)
+
+
 def in_process(sweep: Sweep) -> bool:
     """Whether the sweep's trials train in their own task (one worker each) rather than a Ray Train worker group."""
     return not sweep.spec.model and int(sweep.base.trainer.num_workers) == 1

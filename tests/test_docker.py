@@ -3,6 +3,7 @@ code reads (and none it does not). No Docker engine here: the image is linted, n
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -34,22 +35,102 @@ def settings_read_by_the_code() -> set[str]:
     return names
 
 
+# What torch's Linux wheel needs, read off its metadata (`pip install --dry-run --no-deps --report`, PyPI's
+# manylinux_2_28_x86_64 wheel): torch 2.13.0 requires cuda-toolkit==13.0.3, nvidia-cudnn-cu13, nvidia-nccl-cu13.
+# CUDA 13.0 runs on NVIDIA drivers 580 and newer. A torch pin not in this table fails the test below: read the new
+# wheel's requirements and add it.
+WHEEL_CUDA = {"2.13.0": ("13.0", 580)}
+
+
+def pins() -> dict[str, str]:
+    lines = (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+    reqs = [line.split("#")[0].strip() for line in lines]
+    reqs = [r for r in reqs if r]
+    assert len(reqs) >= 10 and all(re.fullmatch(r"[\w\[\],.-]+==[\w.]+", r) for r in reqs), reqs
+    return {re.sub(r"\[.*\]", "", r.split("==")[0]): r.split("==")[1] for r in reqs}
+
+
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM nvidia/cuda:[\d.]+-\S+-runtime-", text, re.M)  # a pinned CUDA runtime base
     assert re.search(r"^USER 1000", text, re.M) and "HEALTHCHECK" in text
-    lines = (ROOT / "docker" / "requirements.txt").read_text().splitlines()
-    pins = [line for line in lines if line.strip() and not line.startswith("#")]
-    assert len(pins) >= 10 and all(re.fullmatch(r"[\w\[\],.-]+==[\w.]+", p) for p in pins), pins
+
+
+def test_the_image_the_torch_wheel_and_the_stated_driver_agree():
+    """Issue 27: the image was a CUDA 12.8 runtime while torch 2.13.0's wheel brings CUDA 13.0 itself."""
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    torch = pins()["torch"]
+    assert torch in WHEEL_CUDA, f"torch {torch}: read its wheel's CUDA requirement and add it to WHEEL_CUDA"
+    cuda, driver = WHEEL_CUDA[torch]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"^TORCH_CPU := torch=={re.escape(torch)}$", makefile, re.M)  # the tests ran this torch
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert not base.startswith("nvidia/cuda"), "the wheel brings its CUDA libraries: a CUDA base image is dead weight"
+    assert re.fullmatch(r"ubuntu:\d\d\.\d\d", base)  # pinned, and Python 3.12 (the apt pin) is that release's
+    assert f'NVIDIA_REQUIRE_CUDA="cuda>={cuda}"' in text  # the container toolkit refuses an older driver, by name
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text  # utility: nvidia-smi and NVML (system metrics)
+    readme = (ROOT / "docker" / "README.md").read_text()
+    assert f"CUDA {cuda}" in readme and f"driver {driver} or newer" in readme
+    assert {"psycopg2-binary", "psutil", "nvidia-ml-py"} <= set(pins())  # the study store, the system metrics
+
+
+def gpu_claims_overlap(compose: dict) -> str | None:
+    """Why two Ray worker containers could be handed the same GPU, or None. A reservation by count (`count: 1`,
+    `count: all`) is resolved per container from the first GPUs, so only one container may hold one (one replica),
+    and reservations by `device_ids` must be disjoint."""
+    by_count, ids = [], {}
+    for name, service in compose["services"].items():
+        deploy = service.get("deploy", {})
+        for device in deploy.get("resources", {}).get("reservations", {}).get("devices", []):
+            if device.get("driver") != "nvidia":
+                continue
+            replicas = deploy.get("replicas", 1)
+            if not isinstance(replicas, int):  # `${VAR:-1}`: any number a user sets
+                return f"{name}: replicas {replicas!r} of a GPU reservation"
+            if "device_ids" in device:
+                for gpu in device["device_ids"]:
+                    if replicas > 1 or gpu in ids:
+                        return f"{name}: GPU {gpu} also held by {ids.get(gpu, name)}"
+                    ids[gpu] = name
+            else:
+                if replicas > 1:
+                    return f"{name}: {replicas} replicas each reserve count {device.get('count')}"
+                by_count.append(name)
+    if len(by_count) > 1 or (by_count and ids):
+        return f"{by_count + sorted(set(ids.values()))} reserve GPUs by count or beside device_ids"
+    return None
+
+
+def test_no_two_ray_workers_can_be_handed_the_same_gpu():
+    """Issue 27: `IMM_GPU_WORKERS` replicas each reserving `count: 1` all got GPU 0 (docker/compose#11863)."""
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert gpu_claims_overlap(compose) is None
+    worker = compose["services"]["ray-worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == "all"  # and Ray is told how many the container sees ($$: compose's escaped $)
+    assert "--num-gpus=$$(nvidia-smi --list-gpus | wc -l)" in " ".join(worker["command"])
+    # the layouts that share a GPU are caught
+    old = {"services": {"ray-worker": {"deploy": {"replicas": "${IMM_GPU_WORKERS:-1}", "resources": {
+        "reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}}}}
+    assert "replicas" in gpu_claims_overlap(old)
+    old["services"]["ray-worker"]["deploy"]["replicas"] = 4
+    assert "4 replicas" in gpu_claims_overlap(old)
+
+    def by_ids(*gpus):
+        return {"deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": list(gpus)}]}}}}
+
+    assert gpu_claims_overlap({"services": {"w0": by_ids("0"), "w1": by_ids("1")}}) is None
+    assert "GPU 1 also held by w0" in gpu_claims_overlap({"services": {"w0": by_ids("0", "1"), "w1": by_ids("1")}})
+    count_one = {"deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1}]}}}}
+    assert "by count" in gpu_claims_overlap({"services": {"w0": count_one, "w1": count_one}})
 
 
 def test_compose_wires_every_setting_the_code_reads():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "minio", "create-bucket", "mlflow", "ray-head", "ray-worker"} <= set(services)
+    assert {"postgres", "s3", "create-bucket", "mlflow", "ray-head", "ray-worker"} <= set(services)
     read = settings_read_by_the_code()
     assert {"IMM_RAY_STORAGE", "IMM_METRICS_CACHE", "IMM_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"} <= read
     for name in ("ray-head", "ray-worker"):
@@ -67,5 +148,36 @@ def test_compose_wires_every_setting_the_code_reads():
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     for service in services.values():
         assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", []))  # no UI open to the network
-    assert services["create-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["create-bucket"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert services["create-bucket"]["command"] == ["python", "docker/buckets.py", "create"]
+    assert "chrislusf/seaweedfs:" in services["s3"]["image"] and "latest" not in services["s3"]["image"]
+    identities = json.loads(compose["configs"]["s3-identities"]["content"])  # the keys of docker/.env, no others
+    (user,) = identities["identities"]
+    assert [c["accessKey"][:20] for c in user["credentials"]] == ["${AWS_ACCESS_KEY_ID:"]
     assert services["mlflow"]["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
+
+
+def test_the_bucket_and_the_shipped_sweeps_inputs_are_created_and_checked(s3_env, tmp_path):
+    """docker/buckets.py (compose's create-bucket) against a real S3 endpoint: the bucket is created once, the
+    inputs the shipped cluster sweeps read are named while missing, and `put` uploads a folder where they read it."""
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        import buckets
+    finally:
+        sys.path.pop(0)
+    wanted = buckets.inputs("imm")
+    assert wanted == ["s3://imm/datasets/cifar-10-batches-py",
+                      "s3://imm/weights/pt_inception-2015-12-05-6726825d.pth"]  # sweeps/cifar10_imm_ablation.yaml
+    assert buckets.create(s3_env, "imm") == wanted
+    assert buckets.create(s3_env, "imm") == wanted  # again: the bucket exists, nothing lost
+    data = tmp_path / "cifar-10-batches-py"
+    data.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        (data / name).write_bytes(b"x")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"w")
+    assert buckets.put(s3_env, data, wanted[0]) == 2 and buckets.put(s3_env, weights, wanted[1]) == 1
+    assert buckets.create(s3_env, "imm") == []
+    keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket="imm")["Contents"]]
+    assert sorted(keys) == ["datasets/cifar-10-batches-py/data_batch_1", "datasets/cifar-10-batches-py/test_batch",
+                            "weights/pt_inception-2015-12-05-6726825d.pth"]

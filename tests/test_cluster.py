@@ -84,6 +84,23 @@ def wait_job(client, job_id: str, timeout: float = 600):
     return client.get_job_info(job_id)
 
 
+def kill_node_c_after_a_checkpoint(cluster, client, job_id: str, mlflow_server: str, experiment: str, ours) -> str:
+    """SIGKILL node_c's raylet as soon as a whole checkpoint of the run `ours(run)` picks reached S3; its name.
+    For a trial that trains in its task (`orchestrator.checkpoints` keeps the newest ones, each complete once it is
+    in S3); a Ray Train run's checkpoint counts only once the controller registered it, after the upload."""
+    deadline, name = time.monotonic() + 300, None
+    while True:
+        assert time.monotonic() < deadline and not client.get_job_status(job_id).is_terminal(), \
+            client.get_job_logs(job_id)[-3000:]
+        if name is None:
+            name = next((r.data.tags[tracking.RUN_NAME_TAG] for r in runs_of(mlflow_server, experiment)[1] if ours(r)),
+                        None)
+        if name is not None and any(re.search(r"/checkpoint_\d+/checkpoint\.pt$", k) for k in s3_keys(f"ray/{name}/")):
+            cluster.kill_raylet("node_c")
+            return name
+        time.sleep(0.2)
+
+
 def test_mistakes_are_one_line_before_anything_is_submitted(cluster, mlflow_server, tmp_path):
     client = cluster.client()
     jobs_before = len(client.list_jobs())
@@ -246,32 +263,26 @@ def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, tmp_path
     try:
         proc = cluster.run(submit_args(
             cluster, "sweeps/toy2d_smoke.yaml", "--trials", "1", "--tracking-uri", mlflow_server, "--experiment",
-            "trial-node-loss", f"storage.ray_storage=s3://{BUCKET}/ray", "trainer.max_failures=2", "train.steps=160",
-            "eval.every=160", shared=tmp_path / "shared"), timeout=120)
+            "trial-node-loss", f"storage.ray_storage=s3://{BUCKET}/ray", "trainer.max_failures=2", "train.steps=600",
+            "eval.every=600", shared=tmp_path / "shared"), timeout=120)
         assert proc.returncode == 0, proc.stderr
         job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
-        mlc, deadline = tracking.client(mlflow_server), time.monotonic() + 300
-        while not (trial := [r for r in runs_of(mlflow_server, "trial-node-loss")[1] if r.data.tags.get(
-                "imm.sweep.role") == "trial" and mlc.get_metric_history(r.info.run_id, "train/loss")]):
-            assert time.monotonic() < deadline and not client.get_job_status(job_id).is_terminal(), \
-                client.get_job_logs(job_id)[-3000:]
-            time.sleep(0.5)
-        name = trial[0].data.tags[tracking.RUN_NAME_TAG]
-        assert any("/checkpoint_0000020/" in k for k in s3_keys(f"ray/{name}/"))
+        kill_node_c_after_a_checkpoint(cluster, client, job_id, mlflow_server, "trial-node-loss",
+                                       lambda r: r.data.tags.get("imm.sweep.role") == "trial")
     finally:
         for h in holds:
             client.stop_job(h)
-    cluster.kill_raylet("node_c")
     info = wait_job(client, job_id)
     logs = client.get_job_logs(job_id)
     cluster.stop_node("node_c")
     assert info.status == "SUCCEEDED", logs[-4000:]
     assert re.search(r"^trial 0: workers restarted, attempt 2 of 3: rank 0 on [\d.]+/\w+ \(its process or its node "
                      r"died\) after step \d+; resumed from the checkpoint at step \d+$", logs, re.M), logs[-3000:]
-    (run,) = [r for r in runs_of(mlflow_server, "trial-node-loss")[1] if r.data.tags.get("imm.sweep.role") == "trial"]
+    mlc, runs = runs_of(mlflow_server, "trial-node-loss")
+    (run,) = [r for r in runs if r.data.tags.get("imm.sweep.role") == "trial"]
     assert run.info.status == "FINISHED" and run.data.tags["imm.trial.state"] == "complete"
     steps = [m.step for m in mlc.get_metric_history(run.info.run_id, "train/loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # strictly increasing: no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 600, steps  # strictly increasing: no step logged twice
     assert len(run.data.tags["imm.nodes"].split(",")) == 2  # started on node_c, finished on another
 
 

@@ -86,9 +86,12 @@ class SweepRecords:
 
     def abandoned(self, runs: list[str], *, interrupted: bool, why: str, sweep_error: str) -> None:
         """The driver stops (Ctrl-C, SIGTERM, or a failure: `why` on the open trial runs, `sweep_error` on the
-        parent): close the open trial runs and the parent."""
+        parent): close the open trial runs and the parent. Those of the sweep MLflow still shows RUNNING are closed
+        too: one the driver was opening when it was stopped is not yet among `runs`."""
         state, status = ("interrupted", "KILLED") if interrupted else ("failed", "FAILED")
-        for run_id in runs:
+        still_open = self.mlc.search_runs([self.exp_id], filter_string=f"tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}' and "
+                                          f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'")
+        for run_id in dict.fromkeys([*runs, *(r.info.run_id for r in still_open)]):
             self.mlc.set_tag(run_id, STATE_TAG, state)
             if not interrupted:
                 self.mlc.set_tag(run_id, ERROR_TAG, f"the sweep's driver failed: {why}")

@@ -45,6 +45,7 @@ from orchestrator.sweep.study import (
 from orchestrator.sweep.trials import TrialRun
 from orchestrator.terminal import root_cause
 
+ABANDON_WAIT_S = 10.0  # seconds a stopping driver waits for its trials' processes to end
 FAIL_FAST = 3  # trials: when the first ones all fail with the same error, the sweep stops
 
 
@@ -310,6 +311,10 @@ class SweepRunner:
         # left behind would hold off a --resume from another machine until it expired.
         self.lease.release()
         try:
+            # A cancel only asks: a trial's process still alive could reopen its run (as RUNNING) after it is closed
+            # here. Its ObjectRef is ready once the process is gone.
+            if running:
+                ray.wait([tr.ref for tr in running], num_returns=len(running), timeout=ABANDON_WAIT_S)
             self.records.abandoned([tr.run_id for tr in running], interrupted=isinstance(e, KeyboardInterrupt | SystemExit),
                                    why=root_cause(e), sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
         except Exception as close_error:  # e.g. the tracking server is what failed

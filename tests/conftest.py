@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.servers import MLFLOW_BUCKET, free_port, wait_for_health
+from tests.servers import MLFLOW_BUCKET, PostgresServer, free_port, wait_for_health
 
 # Set before anything starts, so that Ray workers (started later from this process) inherit it all:
 # - trained feature extractors and reference statistics go to this session's cache, never ~/.cache/imm;
@@ -119,6 +120,15 @@ def mlflow_server(s3_server, tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Debian's PostgreSQL server for the session (`tests.servers.PostgresServer`): `postgres.database()` is a
+    fresh database's URL."""
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="imm-test-pg-")), free_port()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,3 +127,58 @@ class RayCluster:
     def run(self, args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
         """A command of a client of this cluster, in the repository root."""
         return subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@dataclass
+class PostgresServer:
+    """Debian's PostgreSQL server, started once per test session in a folder of its own, on 127.0.0.1 with a
+    password (as a cluster's would be). It runs as the `postgres` user when the tests run as root (initdb refuses
+    root). `database()` makes a fresh database per test: studies of the same name never meet."""
+
+    folder: Path
+    port: int
+    password: str = "imm-test-password"
+    made: int = 0
+
+    @staticmethod
+    def binaries() -> Path:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            raise AssertionError("no PostgreSQL server: install Debian's postgresql package (.ci/run does)")
+        return found[-1].parent
+
+    def _as_owner(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return subprocess.run(prefix + cmd, check=True, capture_output=True, text=True, **kw)
+
+    def start(self) -> PostgresServer:
+        bin_ = self.binaries()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pwfile = self.folder / "pw"
+        pwfile.write_text(self.password)
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        data = self.folder / "data"
+        self._as_owner([str(bin_ / "initdb"), "-D", str(data), "-U", "imm", f"--pwfile={pwfile}", "-A",
+                        "scram-sha-256", "--no-sync"])
+        self._as_owner([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"), "-w", "-o",
+                        f"-h 127.0.0.1 -p {self.port} -k {self.folder} -F", "start"], timeout=60)
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://imm:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def database(self) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        self.made += 1
+        name = f"test_{self.made}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._as_owner([str(self.binaries() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+                       timeout=60)

@@ -73,7 +73,7 @@ def test_the_image_the_torch_wheel_and_the_stated_driver_agree():
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text  # utility: nvidia-smi and NVML (system metrics)
     readme = (ROOT / "docker" / "README.md").read_text()
     assert f"CUDA {cuda}" in readme and f"driver {driver} or newer" in readme
-    assert {"psycopg2-binary", "psutil", "nvidia-ml-py"} <= set(pins())  # the study store, the system metrics
+    assert {"psycopg", "sqlalchemy", "psutil", "nvidia-ml-py"} <= set(pins())  # the study store, the system metrics
 
 
 def gpu_claims_overlap(compose: dict) -> str | None:

@@ -205,3 +205,28 @@ def test_best_of_trains_the_best_complete_trials_settings_again(tmp_path, capsys
     assert re.search(r"^run name: +cli-\w+-best$", out, re.M)
     assert cli.main(["train", "toy2d", "--best-of", str(path)]) == 2
     assert "--best-of: the config comes from the sweep; drop 'toy2d'" in capsys.readouterr().err
+
+
+def test_a_study_in_postgresql_and_the_driver_it_needs(tmp_path, capsys, no_ray, postgres, monkeypatch):
+    """Issue 27: a study in a real PostgreSQL server, as the cluster instructions say; without the driver
+    (`imm-orch[postgres]`), `imm-orch sweep` stopped with 'unexpected error: ImportError: Failed to import DB
+    access module'. Now one line names the extra, before Ray starts."""
+    import sys
+
+    url = postgres.database()
+    monkeypatch.setenv("IMM_OPTUNA_STORAGE", url)
+    sweep = sweep_from_dict(spec(tmp_path))
+    study = open_study(sweep, resume=False)
+    trial = study.ask()
+    sweep.suggest(trial)
+    study.tell(trial, 0.25)
+    assert cli.main(["status", "cli", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'cli' (postgresql://imm:***@127.0.0.1:" in out and "1 trial(s): 1 complete" in out
+    assert postgres.password not in out
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # a laptop without the extra
+    assert cli.main(["sweep", str(write(tmp_path)), "--resume"]) == 2
+    ours = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "pid=" not in ln]
+    assert ours == [f"imm-orch: error: storage: {redact(url)} needs the database driver psycopg, which is not "
+                    "installed: pip install 'imm-orch[postgres]' (the cluster image has it)"]

@@ -17,6 +17,9 @@ from orchestrator.sweep.spec import Sweep
 
 JOURNAL_FILE = "optuna.journal"
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
+# The extra (pyproject.toml) that installs a database driver: psycopg (3), which SQLAlchemy >= 2.1 picks for
+# `postgresql://` URLs (2.0 picked psycopg2)
+DRIVER_EXTRAS = {"psycopg": "imm-orch[postgres]"}
 
 
 def study_setting(sweep: Sweep) -> str:
@@ -42,6 +45,25 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def check_driver(url: str) -> None:
+    """A one-line ConfigError unless the database driver of the RDB URL `url` imports (SQLAlchemy's own choice of
+    driver: `postgresql://` means psycopg), naming what installs it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise ConfigError(f"storage: {redact(url)} is not a database URL SQLAlchemy knows ({e})") from None
+    except ImportError as e:
+        driver = getattr(e, "name", None) or str(e)
+        how = f"pip install '{DRIVER_EXTRAS[driver]}' (the cluster image has it)" if driver in DRIVER_EXTRAS else \
+            f"install the Python module {driver}"
+        raise ConfigError(f"storage: {redact(url)} needs the database driver {driver}, which is not installed: "
+                          f"{how}") from None
+
+
 def open_storage(url: str):
     import optuna
 
@@ -52,6 +74,7 @@ def open_storage(url: str):
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    check_driver(url)
     return optuna.storages.RDBStorage(url)
 
 

@@ -133,6 +133,9 @@ class TrainerConfig:
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several trials' workers on one GPU
     max_failures: int = 0  # times Ray Train restarts dead workers from the last checkpoint before the run fails
+    # seconds between samples of MLflow's system metrics (CPU, memory, GPU utilisation and memory, ...) from
+    # every node the run's workers are on, as system/<node>/...; 0: none
+    system_metrics_s: float = 10.0
 
 
 @dataclass
@@ -310,6 +313,7 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
                           "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     check_range(cfg, "trainer.num_workers", 1, None)
     check_range(cfg, "trainer.max_failures", -1, None)
+    check_range(cfg, "trainer.system_metrics_s", 0.0, None)
     check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
     check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
     T = resolved_T(cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from imm.config import ConfigError
-from orchestrator import terminal
+from orchestrator import provenance, terminal
 
 # Never shipped to the cluster: local results, data and weights (Ray excludes .git and .venv itself and honours
 # .gitignore).
@@ -107,6 +107,7 @@ def plan_submission(args) -> Submission:
     # `ray job stop` SIGKILLs the driver this long after its SIGTERM (Ray's default, 3 s, is too short to close
     # the running trials' MLflow runs on a busy head node); Ray's job supervisor reads it from the job's env.
     env["RAY_JOB_STOP_WAIT_TIME_S"] = os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_GRACE_S))
+    env.update(provenance.carried_commit())  # the job's working dir has no .git: its runs name this commit
     if study is not None:
         env["IMM_OPTUNA_STORAGE"] = study_raw
     runtime_env["env_vars"] = env

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
-from orchestrator import storage, terminal
+from orchestrator import provenance, storage, terminal
 
 RUN_NAME_TAG = "imm.run_name"
 STORAGE_TAG = "imm.ray_storage"
@@ -167,19 +166,6 @@ def config_tag(cfg: DictConfig) -> str:
     return json.dumps(flatten(OmegaConf.to_container(cfg, resolve=True)), separators=(", ", ": "))[:MAX_TAG_CHARS]
 
 
-def git_commit() -> tuple[str, bool] | None:
-    """(commit, dirty) of the checkout this code runs from, or None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if sha.returncode:
-            return None
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str) -> dict[str, str]:
     from orchestrator.cluster import job_id
 
@@ -192,7 +178,7 @@ def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str)
     }
     if job_id():
         tags[JOB_TAG] = job_id()
-    commit = git_commit()
+    commit = provenance.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit[0]
         tags["git.dirty"] = str(commit[1]).lower()

@@ -114,6 +114,7 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
     a checkpoint covers once it is safe, and pushes each report to the progress board. The last metrics."""
     from imm.config import config_from_dict
     from imm.training.loop import train_loop
+    from orchestrator import provenance
     from orchestrator.tracking import RankZeroLogger, add_nodes
 
     cfg = config_from_dict(config["cfg"])
@@ -126,6 +127,10 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
     nodes = _gather_nodes(world_size)
     if logger is not None:
         add_nodes(logger.client, config["run_id"], nodes)
+        provenance.tag_versions(logger.client, config["run_id"])
+    # one monitor per node: its first rank's
+    monitor = provenance.system_metrics(config["tracking_uri"], config["run_id"], nodes[rank],
+                                        float(cfg.trainer.system_metrics_s)) if nodes.index(nodes[rank]) == rank else None
     if progress is not None:  # the driver tells a restart by a second such event
         event = "resumed" if resume else "started"
         progress.push({"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
@@ -154,6 +159,8 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
             on_eval=logger.on_eval if logger else None,
         )
     finally:
+        if monitor is not None:
+            monitor.finish()
         if logger is not None:
             logger.close()  # drops what was held: on an error those steps are computed again after a restart
         if progress is not None:

@@ -124,9 +124,10 @@ class RayCluster:
 
         return JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
 
-    def run(self, args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-        """A command of a client of this cluster, in the repository root."""
-        return subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+    def run(self, args: list[str], timeout: float = 600, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        """A command of a client of this cluster, in the repository root (`env`: set besides the client's)."""
+        return subprocess.run(args, cwd=ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout, **kw)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Cluster mode on real processes: a multi-node Ray cluster (separate `ray start` raylets on 127.0.0.1, token
-authentication on, the dashboard serving job submission), moto's S3 server for shared storage and a real
-`mlflow server`. Sweeps and runs go in as Ray jobs, through `imm-orch submit` and through docs/cluster.md's
-`ray job submit` line; a worker node and a sweep's driver are killed mid-run.
+authentication on, the dashboard serving job submission), moto's S3 server for shared storage, a real
+`mlflow server`, and the sweeps' studies in Debian's PostgreSQL server. Sweeps and runs go in as Ray jobs, through
+`imm-orch submit` and through docs/cluster.md's `ray job submit` line; a worker node and a sweep's driver are
+killed mid-run.
 
 The processes that talk to the cluster (`imm-orch submit`, `ray job submit`) run as subprocesses: this test
 process may hold the session's own local Ray, and one process connects to one Ray.
@@ -19,8 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
+import torch
 
-from orchestrator import tracking
+from orchestrator import provenance, tracking
 from tests.servers import BIN, RayCluster, free_port
 from tests.servers import MLFLOW_BUCKET as BUCKET
 
@@ -31,14 +34,14 @@ TINY = ["train.steps=40", "train.log_every=10", "train.checkpoint_every=20", "ev
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server, mlflow_server, tmp_path_factory):
+def cluster(s3_server, mlflow_server, postgres, tmp_path_factory):
     """A two-node cluster: `head` and `node_b`, one CPU each, so two one-worker trials land on both."""
     tmp = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     # docs/cluster.md's `ray job submit` takes these from the nodes' environment
     stores = dict(MLFLOW_TRACKING_URI=mlflow_server, IMM_RAY_STORAGE=f"s3://{BUCKET}/ray",
-                  IMM_OPTUNA_STORAGE=f"journal:{tmp / 'cluster-env.journal'}")
+                  IMM_OPTUNA_STORAGE=postgres.database())
     port, dash = free_port(), free_port()
     c = RayCluster(dashboard=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{port}", env=env, node_env={**env, **stores},
                    tmp=tmp)
@@ -58,9 +61,9 @@ def cluster(s3_server, mlflow_server, tmp_path_factory):
         c.stop()
 
 
-def submit_args(cluster, target: str, *extra: str, shared: Path | None = None) -> list[str]:
-    store = ["storage.shared=true", f"storage.root={shared}"] if shared else []
-    return [str(BIN / "imm-orch"), "submit", target, "--cluster", cluster.dashboard, *TINY, *store, *extra]
+def submit_args(cluster, target: str, *extra: str) -> list[str]:
+    """`imm-orch submit` of a tiny run or sweep (a sweep's study: IMM_OPTUNA_STORAGE in `cluster.run`'s env)."""
+    return [str(BIN / "imm-orch"), "submit", target, "--cluster", cluster.dashboard, *TINY, *extra]
 
 
 def runs_of(mlflow_server: str, experiment: str):
@@ -144,11 +147,12 @@ def test_mistakes_are_one_line_before_anything_is_submitted(cluster, mlflow_serv
     assert len(runs_of(mlflow_server, "imm")[1]) == len(before)
 
 
-def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(cluster, mlflow_server, tmp_path):
-    t0 = time.perf_counter()
+def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(cluster, mlflow_server, postgres):
+    """The study in PostgreSQL (as docs/cluster.md says), read from outside with `imm-orch status --storage`."""
+    study, t0 = postgres.database(), time.perf_counter()
     proc = cluster.run(submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--follow", "--tracking-uri",
                                    mlflow_server, "--experiment", "cluster-sweep", "storage.ray_storage=s3://"
-                                   f"{BUCKET}/ray", shared=tmp_path / "shared"))
+                                   f"{BUCKET}/ray", "trainer.system_metrics_s=0.5"), env={"IMM_OPTUNA_STORAGE": study})
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     out = proc.stdout
@@ -167,16 +171,23 @@ def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(
     trials = [r for r in runs if r.data.tags.get("imm.sweep.role") == "trial"]
     nodes = {n for r in trials for n in r.data.tags["imm.nodes"].split(",")}
     assert len(nodes) == 2, nodes  # one CPU per node: the two trials ran side by side, one on each node
+    commit, dirty = provenance.git_commit()  # this checkout's, carried into the job (whose dir has no .git)
     for r in trials:
+        # what each node did (MLflow's system metrics, by node), and with what
+        (node,) = r.data.tags["imm.nodes"].split(",")
+        assert f"system/{node.replace('/', '-')}/cpu_utilization_percentage" in r.data.metrics, sorted(r.data.metrics)
+        assert r.data.tags["imm.version.torch"] == torch.__version__ and r.data.tags["imm.version.ray"] == ray.__version__
+        assert r.data.tags["mlflow.source.git.commit"] == commit and r.data.tags["git.dirty"] == str(dirty).lower()
         name = r.data.tags[tracking.RUN_NAME_TAG]
         assert not s3_keys(f"ray/{name}/")  # a finished trial's Ray checkpoints are deleted on S3 too
         assert any(k.endswith(f"{r.info.run_id}/artifacts/checkpoint/checkpoint.pt") for k in s3_keys("mlflow/"))
     assert first_trial > 0
 
     # From the laptop: the same study and the same MLflow server.
-    status = subprocess.run([str(BIN / "imm-orch"), "status", "toy2d_smoke", "--storage",
-                             f"journal:{tmp_path / 'shared' / 'optuna.journal'}"], capture_output=True, text=True)
+    status = subprocess.run([str(BIN / "imm-orch"), "status", "toy2d_smoke", "--storage", study], capture_output=True,
+                            text=True)
     assert status.returncode == 0 and "2 trial(s): 2 complete" in status.stdout, status.stdout + status.stderr
+    assert "sweep 'toy2d_smoke' (postgresql://imm:***@" in status.stdout and postgres.password not in status.stdout
     promote = subprocess.run([str(BIN / "imm-orch"), "promote", "--sweep", "toy2d_smoke", "--metric", "energy/steps_2",
                               "--model-name", "cluster-sweep", "--tracking-uri", mlflow_server],
                              capture_output=True, text=True, timeout=300)
@@ -192,15 +203,14 @@ def docs_ray_job_submit() -> str:
 
 
 def test_the_docs_ray_job_submit_line_runs_as_written(cluster):
-    """The job takes MLflow, checkpoints and the study from the cluster's environment (the fixture's, as
-    docker/compose.yaml sets them). This cluster has no PostgreSQL, so its study is a journal, which the job must
-    be told lives on a shared folder; the other overrides shorten the sweep to one tiny trial."""
+    """The job takes MLflow, checkpoints and the study (PostgreSQL) from the cluster's environment (the fixture's,
+    as docker/compose.yaml sets them); the overrides shorten the sweep to one tiny trial."""
     line = docs_ray_job_submit()
     assert line.startswith("ray job submit --address http://HEAD:8265 --working-dir . -- python -m orchestrator.cli "
                            "sweep sweeps/toy2d_smoke.yaml --address auto"), line
     args = shlex.split(line.replace("http://HEAD:8265", cluster.dashboard))
     args[0] = str(BIN / "ray")
-    proc = cluster.run([*args, "--trials", "1", "storage.shared=true", *TINY])
+    proc = cluster.run([*args, "--trials", "1", *TINY])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "sweep done" in proc.stdout and "1 complete" in proc.stdout
 
@@ -251,7 +261,7 @@ def test_a_run_survives_losing_the_node_its_workers_run_on(cluster, mlflow_serve
     assert len(runs[0].data.tags["imm.nodes"].split(",")) == 3  # started on node_c, finished on head and node_b
 
 
-def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, tmp_path):
+def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, postgres):
     """A one-worker trial trains in its own Ray task (`orchestrator.in_process`), not in a Ray Train worker group:
     a third node takes it (the other nodes' CPUs are held by idle jobs) and is SIGKILLed after the trial's first
     checkpoint reached S3. Ray runs the task again on a freed node, which resumes from that checkpoint into the
@@ -264,7 +274,7 @@ def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, tmp_path
         proc = cluster.run(submit_args(
             cluster, "sweeps/toy2d_smoke.yaml", "--trials", "1", "--tracking-uri", mlflow_server, "--experiment",
             "trial-node-loss", f"storage.ray_storage=s3://{BUCKET}/ray", "trainer.max_failures=2", "train.steps=600",
-            "eval.every=600", shared=tmp_path / "shared"), timeout=120)
+            "eval.every=600"), timeout=120, env={"IMM_OPTUNA_STORAGE": postgres.database()})
         assert proc.returncode == 0, proc.stderr
         job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
         kill_node_c_after_a_checkpoint(cluster, client, job_id, mlflow_server, "trial-node-loss",
@@ -286,22 +296,18 @@ def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, tmp_path
     assert len(run.data.tags["imm.nodes"].split(",")) == 2  # started on node_c, finished on another
 
 
-def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_server, tmp_path):
+def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_server, postgres):
     import optuna
 
-    shared = tmp_path / "shared"
+    url = postgres.database()
     args = submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--max-concurrent", "1", "--tracking-uri",
-                       mlflow_server, "--experiment", "driver-loss", f"storage.ray_storage=s3://{BUCKET}/ray",
-                       shared=shared)
-    proc = cluster.run(args, timeout=120)
+                       mlflow_server, "--experiment", "driver-loss", f"storage.ray_storage=s3://{BUCKET}/ray")
+    proc = cluster.run(args, timeout=120, env={"IMM_OPTUNA_STORAGE": url})
     assert proc.returncode == 0, proc.stderr
     job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
     client = cluster.client()
-    journal = f"journal:{shared / 'optuna.journal'}"
-    from orchestrator.sweep.study import open_storage
-
     def study():
-        return optuna.load_study(study_name="toy2d_smoke", storage=open_storage(journal))
+        return optuna.load_study(study_name="toy2d_smoke", storage=url)
 
     def completed() -> int:
         try:
@@ -324,7 +330,7 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
     assert status.pop("0") == "FINISHED" and status.pop("parent") == "KILLED", status
     assert set(status.values()) <= {"KILLED"}, status  # trial 1, if it had started
 
-    proc = cluster.run([*args, "--resume", "--follow"])
+    proc = cluster.run([*args, "--resume", "--follow"], env={"IMM_OPTUNA_STORAGE": url})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     trials = study().trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from imm.config import to_yaml
-from orchestrator import tracking
+from orchestrator import provenance, tracking
 from orchestrator.cluster import job_id
 from orchestrator.launch import RunPlan, open_tracked_run
 from orchestrator.sweep import report
@@ -51,7 +51,7 @@ class SweepRecords:
                 "imm.study.name": self.study.study_name, "imm.study.storage": redact(url)}
         if job_id():
             tags[tracking.JOB_TAG] = job_id()
-        commit = tracking.git_commit()
+        commit = provenance.git_commit()
         if commit:
             tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
         run = self.mlc.create_run(self.exp_id, run_name=self.sweep.name, tags=tags)

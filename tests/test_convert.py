@@ -7,6 +7,7 @@ random weights, an input and the official output for it.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import sys
@@ -195,3 +196,52 @@ def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embed
     with pytest.raises(ValueError, match=r"^model.pos_embed: shape \[1, 256, 384\] where model.arch=dit has "
                                          r"\[1, 256, 768\]; the checkpoint's network is not the configured one"):
         import_official(source, tmp_path / "imagenet256.pt", ["model.dit=B/2"])
+
+
+def _crafted(tmp_path, route: str) -> tuple[Path, Path]:
+    """An 'official checkpoint' that runs code when read by an unpickler that trusts whole packages: through
+    numpy (`numpy.testing._private.utils.runstring` execs a string) or through torch (a tensor storage's bytes,
+    which `torch.storage._load_from_bytes` reads with torch.load(weights_only=False), naming `exec`). Its marker
+    file, if it exists afterwards, is the proof that code ran."""
+    marker = tmp_path / f"ran-{route}"
+    code = f"open({str(marker)!r}, 'w').write('code from the file ran')"
+
+    class Exec:
+        def __reduce__(self):
+            return exec, (code,)
+
+    if route == "numpy":
+        from numpy.testing._private.utils import runstring
+
+        class Payload:
+            def __reduce__(self):
+                return runstring, (code, {})
+    else:
+        buf = io.BytesIO()
+        torch.save(Exec(), buf)
+
+        class Payload:
+            def __reduce__(self):
+                return torch.storage._load_from_bytes, (buf.getvalue(),)
+
+    path = tmp_path / f"crafted-{route}.pkl"
+    path.write_bytes(pickle.dumps({"ema": {"weight": Payload()}}))
+    return path, marker
+
+
+@pytest.mark.parametrize("route", ["numpy", "torch"])
+def test_a_crafted_official_checkpoint_runs_nothing(tmp_path, route, capsys):
+    """Issue 28: the reader allowed every global under `torch.*` and `numpy.*`; both hold functions that run a
+    string, and `imm-orch import` of either crafted file ran its payload. Now only exact (module, name) pairs."""
+    path, marker = _crafted(tmp_path, route)
+    try:
+        pickle.loads(path.read_bytes())  # the file is what it claims: a trusting reader runs its payload
+    except Exception:
+        pass
+    assert marker.exists()
+    marker.unlink()
+    assert cli.main(["import", "--from", "official-cifar10", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists(), "code from the file ran"
+    assert err.startswith("imm-orch: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

@@ -4,9 +4,11 @@ official-imagenet256-s-a1), then `imm-orch eval --model DIR`.
 
 The official file is a pickle of {'ema': network, ...} written by EDM's `torch_utils.persistence`, which embeds the
 network's source code and executes it on loading. We read it without the official code and without executing
-anything from the file: persistent objects become plain records of their state, and only torch's, numpy's and
-OmegaConf's own classes are built. A state dict saved with `torch.save` (keys as the official network names them)
-is read as well.
+anything from the file: persistent objects become plain records of their state, and a pickle may call only the
+exact functions and classes of `_Reader.ALLOWED` (tensors, storages, containers, numpy arrays); anything else it
+names becomes a record too. A storage's bytes are read by `torch.load(weights_only=True)`, not by torch's own
+`torch.storage._load_from_bytes`, which unpickles them without limits. A state dict saved with `torch.save` (keys
+as the official network names them) is read as well.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -55,17 +58,45 @@ def _persistent(meta: dict) -> Record:
     return record
 
 
-class _Reader(pickle.Unpickler):
-    """Builds torch tensors and plain containers; every other class becomes a Record (no code from the file runs)."""
+def _storage_from_bytes(data: bytes):
+    """`torch.storage._load_from_bytes` (how a pickled tensor's storage is read) with torch's weights-only unpickler:
+    torch's own reads these bytes with `weights_only=False`, which runs whatever they name."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        raise pickle.UnpicklingError(f"a tensor's storage names {named.group(1) if named else 'more than data'}, "
+                                     "which is refused: only data is read") from None
 
-    SAFE = ("torch", "collections", "numpy", "omegaconf", "_codecs", "copyreg")
+
+class _Reader(pickle.Unpickler):
+    """Builds tensors, numpy arrays and plain containers; every other class becomes a Record (no code from the file
+    runs). Only exact (module, name) pairs: a whole package would let a file call any of its functions, some of
+    which run a string."""
+
+    REPLACED = {
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
+        ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    }
+    ALLOWED = frozenset({
+        ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"), ("torch", "Size"), ("torch", "device"),
+        *(("torch", dtype) for dtype in ("float16", "bfloat16", "float32", "float64", "uint8", "int8", "int16",
+                                         "int32", "int64", "bool")),
+        ("collections", "OrderedDict"), ("collections", "defaultdict"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"), ("copyreg", "_reconstructor"),
+        *(("builtins", name) for name in ("object", "dict", "list", "tuple", "set", "frozenset", "int", "float",
+                                          "complex", "str", "bytes", "bytearray", "bool", "slice", "range")),
+    })
 
     def find_class(self, module: str, name: str):
-        if (module, name) == ("torch_utils.persistence", "_reconstruct_persistent_obj"):
-            return _persistent
-        if module.split(".")[0] in self.SAFE:
-            return super().find_class(module, name)
-        if module == "builtins" and name in ("set", "frozenset", "slice", "range", "complex", "bytearray"):
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol 2's names
+        if (module, name) in self.REPLACED:
+            return self.REPLACED[(module, name)]
+        if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         return Record
 
@@ -105,7 +136,8 @@ def read_official(path: str | Path, raw: bytes | None = None) -> dict[str, Tenso
     try:
         data = _Reader(io.BytesIO(raw)).load()
     except Exception as e:
-        raise ValueError(f"{path}: neither a state dict nor an official IMM pickle ({type(e).__name__}: {e})") from None
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: neither a state dict nor an official IMM pickle ({type(e).__name__}: {why})") from None
     net = data.get("ema") if isinstance(data, dict) else None
     if net is None:
         raise ValueError(f"{path}: an official IMM checkpoint holds a dict with the EMA network under 'ema'; "

@@ -18,6 +18,7 @@ READ_BY_SDKS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # boto3's and pya
 NOT_FOR_NODES = {
     "IMM_CACHE": "a per-machine cache folder; the cluster shares IMM_METRICS_CACHE instead",
     "IMM_ORCH_KILL_WORKER": "the fault drill of the tests",
+    "IMM_GIT_COMMIT": "set per job by `imm-orch submit`: the submitting checkout's commit",
     "IMM_SWEEP_LEASE_S": "how long a dead sweep driver's lease lives; the default (60 s) suits a cluster",
     "IMM_MLFLOW_ARTIFACTS": "MLflow's direct mode; this cluster proxies artifacts through the MLflow server",
     "AWS_DEFAULT_REGION": "an alias of AWS_REGION",

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
-from orchestrator import storage, terminal, tracking
+from orchestrator import run_record, storage, terminal, tracking
 from orchestrator.board import new_board
 from orchestrator.cluster import in_job
 from orchestrator.progress import ProgressPrinter, failure_callback, pump
@@ -155,7 +155,10 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
     mlc = tracking.client(plan.tracking_uri)
     exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
     tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **plan.tags, **(extra_tags or {})}
-    return tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys, title=plan.title)
+    run_id, resumed = tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys,
+                                        title=plan.title)
+    run_record.write(plan.storage, plan.name, run_record.RunRecord(run_id, plan.tracking_uri, plan.experiment))
+    return run_id, resumed
 
 
 def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None,

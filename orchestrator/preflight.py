@@ -21,6 +21,7 @@ from pathlib import Path
 from imm.config import ConfigError
 from imm.data import DataSource
 from imm.data.remote import is_remote
+from orchestrator import run_record, storage
 from orchestrator.tracking import ARTIFACTS_ENV
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -178,6 +179,7 @@ def check_run(cfg, tracking_uri: str, *, local: bool, dry_run: bool) -> None:
     tracking.check_reachable(tracking_uri)
     if not dry_run:
         check_s3(cfg)
+        run_record.check_continuation(storage.ray_storage(cfg), cfg.name, tracking_uri)
 
 
 def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, resume: bool) -> None:
@@ -195,7 +197,7 @@ def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, 
         tracking.check_reachable(uri)
         check_s3(sweep.base)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        check_study(sweep, resume=resume)
+        run_record.check_sweep_continuation(check_study(sweep, resume=resume), uri)
 
 
 def check_encode(source: str, vae: str, out: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imm.metrics.evaluator import QUALITY_PREFIXES
-from orchestrator import tracking
+from orchestrator import provenance, tracking
 from orchestrator.models import CHECKPOINT_ARTIFACT, MODEL_ARTIFACT, save_mlflow_model
 from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
 
@@ -105,12 +105,14 @@ def lineage_tags(run, metric: str, mode: str) -> dict[str, str]:
         "dataset": t.get("dataset", ""),
         "method": t.get("method", ""),
         "git.commit": t.get("mlflow.source.git.commit", ""),
+        "git.dirty": t.get("git.dirty", ""),
         "imm.checkpoint_path": t.get("imm.checkpoint_path", ""),
         "imm.promoted.metric": metric,
         "imm.promoted.mode": mode,
         "imm.promoted.value": repr(run.data.metrics[metric]),
     }
     tags.update({f"metrics.{m}": repr(run.data.metrics[m]) for m in _quality(run.data.metrics)})
+    tags.update({k: v for k, v in t.items() if k.startswith(provenance.VERSION_TAG)})  # what it was trained with
     return {k: v for k, v in tags.items() if v != ""}
 
 

@@ -81,6 +81,22 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert client.get_run(run_id).info.status == "FINISHED"
     assert _steps(client, run_id, "train/loss") == REPORT_STEPS
 
+    # Issue 28: the same command against another tracking store found these checkpoints, said "resumed from the
+    # checkpoint at step 40" and left there a FINISHED run without metrics. Now it is refused before Ray starts.
+    name, other = run.data.tags[tracking.RUN_NAME_TAG], f"sqlite:///{tmp_path / 'other.db'}"
+    elsewhere = ["train", "toy2d", *tiny_toy2d, "--tracking-uri", other, "--experiment", "integration"]
+    assert cli.main(elsewhere) == 2
+    assert capsys.readouterr().err == (
+        f"imm-orch: error: --name: the checkpoints of run {name!r} ({os.path.dirname(ckpt_dir)}) belong to MLflow run "
+        f"{run_id} at {mlflow_uri}, which {other} does not hold; continue it with --tracking-uri {mlflow_uri}, or "
+        "start a new run with --name OTHER\n")
+    assert tracking.client(other).get_experiment_by_name("integration") is None  # nothing was created there
+    # another URI of the store that holds the run continues it
+    alias = mlflow_uri.replace("/mlflow.db", "/./mlflow.db")
+    assert alias != mlflow_uri and cli.main(["train", "toy2d", *tiny_toy2d, "--tracking-uri", alias, "--experiment",
+                                             "integration"]) == 0
+    assert re.search(r"^mlflow run id: (\w+)$", capsys.readouterr().out, re.M).group(1) == run_id
+
 
 def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_local, mlflow_uri, tiny_toy2d,
                                                                           tmp_path, capsys):

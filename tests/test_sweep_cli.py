@@ -230,3 +230,28 @@ def test_a_study_in_postgresql_and_the_driver_it_needs(tmp_path, capsys, no_ray,
     ours = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "pid=" not in ln]
     assert ours == [f"imm-orch: error: storage: {redact(url)} needs the database driver psycopg, which is not "
                     "installed: pip install 'imm-orch[postgres]' (the cluster image has it)"]
+
+
+def test_a_sweep_is_resumed_only_where_its_mlflow_record_is(tmp_path, capsys, no_ray):
+    """Issue 28: a sweep resumed against another tracking store went on in an empty record (a new parent run,
+    trials' runs without their history). Refused before Ray starts, naming the store that holds it."""
+    from orchestrator.sweep.records import SweepRecords
+    from orchestrator.sweep.study import storage_url
+
+    sweep = sweep_from_dict(spec(tmp_path))
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    study = open_study(sweep, resume=False)
+    records = SweepRecords(sweep, study, tracking_uri=first, experiment="sweeps", trials=3,
+                           storage_url=storage_url(sweep))
+    trial = study.ask()
+    sweep.suggest(trial)
+    study.tell(trial, 0.5)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert cli.main(["sweep", str(write(tmp_path)), "--resume", "--tracking-uri", other]) == 2
+    ours = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "pid=" not in ln]
+    assert ours == [f"imm-orch: error: --tracking-uri: sweep 'cli' is recorded in MLflow run {records.parent_id} at "
+                    f"{first}, which {other} does not hold; resume it with --tracking-uri {first}, or start a new "
+                    "sweep under another name"]
+    from orchestrator import run_record
+
+    run_record.check_sweep_continuation(study, first)  # its own store: resumed

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from imm.config import to_yaml
-from orchestrator import provenance, tracking
+from orchestrator import provenance, run_record, tracking
 from orchestrator.cluster import job_id
 from orchestrator.launch import RunPlan, open_tracked_run
 from orchestrator.sweep import report
@@ -29,7 +29,7 @@ from orchestrator.sweep.study import redact
 
 class SweepRecords:
     def __init__(self, sweep: Sweep, study, *, tracking_uri: str, experiment: str, trials: int, storage_url: str):
-        self.sweep, self.study, self.experiment = sweep, study, experiment
+        self.sweep, self.study, self.experiment, self.tracking_uri = sweep, study, experiment, tracking_uri
         self.sweep_id = study.user_attrs["sweep_id"]
         self.mlc = tracking.client(tracking_uri)
         self.exp_id = tracking.experiment_id(self.mlc, experiment, tracking.artifact_root(tracking_uri))
@@ -55,6 +55,7 @@ class SweepRecords:
         if commit:
             tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
         run = self.mlc.create_run(self.exp_id, run_name=self.sweep.name, tags=tags)
+        self.study.set_user_attr(run_record.PARENT_ATTR, {"run_id": run.info.run_id, "tracking_uri": self.tracking_uri})
         self.share_table()
         spec = self.sweep.spec
         params = {

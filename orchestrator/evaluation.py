@@ -34,7 +34,7 @@ def evaluation_config(model_config: dict, steps: list[int], n: int | None, seed:
 
 def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: int | None = None,
                    overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
-                   device=None, log: bool = True, run_id: str | None = None) -> EvalResult:
+                   device=None, log: bool = True, run_id: str | None = None, trust_pickle: bool = False) -> EvalResult:
     """Evaluate the model at `uri` and log the result to a new MLflow run, or to `run_id` (a sweep's trial run,
     opened by the sweep, which also closes it on failure)."""
     from imm.data import load_data
@@ -42,7 +42,7 @@ def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: in
     from imm.sampling.pictures import save_samples
 
     tracking_uri = tracking.default_tracking_uri(tracking_uri)
-    gen = load_model(uri, tracking_uri=tracking_uri, device=device)
+    gen = load_model(uri, tracking_uri=tracking_uri, device=device, trust_pickle=trust_pickle)
     cfg = evaluation_config(gen.config, steps, n, seed, overrides)
     evaluator = Evaluator(cfg, load_data(cfg.data), gen.device)
     result = evaluator(gen.model)

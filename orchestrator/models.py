@@ -5,7 +5,10 @@
     models:/NAME@ALIAS        a registry alias (champion, ...) or models:/NAME/VERSION
     PATH or s3://BUCKET/KEY   a checkpoint.pt, a folder holding one, or an MLflow model folder
 
-and `save_mlflow_model`, which writes a TrainedModel as an MLflow PyTorch model (what the registry holds).
+and `save_mlflow_model`, which writes a TrainedModel as an MLflow PyTorch model (what the registry holds) with
+its weights as safetensors beside the pickle. `load_model` reads the safetensors and never unpickles: unpickling
+runs whatever the pickle names, so a model that holds only a pickle (promoted before safetensors) loads only with
+`trust_pickle=True` (`--trust-pickle`). Checkpoints are read with torch's weights-only loader.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 
 from imm.data.remote import local_copy
-from imm.sampling.trained import TrainedModel, load_trained
+from imm.sampling.trained import WEIGHTS_FILE, TrainedModel, load_trained
 from imm.training.loop import CHECKPOINT_FILE
 
 MODEL_ARTIFACT = "model"  # the MLflow model of a promoted run
@@ -24,16 +27,18 @@ CHECKPOINT_ARTIFACT = "checkpoint"  # the final training checkpoint every run lo
 URI_HELP = "runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI"
 
 
-def load_model(uri: str, *, tracking_uri: str | None = None, device: str | torch.device | None = None) -> TrainedModel:
-    """The model at `uri` on `device` (default: cuda when available), ready to `.sample(n, steps, seed)`."""
+def load_model(uri: str, *, tracking_uri: str | None = None, device: str | torch.device | None = None,
+               trust_pickle: bool = False) -> TrainedModel:
+    """The model at `uri` on `device` (default: cuda when available), ready to `.sample(n, steps, seed)`.
+    `trust_pickle`: allow an MLflow model that holds only a pickle (it runs code from the file)."""
     from orchestrator import tracking
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if uri.startswith(("runs:/", "models:/")):
         tracking_uri = tracking.default_tracking_uri(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="imm-model-") as tmp:
-            return _load_local(download(uri, tracking_uri, tmp), device, uri)
-    return _load_local(local_copy(uri), device, uri)
+            return _load_local(download(uri, tracking_uri, tmp), device, uri, trust_pickle)
+    return _load_local(local_copy(uri), device, uri, trust_pickle)
 
 
 def download(uri: str, tracking_uri: str, dst: str) -> Path:
@@ -98,8 +103,14 @@ def _run_artifact(run_id: str, client, tracking_uri: str) -> str:
                      f"its artifacts: {sorted(names)}")
 
 
-def _load_local(path: Path, device: torch.device, uri: str) -> TrainedModel:
+def _load_local(path: Path, device: torch.device, uri: str, trust_pickle: bool = False) -> TrainedModel:
+    if (path / WEIGHTS_FILE).is_file():
+        return TrainedModel.load_weights(path, device)
     if (path / "MLmodel").is_file():
+        if not trust_pickle:
+            raise ValueError(f"--model: {uri} holds only a pickled model (promoted before models carried "
+                             "safetensors weights), and unpickling runs code from the file; pass --trust-pickle if "
+                             "you trust whoever wrote it, or promote its run again")
         import mlflow.pytorch
 
         model = mlflow.pytorch.load_model(str(path), map_location=device)
@@ -114,7 +125,8 @@ def _load_local(path: Path, device: torch.device, uri: str) -> TrainedModel:
 
 def save_mlflow_model(gen: TrainedModel, path: str | Path, metadata: dict | None = None) -> Path:
     """`gen` as an MLflow PyTorch model at `path` (created), with the imm package inside it (`code/`), so that
-    `mlflow.pytorch.load_model` needs only torch, numpy and omegaconf to load it."""
+    `mlflow.pytorch.load_model` needs only torch, numpy and omegaconf to load it; and its weights as safetensors
+    with a JSON of its config beside it, which `load_model` reads without unpickling anything."""
     import mlflow.pytorch
     import numpy
     import omegaconf
@@ -125,4 +137,4 @@ def save_mlflow_model(gen: TrainedModel, path: str | Path, metadata: dict | None
                     f"omegaconf=={omegaconf.__version__}"]
     mlflow.pytorch.save_model(gen.cpu().eval(), str(path), code_paths=[str(Path(imm.__file__).parent)],
                               pip_requirements=requirements, metadata=metadata, serialization_format="pickle")
-    return Path(path)
+    return gen.save_weights(path)

@@ -4,6 +4,7 @@ are made by hand (tags as a sweep writes them) around a real checkpoint from the
 from __future__ import annotations
 
 import re
+import shutil
 
 import mlflow
 import numpy as np
@@ -129,6 +130,37 @@ def test_every_kind_of_model_uri_samples_the_same(store, checkpoint, tmp_path, c
         args = ["sample", "--out", str(npy), "--tracking-uri", uri, *bad]
         assert cli.main(args) == 2, bad
         assert message in capsys.readouterr().err, bad
+
+
+def test_a_promoted_model_loads_without_unpickling_and_a_pickle_only_model_needs_trust(store, checkpoint, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """Issue 28: promoted models were only pickled modules, and loading one from a shared registry ran whatever was
+    pickled. Now they carry safetensors weights and a JSON config, which `load_model` reads; a model holding only
+    a pickle (promoted before) loads only with --trust-pickle."""
+    uri, client, runs = store
+    promote(uri, sweep="sw", metric="energy/steps_1", model_name="toy")
+    files = {a.path for a in client.list_artifacts(runs[1], "model")}
+    assert {"model/weights.safetensors", "model/model.json", "model/MLmodel"} <= files
+    expected = load_model(str(checkpoint), device="cpu").sample(20, steps=2, seed=3)
+
+    old = tmp_path / "old-model"  # as promoted before this change: the MLflow model, pickle only
+    shutil.copytree(client.download_artifacts(runs[1], "model", str(tmp_path)), old)
+    (old / "weights.safetensors").unlink()
+    (old / "model.json").unlink()
+    npy = tmp_path / "x.npy"
+    args = ["sample", "--model", str(old), "--steps", "2", "--n", "20", "--seed", "3", "--out", str(npy)]
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds only a pickled model" in err and "--trust-pickle" in err, err
+    assert cli.main([*args, "--trust-pickle"]) == 0 and np.array_equal(np.load(npy), expected.numpy())
+
+    def unpickle(*args, **kwargs):
+        raise AssertionError("a model was unpickled")
+
+    monkeypatch.setattr(mlflow.pytorch, "load_model", unpickle)
+    for model_uri in ("models:/toy@champion", f"runs:/{runs[1]}"):
+        assert torch.equal(load_model(model_uri, tracking_uri=uri, device="cpu").sample(20, 2, 3), expected), model_uri
 
 
 def test_eval_logs_the_metrics_of_a_model_uri_to_a_run_of_its_own(store, capsys):

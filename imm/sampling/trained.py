@@ -1,9 +1,11 @@
 """A trained model ready to sample: the network (EMA weights), its resolved config and the data shape in one
-`nn.Module`, so that one pickled object is the whole model (what the MLflow registry stores, and what
-`mlflow.pytorch.load_model` gives back)."""
+`nn.Module`. Stored two ways: as safetensors weights beside a JSON of the rest (`save_weights` / `load_weights`,
+which run nothing from the files), and pickled whole inside an MLflow PyTorch model for MLflow's own tools
+(unpickling runs whatever the pickle names: only for files you trust)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,20 @@ from torch import Tensor, nn
 from imm.config import ConfigError, config_from_dict
 from imm.methods import METHODS, build_model, generate, num_classes_of
 
+WEIGHTS_FILE = "weights.safetensors"  # a TrainedModel's network
+SPEC_FILE = "model.json"  # its resolved config, data shape, sigma_d and classes
+
 
 class TrainedModel(nn.Module):
     """`sample(n, steps, seed)` -> (n, *data_shape) samples in the data's range, reproducible from the seed."""
 
-    def __init__(self, model: nn.Module, config: dict[str, Any], data_shape: tuple[int, ...]):
+    def __init__(self, model: nn.Module, config: dict[str, Any], data_shape: tuple[int, ...],
+                 sigma_d: float | None = None):
         super().__init__()
         self.model = model.eval()
         self.config = config  # the run's resolved config, as plain data (pickles without OmegaConf)
         self.data_shape = tuple(data_shape)
+        self.sigma_d = sigma_d  # what the network was built with (models pickled before it was kept: None)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], ema: bool = True) -> TrainedModel:
@@ -31,7 +38,33 @@ class TrainedModel(nn.Module):
         shape = tuple(checkpoint["data_shape"])
         model = build_model(cfg, shape, checkpoint["sigma_d"], checkpoint.get("num_classes", 0))
         model.load_state_dict(checkpoint["ema" if ema else "model"])
-        return cls(model, OmegaConf.to_container(cfg, resolve=True), shape)
+        return cls(model, OmegaConf.to_container(cfg, resolve=True), shape, float(checkpoint["sigma_d"]))
+
+    def save_weights(self, folder: str | Path) -> Path:
+        """The network's weights as `WEIGHTS_FILE` (safetensors) and what rebuilds it as `SPEC_FILE` (JSON)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sigma_d = self.sigma_d if self.sigma_d is not None else float(self.model.state_dict()["sigma_d"])
+        spec = {"config": self.config, "data_shape": list(self.data_shape), "sigma_d": sigma_d,
+                "num_classes": self.num_classes}
+        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+        save_model(self.model, str(folder / WEIGHTS_FILE))  # tied tensors stored once
+        return folder
+
+    @classmethod
+    def load_weights(cls, folder: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+        """From `save_weights`' files: JSON and tensors only, nothing unpickled."""
+        from safetensors.torch import load_model
+
+        folder = Path(folder)
+        spec = json.loads((folder / SPEC_FILE).read_text())
+        cfg = config_from_dict(spec["config"], training=False)
+        shape = tuple(spec["data_shape"])
+        model = build_model(cfg, shape, float(spec["sigma_d"]), int(spec["num_classes"]))
+        load_model(model, str(folder / WEIGHTS_FILE), device=str(device))
+        return cls(model, spec["config"], shape, float(spec["sigma_d"])).to(device)
 
     @property
     def cfg(self):

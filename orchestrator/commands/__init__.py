@@ -71,6 +71,9 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="URI",
                         help="runs:/RUN_ID, models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path or s3:// URI")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load a model that holds only a pickle (promoted before safetensors): it runs code "
+                             "from the file, so only for models you trust")
 
 
 def check_model_store(args) -> None:

@@ -51,7 +51,7 @@ def run(args) -> int:
         raise ValueError(f"--n: {args.n} is out of range (allowed: >= 2)")
     res = evaluate_model(args.model, steps=steps, n=args.n, seed=args.seed, overrides=overrides,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
-                         log=not args.no_log)
+                         log=not args.no_log, trust_pickle=args.trust_pickle)
     for name, value in sorted(res.metrics.items()):
         print(f"{name:18s} {value:.6g}", file=out)
     extractor = res.tags.get("imm.eval.extractor", "none")

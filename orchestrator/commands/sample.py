@@ -39,7 +39,7 @@ def run(args) -> int:
     if Path(args.out).suffix not in (".npy", ".png"):
         raise ValueError(f"--out: unknown extension {Path(args.out).suffix!r}; use .npy or .png")
     check_model_store(args)
-    gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device)
+    gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device, trust_pickle=args.trust_pickle)
     x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale)
     reference = reference_points(gen.cfg) if args.out.endswith(".png") and x.ndim == 2 else None
     save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)", reference=reference)

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imm.config import ConfigError
-from orchestrator import run_record, storage, terminal, tracking
+from orchestrator import provenance, run_record, storage, terminal, tracking
 from orchestrator.board import new_board
 from orchestrator.cluster import in_job
 from orchestrator.progress import ProgressPrinter, failure_callback, pump
@@ -158,6 +158,7 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
     run_id, resumed = tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys,
                                         title=plan.title)
     run_record.write(plan.storage, plan.name, run_record.RunRecord(run_id, plan.tracking_uri, plan.experiment))
+    provenance.log_dataset(mlc, run_id, plan.cfg.data)
     return run_id, resumed
 
 

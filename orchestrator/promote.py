@@ -106,6 +106,7 @@ def lineage_tags(run, metric: str, mode: str) -> dict[str, str]:
         "method": t.get("method", ""),
         "git.commit": t.get("mlflow.source.git.commit", ""),
         "git.dirty": t.get("git.dirty", ""),
+        provenance.DATA_DIGEST_TAG: t.get(provenance.DATA_DIGEST_TAG, ""),
         "imm.checkpoint_path": t.get("imm.checkpoint_path", ""),
         "imm.promoted.metric": metric,
         "imm.promoted.mode": mode,

@@ -89,3 +89,25 @@ def system_metrics(tracking_uri: str, run_id: str, node: str, every_s: float):
                                    node_id=node.replace("/", "-"), tracking_uri=tracking_uri)
     monitor.start()
     return monitor
+
+
+DATA_DIGEST_TAG = "imm.data.digest"
+_digests: dict[tuple, object] = {}  # per process: a sweep's trials share their data set
+
+
+def log_dataset(mlflow_client, run_id: str, data_cfg) -> str:
+    """The run's training set as its MLflow dataset input (name, content digest, source: what the UI's Datasets
+    column shows) and as the `imm.data.digest` tag a registered version copies; the digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from imm.data.digest import data_digest
+
+    key = (data_cfg.name, data_cfg.n_train, data_cfg.n_heldout, data_cfg.seed)
+    if key not in _digests:
+        _digests[key] = data_digest(data_cfg)
+    d = _digests[key]
+    dataset = Dataset(name=d.name, digest=d.digest[:36], source_type="imm", source=d.source,
+                      profile=f'{{"sha256": "{d.digest}", "basis": "{d.basis}"}}')
+    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    mlflow_client.set_tag(run_id, DATA_DIGEST_TAG, d.digest)
+    return d.digest

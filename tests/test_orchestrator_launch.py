@@ -54,6 +54,8 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert run.data.params["eval.steps"] == "[1, 2]"
     assert run.data.tags["method"] == "imm" and run.data.tags["dataset"] == "8gaussians"
     assert run.data.tags["ray.address"].startswith("existing")
+    (data,) = run.inputs.dataset_inputs  # lineage: what it trained on, by content (tests/test_data_digest.py)
+    assert data.dataset.name == "8gaussians" and run.data.tags["imm.data.digest"].startswith(data.dataset.digest)
     assert _steps(client, run_id, "train/loss") == REPORT_STEPS
     assert _steps(client, run_id, "train/lr") == REPORT_STEPS[:1]  # constant (no warmup): logged once
     assert _steps(client, run_id, "throughput/samples_per_s") == REPORT_STEPS

@@ -43,7 +43,7 @@ def store(tmp_path, checkpoint):
         run = client.create_run(exp, run_name=f"sw-t{i}", tags={
             "imm.sweep": "sw", "imm.sweep.role": "trial", "imm.trial.number": str(i), "imm.run_name": f"sw-t{i}",
             "dataset": "8gaussians", "method": "imm", "mlflow.source.git.commit": "abc123", "git.dirty": "false",
-            "imm.version.torch": "2.13.0", "imm.version.cuda": "13.0"})
+            "imm.version.torch": "2.13.0", "imm.version.cuda": "13.0", "imm.data.digest": "5eed"})
         if value is not None:
             client.log_metric(run.info.run_id, "energy/steps_1", value, step=20)
             client.log_metric(run.info.run_id, "energy/steps_2", 1 - value, step=20)
@@ -64,7 +64,7 @@ def test_promote_picks_the_best_finished_trial_and_moves_the_alias(store, capsys
     assert {("imm.sweep", "sw"), ("imm.trial.number", "1"), ("imm.run_id", runs[1]), ("dataset", "8gaussians"),
             ("git.commit", "abc123"), ("metrics.energy/steps_1", "0.1"), ("metrics.energy/steps_2", "0.9"),
             ("imm.promoted.metric", "energy/steps_1"), ("git.dirty", "false"), ("imm.version.torch", "2.13.0"),
-            ("imm.version.cuda", "13.0")} <= set(v1.tags.items())  # the run's code and stack, on the version
+            ("imm.version.cuda", "13.0"), ("imm.data.digest", "5eed")} <= set(v1.tags.items())  # code, stack, data
     assert client.get_run(runs[1]).data.tags["imm.promoted"] == "sw/1@champion"
 
     # By another criterion the best run is another one: the alias moves, version 1 stays.

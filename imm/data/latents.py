@@ -5,7 +5,8 @@ Format `imm-latents/1`, a folder (or s3:// prefix) holding
     manifest.json          {"format": "imm-latents/1", "shape": [C, H, W], "dtype": "float16", "count": N,
                             "num_classes": K, "vae": "...", "mean": [C], "std": [C], "final_std": 0.5,
                             "posterior": "mean" or "sample", "xflip": false, "shards": [{"file": "shard-00000.npy",
-                            "labels": "shard-00000.labels.npy", "count": n}, ...],
+                            "labels": "shard-00000.labels.npy", "count": n, "sha256": "...",
+                            "labels_sha256": "..."}, ...],
                             "heldout": {"file": ..., "labels": ..., "count": n} or null}
     shard-00000.npy        posterior "mean": (n, C, H, W), the VAE encoder's posterior mean; "sample": (n, 2C, H, W),
                            its mean and std, and each read draws z = mean + std * N(0, I) (what the official IMM
@@ -143,11 +144,16 @@ class LatentWriter:
         self._n = 0
 
     def _save(self, stem: str, z: np.ndarray, y: np.ndarray) -> dict:
+        """Write a shard (and its labels); its manifest entry, with each file's SHA-256 (the set's digest is the
+        manifest's: `imm.data.digest`)."""
+        from imm.data.digest import file_sha256
+
         np.save(self.out / f"{stem}.npy", z.astype(self.dtype))
-        entry = {"file": f"{stem}.npy", "count": len(z)}
+        entry = {"file": f"{stem}.npy", "count": len(z), "sha256": file_sha256(self.out / f"{stem}.npy")}
         if self.num_classes:
             np.save(self.out / f"{stem}.labels.npy", y.astype(np.int64))
             entry["labels"] = f"{stem}.labels.npy"
+            entry["labels_sha256"] = file_sha256(self.out / f"{stem}.labels.npy")
         return entry
 
     def add(self, z: np.ndarray, labels: np.ndarray | None = None) -> None:

@@ -87,6 +87,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the network (first steps pay the compilation)
     ema_decay: float = 0.999  # the EMA of the weights that is sampled and evaluated
     seed: int = 0  # the run's seed: each step's randomness comes from it, the rank and the step, so a resumed run matches
+    # a trained model whose weights the network and its EMA start from (runs:/RUN_ID, models:/NAME@ALIAS, a
+    # checkpoint path or s3:// URI; python -m imm.train: a path); the optimizer and schedule start fresh
+    init_from: str | None = None
     out_dir: str = "./imm-runs/local"  # python -m imm.train (no Ray): where checkpoint.pt goes and is resumed from
     keep_checkpoints: int = 2  # Ray Train checkpoints kept per run (the newest); a sweep deletes a finished trial's
     checkpoint_every: int = 1000  # steps between checkpoints (and at the last step)

@@ -159,6 +159,7 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
                                         title=plan.title)
     run_record.write(plan.storage, plan.name, run_record.RunRecord(run_id, plan.tracking_uri, plan.experiment))
     provenance.log_dataset(mlc, run_id, plan.cfg.data)
+    provenance.tag_parent(mlc, run_id, plan.cfg.train.init_from)
     return run_id, resumed
 
 

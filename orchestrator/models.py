@@ -138,3 +138,28 @@ def save_mlflow_model(gen: TrainedModel, path: str | Path, metadata: dict | None
     mlflow.pytorch.save_model(gen.cpu().eval(), str(path), code_paths=[str(Path(imm.__file__).parent)],
                               pip_requirements=requirements, metadata=metadata, serialization_format="pickle")
     return gen.save_weights(path)
+
+
+def initial_weights(uri: str, tracking_uri: str | None) -> dict[str, torch.Tensor]:
+    """train.init_from: the network weights of the model at `uri` (its EMA's for a checkpoint), on the CPU. The one
+    loader of trained models inside training."""
+    return load_model(uri, tracking_uri=tracking_uri, device="cpu").model.state_dict()
+
+
+def check_init_from(cfg, tracking_uri: str | None) -> None:
+    """Before Ray starts: train.init_from names a model (one line otherwise) of this run's method whose network fits
+    the one this config builds (both configs named otherwise)."""
+    from imm.methods import build_model
+    from imm.training.loop import check_fits
+
+    uri = cfg.train.init_from
+    try:
+        parent = load_model(uri, tracking_uri=tracking_uri, device="cpu")
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"train.init_from: {str(e).removeprefix('--model: ')}") from None
+    p = parent.cfg
+    theirs, ours = f"method={p.method}, model.arch={p.model.arch}", f"method={cfg.method}, model.arch={cfg.model.arch}"
+    if p.method != cfg.method or p.model.arch != cfg.model.arch:
+        raise ValueError(f"train.init_from: {uri} is a {theirs} model and this run trains {ours}")
+    student = build_model(cfg, parent.data_shape, parent.sigma_d or 1.0, parent.num_classes)
+    check_fits(student, parent.model.state_dict(), f"train.init_from: {uri} ({theirs}; this run {ours})")

@@ -180,6 +180,10 @@ def check_run(cfg, tracking_uri: str, *, local: bool, dry_run: bool) -> None:
     if not dry_run:
         check_s3(cfg)
         run_record.check_continuation(storage.ray_storage(cfg), cfg.name, tracking_uri)
+        if cfg.train.init_from:
+            from orchestrator.models import check_init_from
+
+            check_init_from(cfg, tracking_uri)
 
 
 def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, resume: bool) -> None:
@@ -198,6 +202,10 @@ def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, 
         check_s3(sweep.base)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         run_record.check_sweep_continuation(check_study(sweep, resume=resume), uri)
+        if sweep.base.train.init_from:  # a base config may start every trial from one model
+            from orchestrator.models import check_init_from
+
+            check_init_from(sweep.base, uri)
 
 
 def check_encode(source: str, vae: str, out: str) -> None:

@@ -107,6 +107,8 @@ def lineage_tags(run, metric: str, mode: str) -> dict[str, str]:
         "git.commit": t.get("mlflow.source.git.commit", ""),
         "git.dirty": t.get("git.dirty", ""),
         provenance.DATA_DIGEST_TAG: t.get(provenance.DATA_DIGEST_TAG, ""),
+        provenance.PARENT_MODEL_TAG: t.get(provenance.PARENT_MODEL_TAG, ""),
+        provenance.PARENT_RUN_TAG: t.get(provenance.PARENT_RUN_TAG, ""),
         "imm.checkpoint_path": t.get("imm.checkpoint_path", ""),
         "imm.promoted.metric": metric,
         "imm.promoted.mode": mode,

@@ -123,6 +123,11 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
     progress = Pusher(config["progress"]) if rank == 0 and config.get("progress") is not None else None
 
     resume = session.restore()
+    init = None
+    if resume is None and cfg.train.init_from:
+        from orchestrator.models import initial_weights
+
+        init = initial_weights(cfg.train.init_from, config["tracking_uri"])
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
     nodes = _gather_nodes(world_size)
     if logger is not None:
@@ -157,6 +162,7 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
             report=report,
             resume=resume,
             on_eval=logger.on_eval if logger else None,
+            init=init,
         )
     finally:
         if monitor is not None:

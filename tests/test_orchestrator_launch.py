@@ -99,6 +99,12 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
                                              "integration"]) == 0
     assert re.search(r"^mlflow run id: (\w+)$", capsys.readouterr().out, re.M).group(1) == run_id
 
+    # A run started from this one's weights (train.init_from, on Ray: the worker loads it) names its parent.
+    assert cli.main([*argv, "train.init_from=runs:/" + run_id, "--name", "child"]) == 0
+    child = client.get_run(re.search(r"^mlflow run id: (\w+)$", capsys.readouterr().out, re.M).group(1))
+    assert child.info.status == "FINISHED" and child.info.run_id != run_id
+    assert (child.data.tags["imm.parent_model"], child.data.tags["imm.parent_run_id"]) == (f"runs:/{run_id}", run_id)
+
 
 def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_local, mlflow_uri, tiny_toy2d,
                                                                           tmp_path, capsys):

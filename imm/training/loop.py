@@ -111,8 +111,10 @@ def train_loop(
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
     on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str], torch.Tensor | None], None] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics.
+    """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics. `init`: the
+    network's starting weights (train.init_from's, unless resuming), also the EMA's; the optimizer starts fresh.
 
     report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
     (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
@@ -157,6 +159,10 @@ def train_loop(
         ema.n_averaged.fill_(int(resume["ema_updates"]))
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
+    elif init is not None:
+        check_fits(model, init, f"train.init_from={tc.init_from}")
+        model.load_state_dict(init)
+        ema.module.load_state_dict(init)
 
     ddp = model
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -285,13 +291,28 @@ class LocalReporter:
             os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
 
 
+def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """A one-line ValueError unless `weights` are exactly `model`'s parameters and buffers, shape for shape."""
+    ours = model.state_dict()
+    missing, extra = sorted(set(ours) - set(weights)), sorted(set(weights) - set(ours))
+    shapes = [k for k in ours if k in weights and tuple(ours[k].shape) != tuple(weights[k].shape)]
+    if missing or extra or shapes:
+        first = shapes[0] if shapes else None
+        detail = (f"{first}: {list(weights[first].shape)} there, {list(ours[first].shape)} here" if first else
+                  f"{len(missing)} key(s) missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
+        raise ValueError(f"{what}: its network does not fit this run's ({detail})")
+
+
 def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, float]:
-    """Single-process training under train.out_dir, resuming from its checkpoint.pt if present."""
+    """Single-process training under train.out_dir, resuming from its checkpoint.pt if present (else starting from
+    train.init_from's weights, a checkpoint path here)."""
     out = Path(cfg.train.out_dir)
-    resume = None
+    resume, init = None, None
     if (out / CHECKPOINT_FILE).is_file():
         resume = load_checkpoint(out)
         print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
+    elif cfg.train.init_from:
+        init = load_checkpoint(cfg.train.init_from, map_location="cpu")["ema"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume)
+    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume, init=init)

@@ -1,0 +1,76 @@
+"""`train.init_from`: a run starts from a trained model's weights (its EMA's), network and EMA both, with a fresh
+optimizer; a model that does not fit is refused in one line, before Ray starts, naming both configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imm.config import load_config
+from imm.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
+from orchestrator import cli
+
+TINY = ["model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.log_every=10",
+        "eval.every=1000", "data.n_train=2000", "data.n_heldout=500"]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A 20-step toy2d IMM checkpoint (its final training checkpoint)."""
+    out = tmp_path_factory.mktemp("parent")
+    saved = {}
+
+    def report(metrics, ckpt_dir):
+        if ckpt_dir:
+            saved["state"] = torch.load(f"{ckpt_dir}/{CHECKPOINT_FILE}", weights_only=True)
+            torch.save(saved["state"], out / CHECKPOINT_FILE)
+
+    train_loop(load_config("toy2d", [*TINY, "train.steps=20", "train.checkpoint_every=20"]), report=report)
+    return out, saved["state"]
+
+
+def test_the_network_and_its_ema_start_from_the_parents_ema(parent):
+    path, state = parent
+    cfg = load_config("toy2d", [*TINY, "train.steps=1", "train.lr=1e-12", "train.checkpoint_every=1",
+                                f"train.init_from={path}"])
+    child = {}
+    train_loop(cfg, report=lambda m, d: child.update(torch.load(f"{d}/{CHECKPOINT_FILE}", weights_only=True)) if d
+               else None, init=load_checkpoint(path)["ema"])
+    for k, v in state["ema"].items():  # one step at lr 1e-12 from the parent's EMA: where it started
+        torch.testing.assert_close(child["model"][k], v, atol=1e-6, rtol=0)
+        torch.testing.assert_close(child["ema"][k], v, atol=1e-6, rtol=0)
+    assert child["step"] == 1 and child["optimizer"]["state"][0]["step"] == 1  # the optimizer started fresh
+    scratch = {}
+    train_loop(load_config("toy2d", [*TINY, "train.steps=1", "train.lr=1e-12", "train.checkpoint_every=1"]),
+               report=lambda m, d: scratch.update(torch.load(f"{d}/{CHECKPOINT_FILE}", weights_only=True)) if d
+               else None)
+    assert any(not torch.allclose(scratch["model"][k], v, atol=1e-3) for k, v in state["ema"].items())
+
+
+def test_imm_train_starts_from_a_checkpoint_path(parent, tmp_path, capsys):
+    from imm import train as train_cli
+
+    path, state = parent
+    out = tmp_path / "child"
+    train_cli.main(["toy2d", *TINY, "train.steps=1", "train.lr=1e-12", "train.checkpoint_every=1",
+                    f"train.out_dir={out}", f"train.init_from={path}"])
+    child = load_checkpoint(out)
+    for k, v in state["ema"].items():
+        torch.testing.assert_close(child["ema"][k], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["method=fm"], "is a method=imm, model.arch=mlp model and this run trains method=fm, model.arch=mlp"),
+    (["model.hidden=64"], "its network does not fit this run's ("),
+])
+def test_a_model_that_does_not_fit_is_refused_before_ray(parent, tmp_path, capsys, no_ray, change, message):
+    path, _ = parent
+    code = cli.main(["train", "toy2d", *TINY, *change, f"train.init_from={path}", f"storage.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err and "train.init_from: " in err, err
+
+
+def test_a_missing_model_is_one_line(tmp_path, capsys, no_ray):
+    code = cli.main(["train", "toy2d", f"train.init_from={tmp_path / 'nothing'}", f"storage.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("imm-orch: error: train.init_from: nothing to load at") and err.count("\n") == 1

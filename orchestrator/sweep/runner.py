@@ -217,8 +217,9 @@ class SweepRunner:
 
     # -- poll: the pruner --
 
-    def _poll(self, tr: TrialRun) -> bool:
-        """Feed the trial's new reports to the pruner; True if it was pruned (and stopped)."""
+    def _poll(self, tr: TrialRun, prune: bool = True) -> bool:
+        """Feed the trial's new reports to the pruner (with `prune`); True if it was pruned (and stopped). The
+        restart lines and the progress are shown either way."""
         import ray
 
         if tr.board is None:  # an evaluation: nothing reported until it ends
@@ -240,7 +241,7 @@ class SweepRunner:
             if len(self.sweep.metrics) > 1 or not math.isfinite(value):
                 continue
             tr.trial.report(value, step)
-            if step < tr.steps and tr.trial.should_prune():  # at the last step it is done anyway
+            if prune and step < tr.steps and tr.trial.should_prune():  # at the last step it is done anyway
                 self._prune(tr, step, value)
                 return True
         return False
@@ -263,6 +264,7 @@ class SweepRunner:
         import ray
 
         values, error = None, None
+        self._poll(tr, prune=False)  # what it pushed since the last poll: a restart's line above all
         try:
             outcome: trials.TrialOutcome = ray.get(tr.ref)
             self.fit_s[tr.number] = outcome.work_s

@@ -159,7 +159,11 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
                                         title=plan.title)
     run_record.write(plan.storage, plan.name, run_record.RunRecord(run_id, plan.tracking_uri, plan.experiment))
     provenance.log_dataset(mlc, run_id, plan.cfg.data)
-    provenance.tag_parent(mlc, run_id, plan.cfg.train.init_from)
+    if plan.cfg.train.init_from:
+        from orchestrator.models import source_run_id
+
+        parent_run = source_run_id(plan.cfg.train.init_from, mlc)
+        provenance.tag_parent(mlc, run_id, plan.cfg.train.init_from, parent_run)
     return run_id, resumed
 
 

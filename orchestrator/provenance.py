@@ -116,15 +116,10 @@ def log_dataset(mlflow_client, run_id: str, data_cfg) -> str:
 PARENT_MODEL_TAG, PARENT_RUN_TAG = "imm.parent_model", "imm.parent_run_id"  # train.init_from, and the run behind it
 
 
-def tag_parent(mlflow_client, run_id: str, init_from: str | None) -> None:
-    """Name the model a run started from (train.init_from) and, for runs:/ and models:/ URIs, its training run."""
+def tag_parent(mlflow_client, run_id: str, init_from: str | None, parent_run: str | None) -> None:
+    """Name the model a run started from (train.init_from) and the training run behind it, where known."""
     if not init_from:
         return
-    from orchestrator.models import source_run_id
-
-    tags = {PARENT_MODEL_TAG: init_from}
-    parent_run = source_run_id(init_from, mlflow_client)
-    if parent_run:
-        tags[PARENT_RUN_TAG] = parent_run
+    tags = {PARENT_MODEL_TAG: init_from, **({PARENT_RUN_TAG: parent_run} if parent_run else {})}
     for k, v in tags.items():
         mlflow_client.set_tag(run_id, k, v)

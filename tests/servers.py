@@ -55,7 +55,20 @@ class RayCluster:
     temp_dirs: list[str] = field(default_factory=list)
 
     def start_node(self, name: str, cpus: int, head: bool = False, port: int | None = None, dash: int | None = None,
-                   own_temp_dir: bool = True):
+                   own_temp_dir: bool = True, tries: int = 3):
+        """Start a raylet and wait for it to join. A head whose Ray processes exit at once is started again (up to
+        `tries` times): a port `free_port` picked can be taken by another process before Ray binds it."""
+        for attempt in range(1, tries + 1):
+            self._start_node(name, cpus, head, port, dash, own_temp_dir)
+            try:
+                return self.wait_nodes(len(self.nodes), proc=self.nodes[name] if head else None)
+            except ProcessLookupError:
+                del self.nodes[name]
+                if attempt == tries:
+                    raise AssertionError(f"{name} did not start: {(self.tmp / f'{name}.log').read_text()[-3000:]}") \
+                        from None
+
+    def _start_node(self, name: str, cpus: int, head: bool, port: int | None, dash: int | None, own_temp_dir: bool):
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--resources", json.dumps({name: 1}),
                "--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
         if head:
@@ -68,7 +81,6 @@ class RayCluster:
         with open(self.tmp / f"{name}.log", "w") as log:
             self.nodes[name] = subprocess.Popen(cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
-        self.wait_nodes(len(self.nodes))
 
     def ray_tmp(self) -> str:
         """Ray's session folder: short, since Ray's socket paths under it must fit AF_UNIX's 107 bytes (a pytest
@@ -92,9 +104,12 @@ class RayCluster:
         active = out.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in out else ""
         return len(re.findall(r"\bnode_[0-9a-f]+", active))
 
-    def wait_nodes(self, n: int, timeout: float = 90) -> None:
+    def wait_nodes(self, n: int, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+        """Until `n` nodes are alive; ProcessLookupError if `proc` (a `ray start --block`) ends first."""
         deadline = time.monotonic() + timeout
         while self.alive() != n:
+            if proc is not None and proc.poll() is not None:
+                raise ProcessLookupError(proc.args)
             assert time.monotonic() < deadline, f"the cluster did not reach {n} nodes: {self.alive()}"
             time.sleep(1)
 

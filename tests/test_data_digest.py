@@ -10,8 +10,9 @@ import os
 import numpy as np
 
 from imm.config import load_config
-from imm.data.digest import data_digest, file_sha256
+from imm.data.digest import data_digest
 from imm.data.latents import MANIFEST, LatentWriter
+from imm.data.remote import file_sha256
 from orchestrator import provenance, tracking
 
 

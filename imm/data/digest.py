@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK = 1 << 20
+from imm.data.remote import file_sha256
+
 HASH_LIMIT = 4 << 30  # bytes of local files hashed at every run; above it their sizes stand in
 
 
@@ -28,14 +29,6 @@ class DataDigest:
     digest: str  # hex SHA-256
     source: str  # where it was read: the path or URI, or "generated" / "scikit-learn"
     basis: str  # what was hashed: recipe, files, objects, manifest
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _of(parts) -> str:
@@ -76,9 +69,9 @@ def data_digest(cfg) -> DataDigest:
                           "recipe")
     path = source.path or ""
     if source.kind == "latents":
-        from imm.data.latents import MANIFEST, _join, _read_text
+        from imm.data.latents import MANIFEST, read_text
 
-        text = _read_text(_join(path, MANIFEST))
+        text = read_text(f"{path.rstrip('/')}/{MANIFEST}")
         return DataDigest(cfg.name, hashlib.sha256(text.encode()).hexdigest(), path, "manifest")
     if is_remote(path):
         return DataDigest(cfg.name, _of(_s3_objects(path)), path, "objects")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from imm.config import ConfigError
-from imm.data.remote import DEFAULT_CACHE, exists, is_remote, local_copy, s3_client, split
+from imm.data.remote import DEFAULT_CACHE, exists, file_sha256, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"
 # The official ImageNet-256 latent normalisation (lumalabs/imm configs/im256_generate_images.yaml, for
@@ -55,7 +55,8 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
-def _read_text(uri: str) -> str:
+def read_text(uri: str) -> str:
+    """A text file's contents, local or on S3 (a set's manifest)."""
     if is_remote(uri):
         bucket, key = split(uri)
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
@@ -87,7 +88,7 @@ class Manifest:
     def read(cls, root: str) -> Manifest:
         where = f"data.name=latents:{root}"
         try:
-            raw = json.loads(_read_text(_join(root, MANIFEST)))
+            raw = json.loads(read_text(_join(root, MANIFEST)))
         except FileNotFoundError:
             raise FileNotFoundError(f"{where}: no {MANIFEST} there (write one with `imm-orch encode`)") from None
         if raw.get("format") != FORMAT:
@@ -146,8 +147,6 @@ class LatentWriter:
     def _save(self, stem: str, z: np.ndarray, y: np.ndarray) -> dict:
         """Write a shard (and its labels); its manifest entry, with each file's SHA-256 (the set's digest is the
         manifest's: `imm.data.digest`)."""
-        from imm.data.digest import file_sha256
-
         np.save(self.out / f"{stem}.npy", z.astype(self.dtype))
         entry = {"file": f"{stem}.npy", "count": len(z), "sha256": file_sha256(self.out / f"{stem}.npy")}
         if self.num_classes:

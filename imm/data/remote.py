@@ -125,6 +125,15 @@ def s3_filesystem() -> RetryingS3FileSystem:
     return RetryingS3FileSystem(attempts, **options)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a local file, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 

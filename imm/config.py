@@ -86,6 +86,9 @@ class TrainConfig:
     fused_optimizer: bool = True  # the optimizer's fused CUDA step where torch has one
     compile: bool = False  # torch.compile the network (first steps pay the compilation)
     ema_decay: float = 0.999  # the EMA of the weights that is sampled and evaluated
+    # EDM's EMA ramp-up: the EMA's half-life after n steps is at most ema_rampup * n, so an early evaluation (an ASHA
+    # rung) samples the recent weights, not the first steps'; 0 = the fixed decay from the start (the paper's)
+    ema_rampup: float = 0.0
     seed: int = 0  # the run's seed: each step's randomness comes from it, the rank and the step, so a resumed run matches
     # a trained model whose weights the network and its EMA start from (runs:/RUN_ID, models:/NAME@ALIAS, a
     # checkpoint path or s3:// URI; python -m imm.train: a path); the optimizer and schedule start fresh
@@ -294,6 +297,7 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
     check_range(cfg, "train.steps", 0, None)
     check_range(cfg, "train.lr", 0.0, None, strict_low=True)
     check_range(cfg, "train.ema_decay", 0.0, 1.0)
+    check_range(cfg, "train.ema_rampup", 0.0, None)
     check_range(cfg, "train.keep_checkpoints", 1, None)
     check_range(cfg, "train.max_skipped_steps", 1, None)
     check_range(cfg, "train.checkpoint_every", 1, None)

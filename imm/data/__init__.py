@@ -7,7 +7,6 @@ path the user gives; a missing one is an error that says where to put it.
 
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from imm.data.remote import is_remote, local_copy
+from imm.data.toy2d import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD, TOY_SETS, eight_gaussians  # noqa: F401 (their home was here)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
@@ -47,36 +47,6 @@ class Data:
         return float(self.train.std())
 
 
-EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD = 2.0, 0.1
-
-
-def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
-    """Eight well-separated modes on a circle of radius 2, std 0.1 each (equal weights)."""
-    k = torch.randint(0, 8, (n,), generator=g)
-    angle = k.float() * (2 * math.pi / 8)
-    centers = EIGHT_GAUSSIANS_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return centers + EIGHT_GAUSSIANS_STD * torch.randn(n, 2, generator=g)
-
-
-def checkerboard(n: int, g: torch.Generator) -> Tensor:
-    """Uniform on the 8 dark squares of a 4x4 board on [-2, 2]^2."""
-    x1 = torch.rand(n, generator=g) * 4 - 2
-    x2 = torch.rand(n, generator=g) - 2 * torch.randint(0, 2, (n,), generator=g).float()
-    x2 = x2 + torch.floor(x1) % 2
-    return torch.stack([x1, x2], dim=1)
-
-
-def moons(n: int, g: torch.Generator) -> Tensor:
-    """Two interleaving half circles with N(0, 0.05^2) noise, centred and scaled to about [-2, 2]."""
-    upper = torch.rand(n, generator=g) < 0.5
-    theta = torch.rand(n, generator=g) * math.pi
-    x = torch.where(upper, torch.cos(theta), 1 - torch.cos(theta))
-    y = torch.where(upper, torch.sin(theta), 0.5 - torch.sin(theta))
-    pts = torch.stack([x - 0.5, y - 0.25], dim=1) * 1.6
-    return pts + 0.05 * torch.randn(n, 2, generator=g)
-
-
-TOY_SETS = {"8gaussians": eight_gaussians, "checkerboard": checkerboard, "moons": moons}
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imm.config import ConfigError
 from imm.data import load_data, random_xflip, shard
 from imm.methods import build_loss, build_model
 from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
+from imm.training.ema import ema_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict[str, float], "str | None"], None]
@@ -146,7 +146,7 @@ def train_loop(
     evaluator = Evaluator(cfg, dataset, device, rank, world_size)
     reference = dataset.heldout[:2000] if len(data_shape) == 1 else None  # drawn faintly behind 2D samples
     model = build_model(cfg, data_shape, sigma_d, num_classes).to(device, memory_format=layout)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    ema = ema_model(model, tc.ema_decay, tc.ema_rampup)
     opt = accelerate.optimizer(cfg, model.parameters(), device)
     warmup = max(tc.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))

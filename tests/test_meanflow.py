@@ -157,3 +157,68 @@ def test_guidance_in_the_target_mixes_the_velocities_as_the_paper_writes_it():
     lg = guided(m, x, y)
     torch.manual_seed(1)
     assert torch.isfinite(lg) and float(lg) != float(plain(m, x, y))
+
+
+def test_the_time_scale_lives_in_the_weights_and_older_weights_mean_edm_s_1000():
+    """A model built with time_scale 1 feeds the network (t, r) unscaled; weights saved before the key existed (no
+    time_scale entry) load as 1000, the scale they were trained with, and give the outputs they gave then."""
+    new, old = _model(), _model()
+    old.time_scale.fill_(1000.0)
+    z, r, t = torch.randn(4, 3, dtype=torch.float64), torch.full((4,), 0.2, dtype=torch.float64), torch.full(
+        (4,), 0.6, dtype=torch.float64)
+    seen = {}
+    hook = new.net.register_forward_hook(lambda m, args, out: seen.setdefault("t", args[1]))
+    new(z, r, t)
+    hook.remove()
+    assert torch.allclose(seen["t"], t) and float(new.time_scale) == 1.0
+    legacy = {k: v for k, v in old.state_dict().items() if k != "time_scale"}  # as saved before the key
+    reloaded = _model()
+    reloaded.load_state_dict(legacy)
+    assert float(reloaded.time_scale) == 1000.0
+    assert torch.equal(reloaded(z, r, t), old(z, r, t)) and not torch.allclose(new(z, r, t), old(z, r, t))
+
+
+def test_under_bf16_autocast_the_jvp_runs_in_fp32():
+    """jvp_fp32 (the default, the official code's): the target under bf16 autocast is the fp32 target exactly; with
+    it off the JVP runs in bf16 and differs."""
+    torch.manual_seed(0)
+    model = AverageVelocityModel(MLP(3, hidden=32, depth=2, emb_dim=16), get_trajectory("ot_fm"), sigma_d=0.7)
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g)
+    t = torch.rand(64, generator=g) * 0.8 + 0.1
+    r = t * torch.rand(64, generator=g)
+    fp32 = MeanFlowLoss(MeanFlowConfig(), T=0.994).target(model, z, v, r, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = MeanFlowLoss(MeanFlowConfig(), T=0.994).target(model, z, v, r, t)
+        low = MeanFlowLoss(MeanFlowConfig(jvp_fp32=False), T=0.994).target(model, z, v, r, t)
+    assert kept.dtype == torch.float32 and torch.equal(kept, fp32)
+    assert not torch.allclose(low.float(), fp32, atol=1e-3)
+
+
+def _adaptive_fixed_point(targets: torch.Tensor, p: float, c: float, iters: int = 50) -> torch.Tensor:
+    """The u where the adaptively weighted loss's gradient E[sg(w) (u - Y)] vanishes, w = 1 / (||u - Y||^2 + c)^p:
+    u = E[w Y] / E[w], iterated from the mean."""
+    u = targets.mean(0)
+    for _ in range(iters):
+        w = 1 / ((u - targets).square().sum(1) + c) ** p
+        u = (w[:, None] * targets).sum(0) / w.sum()
+    return u
+
+
+@pytest.mark.parametrize("dim, biased", [(2, True), (3072, False)])
+def test_the_adaptive_weight_learns_the_mean_in_high_dimension_and_a_mode_in_2d(dim, biased):
+    """Why the 2D configs train MeanFlow with adaptive_p = 0: the target given z is spread (70% near a, 30% near b,
+    plus noise of std 0.5 in every coordinate, as eps is). Its mean is what the MeanFlow identity needs. With p = 1
+    the weight favours targets near the current estimate: in 2D the fixed point is pulled to the larger mode; in an
+    image's 3072 dimensions every target is about equally far (the noise's squared norm, 768 +- 20, swamps the modes'
+    separation), the weights are nearly equal and the fixed point is the mean."""
+    g = torch.Generator().manual_seed(0)
+    n, a, b = 4000, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    a[0], b[0] = 1.0, -1.0
+    major = torch.rand(n, generator=g, dtype=torch.float64) < 0.7
+    noise = 0.5 * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    targets = torch.where(major[:, None], a, b) + noise
+    mean = targets.mean(0)
+    for p, c in ((1.0, 1e-3), (0.0, 1e-3)):
+        gap = float((_adaptive_fixed_point(targets, p, c) - mean).norm())
+        assert (gap > 0.2) == (biased and p == 1.0), (dim, p, gap)

@@ -19,6 +19,7 @@ one-step model and pushforward is MeanFlow's sampler).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,11 @@ class MeanFlowConfig:
     time_std: float = 1.0  # the std of that logit-normal
     adaptive_p: float = 1.0  # adaptive loss weight 1 / (||error||^2 + c)^p; p = 0 is plain squared error
     adaptive_c: float = 1e-3  # the c of the adaptive weight
+    # the network sees (time_scale t, time_scale r), or (t - r) for the second with model.s_embedding=stride. The
+    # official code's unscaled 1: at EDM's 1000 the time features oscillate 1000x faster in t, and so does the JVP's
+    # d_t u in the target (2D: 1-step energy 0.08 -> 0.006). Models trained before this key carry 1000 in their weights.
+    time_scale: float = 1.0
+    jvp_fp32: bool = True  # the target's JVP in fp32 under bf16 autocast (the official code's): d_t u is a difference
     # Class-conditional models: guidance trained into u (the paper's CFG), sampled with cfg_scale 1. Labelled samples
     # regress on v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null); omega = 1, kappa = 0: none.
     guidance: float = 1.0  # omega
@@ -50,11 +56,22 @@ class MeanFlowConfig:
 class AverageVelocityModel(OneStepModel):
     """u(z_t, r, t) = sigma_d G(c_in z_t, t, r); `step` is the map z_t -> z_r."""
 
-    def __init__(self, net, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity"):
+    def __init__(self, net, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity",
+                 time_scale: float = 1.0):
         super().__init__(net, traj, "euler_fm", sigma_d, s_embedding)
+        self.register_buffer("time_scale", torch.tensor(float(time_scale)))  # in the weights: they hold its meaning
+        self._register_load_state_dict_pre_hook(_scale_of_older_models)
+
+    def time_input_scale(self) -> Tensor:
+        return self.time_scale
 
     def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
         return self.sigma_d * self.network_output(z, r, t, labels, cfg_scale)
+
+
+def _scale_of_older_models(state_dict, prefix, *_):
+    """Weights saved before time_scale was theirs were trained on EDM's 1000 t."""
+    state_dict.setdefault(prefix + "time_scale", torch.tensor(1000.0))
 
 
 class MeanFlowLoss:
@@ -72,7 +89,10 @@ class MeanFlowLoss:
     def target(self, model: AverageVelocityModel, z: Tensor, v: Tensor, r: Tensor, t: Tensor,
                labels: Tensor | None = None) -> Tensor:
         """u_tgt = v - (t - r) (v . grad_z u + d_t u), the total derivative from one JVP, without gradient."""
-        with torch.no_grad():
+        fp32 = torch.autocast(z.device.type, enabled=False) if self.c.jvp_fp32 else contextlib.nullcontext()
+        with torch.no_grad(), fp32:
+            if self.c.jvp_fp32:
+                z, v, r, t = (at_least_fp32(a) for a in (z, v, r, t))
             _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (v, torch.ones_like(t)))
         return (v - _bcast(t - r, z) * dudt).detach()
 
@@ -112,7 +132,8 @@ def mean_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None
 
 def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0):
     return AverageVelocityModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
-                                sigma_d=sigma_d, s_embedding=cfg.model.s_embedding)
+                                sigma_d=sigma_d, s_embedding=cfg.model.s_embedding,
+                                time_scale=cfg.meanflow.time_scale)
 
 
 def build_loss(cfg: DictConfig) -> MeanFlowLoss:
@@ -124,6 +145,7 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "meanflow.time_std", 0.0, None, strict_low=True)
     check_range(cfg, "meanflow.adaptive_p", 0.0, None)
     check_range(cfg, "meanflow.adaptive_c", 0.0, None, strict_low=True)
+    check_range(cfg, "meanflow.time_scale", 0.0, None, strict_low=True)
     check_range(cfg, "meanflow.guidance", 0.0, None, strict_low=True)
     check_range(cfg, "meanflow.guidance_mix", 0.0, 1.0)
 

@@ -110,7 +110,7 @@ class OneStepModel(nn.Module):
 
     def network_output(self, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None,
                        cfg_scale: float = 1.0) -> Tensor:
-        """G(c_in x_t, c_noise(t), c_noise(s) or 1000 (t - s)[, labels]), guided when cfg_scale != 1; s, t: (B,).
+        """G(c_in x_t, k t, k s or k (t - s)[, labels]) with k = time_input_scale(), guided when cfg_scale != 1.
 
         The network runs in its own dtype: a sampler's float64 state and times are cast to it on the way in (c_in and
         the time inputs computed after the cast, as the official sampler does) and its output back to x_t's dtype."""
@@ -118,8 +118,13 @@ class OneStepModel(nn.Module):
         x, s, t = x_t.to(dtype), s.to(dtype), t.to(dtype)
         a, sg = self.traj.alpha(t), self.traj.sigma(t)
         c_in = 1 / (self.sigma_d * torch.sqrt(a**2 + sg**2))
-        c_s = 1000 * s if self.s_embedding == "identity" else 1000 * (t - s)
-        return guided(self.net, (_bcast(c_in, x) * x, 1000 * t, c_s), labels, cfg_scale).to(x_t.dtype)
+        k = self.time_input_scale()
+        c_s = k * s if self.s_embedding == "identity" else k * (t - s)
+        return guided(self.net, (_bcast(c_in, x) * x, k * t, c_s), labels, cfg_scale).to(x_t.dtype)
+
+    def time_input_scale(self) -> float | Tensor:
+        """k in the network's time inputs k t and k s (or k (t - s)): EDM's and the paper's c_noise = 1000 t."""
+        return 1000.0
 
     def forward(self, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
         """f_{s,t}(x_t): x_t moved from time t to time s <= t (guidance acts on G, before the skip/output mix)."""

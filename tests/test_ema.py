@@ -56,3 +56,20 @@ def test_an_early_evaluation_samples_recent_weights_with_the_ramp_up():
     assert fixed == pytest.approx(1 - 0.9999**900, rel=1e-4)
     # the early weights keep the product of the decays of updates 100..999: 0.5^(20 sum 1/n) = 0.5^(20 ln 10) ~ 1e-14
     assert 1 - ramped < 1e-6
+
+
+def test_the_ranking_benchmark_runs_at_toy_size(tmp_path):
+    """benchmarks/ema_ranking.py end to end at toy size: both variants trained, rho reported and written."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "ema_ranking.py"))
+    assert bench["spearman"]([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert bench["spearman"]([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert bench["spearman"]([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    out = tmp_path / "ranking.json"
+    assert bench["main"](["--trials", "2", "--steps", "20", "--workers", "1", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert len(got["results"]["fixed"]) == len(got["results"]["rampup"]) == 2
+    assert got["results"]["fixed"][0]["early_step"] == 2 and got["results"]["fixed"][0]["final_step"] == 20

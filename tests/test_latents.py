@@ -207,6 +207,22 @@ def test_a_dit_trains_on_latents_and_samples(tmp_path):
     assert state["ema"]["net.final_layer.linear.weight"].abs().sum() > 0
 
 
+def test_reading_the_held_out_latents_fetches_no_shard_of_any_worker(s3_env, tmp_path):
+    """The evaluator's held-out read fetches the held-out files only: it once fetched every shard's labels into the
+    cache the workers share, so a worker found its own labels there and its fetched-MB metric came out short."""
+    from imm.data.latents import LatentData
+
+    bucket = "latents-heldout"
+    s3_env.create_bucket(Bucket=bucket)
+    write_set(tmp_path / "set", shards=4, per_shard=20, heldout=16)
+    for f in (tmp_path / "set").iterdir():
+        s3_env.upload_file(str(f), bucket, f"in/{f.name}")
+    data = LatentData(Manifest.read(f"s3://{bucket}/in"), cache_bytes=2**30)
+    assert data.heldout.shape[0] == 16 and data.heldout_labels.shape == (16,)
+    cache = {p.name for p in (Path(data.reader(0, 1).cache)).iterdir() if not p.name.startswith(".")}
+    assert cache == {"heldout.npy", "heldout.labels.npy"}, cache
+
+
 @pytest.mark.slow
 def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_it(ray_local, mlflow_server, s3_env,
                                                                                   tiny_vae, inception_file, tmp_path,

@@ -222,7 +222,7 @@ class ShardReader:
         self.fetched_bytes = 0  # from S3, by this worker
         self.fetched_files: list[str] = []
         self._resident: tuple[int, list[np.ndarray], np.ndarray, Tensor | None] | None = None
-        self.labels = [self._labels(s) for s in self.mine] if manifest.num_classes else None
+        self._labels: dict[int, Tensor] = {}  # this worker's shards' labels, fetched with their window
 
     def _path(self, name: str) -> Path:
         """A local path to one file of the set: the file itself, or its copy in the cache (fetched if missing)."""
@@ -240,8 +240,11 @@ class ShardReader:
             self.fetched_files.append(name)
         return local
 
-    def _labels(self, shard: dict) -> Tensor:
-        return torch.from_numpy(np.load(self._path(shard["labels"])))
+    def labels_of(self, i: int) -> Tensor:
+        """The labels of this worker's i-th shard (kept: a few bytes a row)."""
+        if i not in self._labels:
+            self._labels[i] = torch.from_numpy(np.load(self._path(self.mine[i]["labels"])))
+        return self._labels[i]
 
     def _window(self, w: int):
         """Shards [w * window, (w + 1) * window) of this worker's, mapped; the previous window's copies dropped."""
@@ -255,8 +258,8 @@ class ShardReader:
                     (self.cache / s["file"]).unlink(missing_ok=True)
         arrays = [np.load(self._path(s["file"]), mmap_mode="r") for s in chosen]
         ends = np.cumsum([len(a) for a in arrays])
-        labels = torch.cat([self.labels[i] for i in range(w * self.window, w * self.window + len(chosen))]) \
-            if self.labels is not None else None
+        labels = torch.cat([self.labels_of(i) for i in range(w * self.window, w * self.window + len(chosen))]) \
+            if self.m.num_classes else None
         self._resident = (w, arrays, ends, labels)
         return self._resident
 

@@ -138,8 +138,9 @@ def heavy_tails(n: int, g: torch.Generator) -> Tensor:
 TOY_SETS = {f.__name__.replace("eight_gaussians", "8gaussians"): f for f in (
     eight_gaussians, checkerboard, moons, grid, unequal_mixture, crescent_blobs, spirals, pinwheel, rings,
     banana, tight_wide, heavy_tails)}
-# Pairs of one kind, one each side: (equal modes) 8gaussians | grid; (unequal anisotropic mixtures) unequal_mixture |
-# crescent_blobs; (curves) moons | spirals; (regions with corners, arms) checkerboard | pinwheel; (nested or curved
+# Pairs of one kind, one each side: (equal modes) 8gaussians | grid; (unequal anisotropic mixtures) crescent_blobs |
+# unequal_mixture; (curves) moons | spirals; (regions with corners, arms) checkerboard | pinwheel; (nested or curved
 # supports) rings | banana; (scale disparity, tails) tight_wide | heavy_tails.
-TUNING = ("8gaussians", "unequal_mixture", "moons", "checkerboard", "rings", "tight_wide")
-HELDOUT = ("grid", "crescent_blobs", "spirals", "pinwheel", "banana", "heavy_tails")
+# crescent_blobs is the set issue 29 found MeanFlow and IMM failing on; the diagnosis ran on it, so it tunes.
+TUNING = ("8gaussians", "crescent_blobs", "moons", "checkerboard", "rings", "tight_wide")
+HELDOUT = ("grid", "unequal_mixture", "spirals", "pinwheel", "banana", "heavy_tails")

@@ -1,0 +1,149 @@
+"""Do the shipped 2D defaults hold on data they were not tuned on? Every method at its shipped toy2d settings on a
+half of the 2D suite (imm/data/toy2d.py), several seeds, scored at 1, 2, 4 and 8 sampling steps (issue 29).
+
+Each (method, set, seed) trains the toy2d config with only `method`, `data.name` and `train.seed` changed, and is
+scored by the energy distance of 4000 samples to 4000 held-out points (the mean of two sampling seeds). The report
+gives each set's mean and spread over seeds, the median over sets, and the checks the defaults are held to:
+
+  imm_2_vs_fm_8      IMM at 2 steps no worse than flow matching at 8 Euler steps (median over sets)
+  imm_not_rising     IMM's score not rising from 2 to 4 to 8 steps by more than the seed spread, on every set
+  meanflow_2_vs_fm_2 MeanFlow at 2 steps better than flow matching at 2, on the median and on >= 80% of the sets
+
+    .venv/bin/python benchmarks/suite2d.py                  # the held-out half, 4 methods, 3 seeds (~50 min, 2 cores)
+    .venv/bin/python benchmarks/suite2d.py --half tuning    # the tuning half
+    .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed (CI: ~2 min)
+
+Trained results are cached under --cache (rerunning resumes); tables.md and results.json go to --out; exit 1 when a
+check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+STEPS = (1, 2, 4, 8)
+METHODS = ("imm", "fm", "meanflow", "shortcut")
+N_EVAL = 4000
+QUICK_SET = "grid"  # the held-out set the quick check trains on
+
+
+def score(method: str, data: str, seed: int, cache: str) -> dict:
+    """The energy distance at each of STEPS for one trained (method, set, seed), cached as JSON."""
+    out = Path(cache) / f"{method}-{data}-{seed}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    import torch
+
+    torch.set_num_threads(1)
+    from imm.config import load_config
+    from imm.data import load_data
+    from imm.methods import build_model, generate
+    from imm.metrics import energy_distance
+    from imm.training.loop import CHECKPOINT_FILE, train_loop
+
+    cfg = load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}", f"data.n_heldout={N_EVAL}",
+                                "eval.every=1000000", "eval.steps=[1]"])
+    box = {}
+
+    def keep(metrics, checkpoint_dir):
+        if checkpoint_dir:
+            box["state"] = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, weights_only=True)
+
+    t0 = time.perf_counter()
+    train_loop(cfg, device="cpu", report=keep)
+    train_s = time.perf_counter() - t0
+    state = box["state"]
+    model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
+    model.load_state_dict(state["ema"])
+    heldout = load_data(cfg.data).heldout
+    energy = [sum(energy_distance(generate(model.eval(), cfg, N_EVAL, k, seed=s, data_shape=(2,)), heldout)
+                  for s in (0, 1)) / 2 for k in STEPS]
+    result = {"method": method, "set": data, "seed": seed, "train_s": train_s, "energy": energy}
+    out.write_text(json.dumps(result))
+    return result
+
+
+def summary(results: list[dict]) -> dict:
+    """{method: {set: (mean per step, spread per step)}} over seeds."""
+    by: dict = {}
+    for r in results:
+        by.setdefault(r["method"], {}).setdefault(r["set"], []).append(r["energy"])
+    return {m: {s: ([statistics.fmean(v) for v in zip(*runs, strict=True)],
+                    [max(v) - min(v) for v in zip(*runs, strict=True)]) for s, runs in sets.items()}
+            for m, sets in by.items()}
+
+
+def median_over_sets(summ: dict, method: str, step: int) -> float:
+    i = STEPS.index(step)
+    return statistics.median(mean[i] for mean, _ in summ[method].values())
+
+
+def checks(summ: dict) -> dict[str, bool]:
+    """The properties the shipped defaults are held to, for the methods that were run."""
+    out = {}
+    if {"imm", "fm"} <= set(summ):
+        out["imm_2_vs_fm_8"] = median_over_sets(summ, "imm", 2) <= median_over_sets(summ, "fm", 8)
+    if "imm" in summ:
+        i2, i4, i8 = (STEPS.index(k) for k in (2, 4, 8))
+        out["imm_not_rising"] = all(mean[i4] <= mean[i2] + max(spread[i2], spread[i4]) and
+                                    mean[i8] <= mean[i4] + max(spread[i4], spread[i8])
+                                    for mean, spread in summ["imm"].values())
+    if {"meanflow", "fm"} <= set(summ):
+        i2 = STEPS.index(2)
+        wins = [summ["meanflow"][s][0][i2] < summ["fm"][s][0][i2] for s in summ["meanflow"]]
+        out["meanflow_2_vs_fm_2"] = (median_over_sets(summ, "meanflow", 2) < median_over_sets(summ, "fm", 2)
+                                     and sum(wins) >= 0.8 * len(wins))
+    return out
+
+
+def report(summ: dict, results: list[dict], out: Path, seeds: int) -> str:
+    lines = [f"Energy distance to held-out points ({N_EVAL} samples, 2 sampling seeds), mean ± spread over {seeds} "
+             "training seed(s); the toy2d config with method, data.name and train.seed changed.", "",
+             "| method | set | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
+             "|---|---|" + "---|" * len(STEPS)]
+    for m, sets in summ.items():
+        for s, (mean, spread) in sets.items():
+            lines.append(f"| {m} | {s} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(mean, spread, strict=True))
+                         + " |")
+        lines.append(f"| **{m}** | **median over sets** | "
+                     + " | ".join(f"**{median_over_sets(summ, m, k):.4f}**" for k in STEPS) + " |")
+    lines += ["", "| check | met |", "|---|---|"] + [f"| {k} | {v} |" for k, v in checks(summ).items()]
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imm.data.toy2d import HELDOUT, TUNING
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--half", choices=["heldout", "tuning"], default="heldout")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--quick", action="store_true", help=f"IMM and FM on {QUICK_SET}, one seed: the first check")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cache", default="imm-runs/suite2d", help="trained results, reused when rerun")
+    ap.add_argument("--out", type=Path, default=Path("docs/science/suite2d"))
+    args = ap.parse_args(argv)
+    sets = [QUICK_SET] if args.quick else list(HELDOUT if args.half == "heldout" else TUNING)
+    methods, seeds = (["imm", "fm"], 1) if args.quick else (args.methods, args.seeds)
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    jobs = [(m, s, seed, args.cache) for s in sets for m in methods for seed in range(seeds)]
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(score, *zip(*jobs, strict=True)))
+    summ = summary(results)
+    print(report(summ, results, args.out, seeds))
+    return 0 if all(checks(summ).values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/suite2d.py: the checks the shipped 2D defaults are held to, on made-up scores that pass and fail
+each one."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import suite2d  # noqa: E402
+
+
+def results(table: dict[tuple[str, str], list[list[float]]]) -> list[dict]:
+    """{(method, set): [energies at 1, 2, 4, 8 steps per seed]} -> the script's result records."""
+    return [{"method": m, "set": s, "seed": i, "energy": e} for (m, s), runs in table.items()
+            for i, e in enumerate(runs)]
+
+
+FM = {("fm", s): [[1.0, 0.2, 0.04, 0.010]] * 2 for s in ("a", "b", "c", "d", "e")}
+
+
+def test_summary_is_the_mean_and_spread_over_seeds_and_the_median_over_sets():
+    summ = suite2d.summary(results({("imm", "a"): [[0.1, 0.02, 0.01, 0.01], [0.3, 0.04, 0.01, 0.03]],
+                                    ("imm", "b"): [[0.2, 0.01, 0.01, 0.01]] * 2,
+                                    ("imm", "c"): [[0.5, 0.05, 0.01, 0.01]] * 2}))
+    mean, spread = summ["imm"]["a"]
+    assert mean == [0.2, 0.03, 0.01, 0.02] and [round(x, 12) for x in spread] == [0.2, 0.02, 0.0, 0.02]
+    assert suite2d.median_over_sets(summ, "imm", 1) == 0.2 and suite2d.median_over_sets(summ, "imm", 2) == 0.03
+
+
+def test_each_check_passes_and_fails_where_it_should():
+    good_imm = {("imm", s): [[0.05, 0.008, 0.007, 0.006]] * 2 for s in "abcde"}
+    mf_wins_four = {("meanflow", s): [[0.02, 0.01 if s != "e" else 0.5, 0.01, 0.01]] * 2 for s in "abcde"}
+    ok = suite2d.checks(suite2d.summary(results(FM | good_imm | mf_wins_four)))
+    assert ok == {"imm_2_vs_fm_8": True, "imm_not_rising": True, "meanflow_2_vs_fm_2": True}  # 4 of 5 sets: 80%
+    slow_imm = {k: [[0.05, 0.02, 0.02, 0.02]] * 2 for k in good_imm}  # 0.02 at 2 steps against FM's 0.010 at 8
+    rising = good_imm | {("imm", "c"): [[0.05, 0.008, 0.012, 0.02], [0.05, 0.009, 0.013, 0.021]]}  # beyond the spread
+    noisy = good_imm | {("imm", "c"): [[0.05, 0.008, 0.012, 0.02], [0.05, 0.02, 0.002, 0.01]]}  # within it
+    mf_wins_three = mf_wins_four | {("meanflow", "d"): [[0.02, 0.5, 0.01, 0.01]] * 2}
+    assert not suite2d.checks(suite2d.summary(results(FM | slow_imm)))["imm_2_vs_fm_8"]
+    assert not suite2d.checks(suite2d.summary(results(FM | rising)))["imm_not_rising"]
+    assert suite2d.checks(suite2d.summary(results(FM | noisy)))["imm_not_rising"]
+    assert not suite2d.checks(suite2d.summary(results(FM | mf_wins_three)))["meanflow_2_vs_fm_2"]

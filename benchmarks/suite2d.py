@@ -11,10 +11,11 @@ gives each set's mean and spread over seeds, the median over sets, and the check
 
     .venv/bin/python benchmarks/suite2d.py                  # the held-out half, 4 methods, 3 seeds (~50 min, 2 cores)
     .venv/bin/python benchmarks/suite2d.py --half tuning    # the tuning half
-    .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed (CI: ~2 min)
+    .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed: the first
+                                                            # check only (CI's slow tests: about 1 minute)
 
 Trained results are cached under --cache (rerunning resumes); tables.md and results.json go to --out; exit 1 when a
-check fails.
+check fails (--quick: when the first does).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         results = list(pool.map(score, *zip(*jobs, strict=True)))
     summ = summary(results)
     print(report(summ, results, args.out, seeds))
-    return 0 if all(checks(summ).values()) else 1
+    held = checks(summ)
+    return 0 if (held["imm_2_vs_fm_8"] if args.quick else all(held.values())) else 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def draws(n: int, seed: int = 0) -> list[list[str]]:
             for _ in range(n)]
 
 
-def run(overrides: list[str], steps: int, rampup: float) -> dict:
+def run(overrides: list[str], steps: int, rampup: float, eval_samples: int = 1000) -> dict:
     """The trial's METRIC at every tenth of `steps` (10%: "early"; the end: "final"; all: "by_step")."""
     import torch
 
@@ -46,7 +46,8 @@ def run(overrides: list[str], steps: int, rampup: float) -> dict:
 
     early = max(steps // 10, 1)
     cfg = load_config("digits", overrides + [f"train.steps={steps}", f"eval.every={early}", "eval.steps=[2]",
-                                             f"train.checkpoint_every={steps}", f"train.ema_rampup={rampup}"])
+                                             f"train.checkpoint_every={steps}", f"train.ema_rampup={rampup}",
+                                             f"eval.n_samples={eval_samples}"])
     seen: dict[int, float] = {}
 
     def report(metrics, checkpoint_dir):
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3000, help="each trial's budget (the digits sweeps' 3000)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--eval-samples", type=int, default=1000, help="samples per evaluation (digits' 1000)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     trials = draws(args.trials)
-    jobs = [(t, args.steps, r) for r in (0.0, RAMPUP) for t in trials]
+    jobs = [(t, args.steps, r, args.eval_samples) for r in (0.0, RAMPUP) for t in trials]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(run, *zip(*jobs, strict=True)))

@@ -69,7 +69,8 @@ def test_the_ranking_benchmark_runs_at_toy_size(tmp_path):
     assert bench["spearman"]([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert bench["spearman"]([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
     out = tmp_path / "ranking.json"
-    assert bench["main"](["--trials", "2", "--steps", "20", "--workers", "1", "--out", str(out)]) == 0
+    assert bench["main"](["--trials", "2", "--steps", "20", "--workers", "1", "--eval-samples", "64",
+                          "--out", str(out)]) == 0
     got = json.loads(out.read_text())
     assert len(got["results"]["fixed"]) == len(got["results"]["rampup"]) == 2
     assert got["results"]["fixed"][0]["early_step"] == 2 and got["results"]["fixed"][0]["final_step"] == 20

@@ -89,3 +89,14 @@ def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
             assert min(rec.asked) > 0.9 * loss.finest
         if steps == 128:  # finer than any trained big step: the flow-matching velocity
             assert max(rec.asked) == 0.0
+
+
+def test_shortcut_models_keep_edm_s_time_scale_while_meanflow_feeds_t_unscaled():
+    """Shortcut models share MeanFlow's network; issue 29 unscaled MeanFlow's time inputs, and shortcut models,
+    tuned on 1000 t, keep it (with t unscaled their 1-step digits energy went from 0.014 to 0.031)."""
+    from imm.config import load_config
+    from imm.methods import build_model
+
+    for method, scale in (("shortcut", 1000.0), ("meanflow", 1.0)):
+        model = build_model(load_config("toy2d", [f"method={method}"]), (2,), 1.0)
+        assert float(model.time_scale) == scale, method

@@ -130,10 +130,12 @@ def mean_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None
     return z
 
 
-def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0):
+def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0,
+                time_scale: float | None = None):
+    """MeanFlow's model; time_scale None = meanflow.time_scale (shortcut models pass their own)."""
     return AverageVelocityModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
                                 sigma_d=sigma_d, s_embedding=cfg.model.s_embedding,
-                                time_scale=cfg.meanflow.time_scale)
+                                time_scale=cfg.meanflow.time_scale if time_scale is None else time_scale)
 
 
 def build_loss(cfg: DictConfig) -> MeanFlowLoss:

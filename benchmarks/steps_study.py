@@ -104,25 +104,31 @@ class Result:
     instruments: dict = field(default_factory=dict)
 
 
+def train_ema(cfg) -> dict:
+    """Train `cfg` in this process on the CPU: its last checkpoint's EMA weights, sigma_d and data_shape, and the
+    training time (train_s)."""
+    from imm.training.loop import CHECKPOINT_FILE, train_loop
+
+    box = {}
+
+    def keep(metrics, checkpoint_dir):
+        if checkpoint_dir:
+            box["state"] = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), weights_only=True)
+
+    t0 = time.perf_counter()
+    train_loop(cfg, device="cpu", report=keep)
+    return {k: box["state"][k] for k in ("ema", "sigma_d", "data_shape")} | {"train_s": time.perf_counter() - t0}
+
+
 def trained(job: Job, cache: str):
     """The job's config and EMA model in eval mode, trained once and then read from `cache`; and the state saved
     with it (sigma_d, data_shape, train_s)."""
     from imm.methods import build_model
-    from imm.training.loop import CHECKPOINT_FILE, train_loop
 
     cfg = job.config()
     model_file = Path(cache) / f"{job.key}.pt"
     if not model_file.is_file():
-        box = {}
-
-        def keep(metrics, checkpoint_dir):
-            if checkpoint_dir:
-                box["state"] = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), weights_only=True)
-
-        t0 = time.perf_counter()
-        train_loop(cfg, device="cpu", report=keep)
-        state = {k: box["state"][k] for k in ("ema", "sigma_d", "data_shape")} | {"train_s": time.perf_counter() - t0}
-        torch.save(state, model_file)
+        torch.save(train_ema(cfg), model_file)
     state = torch.load(model_file, weights_only=True)
     model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
     model.load_state_dict(state["ema"])
@@ -213,7 +219,7 @@ def instrument(model, loss, data, sigma_d: float, name: str, n: int = 2000) -> d
 def gmm_flow(x_t, t: float, s: float, sigma_d: float, n: int = 100):
     """The exact ot_fm flow map f_{s,t} for 8gaussians (imm.data's mixture): RK4 on the closed-form velocity
     E[eps - x | x_t] of a Gaussian mixture."""
-    from imm.data import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD
+    from imm.data.toy2d import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD
 
     angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means, std = EIGHT_GAUSSIANS_RADIUS * torch.stack([angle.cos(), angle.sin()], 1), EIGHT_GAUSSIANS_STD

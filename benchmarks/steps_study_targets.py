@@ -36,7 +36,8 @@ SEEDS = 3
 def score(job: steps_study.Job, cache: str) -> dict:
     """Energy distance of one trained model at each step count, with its own sampler; one noise seed per value."""
     torch.set_num_threads(1)
-    from imm.data import TOY_SETS, load_data
+    from imm.data import load_data
+    from imm.data.toy2d import TOY_SETS
     from imm.methods import generate, sampler_of
     from imm.metrics import energy_distance
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -43,29 +42,20 @@ def score(method: str, data: str, seed: int, cache: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from steps_study import quality, train_ema  # benchmarks/ is on the path of this script and its workers
+
     from imm.config import load_config
     from imm.data import load_data
-    from imm.methods import build_model, generate
-    from imm.metrics import energy_distance
-    from imm.training.loop import CHECKPOINT_FILE, train_loop
+    from imm.methods import build_model
 
     cfg = load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}", f"data.n_heldout={N_EVAL}",
                                 "eval.every=1000000", "eval.steps=[1]"])
-    box = {}
-
-    def keep(metrics, checkpoint_dir):
-        if checkpoint_dir:
-            box["state"] = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, weights_only=True)
-
-    t0 = time.perf_counter()
-    train_loop(cfg, device="cpu", report=keep)
-    train_s = time.perf_counter() - t0
-    state = box["state"]
+    state = train_ema(cfg)
     model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
     model.load_state_dict(state["ema"])
     heldout = load_data(cfg.data).heldout
-    energy = [sum(energy_distance(generate(model.eval(), cfg, N_EVAL, k, seed=s, data_shape=(2,)), heldout)
-                  for s in (0, 1)) / 2 for k in STEPS]
+    energy = [quality(model.eval(), cfg, None, k, N_EVAL, (2,), heldout) for k in STEPS]
+    train_s = state["train_s"]
     result = {"method": method, "set": data, "seed": seed, "train_s": train_s, "energy": energy}
     out.write_text(json.dumps(result))
     return result

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imm.data import eight_gaussians
+from imm.data.toy2d import eight_gaussians
 from imm.metrics import energy_distance
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from imm.data.remote import is_remote, local_copy
-from imm.data.toy2d import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD, TOY_SETS, eight_gaussians  # noqa: F401 (their home was here)
+from imm.data.toy2d import TOY_SETS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
@@ -45,8 +45,6 @@ class Data:
     def sigma_d(self) -> float:
         """The training set's standard deviation (the preconditioning's sigma_d unless the config gives one)."""
         return float(self.train.std())
-
-
 
 
 @dataclass(frozen=True)

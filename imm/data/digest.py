@@ -55,8 +55,9 @@ def _s3_objects(uri: str) -> list[tuple[str, int, str]]:
 
 def data_digest(cfg) -> DataDigest:
     """The digest of the data set `cfg` (a DataConfig) names."""
-    from imm.data import TOY_SETS, DataSource
+    from imm.data import DataSource
     from imm.data.remote import is_remote
+    from imm.data.toy2d import TOY_SETS
 
     source = DataSource.parse(cfg.name)
     if cfg.name in TOY_SETS:

@@ -28,19 +28,15 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The new-user path on the embedded default (local Ray, MLflow in imm-runs/mlflow.db, artifacts beside it):
-# sweep IMM's axes on the 2D toy with a short budget, train the best trial's settings for the full budget,
-# promote the best run, sample from the promoted model. Rerunning resumes each step.
-CHAMPION_STEPS := train.steps=3000 train.ema_decay=0.998 train.checkpoint_every=1000 eval.every=1000
-
+# sweep IMM's axes on the 2D toy at toy2d's full budget, promote the best trial, sample from the promoted
+# model. Rerunning resumes each step.
 demo: venv
-	@echo "== 1/4 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, up to 2000 steps each; ~3 min on 2 cores)"
+	@echo "== 1/3 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, up to 3000 steps each; ~4 min on 2 cores)"
 	@if $(BIN)/imm-orch status $(DEMO_SWEEP) >/dev/null 2>&1; then resume=--resume; fi; \
 	  $(BIN)/imm-orch sweep sweeps/$(DEMO_SWEEP).yaml $$resume
-	@echo "== 2/4 the best trial's settings, trained for the full toy2d budget (3000 steps; ~2 min)"
-	$(BIN)/imm-orch train --best-of sweeps/$(DEMO_SWEEP).yaml $(CHAMPION_STEPS)
-	@echo "== 3/4 promote: the best run of the sweep by its 2-step energy distance -> models:/$(DEMO_SWEEP)@champion"
+	@echo "== 2/3 promote: the best run of the sweep by its 2-step energy distance -> models:/$(DEMO_SWEEP)@champion"
 	$(BIN)/imm-orch promote --sweep $(DEMO_SWEEP) --metric energy/steps_2
-	@echo "== 4/4 sample: 5000 points from the champion at 1, 2 and 4 steps, over the data in grey"
+	@echo "== 3/3 sample: 5000 points from the champion at 1, 2 and 4 steps, over the data in grey"
 	for k in 1 2 4; do \
 	  $(BIN)/imm-orch sample --model models:/$(DEMO_SWEEP)@champion --steps $$k --n 5000 --out $(DEMO_OUT)/champion_$${k}steps.png \
 	    || exit 1; done
@@ -48,8 +44,8 @@ demo: venv
 	@echo "Done. Samples from the champion: $(DEMO_OUT)/champion_{1,2,4}steps.png. The MLflow UI:"
 	@echo "    $(BIN)/imm-orch ui        # prints the links: the sweep's trials best first, its sample grid, the models"
 	@echo "In experiment 'imm', run '$(DEMO_SWEEP)' is the sweep: its description names the best trial, its"
-	@echo "Artifacts hold sweep_samples.png (a row per trial) and plots/; its nested runs are the trials and the"
-	@echo "3000-step run of the best settings ('best of t...'), each with samples.png; Models > $(DEMO_SWEEP) > @champion."
+	@echo "Artifacts hold sweep_samples.png (a row per trial) and plots/; its nested runs are the trials, each"
+	@echo "with samples.png; Models > $(DEMO_SWEEP) > @champion is the best trial's model."
 
 lint: venv
 	$(BIN)/ruff check .

@@ -49,3 +49,31 @@ def test_the_quick_suite_holds_imm_at_two_steps_to_flow_matching_at_eight_on_a_h
     energy no higher than FM's 8-step one (measured 0.0059 against 0.0090)."""
     code = suite2d.main(["--quick", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
     assert code == 0, (tmp_path / "out" / "tables.md").read_text()
+
+
+def test_tuning_ranks_candidates_by_the_geometric_mean_of_their_worst_of_2_4_8_steps():
+    import suite2d_tuning as tuning
+
+    def row(cand, s, e):
+        return {"candidate": {"imm.kernel": cand}, "set": s, "energy": dict(zip((1, 2, 4, 8), e, strict=True))}
+
+    rows = [row("steady", "a", [0.5, 0.010, 0.008, 0.006]), row("steady", "b", [0.5, 0.040, 0.030, 0.020]),
+            # best at 2 steps on both sets, but rising after: judged by its 8-step score
+            row("rising", "a", [0.5, 0.005, 0.020, 0.090]), row("rising", "b", [0.5, 0.020, 0.030, 0.040]),
+            # below the floor on one set: floored, not rewarded for the metric's noise
+            row("floor", "a", [0.5, -0.001, -0.002, 0.00001]), row("floor", "b", [0.5, 0.10, 0.09, 0.08]),
+            row("one_set_only", "a", [0.1, 0.001, 0.001, 0.001])]
+    ranked = tuning.rank(rows)
+    assert [c["candidate"]["imm.kernel"] for c in ranked] == ["floor", "steady", "rising"]
+    assert ranked[0]["score"] == pytest.approx((1e-4 * 0.10) ** 0.5)
+    assert ranked[1]["score"] == pytest.approx((0.010 * 0.040) ** 0.5)
+    assert ranked[2]["score"] == pytest.approx((0.090 * 0.040) ** 0.5)
+
+
+def test_the_suite_sweeps_tune_on_the_tuning_half_only():
+    from imm.data.toy2d import TUNING
+    from orchestrator.sweep.spec import load_sweep
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("toy2d_suite_*.yaml")):
+        (sets,) = [p.choices for p in load_sweep(path).params if p.key == "data.name"]
+        assert sorted(sets) == sorted(TUNING), path.name

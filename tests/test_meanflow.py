@@ -85,13 +85,13 @@ def test_meanflow_trains_and_samples_in_one_and_several_steps(arch, precision):
     assert x.shape[0] == 8 and isinstance(build_loss(cfg), MeanFlowLoss)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str):
+def _ddp_worker(rank: int, world: int, port: int, out: str, method: str):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = load_config("toy2d", ["method=meanflow", "model.hidden=32", "model.depth=2", "model.dropout=0.1"])
+        cfg = load_config("toy2d", [f"method={method}", "model.hidden=32", "model.depth=2", "model.dropout=0.1"])
         torch.manual_seed(0)
         model, loss = build_model(cfg, (2,), 1.0), build_loss(cfg)
         x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).chunk(world)[rank]
@@ -113,9 +113,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str):
         dist.destroy_process_group()
 
 
-def test_under_ddp_the_jvp_target_leaves_gradient_sync_intact(tmp_path):
-    """Issue 17: 2 gloo workers; each rank's DDP gradient is the mean of the ranks' own gradients (the JVP runs on
-    the unwrapped module without gradient, so DDP sees one forward and one backward per step)."""
+@pytest.mark.parametrize("method", ["meanflow", "tvm"])
+def test_under_ddp_the_jvp_leaves_gradient_sync_intact(tmp_path, method):
+    """Issue 17: 2 gloo workers; each rank's DDP gradient is the mean of the ranks' own gradients. MeanFlow's JVP
+    runs on the unwrapped module without gradient; TVM's (issue 30) is DDP's one forward, on dual numbers."""
     import socket
 
     import torch.multiprocessing as mp
@@ -123,7 +124,7 @@ def test_under_ddp_the_jvp_target_leaves_gradient_sync_intact(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "grads")), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "grads"), method), nprocs=2)
     ranks = [torch.load(f"{tmp_path / 'grads'}.{r}", weights_only=True) for r in range(2)]
     for r in ranks:
         for synced, mean in zip(r["synced"], r["mean"], strict=True):

@@ -1,0 +1,125 @@
+"""Terminal Velocity Matching (Zhou, Parger, Haque and Song 2025, arXiv 2511.19797): a flow map
+f(z_t, t, s) = z_t - (t - s) u(z_t, s, t) from time t to s <= t on flow matching's path, trained on its terminal
+velocity: moving the end point s of a trajectory moves f at the velocity of the flow there,
+
+    d/ds f(z_t, t, s) = v(f(z_t, t, s), s),    d/ds f = u - (t - s) d_s u    (one forward-mode JVP in s)
+
+with v at the end point the model's own instantaneous velocity u(., s, s) under stop-gradient (the official code takes
+it from a fast EMA of the weights, 0.99; here it is the online weights), plus flow matching at gap 0, which trains that
+velocity:
+
+    L = mean ||u - (t - s) d_s u - sg(u(f, s, s))||^2 + mean ||u(z_s', s', s') - (eps - x)||^2
+
+The gradient flows through the JVP (unlike MeanFlow's target): both passes are one network call on dual numbers.
+Times as the official code draws them: the gap t - s ~ sigmoid(N(gap_mean, gap_std^2)), s ~ a logit-normal truncated
+to s <= T - gap, t = s + gap; the flow-matching time s' ~ the untruncated logit-normal. Class-conditional models train
+guidance in (`tvm.guidance` w): labelled samples regress flow matching on w v + (1 - w) u(z, s', s' | null), so one
+step samples the guided distribution (without the official code's output scaling by w).
+The model and sampler are MeanFlow's (imm.methods.meanflow): u is an average velocity, a step is z_s = z_t - (t - s) u.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from omegaconf import DictConfig
+from torch import Tensor
+
+from imm.config import check_range, resolved_T
+from imm.maths.estimators import at_least_fp32
+from imm.methods.common import check_ot_fm, start_from_noise
+from imm.methods.meanflow import build_model as meanflow_model
+from imm.methods.meanflow import mean_steps
+from imm.methods.registry import Method, register
+from imm.networks.precond import _bcast, unwrap
+
+
+@dataclass
+class TVMConfig:
+    time_mean: float = -0.4  # logit(s) ~ N(time_mean, time_std^2), truncated to s <= T - gap (the official s_P_mean)
+    time_std: float = 1.0  # the std of that logit-normal (the official s_P_std)
+    gap_mean: float = -0.8  # logit((t - s) / T) ~ N(gap_mean, gap_std^2) (the official gap_P_mean)
+    gap_std: float = 1.0  # the std of the gap's logit-normal (the official gap_P_std)
+    time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's (the official: unscaled)
+    guidance: float = 1.0  # w, guidance trained in for class-conditional models; 1 = none
+
+
+class TVMLoss:
+    """TVM's objective, built from the `tvm` section (a TVMConfig, or a run config's cfg.tvm)."""
+
+    def __init__(self, c: TVMConfig, *, T: float):
+        self.c, self.T = c, T
+
+    def times(self, n: int, device) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, s, s'): s <= t with t - s from the gap's logit-normal, s from the truncated logit-normal; s' for flow
+        matching from the untruncated one."""
+        c = self.c
+        gap = torch.sigmoid(c.gap_mean + c.gap_std * torch.randn(n, device=device))
+        normal = torch.distributions.Normal(c.time_mean, c.time_std)
+        top = normal.cdf(torch.logit(1 - gap))  # P(logit s <= logit(1 - gap))
+        s = torch.sigmoid(normal.icdf((torch.rand(n, device=device) * top).clamp(1e-7, 1 - 1e-7)))
+        t = torch.minimum(s + gap, torch.ones_like(s))
+        s_fm = torch.sigmoid(c.time_mean + c.time_std * torch.randn(n, device=device))
+        return t * self.T, s * self.T, s_fm * self.T
+
+    def fm_target(self, model, z: Tensor, v: Tensor, s: Tensor, labels: Tensor | None) -> Tensor:
+        """v, or for labelled samples of a guided model w v + (1 - w) u(z, s, s | null) (the null label trains v)."""
+        w = self.c.guidance
+        if labels is None or w == 1:
+            return v
+        null = torch.full_like(labels, model.net.num_classes)
+        with torch.no_grad():
+            mixed = w * v + (1 - w) * model(z, s, s, null)
+        return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
+
+    @staticmethod
+    def velocity_and_jvp(model, z: Tensor, s: Tensor, t: Tensor, ds: Tensor, labels: Tensor | None = None):
+        """(u(z, s, t), ds * d_s u(z, s, t)): one network call on dual numbers, differentiable in the weights."""
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(model(z, fwAD.make_dual(s, ds), t, labels))
+        return at_least_fp32(out.primal), at_least_fp32(out.tangent)
+
+    @staticmethod
+    def terminal_error(model, z_t: Tensor, s: Tensor, t: Tensor, u: Tensor, du_ds: Tensor,
+                       labels: Tensor | None = None) -> Tensor:
+        """Per sample, mean ||d/ds f - sg(u(f, s, s))||^2 with d/ds f = u - (t - s) d_s u; 0 where s = t."""
+        gap = _bcast(t - s, u)
+        with torch.no_grad():  # the flow's velocity at the end point: the model's own, at gap 0
+            v_end = at_least_fp32(model(z_t - (gap * u).to(z_t.dtype), s, s, labels))
+        err = (u - gap * du_ds - v_end).flatten(1).square().mean(1)
+        return torch.where(torch.isclose(s, t), torch.zeros_like(err), err)  # no trajectory to move
+
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        m, n = unwrap(model), x.shape[0]
+        t, s, s_fm = self.times(n, x.device)
+        eps = torch.randn_like(x) * m.sigma_d
+        z_t, z_fm = ((1 - _bcast(u, x)) * x + _bcast(u, x) * eps for u in (t, s_fm))
+        v = self.fm_target(m, z_fm, eps - x, s_fm, labels)
+        # one network call for both terms: the terminal half carries the tangent ds = 1, the flow-matching half 0
+        u, du_ds = self.velocity_and_jvp(model, torch.cat([z_t, z_fm]), torch.cat([s, s_fm]), torch.cat([t, s_fm]),
+                                         torch.cat([torch.ones_like(s), torch.zeros_like(s_fm)]),
+                                         None if labels is None else torch.cat([labels, labels]))
+        terminal = self.terminal_error(m, z_t, s, t, u[:n], du_ds[:n], labels)
+        fm = (u[n:] - at_least_fp32(v)).flatten(1).square().mean(1)
+        return (terminal + fm).mean()
+
+
+def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0):
+    return meanflow_model(cfg, data_shape, sigma_d, num_classes, time_scale=cfg.tvm.time_scale)
+
+
+def check_section(cfg: DictConfig) -> None:
+    check_range(cfg, "tvm.time_std", 0.0, None, strict_low=True)
+    check_range(cfg, "tvm.gap_std", 0.0, None, strict_low=True)
+    check_range(cfg, "tvm.time_scale", 0.0, None, strict_low=True)
+    check_range(cfg, "tvm.guidance", 0.0, None, strict_low=True)
+
+
+METHOD = register(Method(
+    "tvm", "Terminal Velocity Matching: a flow map trained on the velocity at its end point (one JVP in s per step)",
+    samplers={"mean_steps": mean_steps}, build_model=build_model,
+    build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), start=start_from_noise, section="tvm",
+    config=TVMConfig, check_section=check_section, check_run=check_ot_fm,
+))

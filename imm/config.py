@@ -93,6 +93,10 @@ class TrainConfig:
     # a trained model whose weights the network and its EMA start from (runs:/RUN_ID, models:/NAME@ALIAS, a
     # checkpoint path or s3:// URI; python -m imm.train: a path); the optimizer and schedule start fresh
     init_from: str | None = None
+    # a trained velocity model to distill (runs:/RUN_ID, models:/NAME@ALIAS, a checkpoint path or s3:// URI; python
+    # -m imm.train: a path): the methods that distill take its velocity in place of the data's eps - x. Frozen, in
+    # eval mode, loaded once per worker; its data shape, sigma_d, trajectory and classes must be the student's
+    teacher: str | None = None
     out_dir: str = "./imm-runs/local"  # python -m imm.train (no Ray): where checkpoint.pt goes and is resumed from
     keep_checkpoints: int = 2  # Ray Train checkpoints kept per run (the newest); a sweep deletes a finished trial's
     checkpoint_every: int = 1000  # steps between checkpoints (and at the last step)
@@ -342,6 +346,12 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
         raise ConfigError(f"eval.steps: a non-empty list of sampling step counts >= 1, got {steps}")
     if training and method.check_run:  # what this method cannot train with the rest of the config
         method.check_run(cfg)
+    if training and cfg.train.teacher and not method.distills:
+        raise ConfigError(f"train.teacher: method={cfg.method} does not distill; the methods that do: "
+                          f"{[m.name for m in METHODS.values() if m.distills]}")
+    if training and method.needs_teacher and not cfg.train.teacher:
+        raise ConfigError(f"train.teacher: method={cfg.method} distills a trained velocity model; name one "
+                          "(runs:/RUN_ID, models:/NAME@ALIAS or a checkpoint path)")
     if cfg.data.sigma_d is not None and cfg.data.sigma_d <= 0:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
 

@@ -164,6 +164,10 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
 
         parent_run = source_run_id(plan.cfg.train.init_from, mlc)
         provenance.tag_parent(mlc, run_id, plan.cfg.train.init_from, parent_run)
+    if plan.cfg.train.teacher:
+        from orchestrator.models import source_run_id
+
+        provenance.tag_teacher(mlc, run_id, plan.cfg.train.teacher, source_run_id(plan.cfg.train.teacher, mlc))
     return run_id, resumed
 
 

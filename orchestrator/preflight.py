@@ -184,6 +184,10 @@ def check_run(cfg, tracking_uri: str, *, local: bool, dry_run: bool) -> None:
             from orchestrator.models import check_init_from
 
             check_init_from(cfg, tracking_uri)
+        if cfg.train.teacher:
+            from orchestrator.models import check_teacher
+
+            check_teacher(cfg, tracking_uri)
 
 
 def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, resume: bool) -> None:
@@ -206,6 +210,10 @@ def check_sweep(sweep, tracking_uri: str | None, *, local: bool, dry_run: bool, 
             from orchestrator.models import check_init_from
 
             check_init_from(sweep.base, uri)
+        if sweep.base.train.teacher:  # or distill one teacher
+            from orchestrator.models import check_teacher
+
+            check_teacher(sweep.base, uri)
 
 
 def check_encode(source: str, vae: str, out: str) -> None:

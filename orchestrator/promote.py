@@ -109,6 +109,8 @@ def lineage_tags(run, metric: str, mode: str) -> dict[str, str]:
         provenance.DATA_DIGEST_TAG: t.get(provenance.DATA_DIGEST_TAG, ""),
         provenance.PARENT_MODEL_TAG: t.get(provenance.PARENT_MODEL_TAG, ""),
         provenance.PARENT_RUN_TAG: t.get(provenance.PARENT_RUN_TAG, ""),
+        provenance.TEACHER_MODEL_TAG: t.get(provenance.TEACHER_MODEL_TAG, ""),
+        provenance.TEACHER_RUN_TAG: t.get(provenance.TEACHER_RUN_TAG, ""),
         "imm.checkpoint_path": t.get("imm.checkpoint_path", ""),
         "imm.promoted.metric": metric,
         "imm.promoted.mode": mode,

@@ -123,3 +123,13 @@ def tag_parent(mlflow_client, run_id: str, init_from: str | None, parent_run: st
     tags = {PARENT_MODEL_TAG: init_from, **({PARENT_RUN_TAG: parent_run} if parent_run else {})}
     for k, v in tags.items():
         mlflow_client.set_tag(run_id, k, v)
+
+
+TEACHER_MODEL_TAG, TEACHER_RUN_TAG = "imm.teacher", "imm.teacher_run_id"  # train.teacher, and the run behind it
+
+
+def tag_teacher(mlflow_client, run_id: str, teacher: str, teacher_run: str | None) -> None:
+    """Name the model a run distilled (train.teacher) and the training run behind it, where known."""
+    mlflow_client.set_tag(run_id, TEACHER_MODEL_TAG, teacher)
+    if teacher_run:
+        mlflow_client.set_tag(run_id, TEACHER_RUN_TAG, teacher_run)

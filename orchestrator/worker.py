@@ -128,6 +128,11 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
         from orchestrator.models import initial_weights
 
         init = initial_weights(cfg.train.init_from, config["tracking_uri"])
+    teacher = None
+    if cfg.train.teacher:  # once per worker (a restarted worker loads it again)
+        from orchestrator.models import load_model
+
+        teacher = load_model(cfg.train.teacher, tracking_uri=config["tracking_uri"], device="cpu")
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
     nodes = _gather_nodes(world_size)
     if logger is not None:
@@ -163,6 +168,7 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
             resume=resume,
             on_eval=logger.on_eval if logger else None,
             init=init,
+            teacher=teacher,
         )
     finally:
         if monitor is not None:

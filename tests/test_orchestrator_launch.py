@@ -105,6 +105,17 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert child.info.status == "FINISHED" and child.info.run_id != run_id
     assert (child.data.tags["imm.parent_model"], child.data.tags["imm.parent_run_id"]) == (f"runs:/{run_id}", run_id)
 
+    # Issue 30: an IMM model has no velocity to teach (one line, before Ray); a flow-matching run distilled into TVM
+    # over DDP (the worker loads the teacher) names its teacher
+    assert cli.main([*argv, "method=tvm", f"train.teacher=runs:/{run_id}", "--name", "no-teacher"]) == 2
+    assert "train.teacher: runs:/" in (err := capsys.readouterr().err) and "has no velocity to distill" in err
+    assert cli.main([*argv, "method=fm", "--name", "fm-teacher"]) == 0
+    fm_id = re.search(r"^mlflow run id: (\w+)$", capsys.readouterr().out, re.M).group(1)
+    assert cli.main([*argv, "method=tvm", f"train.teacher=runs:/{fm_id}", "--name", "student"]) == 0
+    student = client.get_run(re.search(r"^mlflow run id: (\w+)$", capsys.readouterr().out, re.M).group(1))
+    assert student.info.status == "FINISHED" and "energy/steps_2" in student.data.metrics
+    assert (student.data.tags["imm.teacher"], student.data.tags["imm.teacher_run_id"]) == (f"runs:/{fm_id}", fm_id)
+
 
 def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_local, mlflow_uri, tiny_toy2d,
                                                                           tmp_path, capsys):

@@ -38,8 +38,12 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
     return METHODS[cfg.method].build_model(cfg, tuple(data_shape), sigma_d, num_classes)
 
 
-def build_loss(cfg: DictConfig):
-    return METHODS[cfg.method].build_loss(cfg)
+def build_loss(cfg: DictConfig, teacher=None):
+    """The method's loss; `teacher` (imm.training.teacher.Teacher, for the methods that distill) is set on it."""
+    loss = METHODS[cfg.method].build_loss(cfg)
+    if teacher is not None:
+        loss.teacher = teacher
+    return loss
 
 
 class Conditioned:

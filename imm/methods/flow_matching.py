@@ -36,5 +36,5 @@ METHOD = register(Method(
         build_network(cfg, shape, classes), get_trajectory(cfg.trajectory), sigma_d=sigma_d,
         s_embedding=cfg.model.s_embedding),
     build_loss=lambda cfg: FlowMatchingLoss(eps_t=cfg.eps_t, T=resolved_T(cfg)),
-    start=start_from_noise, check_run=check_ot_fm,
+    start=start_from_noise, check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, labels),
 ))

@@ -75,7 +75,11 @@ def _scale_of_older_models(state_dict, prefix, *_):
 
 
 class MeanFlowLoss:
-    """MeanFlow's objective, built from the `meanflow` section (a MeanFlowConfig, or a run config's cfg.meanflow)."""
+    """MeanFlow's objective, built from the `meanflow` section (a MeanFlowConfig, or a run config's cfg.meanflow).
+    Distilled (train.teacher): the teacher's velocity v(z_t, t) in place of eps - x, in the target and the JVP's
+    tangent (the paper's distillation variant, and Flow Map Matching's Eulerian map distillation with stop-gradient)."""
+
+    teacher = None  # imm.training.teacher.Teacher, set by build_loss
 
     def __init__(self, c: MeanFlowConfig, *, T: float):
         self.c, self.T = c, T
@@ -111,6 +115,8 @@ class MeanFlowLoss:
         m = unwrap(model)
         t, r = self.times(x.shape[0], x.device)
         z, v = ot_fm_point(x, t, m.sigma_d)
+        if self.teacher is not None:
+            v = self.teacher.velocity(z, t, labels)
         if labels is not None and (self.c.guidance != 1 or self.c.guidance_mix != 0):
             v = self.guided_velocity(m, z, v, t, labels)
         with replay_rng(x.device):  # the online pass below sees the same dropout masks as the target's
@@ -156,4 +162,5 @@ METHOD = register(Method(
     "meanflow", "MeanFlow: the average velocity u(z, r, t) from the MeanFlow identity (one JVP per step)",
     samplers={"mean_steps": mean_steps}, build_model=build_model, build_loss=build_loss, start=start_from_noise,
     section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
+    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True,
 ))

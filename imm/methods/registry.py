@@ -33,6 +33,10 @@ class Method:
     sampler_options: Callable[[DictConfig, str], dict[str, Any]] = field(default=lambda cfg, sampler: {})
     check_section: Callable[[DictConfig], None] | None = None  # its section's values (checked whatever method runs)
     check_run: Callable[[DictConfig], None] | None = None  # the rest of a config it cannot run with (when it runs)
+    # a trained model's instantaneous velocity v(z, t) (model, z, t, labels) -> Tensor: what makes it a teacher
+    velocity: Callable[..., Tensor] | None = None
+    distills: bool = False  # its loss takes train.teacher's velocity in place of the data's eps - x
+    needs_teacher: bool = False  # it trains only from a teacher
 
 
 METHODS: dict[str, Method] = {}

@@ -106,5 +106,5 @@ METHOD = register(Method(
     sampler_options=lambda cfg, sampler: {"finest": resolved_T(cfg) / 2.0 ** (cfg.shortcut.levels - 1)},
     build_loss=lambda cfg: ShortcutLoss(cfg.shortcut, T=resolved_T(cfg)),
     start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
-    check_run=check_ot_fm,
+    check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, t, labels),
 ))

@@ -47,7 +47,11 @@ class TVMConfig:
 
 
 class TVMLoss:
-    """TVM's objective, built from the `tvm` section (a TVMConfig, or a run config's cfg.tvm)."""
+    """TVM's objective, built from the `tvm` section (a TVMConfig, or a run config's cfg.tvm). Distilled
+    (train.teacher): the teacher's velocity at the end point and as flow matching's target (the official code's
+    teacher_model hook; Flow Map Matching's Lagrangian map distillation with stop-gradient)."""
+
+    teacher = None  # imm.training.teacher.Teacher, set by build_loss
 
     def __init__(self, c: TVMConfig, *, T: float):
         self.c, self.T = c, T
@@ -81,13 +85,15 @@ class TVMLoss:
             out = fwAD.unpack_dual(model(z, fwAD.make_dual(s, ds), t, labels))
         return at_least_fp32(out.primal), at_least_fp32(out.tangent)
 
-    @staticmethod
-    def terminal_error(model, z_t: Tensor, s: Tensor, t: Tensor, u: Tensor, du_ds: Tensor,
+    def terminal_error(self, model, z_t: Tensor, s: Tensor, t: Tensor, u: Tensor, du_ds: Tensor,
                        labels: Tensor | None = None) -> Tensor:
-        """Per sample, mean ||d/ds f - sg(u(f, s, s))||^2 with d/ds f = u - (t - s) d_s u; 0 where s = t."""
+        """Per sample, mean ||d/ds f - sg(v(f, s))||^2 with d/ds f = u - (t - s) d_s u, v the model's own velocity
+        u(., s, s) (or the teacher's); 0 where s = t."""
         gap = _bcast(t - s, u)
-        with torch.no_grad():  # the flow's velocity at the end point: the model's own, at gap 0
-            v_end = at_least_fp32(model(z_t - (gap * u).to(z_t.dtype), s, s, labels))
+        f = z_t - (gap * u).to(z_t.dtype)
+        with torch.no_grad():  # the flow's velocity at the end point
+            v_end = at_least_fp32(self.teacher.velocity(f, s, labels) if self.teacher is not None
+                                  else model(f, s, s, labels))
         err = (u - gap * du_ds - v_end).flatten(1).square().mean(1)
         return torch.where(torch.isclose(s, t), torch.zeros_like(err), err)  # no trajectory to move
 
@@ -96,7 +102,8 @@ class TVMLoss:
         t, s, s_fm = self.times(n, x.device)
         eps = torch.randn_like(x) * m.sigma_d
         z_t, z_fm = ((1 - _bcast(u, x)) * x + _bcast(u, x) * eps for u in (t, s_fm))
-        v = self.fm_target(m, z_fm, eps - x, s_fm, labels)
+        v = self.teacher.velocity(z_fm, s_fm, labels) if self.teacher is not None else \
+            self.fm_target(m, z_fm, eps - x, s_fm, labels)
         # one network call for both terms: the terminal half carries the tangent ds = 1, the flow-matching half 0
         u, du_ds = self.velocity_and_jvp(model, torch.cat([z_t, z_fm]), torch.cat([s, s_fm]), torch.cat([t, s_fm]),
                                          torch.cat([torch.ones_like(s), torch.zeros_like(s_fm)]),
@@ -122,4 +129,5 @@ METHOD = register(Method(
     samplers={"mean_steps": mean_steps}, build_model=build_model,
     build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), start=start_from_noise, section="tvm",
     config=TVMConfig, check_section=check_section, check_run=check_ot_fm,
+    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True,
 ))

@@ -30,6 +30,7 @@ from imm.methods import build_loss, build_model
 from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
 from imm.training.ema import ema_model
+from imm.training.teacher import Teacher, check_teacher
 
 CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict[str, float], "str | None"], None]
@@ -112,9 +113,11 @@ def train_loop(
     resume: dict[str, Any] | None = None,
     on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str], torch.Tensor | None], None] | None = None,
     init: dict[str, torch.Tensor] | None = None,
+    teacher=None,
 ) -> dict[str, float]:
     """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics. `init`: the
     network's starting weights (train.init_from's, unless resuming), also the EMA's; the optimizer starts fresh.
+    `teacher`: train.teacher's TrainedModel, for the methods that distill (imm.training.teacher).
 
     report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
     (checkpoint_dir is None except on rank 0 at checkpoint steps; the folder is deleted once it returns).
@@ -170,7 +173,10 @@ def train_loop(
     if tc.compile:
         ddp = torch.compile(ddp)
     autocast = accelerate.autocast(cfg, device)
-    loss_fn = build_loss(cfg)
+    if teacher is not None:
+        check_teacher(cfg, teacher, data_shape, sigma_d, num_classes)
+        teacher = Teacher(teacher, device)
+    loss_fn = build_loss(cfg, teacher=teacher)
     per_worker = tc.batch_size // world_size
     report = report or (lambda metrics, checkpoint_dir: None)
 
@@ -313,6 +319,11 @@ def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, 
         print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
     elif cfg.train.init_from:
         init = load_checkpoint(cfg.train.init_from, map_location="cpu")["ema"]
+    from imm.sampling.trained import TrainedModel
+
+    teacher = TrainedModel.from_checkpoint(load_checkpoint(cfg.train.teacher, map_location="cpu")) \
+        if cfg.train.teacher else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume, init=init)
+    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume, init=init,
+                      teacher=teacher)

@@ -1,0 +1,75 @@
+"""train.teacher (issue 30): distilling a trained velocity model. With the exact velocity of Gaussian data as the
+teacher, the exact flow map is a zero of every distilling loss (no conditional-velocity noise is left), and a map
+wrong by a factor is not; a teacher is refused in one line when it cannot teach the run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_tvm import GaussianFlowMap
+
+from imm.config import ConfigError, load_config
+from imm.methods.meanflow import MeanFlowConfig, MeanFlowLoss
+from imm.methods.tvm import TVMConfig, TVMLoss
+
+TINY = ["model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.log_every=10",
+        "eval.every=1000", "data.n_train=2000", "data.n_heldout=500", "eval.n_samples=200"]
+
+
+class ExactTeacher:
+    """The marginal velocity of data N(0, a^2 I) under noise N(0, sd^2 I): the flow map's u(z, t, t)."""
+
+    def __init__(self, a, sd):
+        self.map = GaussianFlowMap(a, sd)
+
+    def velocity(self, z, t, labels=None):
+        return self.map(z, t, t)
+
+
+@pytest.mark.parametrize("loss", [MeanFlowLoss(MeanFlowConfig(adaptive_p=0.0, r_equals_t=0.25), T=0.994),
+                                  TVMLoss(TVMConfig(), T=0.994)], ids=["meanflow", "tvm"])
+def test_the_exact_map_is_a_zero_of_the_distilled_loss_and_a_wrong_one_is_not(loss):
+    a, sd = 0.8, 0.7
+    x = a * torch.randn(4096, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss.teacher = ExactTeacher(a, sd)
+    torch.manual_seed(1)
+    exact = float(loss(GaussianFlowMap(a, sd), x))
+    torch.manual_seed(1)
+    wrong = float(loss(GaussianFlowMap(a, sd, scale=1.1), x))
+    assert exact < 1e-12 and wrong > 1e-4, (exact, wrong)  # float64 rounding of small gaps: ~1e-15
+    loss.teacher = None  # from the data the exact map is not a zero: eps - x is the velocity only on average
+    torch.manual_seed(1)
+    assert float(loss(GaussianFlowMap(a, sd), x)) > 1e-2
+
+
+def test_only_the_methods_that_distill_take_a_teacher():
+    with pytest.raises(ConfigError, match=r"^train.teacher: method=imm does not distill; the methods that do: "
+                                          r"\['meanflow', 'tvm'"):
+        load_config("toy2d", ["train.teacher=/some/checkpoint"])
+    assert load_config("toy2d", ["method=tvm", "train.teacher=/some/checkpoint"]).train.teacher == "/some/checkpoint"
+
+
+@pytest.fixture(scope="module")
+def fm_teacher(tmp_path_factory):
+    """A 40-step toy2d flow-matching checkpoint, trained by `python -m imm.train`."""
+    from imm import train as train_cli
+
+    out = tmp_path_factory.mktemp("teacher")
+    assert train_cli.main(["toy2d", *TINY, "method=fm", "train.steps=40", f"train.out_dir={out}"]) == 0
+    return out
+
+
+def test_a_student_distills_a_checkpoint_path_and_a_mismatched_teacher_is_one_line(fm_teacher, tmp_path, capsys):
+    from imm import train as train_cli
+    from imm.training.loop import load_checkpoint
+
+    out = tmp_path / "student"
+    assert train_cli.main(["toy2d", *TINY, "method=meanflow", "train.steps=10", f"train.out_dir={out}",
+                           f"train.teacher={fm_teacher}"]) == 0
+    assert load_checkpoint(out)["step"] == 10
+    capsys.readouterr()
+    code = train_cli.main(["toy2d", *TINY, "method=tvm", "data.name=moons", "train.steps=10",
+                           f"train.out_dir={tmp_path / 'other'}", f"train.teacher={fm_teacher}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"train.teacher: {fm_teacher} was trained on data.name=8gaussians, this run on moons" in err

@@ -9,6 +9,7 @@ import torch
 from test_tvm import GaussianFlowMap
 
 from imm.config import ConfigError, load_config
+from imm.methods.fmm import FMMConfig, FMMLoss
 from imm.methods.meanflow import MeanFlowConfig, MeanFlowLoss
 from imm.methods.tvm import TVMConfig, TVMLoss
 
@@ -22,12 +23,15 @@ class ExactTeacher:
     def __init__(self, a, sd):
         self.map = GaussianFlowMap(a, sd)
 
-    def velocity(self, z, t, labels=None):
+    def velocity(self, z, t, labels=None, grad=False):
         return self.map(z, t, t)
 
 
 @pytest.mark.parametrize("loss", [MeanFlowLoss(MeanFlowConfig(adaptive_p=0.0, r_equals_t=0.25), T=0.994),
-                                  TVMLoss(TVMConfig(), T=0.994)], ids=["meanflow", "tvm"])
+                                  TVMLoss(TVMConfig(), T=0.994),
+                                  FMMLoss(FMMConfig("lagrangian"), TVMLoss(TVMConfig(), T=0.994)),
+                                  FMMLoss(FMMConfig("eulerian"), TVMLoss(TVMConfig(), T=0.994))],
+                         ids=["meanflow", "tvm", "fmm-lagrangian", "fmm-eulerian"])
 def test_the_exact_map_is_a_zero_of_the_distilled_loss_and_a_wrong_one_is_not(loss):
     a, sd = 0.8, 0.7
     x = a * torch.randn(4096, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -37,6 +41,8 @@ def test_the_exact_map_is_a_zero_of_the_distilled_loss_and_a_wrong_one_is_not(lo
     torch.manual_seed(1)
     wrong = float(loss(GaussianFlowMap(a, sd, scale=1.1), x))
     assert exact < 1e-12 and wrong > 1e-4, (exact, wrong)  # float64 rounding of small gaps: ~1e-15
+    if isinstance(loss, FMMLoss):
+        return
     loss.teacher = None  # from the data the exact map is not a zero: eps - x is the velocity only on average
     torch.manual_seed(1)
     assert float(loss(GaussianFlowMap(a, sd), x)) > 1e-2
@@ -44,7 +50,7 @@ def test_the_exact_map_is_a_zero_of_the_distilled_loss_and_a_wrong_one_is_not(lo
 
 def test_only_the_methods_that_distill_take_a_teacher():
     with pytest.raises(ConfigError, match=r"^train.teacher: method=imm does not distill; the methods that do: "
-                                          r"\['meanflow', 'tvm'"):
+                                          r"\['meanflow', 'tvm', 'fmm'\]$"):
         load_config("toy2d", ["train.teacher=/some/checkpoint"])
     assert load_config("toy2d", ["method=tvm", "train.teacher=/some/checkpoint"]).train.teacher == "/some/checkpoint"
 
@@ -73,3 +79,28 @@ def test_a_student_distills_a_checkpoint_path_and_a_mismatched_teacher_is_one_li
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert f"train.teacher: {fm_teacher} was trained on data.name=8gaussians, this run on moons" in err
+
+
+def test_fmm_trains_only_from_a_teacher():
+    with pytest.raises(ConfigError, match=r"^train.teacher: method=fmm distills a trained velocity model; name one"):
+        load_config("toy2d", ["method=fmm"])
+    from omegaconf import OmegaConf
+
+    from imm.config import config_from_dict
+
+    trained = OmegaConf.to_container(load_config("toy2d", ["method=fmm", "train.teacher=/x"]))
+    trained["train"]["teacher"] = None  # a trained model, loaded without its teacher at hand, is sampled
+    assert config_from_dict(trained, training=False).method == "fmm"
+
+
+@pytest.mark.parametrize("overrides", [["method=fmm", "fmm.objective=lagrangian"], ["method=fmm", "fmm.objective=eulerian"],
+                                       ["method=meanflow", "meanflow.tangent=model"]],
+                         ids=["lmd", "emd", "meanflow-distilled-imf-tangent"])
+def test_the_distilling_methods_train_from_a_flow_matching_checkpoint(fm_teacher, tmp_path, overrides):
+    from imm import train as train_cli
+    from imm.training.loop import load_checkpoint
+
+    out = tmp_path / "student"
+    assert train_cli.main(["toy2d", *TINY, *overrides, "train.steps=10", "eval.every=10", f"train.out_dir={out}",
+                           f"train.teacher={fm_teacher}"]) == 0
+    assert load_checkpoint(out)["step"] == 10

@@ -223,3 +223,24 @@ def test_the_adaptive_weight_learns_the_mean_in_high_dimension_and_a_mode_in_2d(
     for p, c in ((1.0, 1e-3), (0.0, 1e-3)):
         gap = float((_adaptive_fixed_point(targets, p, c) - mean).norm())
         assert (gap > 0.2) == (biased and p == 1.0), (dim, p, gap)
+
+
+def test_the_imf_tangent_leaves_only_the_conditional_velocitys_noise_in_the_target():
+    """meanflow.tangent=model (improved MeanFlow): the JVP runs along the model's own velocity u(z, t, t), so with the
+    exact map of Gaussian data u - u_tgt = v(z) - (eps - x) pointwise; along eps - x (MeanFlow's) the JVP adds
+    (t - r) grad u . (eps - x - v(z)) to it."""
+    from test_tvm import GaussianFlowMap
+
+    a, sd, n = 0.8, 0.7, 512
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.8 + 0.15
+    r = t * torch.rand(n, generator=g, dtype=torch.float64)
+    x = a * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    eps = sd * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    z, v = (1 - t)[:, None] * x + t[:, None] * eps, eps - x
+    model = GaussianFlowMap(a, sd)
+    noise = model(z, t, t) - v  # v(z) - (eps - x)
+    for tangent, exact in (("model", True), ("data", False)):
+        loss = MeanFlowLoss(MeanFlowConfig(tangent=tangent, jvp_fp32=False), T=0.994)
+        gap = model(z, r, t) - loss.target(model, z, v, r, t) - noise
+        assert (float(gap.abs().max()) < 1e-10) == exact, (tangent, float(gap.abs().max()))

@@ -8,6 +8,7 @@ selects it. Every module in this folder is imported on first use, so adding a me
     ddpm  DDPM, epsilon prediction, L_simple       samplers: ancestral, ddim (sample.eta)
     vae   Gaussian VAE                             sampler: decode (one step)
     meanflow, shortcut, tvm: flow maps on flow matching's path  sampler: mean_steps
+    fmm   flow map matching's distillation of train.teacher (Lagrangian or Eulerian)  sampler: mean_steps
 
 Every loss is called as loss(model, x, labels=None); every sampler as sampler(model, x_start, grid, generator).
 """
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from imm.methods.registry import METHODS, Method, register, sampler_of, schedule_of
 
 # The built-in methods in the order errors and help list them, then any other module in this folder.
-_BUILTIN = ("imm", "flow_matching", "ddpm", "cm", "vae", "meanflow", "shortcut", "tvm")
+_BUILTIN = ("imm", "flow_matching", "ddpm", "cm", "vae", "meanflow", "shortcut", "tvm", "fmm")
 for _name in (*_BUILTIN, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
     if _name not in ("registry", "common"):
         importlib.import_module(f"{__name__}.{_name}")

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import check_range, resolved_T
+from imm.config import check_choice, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.maths.trajectories import Trajectory, get_trajectory
 from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
@@ -46,6 +46,10 @@ class MeanFlowConfig:
     # official code's unscaled 1: at EDM's 1000 the time features oscillate 1000x faster in t, and so does the JVP's
     # d_t u in the target (2D: 1-step energy 0.08 -> 0.006). Models trained before this key carry 1000 in their weights.
     time_scale: float = 1.0
+    # the JVP's tangent in z: data (the conditional velocity eps - x, or train.teacher's: MeanFlow's) or model (the
+    # model's own velocity u(z_t, t, t) under stop-gradient: improved MeanFlow's, Geng et al. 2025b, which also takes
+    # r_equals_t 0.5 and adaptive_c 0.01). The target stays v - (t - r) du/dt.
+    tangent: str = "data"
     jvp_fp32: bool = True  # the target's JVP in fp32 under bf16 autocast (the official code's): d_t u is a difference
     # Class-conditional models: guidance trained into u (the paper's CFG), sampled with cfg_scale 1. Labelled samples
     # regress on v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null); omega = 1, kappa = 0: none.
@@ -92,12 +96,14 @@ class MeanFlowLoss:
 
     def target(self, model: AverageVelocityModel, z: Tensor, v: Tensor, r: Tensor, t: Tensor,
                labels: Tensor | None = None) -> Tensor:
-        """u_tgt = v - (t - r) (v . grad_z u + d_t u), the total derivative from one JVP, without gradient."""
+        """u_tgt = v - (t - r) (w . grad_z u + d_t u), the total derivative from one JVP along w = v (tangent=data)
+        or w = u(z, t, t) (tangent=model), without gradient."""
         fp32 = torch.autocast(z.device.type, enabled=False) if self.c.jvp_fp32 else contextlib.nullcontext()
         with torch.no_grad(), fp32:
             if self.c.jvp_fp32:
                 z, v, r, t = (at_least_fp32(a) for a in (z, v, r, t))
-            _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (v, torch.ones_like(t)))
+            tangent = v if self.c.tangent == "data" else model(z, t, t, labels).to(v.dtype)
+            _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (tangent, torch.ones_like(t)))
         return (v - _bcast(t - r, z) * dudt).detach()
 
     def guided_velocity(self, model: AverageVelocityModel, z: Tensor, v: Tensor, t: Tensor, labels: Tensor) -> Tensor:
@@ -148,7 +154,11 @@ def build_loss(cfg: DictConfig) -> MeanFlowLoss:
     return MeanFlowLoss(cfg.meanflow, T=resolved_T(cfg))
 
 
+TANGENTS = ("data", "model")
+
+
 def check_section(cfg: DictConfig) -> None:
+    check_choice(cfg, "meanflow.tangent", TANGENTS)
     check_range(cfg, "meanflow.r_equals_t", 0.0, 1.0)
     check_range(cfg, "meanflow.time_std", 0.0, None, strict_low=True)
     check_range(cfg, "meanflow.adaptive_p", 0.0, None)

@@ -16,7 +16,8 @@ from imm.methods import METHODS
 
 
 class Teacher:
-    """`velocity(z, t, labels)`: the teacher's instantaneous velocity, without gradient."""
+    """`velocity(z, t, labels)`: the teacher's instantaneous velocity; its weights never train, and a gradient flows
+    to its input only where asked (grad=True: Lagrangian map distillation differentiates through v_T(X(z), s))."""
 
     def __init__(self, trained, device: str | torch.device = "cpu"):
         method = trained.config["method"]
@@ -24,9 +25,9 @@ class Teacher:
         self._velocity = METHODS[method].velocity
         self.model = trained.model.to(device).eval().requires_grad_(False)
 
-    @torch.no_grad()
-    def velocity(self, z: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self._velocity(self.model, z, t, labels).to(z.dtype)
+    def velocity(self, z: Tensor, t: Tensor, labels: Tensor | None = None, grad: bool = False) -> Tensor:
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self._velocity(self.model, z, t, labels).to(z.dtype)
 
 
 def check_teacher(cfg: DictConfig, trained, data_shape: tuple[int, ...] | None = None, sigma_d: float | None = None,

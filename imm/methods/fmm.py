@@ -1,0 +1,90 @@
+"""Flow map matching's distillation (Boffi, Albergo and Vanden-Eijnden 2024, arXiv 2406.07507): a flow map
+X_{t->s}(z) = z - (t - s) u(z, s, t) learned from a trained teacher's velocity v_T alone (train.teacher), through one
+of two conditions that the flow map of v_T meets and that determine it:
+
+    lagrangian (LMD)   d/ds X_{t->s}(z_t) = v_T(X_{t->s}(z_t), s)                   the end point moves with the flow
+    eulerian   (EMD)   d/dt X_{t->s}(z_t) + (v_T(z_t, t) . grad_z) X_{t->s}(z_t) = 0  the map is constant along it
+
+In u the residuals are
+
+    LMD   u - (t - s) d_s u - v_T(z_t - (t - s) u, s)          (TVM's terminal condition, with the teacher)
+    EMD   u - v_T(z_t, t) + (t - s) du/dt along (v_T, 0, 1)   (MeanFlow's identity, with the teacher)
+
+both squared and differentiated in full, through the JVP and (LMD) through the teacher's input, as the paper writes
+them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. The JVP runs on dual
+numbers in the one network call. Times are TVM's sampler (the `tvm` section's keys); model and sampler MeanFlow's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from omegaconf import DictConfig
+from torch import Tensor
+
+from imm.config import check_choice, check_range, resolved_T
+from imm.maths.estimators import at_least_fp32
+from imm.methods.common import check_ot_fm, start_from_noise
+from imm.methods.meanflow import build_model as meanflow_model
+from imm.methods.meanflow import mean_steps
+from imm.methods.registry import Method, register
+from imm.methods.tvm import TVMLoss
+from imm.networks.precond import _bcast, unwrap
+
+OBJECTIVES = ("lagrangian", "eulerian")
+
+
+@dataclass
+class FMMConfig:
+    objective: str = "lagrangian"  # lagrangian (LMD: the end point follows the teacher) or eulerian (EMD)
+    time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's
+
+
+class FMMLoss:
+    """LMD or EMD from the `fmm` section, with (t, s) from the `tvm` section's sampler; train.teacher is required."""
+
+    teacher = None  # imm.training.teacher.Teacher, set by build_loss
+
+    def __init__(self, c: FMMConfig, times: TVMLoss):
+        self.c, self.times = c, times.times
+
+    def lagrangian(self, model, z_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        u, du_ds = TVMLoss.velocity_and_jvp(model, z_t, s, t, torch.ones_like(s), labels)
+        gap = _bcast(t - s, u)
+        v_end = self.teacher.velocity(z_t - (gap * u).to(z_t.dtype), s, labels, grad=True)
+        return u - gap * du_ds - at_least_fp32(v_end)
+
+    def eulerian(self, model, z_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        v = self.teacher.velocity(z_t, t, labels)
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(model(fwAD.make_dual(z_t, v), s, fwAD.make_dual(t, torch.ones_like(t)), labels))
+        u, dudt = at_least_fp32(out.primal), at_least_fp32(out.tangent)
+        return u - at_least_fp32(v) + _bcast(t - s, u) * dudt
+
+    def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.teacher is None:
+            raise ValueError("method=fmm distills train.teacher, and none was given")
+        m = unwrap(model)
+        t, s, _ = self.times(x.shape[0], x.device)
+        eps = torch.randn_like(x) * m.sigma_d
+        z_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
+        residual = getattr(self, self.c.objective)(model, z_t, s, t, labels)
+        return residual.flatten(1).square().mean()
+
+
+def check_section(cfg: DictConfig) -> None:
+    check_choice(cfg, "fmm.objective", OBJECTIVES)
+    check_range(cfg, "fmm.time_scale", 0.0, None, strict_low=True)
+
+
+METHOD = register(Method(
+    "fmm", "flow map matching's distillation of train.teacher: Lagrangian (LMD) or Eulerian (EMD) map distillation",
+    samplers={"mean_steps": mean_steps},
+    build_model=lambda cfg, shape, sigma_d, classes=0: meanflow_model(cfg, shape, sigma_d, classes,
+                                                                      time_scale=cfg.fmm.time_scale),
+    build_loss=lambda cfg: FMMLoss(cfg.fmm, TVMLoss(cfg.tvm, T=resolved_T(cfg))), start=start_from_noise,
+    section="fmm", config=FMMConfig, check_section=check_section, check_run=check_ot_fm,
+    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True, needs_teacher=True,
+))

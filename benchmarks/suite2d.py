@@ -34,9 +34,29 @@ N_EVAL = 4000
 QUICK_SET = "grid"  # the held-out set the quick check trains on
 
 
+def job_config(method: str, data: str, seed: int):
+    """The toy2d config with only the method, set and seed changed (and the held-out size the score uses)."""
+    from imm.config import load_config
+
+    return load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}",
+                                 f"data.n_heldout={N_EVAL}", "eval.every=1000000", "eval.steps=[1]"])
+
+
+def cache_file(cache: str, cfg) -> Path:
+    """Where a job's result is kept: named by its method, set and seed and a digest of its resolved config, so that
+    a changed default is trained again rather than read back."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    digest = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:10]
+    return Path(cache) / f"{cfg.method}-{cfg.data.name}-{cfg.train.seed}-{digest}.json"
+
+
 def score(method: str, data: str, seed: int, cache: str) -> dict:
     """The energy distance at each of STEPS for one trained (method, set, seed), cached as JSON."""
-    out = Path(cache) / f"{method}-{data}-{seed}.json"
+    cfg = job_config(method, data, seed)
+    out = cache_file(cache, cfg)
     if out.is_file():
         return json.loads(out.read_text())
     import torch
@@ -44,12 +64,9 @@ def score(method: str, data: str, seed: int, cache: str) -> dict:
     torch.set_num_threads(1)
     from steps_study import quality, train_ema  # benchmarks/ is on the path of this script and its workers
 
-    from imm.config import load_config
     from imm.data import load_data
     from imm.methods import build_model
 
-    cfg = load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}", f"data.n_heldout={N_EVAL}",
-                                "eval.every=1000000", "eval.steps=[1]"])
     state = train_ema(cfg)
     model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
     model.load_state_dict(state["ema"])

@@ -16,7 +16,8 @@ def test_builtin_config_and_overrides():
     [
         ("imm.kernel=gauss", r"imm\.kernel: 'gauss' is not one of \['laplace', 'rbf', 'energy'\]"),
         ("imm.mapping=linear", r"imm\.mapping: .*constant_eta"),
-        ("method=gan", r"method: 'gan' is not one of \['imm', 'fm', 'ddpm', 'cm', 'vae', 'meanflow', 'shortcut', 'tvm', 'fmm'\]"),
+        ("method=gan", r"method: 'gan' is not one of \['imm', 'fm', 'ddpm', 'cm', 'vae', 'meanflow', 'shortcut', 'tvm', "
+                       r"'fmm'\]"),
         ("model.parameterization=edm", r"model\.parameterization: .*simple_edm"),
         ("trajectory=vp", r"trajectory: .*ot_fm"),
         ("imm.k=0", r"imm\.k: 0 is out of range \(allowed: >= 1 and <= 20\)"),

@@ -77,3 +77,11 @@ def test_the_suite_sweeps_tune_on_the_tuning_half_only():
     for path in sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("toy2d_suite_*.yaml")):
         (sets,) = [p.choices for p in load_sweep(path).params if p.key == "data.name"]
         assert sorted(sets) == sorted(TUNING), path.name
+
+
+def test_a_cached_result_is_read_back_only_for_the_same_resolved_config(tmp_path):
+    a, b = suite2d.job_config("imm", "grid", 0), suite2d.job_config("imm", "grid", 1)
+    assert suite2d.cache_file(str(tmp_path), a) == suite2d.cache_file(str(tmp_path), suite2d.job_config("imm", "grid", 0))
+    assert suite2d.cache_file(str(tmp_path), a) != suite2d.cache_file(str(tmp_path), b)
+    a.imm.group_size = 4  # a changed default is trained again
+    assert suite2d.cache_file(str(tmp_path), a) != suite2d.cache_file(str(tmp_path), suite2d.job_config("imm", "grid", 0))

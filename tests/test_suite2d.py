@@ -41,6 +41,14 @@ def test_each_check_passes_and_fails_where_it_should():
     assert not suite2d.checks(suite2d.summary(results(FM | rising)))["imm_not_rising"]
     assert suite2d.checks(suite2d.summary(results(FM | noisy)))["imm_not_rising"]
     assert not suite2d.checks(suite2d.summary(results(FM | mf_wins_three)))["meanflow_2_vs_fm_2"]
+    # a rise from 0.008 to 0.012 and 0.020 (spread 0.001) is within a noise floor of 0.013 on that set, not of 0.005
+    assert suite2d.checks(suite2d.summary(results(FM | rising)), {"c": 0.013})["imm_not_rising"]
+    assert not suite2d.checks(suite2d.summary(results(FM | rising)), {"c": 0.005, "a": 0.5})["imm_not_rising"]
+
+
+def test_the_noise_floor_is_what_the_metric_reads_for_exact_samples():
+    floor = suite2d.noise_floor("heavy_tails", draws=4)
+    assert 1e-5 < floor < 2e-3, floor  # 4000 exact points against 4000 held-out ones: a few 1e-4
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from imm.training.loop import CHECKPOINT_FILE
+from imm.training.checkpoint import CHECKPOINT_FILE
 from orchestrator.storage import RayStorage
 
 FOLDER_RE = re.compile(r"^checkpoint_(\d+)$")

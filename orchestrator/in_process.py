@@ -33,7 +33,7 @@ class InProcessSession:
         self.checkpoint = None  # the newest whole checkpoint, a ray.train.Checkpoint
 
     def restore(self) -> dict | None:
-        from imm.training.loop import load_checkpoint
+        from imm.training.checkpoint import load_checkpoint
 
         self.checkpoint = self.folder.latest()
         if self.checkpoint is None:

@@ -20,7 +20,7 @@ import torch
 
 from imm.data.remote import local_copy
 from imm.sampling.trained import WEIGHTS_FILE, TrainedModel, load_trained
-from imm.training.loop import CHECKPOINT_FILE
+from imm.training.checkpoint import CHECKPOINT_FILE
 
 MODEL_ARTIFACT = "model"  # the MLflow model of a promoted run
 CHECKPOINT_ARTIFACT = "checkpoint"  # the final training checkpoint every run logs

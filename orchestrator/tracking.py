@@ -245,7 +245,7 @@ def log_checkpoint(mlflow_client, run_id: str, checkpoint, uri: str) -> None:
     checkpoints. `checkpoint` may live on S3 (Ray copies it here first)."""
     import torch
 
-    from imm.training.loop import CHECKPOINT_FILE
+    from imm.training.checkpoint import CHECKPOINT_FILE
 
     with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="imm-final-") as out:
         state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)

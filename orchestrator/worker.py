@@ -81,7 +81,7 @@ class RayTrainSession:
     def restore(self) -> dict | None:
         import ray.train
 
-        from imm.training.loop import load_checkpoint
+        from imm.training.checkpoint import load_checkpoint
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:

@@ -123,7 +123,7 @@ def _inject(steps: set[int], loss_finite: bool = False):
     import imm.training.loop
 
     real = imm.training.loop.build_loss
-    imm.training.loop.build_loss = lambda cfg: NonFiniteAt(real(cfg), steps, loss_finite)
+    imm.training.loop.build_loss = lambda cfg, teacher=None: NonFiniteAt(real(cfg, teacher=teacher), steps, loss_finite)
     return real
 
 

@@ -196,7 +196,7 @@ def write_checkpoint(checkpoint: dict[str, Any], folder: str | Path) -> Path:
     `imm-orch eval` would read it); its path."""
     import os
 
-    from imm.training.loop import CHECKPOINT_FILE
+    from imm.training.checkpoint import CHECKPOINT_FILE
 
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

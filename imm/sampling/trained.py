@@ -107,7 +107,7 @@ class TrainedModel(nn.Module):
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """From a checkpoint.pt file or a folder holding one."""
-    from imm.training.loop import load_checkpoint
+    from imm.training.checkpoint import load_checkpoint
 
     return TrainedModel.from_checkpoint(load_checkpoint(path, map_location=device)).to(device)
 

@@ -29,10 +29,10 @@ from imm.data import load_data, random_xflip, shard
 from imm.methods import build_loss, build_model
 from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
+from imm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from imm.training.ema import ema_model
 from imm.training.teacher import Teacher, check_teacher
 
-CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict[str, float], "str | None"], None]
 
 
@@ -72,23 +72,6 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     """A 63-bit seed for one rank's training step, unrelated to its neighbours' (a hash, not seed + rank + step)."""
     digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
-    """A checkpoint dict from a checkpoint.pt file or a folder holding one (weights_only: no pickled code)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path!r} (expected {CHECKPOINT_FILE} or a folder holding it)")
-    try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated (EOFError, zip errors), not a torch file (UnpicklingError), foreign objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{p} is not a readable checkpoint, perhaps truncated or corrupt: {first[:200]}") from None
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"{p} is not a checkpoint of this project (a dict with its run config)")
-    return state
 
 
 def fetched_per_worker(reader, world_size: int, device) -> dict[str, float]:
@@ -319,10 +302,9 @@ def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, 
         print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
     elif cfg.train.init_from:
         init = load_checkpoint(cfg.train.init_from, map_location="cpu")["ema"]
-    from imm.sampling.trained import TrainedModel
+    from imm.sampling.trained import load_trained
 
-    teacher = TrainedModel.from_checkpoint(load_checkpoint(cfg.train.teacher, map_location="cpu")) \
-        if cfg.train.teacher else None
+    teacher = load_trained(cfg.train.teacher) if cfg.train.teacher else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume, init=init,

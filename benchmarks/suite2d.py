@@ -44,13 +44,17 @@ def job_config(method: str, data: str, seed: int):
 
 
 def cache_file(cache: str, cfg) -> Path:
-    """Where a job's result is kept: named by its method, set and seed and a digest of its resolved config, so that
-    a changed default is trained again rather than read back."""
+    """Where a job's result is kept: named by its method, set and seed and a digest of its resolved config (less the
+    other methods' sections), so that a changed default is trained again rather than read back."""
     import hashlib
 
     from omegaconf import OmegaConf
 
-    digest = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:10]
+    from imm.methods import METHODS
+
+    others = {m.section for m in METHODS.values() if m.section and m.name != cfg.method}  # not this run's business
+    kept = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in others}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cache) / f"{cfg.method}-{cfg.data.name}-{cfg.train.seed}-{digest}.json"
 
 

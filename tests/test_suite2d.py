@@ -91,5 +91,8 @@ def test_a_cached_result_is_read_back_only_for_the_same_resolved_config(tmp_path
     a, b = suite2d.job_config("imm", "grid", 0), suite2d.job_config("imm", "grid", 1)
     assert suite2d.cache_file(str(tmp_path), a) == suite2d.cache_file(str(tmp_path), suite2d.job_config("imm", "grid", 0))
     assert suite2d.cache_file(str(tmp_path), a) != suite2d.cache_file(str(tmp_path), b)
-    a.imm.group_size = 4  # a changed default is trained again
+    a.imm.group_size = 8  # a changed default is trained again
     assert suite2d.cache_file(str(tmp_path), a) != suite2d.cache_file(str(tmp_path), suite2d.job_config("imm", "grid", 0))
+    fm = suite2d.job_config("fm", "grid", 0)
+    fm.imm.group_size = 8  # another method's section is not this run's business
+    assert suite2d.cache_file(str(tmp_path), fm) == suite2d.cache_file(str(tmp_path), suite2d.job_config("fm", "grid", 0))

@@ -30,7 +30,7 @@ def test_report_schedule_and_checkpoint_contents():
     assert [c[2] is not None for c in calls] == [False, False, True, True]
     state = calls[-1][2]
     assert state["step"] == 30 and state["data_shape"] == [2]
-    assert state["config"]["imm"]["group_size"] == cfg.imm.group_size == 2
+    assert state["config"]["imm"]["group_size"] == cfg.imm.group_size == 4
     assert set(state) >= {"model", "ema", "optimizer", "scheduler", "sigma_d"}
     assert last["step"] == 30 and np.isfinite(last["train/loss"])
 

@@ -147,19 +147,16 @@ def initial_weights(uri: str, tracking_uri: str | None) -> dict[str, torch.Tenso
 
 
 def check_teacher(cfg, tracking_uri: str | None) -> None:
-    """Before Ray starts: train.teacher names a model (one line otherwise) with a velocity, on the student's data
-    and trajectory (imm.training.teacher.check_teacher; the data's shape and sigma_d are checked again in the loop)."""
+    """Before Ray starts: train.teacher names a model (one line otherwise) with a velocity, on the student's data,
+    trajectory and conditioning (imm.training.teacher.check_teacher; the data's shape and sigma_d are checked in the
+    loop, once the data is loaded)."""
     from imm.training.teacher import check_teacher as fits
 
     try:
         teacher = load_model(cfg.train.teacher, tracking_uri=tracking_uri, device="cpu")
     except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"train.teacher: {str(e).removeprefix('--model: ')}") from None
-    fits(cfg, teacher, num_classes=None)
-    classes = teacher.num_classes
-    if bool(classes) != bool(cfg.model.class_conditional):
-        raise ValueError(f"train.teacher: {cfg.train.teacher} is {'class-conditional' if classes else 'unconditional'} "
-                         f"and this run has model.class_conditional={cfg.model.class_conditional}")
+    fits(cfg, teacher)
 
 
 def check_init_from(cfg, tracking_uri: str | None) -> None:

@@ -104,3 +104,13 @@ def test_the_distilling_methods_train_from_a_flow_matching_checkpoint(fm_teacher
     assert train_cli.main(["toy2d", *TINY, *overrides, "train.steps=10", "eval.every=10", f"train.out_dir={out}",
                            f"train.teacher={fm_teacher}"]) == 0
     assert load_checkpoint(out)["step"] == 10
+
+
+def test_a_teacher_of_the_other_conditioning_is_refused_in_one_line(fm_teacher):
+    from imm.sampling.trained import load_trained
+    from imm.training.teacher import check_teacher
+
+    cfg = load_config("toy2d", ["method=tvm", "model.class_conditional=true", f"train.teacher={fm_teacher}"])
+    with pytest.raises(ConfigError, match=rf"^train.teacher: {fm_teacher} is unconditional and this run has "
+                                          r"model.class_conditional=True$"):
+        check_teacher(cfg, load_trained(fm_teacher))

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from imm.config import check_choice, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
-from imm.methods.common import check_ot_fm, start_from_noise
+from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import mean_steps
+from imm.methods.meanflow import instantaneous_velocity, mean_steps
 from imm.methods.registry import Method, register
 from imm.methods.tvm import TVMLoss
 from imm.networks.precond import _bcast, unwrap
@@ -68,8 +68,7 @@ class FMMLoss:
             raise ValueError("method=fmm distills train.teacher, and none was given")
         m = unwrap(model)
         t, s, _ = self.times(x.shape[0], x.device)
-        eps = torch.randn_like(x) * m.sigma_d
-        z_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
+        z_t, _ = ot_fm_point(x, t, m.sigma_d)
         residual = getattr(self, self.c.objective)(model, z_t, s, t, labels)
         return residual.flatten(1).square().mean()
 
@@ -86,5 +85,5 @@ METHOD = register(Method(
                                                                       time_scale=cfg.fmm.time_scale),
     build_loss=lambda cfg: FMMLoss(cfg.fmm, TVMLoss(cfg.tvm, T=resolved_T(cfg))), start=start_from_noise,
     section="fmm", config=FMMConfig, check_section=check_section, check_run=check_ot_fm,
-    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True, needs_teacher=True,
+    velocity=instantaneous_velocity, distills=True, needs_teacher=True,
 ))

@@ -132,6 +132,11 @@ class MeanFlowLoss:
         return (w * err).mean()
 
 
+def instantaneous_velocity(model, z: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    """v(z, t) = u(z, t, t): an average-velocity model's velocity at gap 0 (what makes it a teacher)."""
+    return model(z, t, t, labels)
+
+
 @torch.no_grad()
 def mean_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """z <- z - (t_i - t_{i+1}) u(z, t_{i+1}, t_i) along the grid; one step is z_0 = z_T - T u(z_T, 0, T)."""
@@ -172,5 +177,5 @@ METHOD = register(Method(
     "meanflow", "MeanFlow: the average velocity u(z, r, t) from the MeanFlow identity (one JVP per step)",
     samplers={"mean_steps": mean_steps}, build_model=build_model, build_loss=build_loss, start=start_from_noise,
     section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
-    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True,
+    velocity=instantaneous_velocity, distills=True,
 ))

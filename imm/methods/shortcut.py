@@ -26,7 +26,7 @@ from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
 from imm.methods.imm import replay_rng
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import mean_steps
+from imm.methods.meanflow import instantaneous_velocity, mean_steps
 from imm.methods.registry import Method, register
 from imm.networks.precond import _bcast, unwrap
 
@@ -106,5 +106,5 @@ METHOD = register(Method(
     sampler_options=lambda cfg, sampler: {"finest": resolved_T(cfg) / 2.0 ** (cfg.shortcut.levels - 1)},
     build_loss=lambda cfg: ShortcutLoss(cfg.shortcut, T=resolved_T(cfg)),
     start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
-    check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, t, labels),
+    check_run=check_ot_fm, velocity=instantaneous_velocity,
 ))

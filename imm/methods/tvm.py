@@ -31,7 +31,7 @@ from imm.config import check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, start_from_noise
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import mean_steps
+from imm.methods.meanflow import instantaneous_velocity, mean_steps
 from imm.methods.registry import Method, register
 from imm.networks.precond import _bcast, unwrap
 
@@ -129,5 +129,5 @@ METHOD = register(Method(
     samplers={"mean_steps": mean_steps}, build_model=build_model,
     build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), start=start_from_noise, section="tvm",
     config=TVMConfig, check_section=check_section, check_run=check_ot_fm,
-    velocity=lambda model, z, t, labels=None: model(z, t, t, labels), distills=True,
+    velocity=instantaneous_velocity, distills=True,
 ))

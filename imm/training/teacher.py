@@ -21,7 +21,6 @@ class Teacher:
 
     def __init__(self, trained, device: str | torch.device = "cpu"):
         method = trained.config["method"]
-        self.uri = getattr(trained, "uri", None)
         self._velocity = METHODS[method].velocity
         self.model = trained.model.to(device).eval().requires_grad_(False)
 
@@ -33,7 +32,7 @@ class Teacher:
 def check_teacher(cfg: DictConfig, trained, data_shape: tuple[int, ...] | None = None, sigma_d: float | None = None,
                   num_classes: int | None = None) -> None:
     """One-line ConfigError unless `trained` can teach the run `cfg`: a method with a velocity, the student's
-    trajectory, and (where known) its data shape, sigma_d and number of classes."""
+    trajectory, data set and conditioning, and (where known) its data shape, sigma_d and number of classes."""
     theirs = trained.config
     where = f"train.teacher: {cfg.train.teacher}"
     if METHODS.get(theirs["method"]) is None or METHODS[theirs["method"]].velocity is None:
@@ -41,6 +40,9 @@ def check_teacher(cfg: DictConfig, trained, data_shape: tuple[int, ...] | None =
                          f"methods that do: {[m.name for m in METHODS.values() if m.velocity]}")
     if theirs["trajectory"] != cfg.trajectory:
         raise ConfigError(f"{where} was trained on trajectory={theirs['trajectory']}, this run on {cfg.trajectory}")
+    if bool(trained.num_classes) != bool(cfg.model.class_conditional):
+        kind = "class-conditional" if trained.num_classes else "unconditional"
+        raise ConfigError(f"{where} is {kind} and this run has model.class_conditional={cfg.model.class_conditional}")
     if theirs["data"]["name"] != cfg.data.name:
         raise ConfigError(f"{where} was trained on data.name={theirs['data']['name']}, this run on {cfg.data.name}")
     pairs = (("data shape", tuple(trained.data_shape), None if data_shape is None else tuple(data_shape)),

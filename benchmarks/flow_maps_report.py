@@ -1,11 +1,15 @@
-"""The table and sample grids of `imm-orch sweep sweeps/flow_maps.yaml`: few-step methods on digits, several seeds.
+"""The table and sample grids of `imm-orch sweep sweeps/flow_maps.yaml` (and of flow_maps_distilled.yaml): few-step
+methods on digits, from scratch and distilled from a teacher, several seeds.
 
-Reads the sweep's complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
-4, 8), writes mean and spread (max - min) over the seeds per method into OUT/README.md and results.json, and one
-sample grid per method (its seed-0 model at 1 and 2 steps) as OUT/METHOD_steps_K.png.
+Reads the sweeps' complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
+4, 8), writes mean and spread (max - min) over the seeds per method into OUT/tables.md and results.json, and one
+sample grid per method (its first seed's model at 1 and 2 steps) as OUT/METHOD_steps_K.png. A run trained from a
+teacher (its imm.teacher tag) is its own row, "METHOD (distilled)".
 
-    .venv/bin/imm-orch sweep sweeps/flow_maps.yaml              # ~25 min on 2 cores
-    .venv/bin/python benchmarks/flow_maps_report.py [--sweep flow_maps] [--tracking-uri URI] [--out docs/flow_maps]
+    .venv/bin/imm-orch sweep sweeps/flow_maps.yaml              # ~35 min on 2 cores
+    .venv/bin/imm-orch sweep sweeps/flow_maps_distilled.yaml    # after its teacher (the file's header)
+    .venv/bin/python benchmarks/flow_maps_report.py [--sweep flow_maps flow_maps_distilled] [--tracking-uri URI]
+                                                    [--out docs/flow_maps]
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.models import load_model
+from orchestrator.provenance import TEACHER_MODEL_TAG
 from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_TAG
 
 STEPS = (1, 2, 4, 8)
 METRICS = ("energy", "fd")
 GRID_STEPS = (1, 2)
+
+
+ORDER = ("imm", "meanflow", "tvm", "fmm", "shortcut", "cm", "fm")  # rows in this order, each followed by its distilled row
+VARIANT = {"fmm": "fmm.objective"}  # methods whose rows are split by the value of a key
 
 
 def trials(client, sweep: str) -> list:
@@ -33,16 +42,31 @@ def trials(client, sweep: str) -> list:
 
 
 def table(runs) -> dict[str, dict[str, list[float]]]:
-    """method -> {"energy/steps_K": [value per seed], ..., "seeds": [...], "run_ids": [...]}."""
+    """row -> {"energy/steps_K": [value per seed], ..., "seeds": [...], "run_ids": [...]}; a row is the method, or
+    "METHOD (distilled)" for runs trained from a teacher, and VARIANT's methods name their variant ("fmm eulerian")."""
     out: dict[str, dict[str, list]] = {}
     for r in sorted(runs, key=lambda r: int(r.data.params.get("train.seed", 0))):
-        m = out.setdefault(r.data.params["method"], {"seeds": [], "run_ids": []})
+        method = r.data.params["method"]
+        row = method + (f" {r.data.params[VARIANT[method]]}" if VARIANT.get(method) in r.data.params else "")
+        row += " (distilled)" if r.data.tags.get(TEACHER_MODEL_TAG) else ""
+        m = out.setdefault(row, {"seeds": [], "run_ids": []})
         m["seeds"].append(int(r.data.params.get("train.seed", 0)))
         m["run_ids"].append(r.info.run_id)
         for metric in METRICS:
             for k in STEPS:
                 m.setdefault(f"{metric}/steps_{k}", []).append(r.data.metrics.get(f"{metric}/steps_{k}", float("nan")))
     return out
+
+
+def rank(row: str) -> int:
+    """Where a row goes: ORDER's place of its method (unknown methods last)."""
+    method = row.removesuffix(" (distilled)").split(" ")[0]
+    return ORDER.index(method) if method in ORDER else len(ORDER)
+
+
+def file_stem(row: str) -> str:
+    """A row's sample-grid file name: "tvm (distilled)" -> tvm_distilled."""
+    return row.replace(" (distilled)", "_distilled").replace(" ", "_")
 
 
 def cell(values: list[float]) -> str:
@@ -67,17 +91,18 @@ def markdown(res: dict, order: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", default="flow_maps")
+    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled"],
+                   help="sweeps whose trials are the rows (a sweep with no complete trials is left out)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default="docs/flow_maps")
     args = p.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking.default_tracking_uri(args.tracking_uri)
-    res = table(trials(tracking.client(uri), args.sweep))
+    client = tracking.client(uri)
+    res = table([r for sweep in args.sweep for r in trials(client, sweep)])
     if not res:
-        raise SystemExit(f"no complete trials of sweep {args.sweep!r} in {uri}")
-    order = [m for m in ("imm", "meanflow", "shortcut", "cm", "fm") if m in res] + sorted(set(res) - {
-        "imm", "meanflow", "shortcut", "cm", "fm"})
+        raise SystemExit(f"no complete trials of sweeps {args.sweep} in {uri}")
+    order = sorted(res, key=lambda row: (rank(row), row))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from imm.sampling.pictures import image_grid_png
@@ -85,7 +110,7 @@ def main() -> None:
     for m in order:
         gen = load_model(f"runs:/{res[m]['run_ids'][0]}", tracking_uri=uri, device="cpu")
         for k in GRID_STEPS:
-            image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{m}_steps_{k}.png")
+            image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{file_stem(m)}_steps_{k}.png")
     (out / "results.json").write_text(json.dumps(res, indent=1))
     body = markdown(res, order)
     (out / "tables.md").write_text(body)

@@ -1,8 +1,10 @@
-"""Cost of one IMM (and MeanFlow) training step against one flow-matching step, same MLP, same batch.
+"""Cost of one training step of each few-step method against one flow-matching step, same MLP, same batch.
 
 IMM runs one extra no-grad forward per sample (the target), so about 4/3 of FM's forward + backward
 is the floor; the grouped kernel must not grow with M. MeanFlow adds one forward-mode JVP (a forward carrying
-tangents) to FM's step. Prints IMM/FM, MeanFlow/FM and IMM(M)/IMM(M=4) ratios.
+tangents) to FM's step; TVM differentiates through its JVP and adds a no-grad forward at the end point and a
+flow-matching forward; shortcut models add two no-grad half steps on a share of the batch. Prints each method's
+ratio to FM and IMM(M)/IMM(M=4).
 
     .venv/bin/python benchmarks/step_cost.py [--batch 4096] [--hidden 256] [--depth 4] [--device cpu]
     .venv/bin/python benchmarks/step_cost.py --arch unet --batch 64 --channels 32   # 3x32x32 images
@@ -76,7 +78,7 @@ def main() -> None:
     if args.arch == "unet" and args.depth == 4 and args.batch == 4096:
         args.batch, args.depth = 64, 2  # CPU-sized defaults for images
 
-    cases = {"fm": make_step("fm", 1, args), "meanflow": make_step("meanflow", 1, args)}
+    cases = {m: make_step(m, 1, args) for m in ("fm", "meanflow", "tvm", "shortcut")}
     cases |= {f"imm M={m}": make_step("imm", m, args) for m in (2, 4, 8, 16)}
     for step in cases.values():  # warm-up
         timed(step, 3, args.device)

@@ -1,0 +1,34 @@
+"""benchmarks/flow_maps_report.py: trials become rows by method, a run trained from a teacher is its own distilled
+row, and rows come in the report's order with seeds averaged in seed order."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import flow_maps_report as report  # noqa: E402
+
+
+def run(method: str, seed: int, energy2: float, teacher: str | None = None, **params):
+    tags = {"imm.teacher": teacher} if teacher else {}
+    metrics = {"energy/steps_2": energy2}
+    return SimpleNamespace(info=SimpleNamespace(run_id=f"{method}-{seed}-{bool(teacher)}"),
+                           data=SimpleNamespace(params={"method": method, "train.seed": str(seed), **params},
+                                                tags=tags, metrics=metrics))
+
+
+def test_rows_by_method_and_teacher():
+    runs = [run("tvm", 1, 0.3, "models:/t@teacher"), run("fm", 0, 0.9), run("tvm", 1, 0.2), run("tvm", 0, 0.1),
+            run("tvm", 0, 0.4, "models:/t@teacher"), run("imm", 0, 0.5),
+            run("fmm", 0, 0.6, "models:/t@teacher", **{"fmm.objective": "eulerian"}),
+            run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian"})]
+    res = report.table(runs)
+    assert set(res) == {"imm", "tvm", "tvm (distilled)", "fm", "fmm eulerian (distilled)", "fmm lagrangian (distilled)"}
+    assert res["tvm"]["energy/steps_2"] == [0.1, 0.2] and res["tvm"]["seeds"] == [0, 1]
+    assert res["tvm (distilled)"]["energy/steps_2"] == [0.4, 0.3]
+    assert res["tvm (distilled)"]["run_ids"] == ["tvm-0-True", "tvm-1-True"]
+    assert sorted(res, key=lambda r: (report.rank(r), r)) == [
+        "imm", "tvm", "tvm (distilled)", "fmm eulerian (distilled)", "fmm lagrangian (distilled)", "fm"]
+    assert report.file_stem("fmm eulerian (distilled)") == "fmm_eulerian_distilled"
+    assert report.cell([0.1, 0.2]) == "0.1500 ± 0.1000"

@@ -34,6 +34,15 @@ ORDER = ("imm", "meanflow", "tvm", "fmm", "shortcut", "cm", "fm")  # rows in thi
 VARIANT = {"fmm": "fmm.objective"}  # methods whose rows are split by the value of a key
 
 
+def row_of(params: dict[str, str], distilled: bool) -> str:
+    """A run's row: its method, VARIANT's value, ", no anchor" for fmm runs without fmm.anchor (the runs from before
+    the key existed trained without it), and " (distilled)" for a run with a teacher."""
+    method = params["method"]
+    row = method + (f" {params[VARIANT[method]]}" if VARIANT.get(method) in params else "")
+    row += ", no anchor" if method == "fmm" and params.get("fmm.anchor", "False") == "False" else ""
+    return row + (" (distilled)" if distilled else "")
+
+
 def trials(client, sweep: str) -> list:
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -46,9 +55,7 @@ def table(runs) -> dict[str, dict[str, list[float]]]:
     "METHOD (distilled)" for runs trained from a teacher, and VARIANT's methods name their variant ("fmm eulerian")."""
     out: dict[str, dict[str, list]] = {}
     for r in sorted(runs, key=lambda r: int(r.data.params.get("train.seed", 0))):
-        method = r.data.params["method"]
-        row = method + (f" {r.data.params[VARIANT[method]]}" if VARIANT.get(method) in r.data.params else "")
-        row += " (distilled)" if r.data.tags.get(TEACHER_MODEL_TAG) else ""
+        row = row_of(r.data.params, bool(r.data.tags.get(TEACHER_MODEL_TAG)))
         m = out.setdefault(row, {"seeds": [], "run_ids": []})
         m["seeds"].append(int(r.data.params.get("train.seed", 0)))
         m["run_ids"].append(r.info.run_id)
@@ -60,13 +67,13 @@ def table(runs) -> dict[str, dict[str, list[float]]]:
 
 def rank(row: str) -> int:
     """Where a row goes: ORDER's place of its method (unknown methods last)."""
-    method = row.removesuffix(" (distilled)").split(" ")[0]
+    method = row.split(" ")[0]
     return ORDER.index(method) if method in ORDER else len(ORDER)
 
 
 def file_stem(row: str) -> str:
     """A row's sample-grid file name: "tvm (distilled)" -> tvm_distilled."""
-    return row.replace(" (distilled)", "_distilled").replace(" ", "_")
+    return row.replace(" (distilled)", "_distilled").replace(", ", "_").replace(" ", "_")
 
 
 def cell(values: list[float]) -> str:

@@ -48,6 +48,30 @@ def test_the_exact_map_is_a_zero_of_the_distilled_loss_and_a_wrong_one_is_not(lo
     assert float(loss(GaussianFlowMap(a, sd), x)) > 1e-2
 
 
+class WrongAtGapZero(GaussianFlowMap):
+    """The exact map at every gap t - s > 0, and 10% off at gap 0: the instantaneous velocity that anchors it."""
+
+    def forward(self, z, s, t, labels=None):
+        return super().forward(z, s, t) * torch.where(t == s, 1.1, 1.0).to(z.dtype)[:, None]
+
+
+@pytest.mark.parametrize("objective", ["lagrangian", "eulerian"])
+def test_fmm_anchors_the_map_at_gap_zero_which_the_time_sampler_does_not_draw(objective):
+    """Neither condition sees gap 0 under TVM's time sampler, so a map wrong only there is a zero of the bare
+    residual; fmm.anchor's term is not zero for it, and is zero for the exact map."""
+    a, sd = 0.8, 0.7
+    x = a * torch.randn(4096, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bare = FMMLoss(FMMConfig(objective, anchor=False), TVMLoss(TVMConfig(), T=0.994))
+    anchored = FMMLoss(FMMConfig(objective), TVMLoss(TVMConfig(), T=0.994))
+    bare.teacher = anchored.teacher = ExactTeacher(a, sd)
+    torch.manual_seed(1)
+    assert float(bare(WrongAtGapZero(a, sd), x)) < 1e-12
+    torch.manual_seed(1)
+    assert float(anchored(WrongAtGapZero(a, sd), x)) > 1e-4
+    torch.manual_seed(1)
+    assert float(anchored(GaussianFlowMap(a, sd), x)) < 1e-12
+
+
 def test_only_the_methods_that_distill_take_a_teacher():
     with pytest.raises(ConfigError, match=r"^train.teacher: method=imm does not distill; the methods that do: "
                                           r"\['meanflow', 'tvm', 'fmm'\]$"):

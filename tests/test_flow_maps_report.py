@@ -22,13 +22,14 @@ def test_rows_by_method_and_teacher():
     runs = [run("tvm", 1, 0.3, "models:/t@teacher"), run("fm", 0, 0.9), run("tvm", 1, 0.2), run("tvm", 0, 0.1),
             run("tvm", 0, 0.4, "models:/t@teacher"), run("imm", 0, 0.5),
             run("fmm", 0, 0.6, "models:/t@teacher", **{"fmm.objective": "eulerian"}),
-            run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian"})]
+            run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian", "fmm.anchor": "True"})]
     res = report.table(runs)
-    assert set(res) == {"imm", "tvm", "tvm (distilled)", "fm", "fmm eulerian (distilled)", "fmm lagrangian (distilled)"}
+    assert set(res) == {"imm", "tvm", "tvm (distilled)", "fm", "fmm eulerian, no anchor (distilled)",
+                        "fmm lagrangian (distilled)"}
     assert res["tvm"]["energy/steps_2"] == [0.1, 0.2] and res["tvm"]["seeds"] == [0, 1]
     assert res["tvm (distilled)"]["energy/steps_2"] == [0.4, 0.3]
     assert res["tvm (distilled)"]["run_ids"] == ["tvm-0-True", "tvm-1-True"]
     assert sorted(res, key=lambda r: (report.rank(r), r)) == [
-        "imm", "tvm", "tvm (distilled)", "fmm eulerian (distilled)", "fmm lagrangian (distilled)", "fm"]
-    assert report.file_stem("fmm eulerian (distilled)") == "fmm_eulerian_distilled"
+        "imm", "tvm", "tvm (distilled)", "fmm eulerian, no anchor (distilled)", "fmm lagrangian (distilled)", "fm"]
+    assert report.file_stem("fmm eulerian, no anchor (distilled)") == "fmm_eulerian_no_anchor_distilled"
     assert report.cell([0.1, 0.2]) == "0.1500 ± 0.1000"

@@ -11,8 +11,14 @@ In u the residuals are
     EMD   u - v_T(z_t, t) + (t - s) du/dt along (v_T, 0, 1)   (MeanFlow's identity, with the teacher)
 
 both squared and differentiated in full, through the JVP and (LMD) through the teacher's input, as the paper writes
-them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. The JVP runs on dual
-numbers in the one network call. Times are TVM's sampler (the `tvm` section's keys); model and sampler MeanFlow's.
+them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. Times are TVM's sampler
+(the `tvm` section's keys); model and sampler MeanFlow's.
+
+Both conditions fix the map only from its value at gap 0, u(z, t, t) = v_T(z, t). The paper draws (s, t) uniformly, so
+small gaps are drawn; TVM's sampler almost never draws them (t - s ~ sigmoid(N(-0.8, 1))), and without them both
+objectives lost the data on digits (energy 0.5 at 2 steps). `fmm.anchor` adds that condition as a term at TVM's
+flow-matching time s', ||u(z_s', s', s') - v_T(z_s', s')||^2, as TVM adds flow matching. Both terms are one network
+call on dual numbers (the anchor's half with zero tangents), which is also DDP's one forward.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ OBJECTIVES = ("lagrangian", "eulerian")
 class FMMConfig:
     objective: str = "lagrangian"  # lagrangian (LMD: the end point follows the teacher) or eulerian (EMD)
     time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's
+    anchor: bool = True  # add u(z, s', s') = v_T(z, s') at gap 0, which TVM's time sampler almost never draws
 
 
 class FMMLoss:
@@ -50,27 +57,40 @@ class FMMLoss:
     def __init__(self, c: FMMConfig, times: TVMLoss):
         self.c, self.times = c, times.times
 
-    def lagrangian(self, model, z_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-        u, du_ds = TVMLoss.velocity_and_jvp(model, z_t, s, t, torch.ones_like(s), labels)
-        gap = _bcast(t - s, u)
-        v_end = self.teacher.velocity(z_t - (gap * u).to(z_t.dtype), s, labels, grad=True)
-        return u - gap * du_ds - at_least_fp32(v_end)
+    def lagrangian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
+        """The LMD residual of the first n rows and u of the rest (their tangent is 0)."""
+        ds = torch.cat([torch.ones_like(s[:n]), torch.zeros_like(s[n:])])
+        u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, ds, labels)
+        u_map, gap = u[:n], _bcast(t[:n] - s[:n], u[:n])
+        head = None if labels is None else labels[:n]
+        v_end = self.teacher.velocity(z[:n] - (gap * u_map).to(z.dtype), s[:n], head, grad=True)
+        return u_map - gap * du_ds[:n] - at_least_fp32(v_end), u[n:]
 
-    def eulerian(self, model, z_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-        v = self.teacher.velocity(z_t, t, labels)
+    def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
+        """The EMD residual of the first n rows and u of the rest (their tangent is 0)."""
+        v = self.teacher.velocity(z[:n], t[:n], None if labels is None else labels[:n])
+        dz = torch.cat([v.to(z.dtype), torch.zeros_like(z[n:])])
+        dt = torch.cat([torch.ones_like(t[:n]), torch.zeros_like(t[n:])])
         with fwAD.dual_level():
-            out = fwAD.unpack_dual(model(fwAD.make_dual(z_t, v), s, fwAD.make_dual(t, torch.ones_like(t)), labels))
+            out = fwAD.unpack_dual(model(fwAD.make_dual(z, dz), s, fwAD.make_dual(t, dt), labels))
         u, dudt = at_least_fp32(out.primal), at_least_fp32(out.tangent)
-        return u - at_least_fp32(v) + _bcast(t - s, u) * dudt
+        return u[:n] - at_least_fp32(v) + _bcast(t[:n] - s[:n], u[:n]) * dudt[:n], u[n:]
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.teacher is None:
             raise ValueError("method=fmm distills train.teacher, and none was given")
-        m = unwrap(model)
-        t, s, _ = self.times(x.shape[0], x.device)
+        m, n = unwrap(model), x.shape[0]
+        t, s, s_fm = self.times(n, x.device)
         z_t, _ = ot_fm_point(x, t, m.sigma_d)
-        residual = getattr(self, self.c.objective)(model, z_t, s, t, labels)
-        return residual.flatten(1).square().mean()
+        if not self.c.anchor:
+            residual, _ = getattr(self, self.c.objective)(model, z_t, s, t, labels, n)
+            return residual.flatten(1).square().mean()
+        z_fm, _ = ot_fm_point(x, s_fm, m.sigma_d)
+        both = None if labels is None else torch.cat([labels, labels])
+        residual, u_fm = getattr(self, self.c.objective)(model, torch.cat([z_t, z_fm]), torch.cat([s, s_fm]),
+                                                         torch.cat([t, s_fm]), both, n)
+        anchor = u_fm - at_least_fp32(self.teacher.velocity(z_fm, s_fm, labels))
+        return residual.flatten(1).square().mean(1).mean() + anchor.flatten(1).square().mean(1).mean()
 
 
 def check_section(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""The table and sample grids of `imm-orch sweep sweeps/flow_maps.yaml` (and of flow_maps_distilled.yaml): few-step
+"""The table and sample grids of `imm-orch sweep sweeps/flow_maps.yaml` (and its distilled sweeps): few-step
 methods on digits, from scratch and distilled from a teacher, several seeds.
 
 Reads the sweeps' complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
@@ -8,8 +8,8 @@ teacher (its imm.teacher tag) is its own row, "METHOD (distilled)".
 
     .venv/bin/imm-orch sweep sweeps/flow_maps.yaml              # ~35 min on 2 cores
     .venv/bin/imm-orch sweep sweeps/flow_maps_distilled.yaml    # after its teacher (the file's header)
-    .venv/bin/python benchmarks/flow_maps_report.py [--sweep flow_maps flow_maps_distilled] [--tracking-uri URI]
-                                                    [--out docs/flow_maps]
+    .venv/bin/imm-orch sweep sweeps/flow_maps_fmm.yaml          # the same teacher
+    .venv/bin/python benchmarks/flow_maps_report.py [--sweep SWEEP ...] [--tracking-uri URI] [--out docs/flow_maps]
 """
 
 from __future__ import annotations
@@ -34,13 +34,26 @@ ORDER = ("imm", "meanflow", "tvm", "fmm", "shortcut", "cm", "fm")  # rows in thi
 VARIANT = {"fmm": "fmm.objective"}  # methods whose rows are split by the value of a key
 
 
-def row_of(params: dict[str, str], distilled: bool) -> str:
-    """A run's row: its method, VARIANT's value, ", no anchor" for fmm runs without fmm.anchor (the runs from before
-    the key existed trained without it), and " (distilled)" for a run with a teacher."""
-    method = params["method"]
-    row = method + (f" {params[VARIANT[method]]}" if VARIANT.get(method) in params else "")
-    row += ", no anchor" if method == "fmm" and params.get("fmm.anchor", "False") == "False" else ""
+def row_of(config: dict[str, str], distilled: bool) -> str:
+    """A run's row, from its flattened config: its method, VARIANT's value, ", no anchor" for fmm runs without
+    fmm.anchor (the runs from before the key existed trained without it), and " (distilled)" for a run with a
+    teacher."""
+    method = config["method"]
+    row = method + (f" {config[VARIANT[method]]}" if VARIANT.get(method) in config else "")
+    row += ", no anchor" if method == "fmm" and config.get("fmm.anchor", "False") == "False" else ""
     return row + (" (distilled)" if distilled else "")
+
+
+def run_config(client, run_id: str) -> dict[str, str]:
+    """The run's resolved config (its config.yaml artifact), flattened as its params are: trials log only their
+    swept and identity keys as params."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+    return tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def trials(client, sweep: str) -> list:
@@ -50,12 +63,13 @@ def trials(client, sweep: str) -> list:
     return [r for r in runs if r.data.tags.get(ROLE_TAG, "trial") == "trial"]
 
 
-def table(runs) -> dict[str, dict[str, list[float]]]:
+def table(runs, configs: dict[str, dict[str, str]]) -> dict[str, dict[str, list[float]]]:
     """row -> {"energy/steps_K": [value per seed], ..., "seeds": [...], "run_ids": [...]}; a row is the method, or
-    "METHOD (distilled)" for runs trained from a teacher, and VARIANT's methods name their variant ("fmm eulerian")."""
+    "METHOD (distilled)" for runs trained from a teacher, and VARIANT's methods name their variant ("fmm eulerian").
+    configs: each run's flattened config by run id (run_config)."""
     out: dict[str, dict[str, list]] = {}
     for r in sorted(runs, key=lambda r: int(r.data.params.get("train.seed", 0))):
-        row = row_of(r.data.params, bool(r.data.tags.get(TEACHER_MODEL_TAG)))
+        row = row_of(configs[r.info.run_id], bool(r.data.tags.get(TEACHER_MODEL_TAG)))
         m = out.setdefault(row, {"seeds": [], "run_ids": []})
         m["seeds"].append(int(r.data.params.get("train.seed", 0)))
         m["run_ids"].append(r.info.run_id)
@@ -98,7 +112,7 @@ def markdown(res: dict, order: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled"],
+    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled", "flow_maps_fmm"],
                    help="sweeps whose trials are the rows (a sweep with no complete trials is left out)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default="docs/flow_maps")
@@ -106,7 +120,8 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking.default_tracking_uri(args.tracking_uri)
     client = tracking.client(uri)
-    res = table([r for sweep in args.sweep for r in trials(client, sweep)])
+    runs = [r for sweep in args.sweep for r in trials(client, sweep)]
+    res = table(runs, {r.info.run_id: run_config(client, r.info.run_id) for r in runs})
     if not res:
         raise SystemExit(f"no complete trials of sweeps {args.sweep} in {uri}")
     order = sorted(res, key=lambda row: (rank(row), row))

@@ -13,7 +13,7 @@ import flow_maps_report as report  # noqa: E402
 def run(method: str, seed: int, energy2: float, teacher: str | None = None, **params):
     tags = {"imm.teacher": teacher} if teacher else {}
     metrics = {"energy/steps_2": energy2}
-    return SimpleNamespace(info=SimpleNamespace(run_id=f"{method}-{seed}-{bool(teacher)}"),
+    return SimpleNamespace(info=SimpleNamespace(run_id=f"{method}-{seed}-{energy2}"),
                            data=SimpleNamespace(params={"method": method, "train.seed": str(seed), **params},
                                                 tags=tags, metrics=metrics))
 
@@ -23,12 +23,12 @@ def test_rows_by_method_and_teacher():
             run("tvm", 0, 0.4, "models:/t@teacher"), run("imm", 0, 0.5),
             run("fmm", 0, 0.6, "models:/t@teacher", **{"fmm.objective": "eulerian"}),
             run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian", "fmm.anchor": "True"})]
-    res = report.table(runs)
+    res = report.table(runs, {r.info.run_id: r.data.params for r in runs})  # the test's params are whole configs
     assert set(res) == {"imm", "tvm", "tvm (distilled)", "fm", "fmm eulerian, no anchor (distilled)",
                         "fmm lagrangian (distilled)"}
     assert res["tvm"]["energy/steps_2"] == [0.1, 0.2] and res["tvm"]["seeds"] == [0, 1]
     assert res["tvm (distilled)"]["energy/steps_2"] == [0.4, 0.3]
-    assert res["tvm (distilled)"]["run_ids"] == ["tvm-0-True", "tvm-1-True"]
+    assert res["tvm (distilled)"]["run_ids"] == ["tvm-0-0.4", "tvm-1-0.3"]
     assert sorted(res, key=lambda r: (report.rank(r), r)) == [
         "imm", "tvm", "tvm (distilled)", "fmm eulerian, no anchor (distilled)", "fmm lagrangian (distilled)", "fm"]
     assert report.file_stem("fmm eulerian, no anchor (distilled)") == "fmm_eulerian_no_anchor_distilled"

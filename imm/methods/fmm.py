@@ -81,16 +81,17 @@ class FMMLoss:
             raise ValueError("method=fmm distills train.teacher, and none was given")
         m, n = unwrap(model), x.shape[0]
         t, s, s_fm = self.times(n, x.device)
-        z_t, _ = ot_fm_point(x, t, m.sigma_d)
-        if not self.c.anchor:
-            residual, _ = getattr(self, self.c.objective)(model, z_t, s, t, labels, n)
-            return residual.flatten(1).square().mean()
-        z_fm, _ = ot_fm_point(x, s_fm, m.sigma_d)
-        both = None if labels is None else torch.cat([labels, labels])
-        residual, u_fm = getattr(self, self.c.objective)(model, torch.cat([z_t, z_fm]), torch.cat([s, s_fm]),
-                                                         torch.cat([t, s_fm]), both, n)
-        anchor = u_fm - at_least_fp32(self.teacher.velocity(z_fm, s_fm, labels))
-        return residual.flatten(1).square().mean(1).mean() + anchor.flatten(1).square().mean(1).mean()
+        z, rows_labels = ot_fm_point(x, t, m.sigma_d)[0], labels
+        if self.c.anchor:  # the anchor's rows follow the map's, in the same network call
+            z_fm, _ = ot_fm_point(x, s_fm, m.sigma_d)
+            z, s, t = torch.cat([z, z_fm]), torch.cat([s, s_fm]), torch.cat([t, s_fm])
+            rows_labels = None if labels is None else torch.cat([labels, labels])
+        residual, u_fm = getattr(self, self.c.objective)(model, z, s, t, rows_labels, n)
+        loss = residual.flatten(1).square().mean()
+        if self.c.anchor:
+            v_fm = at_least_fp32(self.teacher.velocity(z[n:], s_fm, labels))
+            loss = loss + (u_fm - v_fm).flatten(1).square().mean()
+        return loss
 
 
 def check_section(cfg: DictConfig) -> None:

@@ -5,8 +5,8 @@ A restart step at time t is the Markov kernel K_t: x0 -> f_{eps_t, t}(alpha_t x0
 distribution is its fixed point for an exact model, so applying K_t n times to exact data draws measures what one step
 adds. The script trains the shipped toy2d IMM on one 2D set (seed 0, about 80 s on one thread), prints the energy
 distance to held-out points after n = 1..6 applications of K_t at several t, and the restart sampler's score at 2, 4
-and 8 steps on the uniform grid and on EDM's eta grid (which spends its steps at large t and ends in near-identity
-steps at tiny t).
+and 8 steps on each time grid: uniform; EDM's eta grid (its steps at large t, then near-identity steps at tiny t);
+half_eta (toy2d's: a first step to T/2, then eta-spaced steps that re-noise little).
 
     .venv/bin/python benchmarks/restart_bias.py [--set grid] [--seed 0]
 """
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from imm.data import load_data
     from imm.methods import build_model
     from imm.metrics import energy_distance
+    from imm.sampling import SCHEDULES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", default="grid")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             row.append(f"{energy_distance(x, data.heldout):.4f}")
         print(f"{t:<7} " + " ".join(f"{v:<8}" for v in row))
     print("restart sampler (2 noise seeds):  2 steps  4 steps  8 steps")
-    for schedule in ("uniform", "eta"):
+    for schedule in SCHEDULES:
         c = OmegaConf.merge(cfg, {"imm": {"schedule": schedule}})
         print(f"  {schedule:<31} " + "  ".join(f"{quality(model, c, 'restart', k, N, (2,), data.heldout):.4f}"
                                               for k in (2, 4, 8)))

@@ -61,7 +61,8 @@ ABLATIONS = {
 }
 # (sampler, time grid) pairs each method is evaluated with.
 SAMPLERS = {
-    "imm": [("pushforward", "uniform"), ("pushforward", "eta"), ("restart", "uniform"), ("restart", "eta")],
+    "imm": [("pushforward", "uniform"), ("pushforward", "eta"), ("restart", "uniform"), ("restart", "eta"),
+            ("restart", "half_eta")],
     "fm": [("euler", "uniform")],
 }
 
@@ -100,7 +101,8 @@ class Result:
     train_s: float = 0.0
     sampler: str = ""  # the config's own sampler and grid, "sampler/grid"
     energy: dict[str, list[float]] = field(default_factory=dict)  # "sampler/grid": energy at each of job.sample_steps
-    floor: float = 0.0  # training set vs held-out set: the metric's noise floor
+    floor: float = 0.0  # training set vs held-out set
+    noise: float = 0.0  # the metric's noise floor (imm.metrics.noise_floor; 0 for sets with no exact sampler)
     instruments: dict = field(default_factory=dict)
 
 
@@ -139,8 +141,9 @@ def run(job: Job, cache: str) -> Result:
     """Train the job's model (or read it from the cache), then evaluate and instrument it."""
     torch.set_num_threads(1)
     from imm.data import load_data
+    from imm.data.toy2d import TOY_SETS
     from imm.methods import sampler_of, schedule_of
-    from imm.metrics import energy_distance
+    from imm.metrics import energy_distance, noise_floor
 
     out = Path(cache) / f"{job.key}.json"
     if out.is_file():
@@ -152,8 +155,10 @@ def run(job: Job, cache: str) -> Result:
     own = f"{sampler_of(cfg)}/{schedule_of(cfg)}"
     res = Result(job, train_s=float(state["train_s"]), sampler=own,
                  floor=energy_distance(data.train[: job.n_eval], data.heldout))
+    if job.set in TOY_SETS:  # scored as quality() scores a model: the mean of two sample draws
+        res.noise = noise_floor(TOY_SETS[job.set], data.heldout, job.n_eval, average=2)
     n = job.n_eval if len(shape) == 1 else 2000
-    for sampler, grid in SAMPLERS[kind]:
+    for sampler, grid in dict.fromkeys([*SAMPLERS[kind], tuple(own.split("/"))]):  # the config's own always
         cfg.sample.schedule = grid
         res.energy[f"{sampler}/{grid}"] = [quality(model, cfg, sampler, k, n, shape, data.heldout)
                                            for k in job.sample_steps]
@@ -287,10 +292,15 @@ def summary(results: list[Result]) -> dict[tuple, dict[str, tuple[list[float], l
     return out
 
 
-def monotone(mean: list[float], spread: list[float], steps: tuple[int, ...]) -> bool:
-    """Quality at 4 and 8 steps no worse than at 2, within the seed spread at 2 steps."""
-    i2 = steps.index(2)
-    return all(mean[steps.index(k)] <= mean[i2] + spread[i2] for k in (4, 8) if k in steps)
+def within(mean: list[float], spread: list[float], a: int, b: int, noise: float = 0.0) -> bool:
+    """Score b no higher than score a beyond what tells them apart: the larger of their seed spreads and the
+    metric's noise floor (a few seeds' spread alone can be far below what the metric resolves)."""
+    return mean[b] <= mean[a] + max(spread[a], spread[b], noise)
+
+
+def monotone(mean: list[float], spread: list[float], steps: tuple[int, ...], noise: float = 0.0) -> bool:
+    """Quality at 4 and 8 steps no worse than at 2 (`within`)."""
+    return all(within(mean, spread, steps.index(2), steps.index(k), noise) for k in (4, 8) if k in steps)
 
 
 def cells(mean: list[float], spread: list[float]) -> str:
@@ -311,16 +321,18 @@ def write_report(results: list[Result], out: Path, seeds: int) -> list[str]:
              "(max - min) over seeds; each value averages two sampling-noise seeds. Written by "
              "`benchmarks/steps_study.py`.", ""]
     floor = {r.job.set: r.floor for r in results}
+    noise = {r.job.set: r.noise for r in results}
     for key in sorted(k for k in summ if not k[2]):
         name, method, _, budget = key
         steps = STEPS[: len(next(iter(summ[key].values()))[0])]
-        lines += [f"## {name}, {method}, {budget} training steps (training set vs held-out set: {floor[name]:.4f})", "",
+        lines += [f"## {name}, {method}, {budget} training steps (training set vs held-out set: {floor[name]:.4f}; "
+                  f"the metric's noise floor: {noise[name]:.4f})", "",
                   "| sampler/grid | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " | 4, 8 no worse than 2 |",
                   "|---|" + "---|" * (len(steps) + 1)]
         for sampler, (mean, spread) in summ[key].items():
             own = " (the config's)" if sampler == own_sampler(results, key) and method != "fm" else ""
             own += " (the paper's)" if sampler == PAPER_SAMPLER and method != "fm" else ""
-            ok = "yes" if monotone(mean, spread, steps) else "**no**"
+            ok = "yes" if monotone(mean, spread, steps, noise[name]) else "**no**"
             lines.append(f"| {sampler}{own} | {cells(mean, spread)} | {ok} |")
         lines.append("")
     abl = sorted(k for k in summ if k[2])
@@ -353,7 +365,8 @@ def write_report(results: list[Result], out: Path, seeds: int) -> list[str]:
     figures(summ, results, out, plt)
     failures = [f"{key[0]} {key[1]} {key[3]} steps ({sampler})" for key, v in summ.items()
                 if key[1] == "imm" and not key[2] and key[3] == SHIPPED_BUDGET for sampler, (mean, spread) in v.items()
-                if sampler == own_sampler(results, key) and not monotone(mean, spread, STEPS[: len(mean)])]
+                if sampler == own_sampler(results, key)
+                and not monotone(mean, spread, STEPS[: len(mean)], next(r.noise for r in results if r.job.set == key[0]))]
     return failures
 
 
@@ -433,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("not monotone from 2 to 4 and 8 steps: " + "; ".join(failures), file=sys.stderr)
         return 1
-    print(f"at {SHIPPED_BUDGET} training steps each shipped config's sampler is as good (within the seed spread) at 4 and 8 "
-          "steps as at 2")
+    print(f"at {SHIPPED_BUDGET} training steps each shipped config's sampler is as good at 4 and 8 steps as at 2 "
+          "(within the seed spread or the metric's noise floor)")
     return 0
 
 

@@ -10,7 +10,8 @@ gives each set's mean and spread over seeds, the median over sets, and the check
                      noise floor, where that is larger), on every set
   meanflow_2_vs_fm_2 MeanFlow at 2 steps better than flow matching at 2, on the median and on >= 80% of the sets
 
-    .venv/bin/python benchmarks/suite2d.py                  # the held-out half, 4 methods, 3 seeds (~50 min, 2 cores)
+    .venv/bin/python benchmarks/suite2d.py                  # the held-out half, 5 methods, 3 seeds (~2 h, 2 cores;
+                                                            # TVM is an hour of it)
     .venv/bin/python benchmarks/suite2d.py --half tuning    # the tuning half
     .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed: the first
                                                             # check only (CI's slow tests: about 1 minute)
@@ -30,7 +31,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 STEPS = (1, 2, 4, 8)
-METHODS = ("imm", "fm", "meanflow", "shortcut")
+METHODS = ("imm", "fm", "meanflow", "shortcut", "tvm")
 N_EVAL = 4000
 QUICK_SET = "grid"  # the held-out set the quick check trains on
 
@@ -99,19 +100,13 @@ def median_over_sets(summ: dict, method: str, step: int) -> float:
 
 
 def noise_floor(name: str, draws: int = 8) -> float:
-    """Twice the std of the energy distance between exact draws of the set (N_EVAL points each) and the held-out
-    points the scores use: what the metric reads for a perfect model varies by this much, so a difference below it is
-    the metric's noise (spirals: up to 0.0014 for exact samples)."""
-    import torch
-
+    """The metric's noise floor on this set (imm.metrics.noise_floor: exact draws of N_EVAL points scored as a model's
+    are, against the same held-out points); spirals reads up to 0.0014 for exact samples."""
     from imm.data import load_data
     from imm.data.toy2d import TOY_SETS
-    from imm.metrics import energy_distance
+    from imm.metrics import noise_floor as floor
 
-    heldout = load_data(job_config("fm", name, 0).data).heldout
-    values = [float(energy_distance(TOY_SETS[name](N_EVAL, torch.Generator().manual_seed(10_000 + i)), heldout))
-              for i in range(draws)]
-    return 2 * statistics.stdev(values)
+    return floor(TOY_SETS[name], load_data(job_config("fm", name, 0).data).heldout, N_EVAL, draws, average=2)
 
 
 def checks(summ: dict, floors: dict[str, float] | None = None) -> dict[str, bool]:
@@ -122,11 +117,9 @@ def checks(summ: dict, floors: dict[str, float] | None = None) -> dict[str, bool
     if {"imm", "fm"} <= set(summ):
         out["imm_2_vs_fm_8"] = median_over_sets(summ, "imm", 2) <= median_over_sets(summ, "fm", 8)
     if "imm" in summ:
+        from steps_study import within  # one rule for what counts as a rise
+
         i2, i4, i8 = (STEPS.index(k) for k in (2, 4, 8))
-
-        def within(mean, spread, a, b, floor):
-            return mean[b] <= mean[a] + max(spread[a], spread[b], floor)
-
         out["imm_not_rising"] = all(within(mean, spread, i2, i4, floors.get(s, 0.0)) and
                                     within(mean, spread, i4, i8, floors.get(s, 0.0))
                                     for s, (mean, spread) in summ["imm"].items())

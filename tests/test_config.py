@@ -27,7 +27,7 @@ def test_builtin_config_and_overrides():
         ("imm.estimator=w", r"imm\.estimator"),
         ("sample.sampler=euler", r"sample\.sampler: 'euler' does not apply to method=imm"),
         ("imm.sampler=euler", r"imm\.sampler: 'euler' is not one of \['pushforward', 'restart'\]"),
-        ("sample.schedule=cosine", r"sample\.schedule: 'cosine' is not one of \[None, 'uniform', 'eta'\]"),
+        ("sample.schedule=cosine", r"sample\.schedule: 'cosine' is not one of \[None, 'uniform', 'eta', 'half_eta'\]"),
         ("imm.k=abc", r"imm\.k"),
         ("imm.nonsense=1", r"nonsense"),
         ("eps_t=0.999", r"eps_t, T"),

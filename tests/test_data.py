@@ -4,7 +4,7 @@ import torch
 
 from imm.config import load_config
 from imm.data import load_data, shard
-from imm.metrics import energy_distance
+from imm.metrics import energy_distance, noise_floor
 
 
 @pytest.mark.parametrize("name", ["8gaussians", "checkerboard", "moons"])
@@ -63,6 +63,19 @@ def test_energy_distance_closed_form():
     # summed in blocks of rows (memory), the value is the same to rounding, for blocks that do not divide n
     assert energy_distance(x[:1001], y[:999], block=97) == pytest.approx(energy_distance(x[:1001], y[:999], block=4096),
                                                                         rel=1e-12)
+
+
+def test_the_noise_floor_bounds_about_95_percent_of_what_a_perfect_model_reads():
+    """Twice the std: about 95% of fresh exact-sample scores lie within the floor of their mean (one std would hold
+    about 68%), and averaging sample draws, as the studies score models, lowers it."""
+    draw = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731
+    heldout = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
+    floor = noise_floor(draw, heldout, 500, draws=24)
+    scores = torch.tensor([energy_distance(draw(500, torch.Generator().manual_seed(100 + i)), heldout)
+                           for i in range(60)])
+    inside = float(((scores - scores.mean()).abs() <= floor).double().mean())
+    assert 0.85 <= inside <= 1.0 and float((scores - scores.mean()).abs().max()) > floor / 2, (inside, floor)
+    assert noise_floor(draw, heldout, 500, draws=24, average=4) < 0.8 * floor
 
 
 def test_digits_are_real_8x8_images_in_the_unit_range_with_labels():

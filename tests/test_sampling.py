@@ -106,6 +106,13 @@ def test_time_grids():
     # EDM rho-spacing: eta_i^(1/7) is linear in i.
     root = tr.eta(e) ** (1 / 7)
     torch.testing.assert_close(root[1:] - root[:-1], (root[1:] - root[:-1]).mean().expand(4))
+    # half_eta: T, the middle of [eps_t, T], then the eta grid's rho-spacing from the middle down to eps_t
+    h = time_grid(4, tr, 0.006, 0.994, "half_eta")
+    assert h[:2].tolist() == [0.994, 0.5] and float(h[-1]) == 0.006
+    root = tr.eta(h[1:]) ** (1 / 7)
+    torch.testing.assert_close(root[1:] - root[:-1], (root[1:] - root[:-1]).mean().expand(3))
+    assert time_grid(2, tr, 0.0, 0.994, "half_eta").tolist() == time_grid(2, tr, 0.0, 0.994, "uniform").tolist()
+    assert time_grid(1, tr, 0.0, 0.994, "half_eta").tolist() == [0.994, 0.0]
     ex = time_grid(99, tr, 0.006, 0.994, times=[0.994, 0.583, 0.006])
     assert ex.tolist() == [0.994, 0.583, 0.006]
     with pytest.raises(ValueError, match="decreasing"):

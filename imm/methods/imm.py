@@ -50,7 +50,7 @@ class IMMConfig:
     # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
     # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
     sampler: str = "pushforward"
-    schedule: str = "uniform"  # the grid IMM samples on: uniform in t, or eta (EDM's)
+    schedule: str = "uniform"  # the grid IMM samples on: uniform in t, eta (EDM's), or half_eta (imm.sampling.time_grid)
     p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
     p_std: float = 2.0  # lognormal time sampler: the std of log eta
 

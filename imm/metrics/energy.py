@@ -6,6 +6,8 @@ summed a block of rows at a time, so memory stays at block x len(y) however many
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -21,3 +23,16 @@ def energy_distance(x: Tensor, y: Tensor, block: int = 2048) -> float:
     xx = _distance_sum(x, x, block) / (n * (n - 1))
     yy = _distance_sum(y, y, block) / (m * (m - 1))
     return float(2 * xy - xx - yy)
+
+
+def noise_floor(draw: Callable[[int, torch.Generator], Tensor], heldout: Tensor, n: int, draws: int = 8,
+                average: int = 1) -> float:
+    """Twice the std of what the metric reads for a perfect model: `draw(n, generator)` exact samples scored against
+    `heldout` as a model's are (the mean over `average` sample draws). A difference between two scores below it is
+    the metric's noise, not the model's (about 2 std of the difference of two such scores)."""
+    import statistics
+
+    seeds = iter(range(10_000, 10_000 + draws * average))
+    values = [sum(energy_distance(draw(n, torch.Generator().manual_seed(next(seeds))), heldout)
+                  for _ in range(average)) / average for _ in range(draws)]
+    return 2 * statistics.stdev(values)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from imm.maths.trajectories import Trajectory
 
-SCHEDULES = ("uniform", "eta")
+SCHEDULES = ("uniform", "eta", "half_eta")
 
 
 def time_grid(
@@ -24,8 +24,10 @@ def time_grid(
 ) -> Tensor:
     """N + 1 decreasing times from T to eps_t (float64).
 
-    uniform: linspace in t. eta: EDM's rho-spacing in eta. `times`: an explicit full grid
-    [T, ..., eps_t] (e.g. CIFAR-10's 2 steps [0.994, 0.583, 0.006]), which overrides both.
+    uniform: linspace in t. eta: EDM's rho-spacing in eta. half_eta: a first step to the middle of [eps_t, T], then
+    EDM's rho-spacing in eta from there: restart's later steps re-noise so little that their small-step biases do not
+    add up (docs/science). `times`: an explicit full grid [T, ..., eps_t] (e.g. CIFAR-10's 2 steps
+    [0.994, 0.583, 0.006]), which overrides all three.
     """
     if times is not None:
         grid = torch.tensor(list(times), dtype=torch.float64)
@@ -36,6 +38,10 @@ def time_grid(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if schedule == "uniform":
         return torch.linspace(T, eps_t, steps + 1, dtype=torch.float64)
+    if schedule == "half_eta":
+        mid = (T + eps_t) / 2
+        rest = time_grid(steps - 1, traj, eps_t, mid, "eta", rho=rho) if steps > 1 else torch.tensor([eps_t])
+        return torch.cat([torch.tensor([T], dtype=torch.float64), rest.double()])
     if schedule == "eta":
         lo, hi = (traj.eta(torch.tensor(v, dtype=torch.float64)) for v in (eps_t, T))
         i = torch.arange(steps + 1, dtype=torch.float64) / steps

@@ -53,14 +53,15 @@ def test_the_monotonicity_check_allows_the_larger_of_the_seed_spreads_and_the_me
 @pytest.mark.slow
 def test_the_quick_study_shows_the_shipped_toy2d_improving_from_two_to_four_and_eight_steps(tmp_path):
     """Two seeds of the shipped toy2d config and flow matching (3000 steps each, two at a time): the study exits 0
-    only if IMM's quality at 4 and 8 steps is no worse than at 2 (within the seed spread); the tables and figure are
-    written. (This also holds what tests/test_quality.py held: IMM at 1-2 steps far ahead of FM at 2.)"""
+    only if IMM's quality at 4 and 8 steps is no worse than at 2 (within the seed spread or the metric's noise
+    floor); the tables and figure are written. (This also holds what tests/test_quality.py held: IMM at 1-2 steps far
+    ahead of FM at 2.)"""
     code = study.main(["--quick", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     imm = [r for r in results if r["job"]["method"] == "imm"]
     energies = [r["energy"][r["sampler"]] for r in imm]
     assert code == 0, energies
-    assert [r["sampler"] for r in imm] == ["restart/uniform"] * 2
+    assert [r["sampler"] for r in imm] == ["restart/half_eta"] * 2  # the shipped toy2d's
     mean = [sum(e[i] for e in energies) / 2 for i in range(4)]
     assert mean[3] < mean[1] < mean[0] and all(math.isfinite(v) for v in mean)  # 8 steps beat 2, which beat 1
     # ...and IMM against flow matching on the same network and budget (Euler, the same seed 0 training):
@@ -69,4 +70,4 @@ def test_the_quick_study_shows_the_shipped_toy2d_improving_from_two_to_four_and_
     fm = next(r for r in results if r["job"]["method"] == "fm")["energy"]["euler/uniform"]
     assert mean[0] < fm[1] / 5 and mean[1] < fm[1] / 5, (mean, fm)
     assert (tmp_path / "out" / "quality_vs_steps.png").stat().st_size > 10_000
-    assert "restart/uniform" in (tmp_path / "out" / "tables.md").read_text()
+    assert "restart/half_eta (the config's)" in (tmp_path / "out" / "tables.md").read_text()

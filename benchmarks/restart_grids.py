@@ -57,8 +57,9 @@ def scores(name: str, seed: int, path: str) -> dict[str, list[float]]:
     cfg, state = config(name, seed), torch.load(path, weights_only=True)
     model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
     model.load_state_dict(state["ema"])
+    model.eval()
     heldout = load_data(cfg.data).heldout
-    return {g: [quality(model.eval(), OmegaConf.merge(cfg, {"imm": {"schedule": g}}), "restart", k, N_EVAL, (2,),
+    return {g: [quality(model, OmegaConf.merge(cfg, {"imm": {"schedule": g}}), "restart", k, N_EVAL, (2,),
                         heldout) for k in STEPS] for g in SCHEDULES}
 
 

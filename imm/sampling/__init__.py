@@ -40,8 +40,9 @@ def time_grid(
         return torch.linspace(T, eps_t, steps + 1, dtype=torch.float64)
     if schedule == "half_eta":
         mid = (T + eps_t) / 2
-        rest = time_grid(steps - 1, traj, eps_t, mid, "eta", rho=rho) if steps > 1 else torch.tensor([eps_t])
-        return torch.cat([torch.tensor([T], dtype=torch.float64), rest.double()])
+        rest = time_grid(steps - 1, traj, eps_t, mid, "eta", rho=rho) if steps > 1 else \
+            torch.tensor([eps_t], dtype=torch.float64)
+        return torch.cat([torch.tensor([T], dtype=torch.float64), rest])
     if schedule == "eta":
         lo, hi = (traj.eta(torch.tensor(v, dtype=torch.float64)) for v in (eps_t, T))
         i = torch.arange(steps + 1, dtype=torch.float64) / steps

@@ -4,12 +4,15 @@ methods on digits, from scratch and distilled from a teacher, several seeds.
 Reads the sweeps' complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
 4, 8), writes mean and spread (max - min) over the seeds per method into OUT/tables.md and results.json, and one
 sample grid per method (its first seed's model at 1 and 2 steps) as OUT/METHOD_steps_K.png. A run trained from a
-teacher (its imm.teacher tag) is its own row, "METHOD (distilled)".
+teacher (its imm.teacher tag) is its own row, "METHOD (distilled)"; MeanFlow with the model's own tangent
+(meanflow.tangent=model) is the row "imf". With --keep, rows of OUT/results.json that these sweeps do not make (runs
+of an earlier store) stay, marked in the table, and their grids are not redrawn.
 
     .venv/bin/imm-orch sweep sweeps/flow_maps.yaml              # ~35 min on 2 cores
     .venv/bin/imm-orch sweep sweeps/flow_maps_distilled.yaml    # after its teacher (the file's header)
     .venv/bin/imm-orch sweep sweeps/flow_maps_fmm.yaml          # the same teacher
-    .venv/bin/python benchmarks/flow_maps_report.py [--sweep SWEEP ...] [--tracking-uri URI] [--out docs/flow_maps]
+    .venv/bin/imm-orch sweep sweeps/flow_maps_imf.yaml          # improved MeanFlow
+    .venv/bin/python benchmarks/flow_maps_report.py [--sweep SWEEP ...] [--keep] [--tracking-uri URI] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,17 +31,21 @@ from orchestrator.sweep.naming import ROLE_TAG, STATE_TAG, SWEEP_TAG
 STEPS = (1, 2, 4, 8)
 METRICS = ("energy", "fd")
 GRID_STEPS = (1, 2)
+DIGITS_N_SAMPLES = 1000  # eval.n_samples of rows recorded without it (the digits config's)
 
 
-ORDER = ("imm", "meanflow", "tvm", "fmm", "shortcut", "cm", "fm")  # rows in this order, each followed by its distilled row
+# rows in this order, each followed by its distilled row
+ORDER = ("imm", "meanflow", "imf", "tvm", "fmm", "shortcut", "cm", "fm")
 VARIANT = {"fmm": "fmm.objective"}  # methods whose rows are split by the value of a key
 
 
 def row_of(config: dict[str, str], distilled: bool) -> str:
-    """A run's row, from its flattened config: its method, VARIANT's value, ", no anchor" for fmm runs without
-    fmm.anchor (the runs from before the key existed trained without it), and " (distilled)" for a run with a
-    teacher."""
+    """A run's row, from its flattened config: its method (imf for MeanFlow with the model's tangent), VARIANT's
+    value, ", no anchor" for fmm runs without fmm.anchor (the runs from before the key existed trained without it),
+    and " (distilled)" for a run with a teacher."""
     method = config["method"]
+    if method == "meanflow" and config.get("meanflow.tangent") == "model":
+        method = "imf"
     row = method + (f" {config[VARIANT[method]]}" if VARIANT.get(method) in config else "")
     row += ", no anchor" if method == "fmm" and config.get("fmm.anchor", "False") == "False" else ""
     return row + (" (distilled)" if distilled else "")
@@ -71,6 +78,7 @@ def table(runs, configs: dict[str, dict[str, str]]) -> dict[str, dict[str, list[
     for r in sorted(runs, key=lambda r: int(r.data.params.get("train.seed", 0))):
         row = row_of(configs[r.info.run_id], bool(r.data.tags.get(TEACHER_MODEL_TAG)))
         m = out.setdefault(row, {"seeds": [], "run_ids": []})
+        m["n_samples"] = int(configs[r.info.run_id].get("eval.n_samples", DIGITS_N_SAMPLES))
         m["seeds"].append(int(r.data.params.get("train.seed", 0)))
         m["run_ids"].append(r.info.run_id)
         for metric in METRICS:
@@ -98,6 +106,7 @@ def cell(values: list[float]) -> str:
 
 
 def markdown(res: dict, order: list[str]) -> str:
+    """Both metrics' tables; a kept row (--keep) is marked and footnoted with its sample count."""
     lines = []
     for metric, what in (("energy", "energy distance on pixels to the 539 held-out digits"),
                          ("fd", "Frechet distance in the features of the project's digits classifier")):
@@ -105,15 +114,23 @@ def markdown(res: dict, order: list[str]) -> str:
                   "| method | " + " | ".join(f"{k} step{'s' if k > 1 else ''}" for k in STEPS) + " |",
                   "|---|" + "---|" * len(STEPS)]
         for m in order:
-            lines.append(f"| {m} | " + " | ".join(cell(res[m][f"{metric}/steps_{k}"]) for k in STEPS) + " |")
+            name = f"{m} *" if res[m].get("kept") else m
+            lines.append(f"| {name} | " + " | ".join(cell(res[m][f"{metric}/steps_{k}"]) for k in STEPS) + " |")
         lines.append("")
+    kept = [m for m in order if res[m].get("kept")]
+    if kept:
+        counts = sorted({res[m].get("n_samples", DIGITS_N_SAMPLES) for m in kept})
+        lines += [f"\\* kept from an earlier report: runs not in this store, scored with {counts} samples per step "
+                  "count.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled", "flow_maps_fmm"],
+    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled", "flow_maps_fmm", "flow_maps_imf"],
                    help="sweeps whose trials are the rows (a sweep with no complete trials is left out)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep OUT/results.json's rows that these sweeps do not make (runs of an earlier store)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default="docs/flow_maps")
     args = p.parse_args()
@@ -124,12 +141,15 @@ def main() -> None:
     res = table(runs, {r.info.run_id: run_config(client, r.info.run_id) for r in runs})
     if not res:
         raise SystemExit(f"no complete trials of sweeps {args.sweep} in {uri}")
-    order = sorted(res, key=lambda row: (rank(row), row))
     out = Path(args.out)
+    if args.keep and (out / "results.json").exists():
+        for row, earlier in json.loads((out / "results.json").read_text()).items():
+            res.setdefault(row, {**earlier, "kept": True})
+    order = sorted(res, key=lambda row: (rank(row), row))
     out.mkdir(parents=True, exist_ok=True)
     from imm.sampling.pictures import image_grid_png
 
-    for m in order:
+    for m in (m for m in order if not res[m].get("kept")):
         gen = load_model(f"runs:/{res[m]['run_ids'][0]}", tracking_uri=uri, device="cpu")
         for k in GRID_STEPS:
             image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{file_stem(m)}_steps_{k}.png")

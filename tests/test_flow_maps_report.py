@@ -22,14 +22,29 @@ def test_rows_by_method_and_teacher():
     runs = [run("tvm", 1, 0.3, "models:/t@teacher"), run("fm", 0, 0.9), run("tvm", 1, 0.2), run("tvm", 0, 0.1),
             run("tvm", 0, 0.4, "models:/t@teacher"), run("imm", 0, 0.5),
             run("fmm", 0, 0.6, "models:/t@teacher", **{"fmm.objective": "eulerian"}),
-            run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian", "fmm.anchor": "True"})]
+            run("fmm", 0, 0.7, "models:/t@teacher", **{"fmm.objective": "lagrangian", "fmm.anchor": "True"}),
+            run("meanflow", 0, 0.8, **{"meanflow.tangent": "model", "eval.n_samples": "5000"}),
+            run("meanflow", 0, 0.9, **{"meanflow.tangent": "data"})]
     res = report.table(runs, {r.info.run_id: r.data.params for r in runs})  # the test's params are whole configs
     assert set(res) == {"imm", "tvm", "tvm (distilled)", "fm", "fmm eulerian, no anchor (distilled)",
-                        "fmm lagrangian (distilled)"}
+                        "fmm lagrangian (distilled)", "meanflow", "imf"}
     assert res["tvm"]["energy/steps_2"] == [0.1, 0.2] and res["tvm"]["seeds"] == [0, 1]
     assert res["tvm (distilled)"]["energy/steps_2"] == [0.4, 0.3]
     assert res["tvm (distilled)"]["run_ids"] == ["tvm-0-0.4", "tvm-1-0.3"]
+    assert res["imf"]["energy/steps_2"] == [0.8] and res["imf"]["n_samples"] == 5000
+    assert res["meanflow"]["n_samples"] == report.DIGITS_N_SAMPLES  # recorded without the key: digits' own
     assert sorted(res, key=lambda r: (report.rank(r), r)) == [
-        "imm", "tvm", "tvm (distilled)", "fmm eulerian, no anchor (distilled)", "fmm lagrangian (distilled)", "fm"]
+        "imm", "meanflow", "imf", "tvm", "tvm (distilled)", "fmm eulerian, no anchor (distilled)",
+        "fmm lagrangian (distilled)", "fm"]
     assert report.file_stem("fmm eulerian, no anchor (distilled)") == "fmm_eulerian_no_anchor_distilled"
     assert report.cell([0.1, 0.2]) == "0.1500 ± 0.1000"
+
+
+def test_kept_rows_are_marked_with_their_sample_count():
+    res = report.table([run("tvm", 0, 0.1, **{"eval.n_samples": "5000"})],
+                       {"tvm-0-0.1": {"method": "tvm", "eval.n_samples": "5000"}})
+    res["cm"] = {**report.table([run("cm", 0, 0.5)], {"cm-0-0.5": {"method": "cm"}})["cm"], "kept": True}
+    text = report.markdown(res, ["tvm", "cm"])
+    assert "| cm * | " in text and "| tvm | " in text
+    assert "scored with [1000] samples" in text
+    assert "kept" not in report.markdown({"tvm": res["tvm"]}, ["tvm"])

@@ -1,6 +1,7 @@
 """The sweep's loop: ask the study for a trial, launch it on Ray, poll its reports for the pruner, tell the study
-how it ended, as Optuna's own `optimize` loop reads. The MLflow record (`records`) and the terminal (`progress`)
-are told what happens; the study (`study`) and the trials' Ray tasks (`trials`) live in their own modules.
+how it ended, as Optuna's own `optimize` loop reads. How each trial ends is told to the study, MLflow
+(`records`) and the terminal (`progress`) by `outcomes`; the study (`study`) and the trials' Ray tasks (`trials`) live
+in their own modules.
 
 At most `max_concurrent` trials run, fewer if the cluster cannot hold them. Intermediate metrics feed an Optuna
 pruner (ASHA, Hyperband, median), and a pruned trial's task is cancelled.
@@ -16,7 +17,6 @@ pruners implement the same algorithms as Tune's schedulers and record PRUNED tri
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from orchestrator.progress import RestartNotice
 from orchestrator.sweep import trials
 from orchestrator.sweep.lease import Lease
 from orchestrator.sweep.naming import params_line, trial_title
+from orchestrator.sweep.outcomes import TrialOutcomes
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.records import SweepRecords
 from orchestrator.sweep.spec import Sweep
@@ -66,16 +67,6 @@ def fail_fast(study, trials: int) -> None:
         raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
 
 
-def best_mark(study, sweep: Sweep, number: int) -> str:
-    """`  (best so far)` after a complete trial's line when it is the study's best (one objective)."""
-    if len(sweep.metrics) > 1:
-        return ""
-    try:
-        return "  (best so far)" if study.best_trial.number == number else ""
-    except ValueError:
-        return ""
-
-
 @dataclass
 class SweepResult:
     parent_run_id: str
@@ -100,7 +91,6 @@ class SweepRunner:
         self.used_up = False  # the space has no parameter set left
         self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
         self.experiment = experiment or sweep.spec.experiment
-        self.fit_s: dict[int, float] = {}
 
     @property
     def stream(self):
@@ -125,6 +115,7 @@ class SweepRunner:
             warming = trials.warm_up(self.sweep, self.concurrent[0])
             self.records = SweepRecords(self.sweep, self.study, tracking_uri=self.tracking_uri,
                                         experiment=self.experiment, trials=self.trials, storage_url=url)
+            self.outcomes = TrialOutcomes(self.sweep, self.study, self.records, self.progress)
             self.say(f"sweep {self.sweep.name!r}: study in {redact(url)}; MLflow parent run {self.records.parent_id} "
                      f"(experiment {self.experiment!r}, {self.tracking_uri})")
             ray.wait(warming, num_returns=len(warming), timeout=60)  # the first trials then find their processes ready
@@ -163,11 +154,11 @@ class SweepRunner:
                     return
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 for tr in list(running.values()):
-                    if tr.ref not in ready and self._poll(tr):
+                    if tr.ref not in ready and self.outcomes.poll(tr):
                         del running[tr.ref]
                         changed()
                 for ref in ready:
-                    self._finish(running.pop(ref))
+                    self.outcomes.finish(running.pop(ref))
                     fail_fast(self.study, self.trials)
                     changed()
                 self.progress.update(self.study, list(running.values()), changed=False)  # the steps, the time
@@ -215,91 +206,6 @@ class SweepRunner:
         self.say(f"trial {number} {verb}: {params_line(params)}  (run {plan.name}{what})")
         return tr
 
-    # -- poll: the pruner --
-
-    def _poll(self, tr: TrialRun, prune: bool = True) -> bool:
-        """Feed the trial's new reports to the pruner (with `prune`); True if it was pruned (and stopped). The
-        restart lines and the progress are shown either way."""
-        import ray
-
-        if tr.board is None:  # an evaluation: nothing reported until it ends
-            return False
-        try:
-            items = ray.get(tr.board.drain.remote(), timeout=10)
-        except Exception:
-            return False
-        metric = self.sweep.metrics[0]
-        for item in items:
-            line = tr.restarts(item)
-            if line:
-                self.say(f"trial {tr.number}: {line}")
-            if item.get("event") or metric not in item:
-                continue
-            step, value = int(item["step"]), float(item[metric])
-            tr.last_step = max(tr.last_step, step)
-            self.progress.reported(tr, item)
-            if len(self.sweep.metrics) > 1 or not math.isfinite(value):
-                continue
-            tr.trial.report(value, step)
-            if prune and step < tr.steps and tr.trial.should_prune():  # at the last step it is done anyway
-                self._prune(tr, step, value)
-                return True
-        return False
-
-    def _prune(self, tr: TrialRun, step: int, value: float) -> None:
-        import optuna
-        import ray
-
-        trials.stop_task(self.sweep, tr)
-        self.study.tell(tr.trial, state=optuna.trial.TrialState.PRUNED)
-        self.records.trial_pruned(tr.run_id, tr.number, tr.params, step)
-        ray.kill(tr.board)
-        self._discard_checkpoints(tr.plan.name, tr.run_id)
-        self.say(f"trial {tr.number} pruned at step {step}: {self.sweep.metrics[0]}={value:.4g}")
-
-    # -- tell --
-
-    def _finish(self, tr: TrialRun) -> None:
-        import optuna
-        import ray
-
-        values, error = None, None
-        self._poll(tr, prune=False)  # what it pushed since the last poll: a restart's line above all
-        try:
-            outcome: trials.TrialOutcome = ray.get(tr.ref)
-            self.fit_s[tr.number] = outcome.work_s
-            # a trial relaunched after it had finished trains no further step and reports nothing: its record has them
-            metrics = outcome.metrics if set(self.sweep.metrics) <= set(outcome.metrics) else \
-                {**self.records.logged_metrics(tr.run_id), **outcome.metrics}
-            values = trials.objective_values(self.sweep, metrics)
-        except Exception as e:
-            error = root_cause(e)
-        finally:
-            if tr.board is not None:
-                ray.kill(tr.board)
-        took = time.perf_counter() - tr.started
-        if error is None:
-            self.study.tell(tr.trial, values)
-            self.records.trial_complete(tr.run_id)
-            shown = " ".join(f"{m}={v:.4g}" for m, v in zip(self.sweep.metrics, values, strict=True))
-            self.say(f"trial {tr.number} complete in {took:.0f}s: {shown}{best_mark(self.study, self.sweep, tr.number)}")
-        else:
-            tr.trial.set_user_attr("error", error)
-            self.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
-            self.records.trial_failed(tr.run_id, error)
-            self.say(f"trial {tr.number} failed after {took:.0f}s: {error}")
-        self._discard_checkpoints(tr.plan.name, tr.run_id)
-
-    def _discard_checkpoints(self, run_name: str, run_id: str) -> None:
-        """A finished trial's Ray checkpoints go (a complete trial's final `checkpoint/`, without optimizer state,
-        stays in its MLflow run). Best effort: the sweep's end deletes what is left (a pruned trial's workers may
-        still be writing when it is cancelled)."""
-        try:
-            if trials.discard_checkpoints(self.sweep, run_name):
-                self.records.checkpoints_discarded(run_id)
-        except Exception as e:
-            self.say(f"warning: could not delete the checkpoints of {run_name}: {root_cause(e)}")
-
     # -- the end --
 
     def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
@@ -325,8 +231,8 @@ class SweepRunner:
     def _close(self, url: str, wall_s: float) -> SweepResult:
         for t in finished_trials(self.study):
             if "run_name" in t.user_attrs:
-                self._discard_checkpoints(t.user_attrs["run_name"], t.user_attrs["mlflow_run_id"])
+                self.outcomes.discard_checkpoints(t.user_attrs["run_name"], t.user_attrs["mlflow_run_id"])
         best = best_trials(self.study)
         self.records.finished(best)
         return SweepResult(parent_run_id=self.records.parent_id, study_name=self.study.study_name, storage=redact(url),
-                           best=best, counts=trial_counts(self.study), wall_s=wall_s, trial_fit_s=dict(self.fit_s))
+                           best=best, counts=trial_counts(self.study), wall_s=wall_s, trial_fit_s=dict(self.outcomes.fit_s))

@@ -28,8 +28,8 @@ TIMES = (0.5, 0.25, 0.125, 0.0625)
 def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
     from steps_study import quality, train_ema
+    from suite2d import job_config
 
-    from imm.config import load_config
     from imm.data import load_data
     from imm.methods import build_model
     from imm.metrics import energy_distance
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = load_config("toy2d", [f"data.name={args.set}", f"train.seed={args.seed}", f"data.n_heldout={N}",
-                                "eval.every=1000000", "eval.steps=[1]"])
+    cfg = job_config("imm", args.set, args.seed, n_heldout=N)
     state = train_ema(cfg)
     model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
     model.load_state_dict(state["ema"])

@@ -28,10 +28,10 @@ N_EVAL = 5000
 
 
 def config(name: str, seed: int):
-    from imm.config import load_config
+    """The shipped toy2d IMM on `name`, as the held-out suite trains it, with N_EVAL held-out points."""
+    from suite2d import job_config
 
-    return load_config("toy2d", [f"data.name={name}", f"train.seed={seed}", f"data.n_heldout={N_EVAL}",
-                                 "eval.every=1000000", "eval.steps=[1]"])
+    return job_config("imm", name, seed, n_heldout=N_EVAL)
 
 
 def train(name: str, seed: int, cache: str) -> str:

@@ -36,12 +36,13 @@ N_EVAL = 4000
 QUICK_SET = "grid"  # the held-out set the quick check trains on
 
 
-def job_config(method: str, data: str, seed: int):
-    """The toy2d config with only the method, set and seed changed (and the held-out size the score uses)."""
+def job_config(method: str, data: str, seed: int, n_heldout: int = N_EVAL):
+    """The toy2d config with only the method, set and seed changed (and the held-out size the score uses); the 2D
+    studies (restart_grids, restart_bias) train theirs with it too."""
     from imm.config import load_config
 
     return load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}",
-                                 f"data.n_heldout={N_EVAL}", "eval.every=1000000", "eval.steps=[1]"])
+                                 f"data.n_heldout={n_heldout}", "eval.every=1000000", "eval.steps=[1]"])
 
 
 def cache_file(cache: str, cfg) -> Path:

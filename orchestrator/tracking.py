@@ -236,7 +236,7 @@ def close_run(mlflow_client, run_id: str, status: str) -> None:
     mlflow_client.set_terminated(run_id, status)
 
 
-TRAINING_STATE = ("optimizer", "scheduler")  # what only resuming needs: the Ray checkpoints keep it
+TRAINING_STATE = ("optimizer", "scheduler", "loss")  # what only resuming needs (loss: TVM's EMA target): Ray's keep it
 
 
 def log_checkpoint(mlflow_client, run_id: str, checkpoint, uri: str) -> None:

@@ -107,11 +107,12 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_training():
     assert np.isfinite(bf16) and bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.dropout=0.2"]])
+@pytest.mark.parametrize("extra", [[], ["model.dropout=0.2"], ["method=tvm", "tvm.target_ema=0.9"]])
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(extra):
     """Issue 14, point 6: training was reseeded at the resume step, so an interrupted trial ended elsewhere (2-step
     energy 0.01858 vs 0.01713). Now each step's randomness comes from (seed, rank, step): same weights, same metrics.
-    With dropout, IMM's target pass replays the masks by rewinding the RNG: the reseeding must not break that."""
+    With dropout, IMM's target pass replays the masks by rewinding the RNG: the reseeding must not break that. TVM's
+    EMA target is the loss's own state: the checkpoint keeps it."""
     cfg = load_config("toy2d", TINY + extra)
     saved, uninterrupted = {}, []
 

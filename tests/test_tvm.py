@@ -123,3 +123,33 @@ def test_tvm_trains_and_samples(conditional):
     model = build_model(cfg, shape, 0.5, 10 if conditional else 0)
     assert generate(model, cfg, 8, 2, seed=0, data_shape=shape).shape == (8, *shape)
     assert isinstance(build_loss(cfg), TVMLoss)
+
+
+def test_the_end_points_velocity_comes_from_an_ema_of_the_weights_when_asked():
+    """tvm.target_ema: the target starts as the weights, then moves a (1 - decay) share toward them after each step;
+    the terminal error's v(f, s) is the target's; 0 keeps the online weights; the checkpoint round trip keeps it."""
+    torch.manual_seed(0)
+    model = AverageVelocityModel(MLP(2, hidden=16, depth=1, emb_dim=8), get_trajectory("ot_fm"), sigma_d=0.5)
+    online = TVMLoss(TVMConfig(), T=1.0)
+    assert online.velocity_model(model) is model and online.state_dict() == {}
+    loss = TVMLoss(TVMConfig(target_ema=0.9), T=1.0)
+    target = loss.velocity_model(model)
+    assert target is not model and target is loss.velocity_model(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    loss.after_step(model)
+    for p_target, p_old, p_new in zip(target.parameters(), before, model.parameters(), strict=True):
+        assert torch.allclose(p_target, 0.9 * p_old + 0.1 * p_new)
+    z, s, t = torch.randn(4, 2), torch.full((4,), 0.2), torch.full((4,), 0.7)
+    u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, torch.ones_like(s))
+    with torch.no_grad():
+        f = z - (t - s)[:, None] * u
+        want = (u - (t - s)[:, None] * du_ds - target(f, s, s)).square().mean(1)
+    assert torch.allclose(loss.terminal_error(model, z, s, t, u, du_ds), want)
+    assert not torch.allclose(online.terminal_error(model, z, s, t, u, du_ds), want)
+    resumed = TVMLoss(TVMConfig(target_ema=0.9), T=1.0)
+    resumed.load_state_dict(loss.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.velocity_model(model).parameters(), target.parameters(),
+                                                  strict=True))

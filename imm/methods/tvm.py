@@ -4,9 +4,9 @@ velocity: moving the end point s of a trajectory moves f at the velocity of the 
 
     d/ds f(z_t, t, s) = v(f(z_t, t, s), s),    d/ds f = u - (t - s) d_s u    (one forward-mode JVP in s)
 
-with v at the end point the model's own instantaneous velocity u(., s, s) under stop-gradient (the official code takes
-it from a fast EMA of the weights, 0.99; here it is the online weights), plus flow matching at gap 0, which trains that
-velocity:
+with v at the end point the model's own instantaneous velocity u(., s, s) under stop-gradient, from the online weights
+or (`tvm.target_ema`) from a fast EMA of them, as the official code's ema_target (0.99), plus flow matching at gap 0,
+which trains that velocity:
 
     L = mean ||u - (t - s) d_s u - sg(u(f, s, s))||^2 + mean ||u(z_s', s', s') - (eps - x)||^2
 
@@ -20,6 +20,7 @@ The model and sampler are MeanFlow's (imm.methods.meanflow): u is an average vel
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,9 @@ class TVMConfig:
     gap_std: float = 1.0  # the std of the gap's logit-normal (the official gap_P_std)
     time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's (the official: unscaled)
     guidance: float = 1.0  # w, guidance trained in for class-conditional models; 1 = none
+    # the end point's velocity (and guidance's null velocity) from an EMA of the weights at this decay, updated after
+    # every optimizer step and kept in the checkpoint (the official ema_target_beta: 0.99); 0: the online weights
+    target_ema: float = 0.0
 
 
 class TVMLoss:
@@ -55,6 +59,33 @@ class TVMLoss:
 
     def __init__(self, c: TVMConfig, *, T: float):
         self.c, self.T = c, T
+        self.target: torch.nn.Module | None = None  # the EMA of the weights (tvm.target_ema > 0), made at first use
+        self._saved_target: dict | None = None  # a checkpoint's target, loaded when the target is made
+
+    def velocity_model(self, model):
+        """What gives the flow's velocity where the loss needs it without gradient: the EMA target (made from the
+        weights at first use), else the model."""
+        if self.c.target_ema <= 0:
+            return model
+        if self.target is None:
+            self.target = copy.deepcopy(unwrap(model)).requires_grad_(False).eval()
+            if self._saved_target is not None:
+                self.target.load_state_dict(self._saved_target)
+        return self.target
+
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        """The training loop's call after each optimizer step: the target moves toward the new weights."""
+        if self.target is not None:
+            for p_target, p in zip(self.target.parameters(), unwrap(model).parameters(), strict=True):
+                p_target.lerp_(p.detach(), 1 - self.c.target_ema)
+
+    def state_dict(self) -> dict:
+        """The target's weights, for the checkpoint: a resumed run ends as an uninterrupted one."""
+        return {"target": self.target.state_dict()} if self.target is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._saved_target, self.target = state.get("target"), None
 
     def times(self, n: int, device) -> tuple[Tensor, Tensor, Tensor]:
         """(t, s, s'): s <= t with t - s from the gap's logit-normal, s from the truncated logit-normal; s' for flow
@@ -75,7 +106,7 @@ class TVMLoss:
             return v
         null = torch.full_like(labels, model.net.num_classes)
         with torch.no_grad():
-            mixed = w * v + (1 - w) * model(z, s, s, null)
+            mixed = w * v + (1 - w) * self.velocity_model(model)(z, s, s, null)
         return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
 
     @staticmethod
@@ -88,12 +119,12 @@ class TVMLoss:
     def terminal_error(self, model, z_t: Tensor, s: Tensor, t: Tensor, u: Tensor, du_ds: Tensor,
                        labels: Tensor | None = None) -> Tensor:
         """Per sample, mean ||d/ds f - sg(v(f, s))||^2 with d/ds f = u - (t - s) d_s u, v the model's own velocity
-        u(., s, s) (or the teacher's); 0 where s = t."""
+        u(., s, s) (its EMA target's, or the teacher's); 0 where s = t."""
         gap = _bcast(t - s, u)
         f = z_t - (gap * u).to(z_t.dtype)
         with torch.no_grad():  # the flow's velocity at the end point
             v_end = at_least_fp32(self.teacher.velocity(f, s, labels) if self.teacher is not None
-                                  else model(f, s, s, labels))
+                                  else self.velocity_model(model)(f, s, s, labels))
         err = (u - gap * du_ds - v_end).flatten(1).square().mean(1)
         return torch.where(torch.isclose(s, t), torch.zeros_like(err), err)  # no trajectory to move
 
@@ -122,6 +153,7 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "tvm.gap_std", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.time_scale", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.guidance", 0.0, None, strict_low=True)
+    check_range(cfg, "tvm.target_ema", 0.0, 1.0)
 
 
 METHOD = register(Method(

@@ -160,6 +160,10 @@ def train_loop(
         check_teacher(cfg, teacher, data_shape, sigma_d, num_classes)
         teacher = Teacher(teacher, device)
     loss_fn = build_loss(cfg, teacher=teacher)
+    # A loss with state of its own (TVM's EMA target) follows each optimizer step and is kept in the checkpoint.
+    after_step = getattr(loss_fn, "after_step", lambda model: None)
+    if resume and "loss" in resume:
+        loss_fn.load_state_dict(resume["loss"])
     per_worker = tc.batch_size // world_size
     report = report or (lambda metrics, checkpoint_dir: None)
 
@@ -187,6 +191,7 @@ def train_loop(
             opt.step()
             sched.step()
             ema.update_parameters(model)
+            after_step(model)
             loss_sum += loss
             loss_n += 1
             in_a_row = 0
@@ -241,6 +246,8 @@ def train_loop(
                     "data_shape": list(data_shape),
                     "num_classes": num_classes,
                 }
+                if hasattr(loss_fn, "state_dict"):
+                    state["loss"] = loss_fn.state_dict()
                 torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
                 ckpt_dir = tmp
             report(metrics, ckpt_dir)

@@ -16,8 +16,8 @@ gives each set's mean and spread over seeds, the median over sets, and the check
     .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed: the first
                                                             # check only (CI's slow tests: about 1 minute)
 
-Trained results are cached under --cache (rerunning resumes); tables.md and results.json go to --out; exit 1 when a
-check fails (--quick: when the first does).
+Trained results are cached under --cache (rerunning resumes); tables.md and results.json go to --out (--keep: with
+the results already there of the methods not run now); exit 1 when a check fails (--quick: when the first does).
 """
 
 from __future__ import annotations
@@ -132,9 +132,24 @@ def checks(summ: dict, floors: dict[str, float] | None = None) -> dict[str, bool
     return out
 
 
-def report(summ: dict, results: list[dict], out: Path, seeds: int, floors: dict[str, float] | None = None) -> str:
-    lines = [f"Energy distance to held-out points ({N_EVAL} samples, 2 sampling seeds), mean ± spread over {seeds} "
-             "training seed(s); the toy2d config with method, data.name and train.seed changed.", "",
+def seed_counts(results: list[dict]) -> str:
+    """How many training seeds each method has: "3", or "3 (tvm: 1)" where methods differ."""
+    per = {m: len({r["seed"] for r in results if r["method"] == m}) for m in dict.fromkeys(r["method"] for r in results)}
+    common = statistics.mode(per.values())
+    fewer = ", ".join(f"{m}: {n}" for m, n in per.items() if n != common)
+    return f"{common}" + (f" ({fewer})" if fewer else "")
+
+
+def kept_results(out: Path, methods: list[str]) -> list[dict]:
+    """OUT/results.json's results of the methods not run now (--keep: a method added to a published report)."""
+    earlier = out / "results.json"
+    return [r for r in json.loads(earlier.read_text()) if r["method"] not in methods] if earlier.is_file() else []
+
+
+def report(summ: dict, results: list[dict], out: Path, floors: dict[str, float] | None = None) -> str:
+    lines = [f"Energy distance to held-out points ({N_EVAL} samples, 2 sampling seeds), mean ± spread over "
+             f"{seed_counts(results)} training seed(s); the toy2d config with method, data.name and train.seed "
+             "changed.", "",
              "| method | set | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
              "|---|---|" + "---|" * len(STEPS)]
     for m, sets in summ.items():
@@ -163,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--quick", action="store_true", help=f"IMM and FM on {QUICK_SET}, one seed: the first check")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep OUT/results.json's results of the methods not run now")
     ap.add_argument("--cache", default="imm-runs/suite2d", help="trained results, reused when rerun")
     ap.add_argument("--out", type=Path, default=Path("docs/science/suite2d"))
     args = ap.parse_args(argv)
@@ -172,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, s, seed, args.cache) for s in sets for m in methods for seed in range(seeds)]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(score, *zip(*jobs, strict=True)))
+    if args.keep:
+        results = sorted(results + kept_results(args.out, methods), key=lambda r: METHODS.index(r["method"]))
     summ = summary(results)
     floors = {s: noise_floor(s) for s in sets}
-    print(report(summ, results, args.out, seeds, floors))
+    print(report(summ, results, args.out, floors))
     held = checks(summ, floors)
     return 0 if (held["imm_2_vs_fm_8"] if args.quick else all(held.values())) else 1
 

@@ -1,6 +1,7 @@
 """benchmarks/suite2d.py: the checks the shipped 2D defaults are held to, on made-up scores that pass and fail
 each one."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -96,3 +97,13 @@ def test_a_cached_result_is_read_back_only_for_the_same_resolved_config(tmp_path
     fm = suite2d.job_config("fm", "grid", 0)
     fm.imm.group_size = 8  # another method's section is not this run's business
     assert suite2d.cache_file(str(tmp_path), fm) == suite2d.cache_file(str(tmp_path), suite2d.job_config("fm", "grid", 0))
+
+
+def test_keep_adds_the_published_results_of_the_methods_not_run_and_the_header_counts_their_seeds(tmp_path):
+    published = [{"method": m, "set": "a", "seed": seed, "energy": [0.1] * 4} for m in ("imm", "tvm") for seed in (0, 1, 2)]
+    (tmp_path / "results.json").write_text(json.dumps(published))
+    kept = suite2d.kept_results(tmp_path, ["tvm"])
+    assert {r["method"] for r in kept} == {"imm"} and len(kept) == 3
+    assert suite2d.kept_results(tmp_path / "none", ["tvm"]) == []
+    fresh = [{"method": "tvm", "set": "a", "seed": 0, "energy": [0.2] * 4}]
+    assert suite2d.seed_counts(kept + fresh) == "3 (tvm: 1)" and suite2d.seed_counts(kept) == "3"

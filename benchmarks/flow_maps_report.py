@@ -105,6 +105,16 @@ def cell(values: list[float]) -> str:
     return f"{fmt(mean)} ± {fmt(spread)}" if len(values) > 1 else fmt(mean)
 
 
+def sampling_spread(gen, n: int, steps: int = 2, draws: int = 5) -> list[float]:
+    """The 2-step energy of one trained model over `draws` sample seeds of n samples (the run's own evaluation draws
+    one): how far the metric moves without any change to the model."""
+    from imm.data import load_data
+    from imm.metrics import energy_distance
+
+    heldout = load_data(gen.cfg.data).heldout.flatten(1)
+    return [energy_distance(gen.sample(n, steps=steps, seed=1000 + i).flatten(1), heldout) for i in range(draws)]
+
+
 def markdown(res: dict, order: list[str]) -> str:
     """Both metrics' tables; a kept row (--keep) is marked and footnoted with its sample count."""
     lines = []
@@ -117,6 +127,11 @@ def markdown(res: dict, order: list[str]) -> str:
             name = f"{m} *" if res[m].get("kept") else m
             lines.append(f"| {name} | " + " | ".join(cell(res[m][f"{metric}/steps_{k}"]) for k in STEPS) + " |")
         lines.append("")
+    spread = [m for m in order if "sampling_spread/steps_2" in res[m]]
+    if spread:
+        lines += ["**Sampling noise**: the 2-step energy of each row's first model over 5 sample draws (max - min), "
+                  "against the seed spread above: " + ", ".join(
+                      f"{m} {max(v) - min(v):.4f}" for m in spread for v in [res[m]["sampling_spread/steps_2"]]) + ".", ""]
     kept = [m for m in order if res[m].get("kept")]
     if kept:
         counts = sorted({res[m].get("n_samples", DIGITS_N_SAMPLES) for m in kept})
@@ -153,6 +168,7 @@ def main() -> None:
         gen = load_model(f"runs:/{res[m]['run_ids'][0]}", tracking_uri=uri, device="cpu")
         for k in GRID_STEPS:
             image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{file_stem(m)}_steps_{k}.png")
+        res[m]["sampling_spread/steps_2"] = sampling_spread(gen, res[m]["n_samples"])
     (out / "results.json").write_text(json.dumps(res, indent=1))
     body = markdown(res, order)
     (out / "tables.md").write_text(body)

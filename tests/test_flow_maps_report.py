@@ -48,3 +48,28 @@ def test_kept_rows_are_marked_with_their_sample_count():
     assert "| cm * | " in text and "| tvm | " in text
     assert "scored with [1000] samples" in text
     assert "kept" not in report.markdown({"tvm": res["tvm"]}, ["tvm"])
+
+
+def test_the_sampling_spread_scores_one_model_on_fresh_sample_draws():
+    import torch
+
+    from imm.config import load_config
+    from imm.data import load_data
+
+    cfg = load_config("digits", [])
+    heldout = load_data(cfg.data).heldout
+
+    class Exact:  # samples the held-out digits themselves, blurred by noise that grows with the seed
+        def __init__(self):
+            self.cfg = cfg
+
+        def sample(self, n, steps, seed):
+            g = torch.Generator().manual_seed(seed)
+            return heldout[torch.randint(len(heldout), (n,), generator=g)] + (seed - 999) * 0.1 * torch.randn(
+                (n, *heldout.shape[1:]), generator=g)
+
+    spread = report.sampling_spread(Exact(), 500, draws=3)
+    assert len(spread) == 3 and spread[0] < spread[1] < spread[2]
+    res = {"tvm": {**report.table([run("tvm", 0, 0.1)], {"tvm-0-0.1": {"method": "tvm"}})["tvm"],
+                   "sampling_spread/steps_2": [0.01, 0.013, 0.011]}}
+    assert "tvm 0.0030" in report.markdown(res, ["tvm"])

@@ -4,7 +4,8 @@
     study     the Optuna study: storage, sampler and pruner, distinct proposals, resume checks
     lease     one driver per sweep at a time
     trials    a trial on Ray: resources, its task, what it returns, its checkpoints
-    runner    the loop: ask -> launch -> poll -> tell (`SweepRunner`)
+    runner    the loop: ask -> launch -> wait (`SweepRunner`)
+    outcomes  how a trial ends: its reports fed to the pruner, its result told to the study (`TrialOutcomes`)
     records   the MLflow parent and trial runs, told what happens
     progress  the terminal's lines and bar
     report    what a finished sweep leaves on its parent run; `imm-orch status`

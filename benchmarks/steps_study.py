@@ -108,8 +108,9 @@ class Result:
 
 
 def train_ema(cfg) -> dict:
-    """Train `cfg` in this process on the CPU: its last checkpoint's EMA weights, sigma_d and data_shape, and the
-    training time (train_s)."""
+    """Train `cfg` in this process on the CPU (from train.teacher where it names one): its last checkpoint's EMA
+    weights, sigma_d and data_shape, and the training time (train_s)."""
+    from imm.sampling.trained import load_trained
     from imm.training.loop import CHECKPOINT_FILE, train_loop
 
     box = {}
@@ -119,7 +120,7 @@ def train_ema(cfg) -> dict:
             box["state"] = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), weights_only=True)
 
     t0 = time.perf_counter()
-    train_loop(cfg, device="cpu", report=keep)
+    train_loop(cfg, device="cpu", report=keep, teacher=load_trained(cfg.train.teacher) if cfg.train.teacher else None)
     return {k: box["state"][k] for k in ("ema", "sigma_d", "data_shape")} | {"train_s": time.perf_counter() - t0}
 
 

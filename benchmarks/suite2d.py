@@ -13,6 +13,8 @@ gives each set's mean and spread over seeds, the median over sets, and the check
     .venv/bin/python benchmarks/suite2d.py                  # the held-out half, 5 methods, 3 seeds (~2 h, 2 cores;
                                                             # TVM is an hour of it)
     .venv/bin/python benchmarks/suite2d.py --half tuning    # the tuning half
+    .venv/bin/python benchmarks/suite2d.py --methods --distill meanflow --keep   # MeanFlow from each set's flow-
+                                                            # matching teacher, added to the published report
     .venv/bin/python benchmarks/suite2d.py --quick          # one held-out set, IMM and FM, one seed: the first
                                                             # check only (CI's slow tests: about 1 minute)
 
@@ -32,17 +34,44 @@ from pathlib import Path
 
 STEPS = (1, 2, 4, 8)
 METHODS = ("imm", "fm", "meanflow", "shortcut", "tvm")
+DISTILLERS = ("meanflow", "tvm")  # the methods that train from a teacher (train.teacher)
 N_EVAL = 4000
 QUICK_SET = "grid"  # the held-out set the quick check trains on
+DISTILLED = " (distilled)"  # the row of a method trained from its set's flow-matching teacher (--distill)
 
 
-def job_config(method: str, data: str, seed: int, n_heldout: int = N_EVAL):
-    """The toy2d config with only the method, set and seed changed (and the held-out size the score uses); the 2D
-    studies (restart_grids, restart_bias) train theirs with it too."""
+def job_config(method: str, data: str, seed: int, n_heldout: int = N_EVAL, teacher: str | None = None):
+    """The toy2d config with only the method, set and seed changed (and the held-out size the score uses; a
+    distilled job's train.teacher); the 2D studies (restart_grids, restart_bias) train theirs with it too."""
     from imm.config import load_config
 
     return load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}",
-                                 f"data.n_heldout={n_heldout}", "eval.every=1000000", "eval.steps=[1]"])
+                                 f"data.n_heldout={n_heldout}", "eval.every=1000000", "eval.steps=[1]",
+                                 *([f"train.teacher={teacher}"] if teacher else [])])
+
+
+def teacher_checkpoint(data: str, cache: str) -> str:
+    """The set's teacher for the distilled rows: toy2d's flow matching at the shared budget (seed 0), trained once
+    under `cache` as a checkpoint train.teacher loads."""
+    import io
+
+    import torch
+
+    from imm.training.loop import CHECKPOINT_FILE, train
+
+    cfg = job_config("fm", data, 0)
+    cfg.train.out_dir = str(cache_file(cache, cfg).with_suffix(""))
+    checkpoint = Path(cfg.train.out_dir) / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        torch.set_num_threads(1)
+        train(cfg, device="cpu", stream=io.StringIO())
+    return str(checkpoint)
+
+
+def rank(method: str) -> tuple[int, bool]:
+    """Where a method's rows go: METHODS' order, each distilled row after its method's."""
+    base = method.removesuffix(DISTILLED)
+    return METHODS.index(base), base != method
 
 
 def cache_file(cache: str, cfg) -> Path:
@@ -61,8 +90,10 @@ def cache_file(cache: str, cfg) -> Path:
 
 
 def score(method: str, data: str, seed: int, cache: str) -> dict:
-    """The energy distance at each of STEPS for one trained (method, set, seed), cached as JSON."""
-    cfg = job_config(method, data, seed)
+    """The energy distance at each of STEPS for one trained (method, set, seed), cached as JSON; "M (distilled)"
+    trains M from the set's teacher (teacher_checkpoint)."""
+    base = method.removesuffix(DISTILLED)
+    cfg = job_config(base, data, seed, teacher=teacher_checkpoint(data, cache) if base != method else None)
     out = cache_file(cache, cfg)
     if out.is_file():
         return json.loads(out.read_text())
@@ -175,21 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--half", choices=["heldout", "tuning"], default="heldout")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--quick", action="store_true", help=f"IMM and FM on {QUICK_SET}, one seed: the first check")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--distill", nargs="*", default=[], choices=DISTILLERS,
+                    help="these methods also from each set's flow-matching teacher (rows 'M (distilled)')")
     ap.add_argument("--keep", action="store_true", help="keep OUT/results.json's results of the methods not run now")
     ap.add_argument("--cache", default="imm-runs/suite2d", help="trained results, reused when rerun")
     ap.add_argument("--out", type=Path, default=Path("docs/science/suite2d"))
     args = ap.parse_args(argv)
     sets = [QUICK_SET] if args.quick else list(HELDOUT if args.half == "heldout" else TUNING)
-    methods, seeds = (["imm", "fm"], 1) if args.quick else (args.methods, args.seeds)
+    methods, seeds = (["imm", "fm"], 1) if args.quick else (args.methods + [m + DISTILLED for m in args.distill],
+                                                            args.seeds)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     jobs = [(m, s, seed, args.cache) for s in sets for m in methods for seed in range(seeds)]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        if args.distill:  # each set's teacher first, once
+            list(pool.map(teacher_checkpoint, sets, [args.cache] * len(sets)))
         results = list(pool.map(score, *zip(*jobs, strict=True)))
     if args.keep:
-        results = sorted(results + kept_results(args.out, methods), key=lambda r: METHODS.index(r["method"]))
+        results = sorted(results + kept_results(args.out, methods), key=lambda r: rank(r["method"]))
     summ = summary(results)
     floors = {s: noise_floor(s) for s in sets}
     print(report(summ, results, args.out, floors))

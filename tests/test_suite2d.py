@@ -107,3 +107,33 @@ def test_keep_adds_the_published_results_of_the_methods_not_run_and_the_header_c
     assert suite2d.kept_results(tmp_path / "none", ["tvm"]) == []
     fresh = [{"method": "tvm", "set": "a", "seed": 0, "energy": [0.2] * 4}]
     assert suite2d.seed_counts(kept + fresh) == "3 (tvm: 1)" and suite2d.seed_counts(kept) == "3"
+
+
+def test_a_distilled_row_trains_its_method_from_the_sets_flow_matching_teacher(tmp_path, monkeypatch):
+    """--distill meanflow: the job "meanflow (distilled)" trains meanflow with train.teacher = the set's FM checkpoint
+    (trained once, then reused), and the teacher's velocity is what the loss asks for; rows sort after their method."""
+    from steps_study import train_ema
+
+    from imm.training.teacher import Teacher
+
+    tiny = ["model.hidden=16", "model.depth=1", "train.steps=4", "train.batch_size=32", "train.checkpoint_every=4",
+            "train.log_every=4", "data.n_train=200"]
+    real_config = suite2d.job_config
+    monkeypatch.setattr(suite2d, "job_config", lambda *a, **k: _with(real_config(*a, **k), tiny))
+    teacher = suite2d.teacher_checkpoint("grid", str(tmp_path))
+    assert Path(teacher).is_file() and suite2d.teacher_checkpoint("grid", str(tmp_path)) == teacher
+    cfg = suite2d.job_config("meanflow", "grid", 0, teacher=teacher)
+    assert cfg.train.teacher == teacher and cfg.method == "meanflow"
+    calls = []
+    velocity = Teacher.velocity
+    monkeypatch.setattr(Teacher, "velocity", lambda self, *a, **k: calls.append(1) or velocity(self, *a, **k))
+    train_ema(cfg)
+    assert len(calls) == 4  # once per step: MeanFlow's v_T(z_t, t)
+    assert sorted(["tvm", "meanflow (distilled)", "imm", "meanflow"], key=suite2d.rank) == [
+        "imm", "meanflow", "meanflow (distilled)", "tvm"]
+
+
+def _with(cfg, overrides):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -50,7 +50,7 @@ def test_kept_rows_are_marked_with_their_sample_count():
     assert "kept" not in report.markdown({"tvm": res["tvm"]}, ["tvm"])
 
 
-def test_the_sampling_spread_scores_one_model_on_fresh_sample_draws():
+def test_each_model_is_scored_again_on_fresh_sample_draws():
     import torch
 
     from imm.config import load_config
@@ -68,8 +68,8 @@ def test_the_sampling_spread_scores_one_model_on_fresh_sample_draws():
             return heldout[torch.randint(len(heldout), (n,), generator=g)] + (seed - 999) * 0.1 * torch.randn(
                 (n, *heldout.shape[1:]), generator=g)
 
-    spread = report.sampling_spread(Exact(), 500, draws=3)
-    assert len(spread) == 3 and spread[0] < spread[1] < spread[2]
+    draws = report.redrawn(Exact(), 500, draws=3)
+    assert len(draws) == 3 and draws[0] < draws[1] < draws[2]
     res = {"tvm": {**report.table([run("tvm", 0, 0.1)], {"tvm-0-0.1": {"method": "tvm"}})["tvm"],
-                   "sampling_spread/steps_2": [0.01, 0.013, 0.011]}}
-    assert "tvm 0.0030" in report.markdown(res, ["tvm"])
+                   "redrawn/steps_2": [[0.01, 0.013, 0.011], [0.02, 0.02, 0.02]]}}
+    assert "| tvm | 0.0157 ± 0.0087 | 0.0030 |" in report.markdown(res, ["tvm"])

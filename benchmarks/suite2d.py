@@ -184,9 +184,10 @@ def report(summ: dict, results: list[dict], out: Path, floors: dict[str, float] 
              "| method | set | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
              "|---|---|" + "---|" * len(STEPS)]
     for m, sets in summ.items():
+        one_seed = len({r["seed"] for r in results if r["method"] == m}) == 1  # no spread to show
         for s, (mean, spread) in sets.items():
-            lines.append(f"| {m} | {s} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(mean, spread, strict=True))
-                         + " |")
+            lines.append(f"| {m} | {s} | " + " | ".join(f"{a:.4f}" if one_seed else f"{a:.4f} ± {b:.4f}"
+                                                         for a, b in zip(mean, spread, strict=True)) + " |")
         lines.append(f"| **{m}** | **median over sets** | "
                      + " | ".join(f"**{median_over_sets(summ, m, k):.4f}**" for k in STEPS) + " |")
     if floors:

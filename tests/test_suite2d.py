@@ -137,3 +137,10 @@ def _with(cfg, overrides):
     from omegaconf import OmegaConf
 
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+
+
+def test_a_method_with_one_seed_shows_no_spread(tmp_path):
+    res = results({("imm", "a"): [[0.1, 0.02, 0.01, 0.01], [0.3, 0.04, 0.01, 0.03]], ("tvm", "a"): [[0.1] * 4]})
+    text = suite2d.report(suite2d.summary(res), res, tmp_path)
+    assert "| tvm | a | 0.1000 | 0.1000 |" in text and "| imm | a | 0.2000 ± 0.2000 |" in text
+    assert "over 2 (tvm: 1) training seed(s)" in text

@@ -68,7 +68,8 @@ class TVMLoss:
         if self.c.target_ema <= 0:
             return model
         if self.target is None:
-            self.target = copy.deepcopy(unwrap(model)).requires_grad_(False).eval()
+            net = unwrap(model)
+            self.target = copy.deepcopy(getattr(net, "_orig_mod", net)).requires_grad_(False).eval()  # not compiled
             if self._saved_target is not None:
                 self.target.load_state_dict(self._saved_target)
         return self.target

@@ -4,8 +4,9 @@ methods on digits, from scratch and distilled from a teacher, several seeds.
 Reads the sweeps' complete trials from MLflow (their last evaluation: energy/steps_K and fd/steps_K at K = 1, 2,
 4, 8), writes mean and spread (max - min) over the seeds per method into OUT/tables.md and results.json, and one
 sample grid per method (its first seed's model at 1 and 2 steps) as OUT/METHOD_steps_K.png; each model is also
-scored again at 2 steps on 5 fresh sample draws (the runs' own evaluations draw one). A run trained from a
-teacher (its imm.teacher tag) is its own row, "METHOD (distilled)"; MeanFlow with the model's own tangent
+scored again at 2 steps on 5 fresh sample draws, on both metrics (the runs' own evaluations draw one). A run trained
+from a teacher (its imm.teacher tag) is its own row, "METHOD (distilled)", and one that started from a trained
+network (train.init_from) "METHOD (distilled, warm-started)"; MeanFlow with the model's own tangent
 (meanflow.tangent=model) is the row "imf". With --keep, rows of OUT/results.json that these sweeps do not make (runs
 of an earlier store) stay, marked in the table, and their grids are not redrawn.
 
@@ -13,6 +14,7 @@ of an earlier store) stay, marked in the table, and their grids are not redrawn.
     .venv/bin/imm-orch sweep sweeps/flow_maps_distilled.yaml    # after its teacher (the file's header)
     .venv/bin/imm-orch sweep sweeps/flow_maps_fmm.yaml          # the same teacher
     .venv/bin/imm-orch sweep sweeps/flow_maps_imf.yaml          # improved MeanFlow
+    .venv/bin/imm-orch sweep sweeps/flow_maps_warm.yaml         # TVM distilled from the teacher's own network
     .venv/bin/python benchmarks/flow_maps_report.py [--sweep SWEEP ...] [--keep] [--tracking-uri URI] [--out DIR]
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -33,6 +36,7 @@ STEPS = (1, 2, 4, 8)
 METRICS = ("energy", "fd")
 GRID_STEPS = (1, 2)
 DRAWS = 5  # fresh sample draws per model for the redrawn 2-step score
+DRAW_SEED = 10_000  # draw i's first batch seed is DRAW_SEED (i + 1): no batch seed of one draw is another's
 DIGITS_N_SAMPLES = 1000  # eval.n_samples of rows recorded without it (the digits config's)
 
 
@@ -44,13 +48,15 @@ VARIANT = {"fmm": "fmm.objective"}  # methods whose rows are split by the value 
 def row_of(config: dict[str, str], distilled: bool) -> str:
     """A run's row, from its flattened config: its method (imf for MeanFlow with the model's tangent), VARIANT's
     value, ", no anchor" for fmm runs without fmm.anchor (the runs from before the key existed trained without it),
-    and " (distilled)" for a run with a teacher."""
+    and in brackets "distilled" for a run with a teacher, "warm-started" for one started from a trained network."""
     method = config["method"]
     if method == "meanflow" and config.get("meanflow.tangent") == "model":
         method = "imf"
     row = method + (f" {config[VARIANT[method]]}" if VARIANT.get(method) in config else "")
     row += ", no anchor" if method == "fmm" and config.get("fmm.anchor", "False") == "False" else ""
-    return row + (" (distilled)" if distilled else "")
+    how = [w for w, yes in (("distilled", distilled), ("warm-started", config.get("train.init_from") not in
+                                                           (None, "None", ""))) if yes]
+    return row + (f" ({', '.join(how)})" if how else "")
 
 
 def run_config(client, run_id: str) -> dict[str, str]:
@@ -96,8 +102,8 @@ def rank(row: str) -> int:
 
 
 def file_stem(row: str) -> str:
-    """A row's sample-grid file name: "tvm (distilled)" -> tvm_distilled."""
-    return row.replace(" (distilled)", "_distilled").replace(", ", "_").replace(" ", "_")
+    """A row's sample-grid file name: "tvm (distilled, warm-started)" -> tvm_distilled_warm_started."""
+    return re.sub(r"[^a-z0-9]+", "_", row.lower()).strip("_")
 
 
 def cell(values: list[float]) -> str:
@@ -107,14 +113,12 @@ def cell(values: list[float]) -> str:
     return f"{fmt(mean)} ± {fmt(spread)}" if len(values) > 1 else fmt(mean)
 
 
-def redrawn(gen, heldout, n: int, steps: int = 2, draws: int = DRAWS) -> list[float]:
-    """The 2-step energy of one trained model against `heldout` over `draws` fresh sample seeds of n samples each
-    (the run's own evaluation draws one): their spread is how far the metric moves with no change to the model, their
-    mean a score with that noise averaged down."""
-    from imm.metrics import energy_distance
-
-    return [energy_distance(gen.sample(n, steps=steps, seed=1000 + i).flatten(1), heldout.flatten(1))
-            for i in range(draws)]
+def redrawn(evaluator, model, draws: int = DRAWS) -> dict[str, list[float]]:
+    """One trained model's 2-step scores over `draws` fresh sample draws: {metric: [value per draw]}, from its
+    run's evaluation (imm.metrics.evaluator.Evaluator) on other seeds' samples than the run's eval.seed. Their spread
+    is how far a metric moves with no change to the model, their mean a score with that noise averaged down."""
+    scores = [evaluator(model, steps=[2], seed=DRAW_SEED * (i + 1)).metrics for i in range(draws)]
+    return {metric: [s[f"{metric}/steps_2"] for s in scores] for metric in METRICS}
 
 
 def markdown(res: dict, order: list[str]) -> str:
@@ -129,16 +133,20 @@ def markdown(res: dict, order: list[str]) -> str:
             name = f"{m} *" if res[m].get("kept") else m
             lines.append(f"| {name} | " + " | ".join(cell(res[m][f"{metric}/steps_{k}"]) for k in STEPS) + " |")
         lines.append("")
-    redrawn_rows = [m for m in order if "redrawn/steps_2" in res[m]]
+    redrawn_rows = [m for m in order if "redrawn/energy/steps_2" in res[m]]
     if redrawn_rows:
-        lines += [f"**energy at 2 steps, redrawn**: each model scored on {DRAWS} fresh draws of samples; mean ± "
-                  "spread over seeds of the per-model means, and the spread of one model's draws (its first seed's): "
-                  "how far the metric moves with no change to the model.", "",
-                  "| method | 2 steps, mean of draws | one model's draws, spread |", "|---|---|---|"]
+        lines += [f"**2 steps, redrawn**: each model scored on {DRAWS} fresh draws of samples; mean ± spread over "
+                  "seeds of the per-model means, and the spread of one model's draws (its first seed's): how far the "
+                  "metric moves with no change to the model.", "",
+                  "| method | energy, mean of draws | one model's draws, spread | fd, mean of draws | one model's "
+                  "draws, spread |", "|---|---|---|---|---|"]
         for m in redrawn_rows:
-            per_model = [statistics.fmean(d) for d in res[m]["redrawn/steps_2"]]
-            first = res[m]["redrawn/steps_2"][0]
-            lines.append(f"| {m} | {cell(per_model)} | {max(first) - min(first):.4f} |")
+            cells = []
+            for metric in METRICS:
+                draws = res[m][f"redrawn/{metric}/steps_2"]
+                first = draws[0]
+                cells += [cell([statistics.fmean(d) for d in draws]), cell([max(first) - min(first)])]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     kept = [m for m in order if res[m].get("kept")]
     if kept:
@@ -150,7 +158,8 @@ def markdown(res: dict, order: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled", "flow_maps_fmm", "flow_maps_imf"],
+    p.add_argument("--sweep", nargs="+", default=["flow_maps", "flow_maps_distilled", "flow_maps_fmm", "flow_maps_imf",
+                                                  "flow_maps_warm"],
                    help="sweeps whose trials are the rows (a sweep with no complete trials is left out)")
     p.add_argument("--keep", action="store_true",
                    help="keep OUT/results.json's rows that these sweeps do not make (runs of an earlier store)")
@@ -171,18 +180,21 @@ def main() -> None:
     order = sorted(res, key=lambda row: (rank(row), row))
     out.mkdir(parents=True, exist_ok=True)
     from imm.data import load_data
+    from imm.metrics.evaluator import Evaluator
     from imm.sampling.pictures import image_grid_png
 
-    heldout = None  # every run's (the same digits split): read once
+    data = None  # every run's (the same digits split): read once
     for m in (m for m in order if not res[m].get("kept")):
-        res[m]["redrawn/steps_2"] = []
+        per_model = []
         for i, run_id in enumerate(res[m]["run_ids"]):
             gen = load_model(f"runs:/{run_id}", tracking_uri=uri, device="cpu")
-            heldout = load_data(gen.cfg.data).heldout if heldout is None else heldout
+            data = load_data(gen.cfg.data) if data is None else data
             if i == 0:
                 for k in GRID_STEPS:
                     image_grid_png(gen.sample(64, steps=k, seed=0), out / f"{file_stem(m)}_steps_{k}.png")
-            res[m]["redrawn/steps_2"].append(redrawn(gen, heldout, res[m]["n_samples"]))
+            per_model.append(redrawn(Evaluator(gen.cfg, data), gen.model))
+        for metric in METRICS:
+            res[m][f"redrawn/{metric}/steps_2"] = [d[metric] for d in per_model]
     (out / "results.json").write_text(json.dumps(res, indent=1))
     body = markdown(res, order)
     (out / "tables.md").write_text(body)

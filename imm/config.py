@@ -90,8 +90,9 @@ class TrainConfig:
     # rung) samples the recent weights, not the first steps'; 0 = the fixed decay from the start (the paper's)
     ema_rampup: float = 0.0
     seed: int = 0  # the run's seed: each step's randomness comes from it, the rank and the step, so a resumed run matches
-    # a trained model whose weights the network and its EMA start from (runs:/RUN_ID, models:/NAME@ALIAS, a
-    # checkpoint path or s3:// URI; python -m imm.train: a path); the optimizer and schedule start fresh
+    # a trained model whose network weights the network and its EMA start from (runs:/RUN_ID, models:/NAME@ALIAS, a
+    # checkpoint path or s3:// URI; python -m imm.train: a path); the optimizer and schedule start fresh. Another
+    # method's model (a distilled flow map's teacher) when its network is read the same way (imm.training.start)
     init_from: str | None = None
     # a trained velocity model to distill (runs:/RUN_ID, models:/NAME@ALIAS, a checkpoint path or s3:// URI; python
     # -m imm.train: a path): the methods that distill take its velocity in place of the data's eps - x. Frozen, in

@@ -140,10 +140,10 @@ def save_mlflow_model(gen: TrainedModel, path: str | Path, metadata: dict | None
     return gen.save_weights(path)
 
 
-def initial_weights(uri: str, tracking_uri: str | None) -> dict[str, torch.Tensor]:
-    """train.init_from: the network weights of the model at `uri` (its EMA's for a checkpoint), on the CPU. The one
-    loader of trained models inside training."""
-    return load_model(uri, tracking_uri=tracking_uri, device="cpu").model.state_dict()
+def initial_model(uri: str, tracking_uri: str | None) -> torch.nn.Module:
+    """train.init_from: the model at `uri` (its EMA's weights for a checkpoint), on the CPU, whose network the run
+    starts from (imm.training.start). The one loader of trained models inside training."""
+    return load_model(uri, tracking_uri=tracking_uri, device="cpu").model
 
 
 def check_teacher(cfg, tracking_uri: str | None) -> None:
@@ -160,10 +160,10 @@ def check_teacher(cfg, tracking_uri: str | None) -> None:
 
 
 def check_init_from(cfg, tracking_uri: str | None) -> None:
-    """Before Ray starts: train.init_from names a model (one line otherwise) of this run's method whose network fits
-    the one this config builds (both configs named otherwise)."""
+    """Before Ray starts: train.init_from names a model (one line otherwise) whose network can start the one this
+    config builds (imm.training.start: of this run's method, or another read the same way; both configs named)."""
     from imm.methods import build_model
-    from imm.training.loop import check_fits
+    from imm.training.start import check_start
 
     uri = cfg.train.init_from
     try:
@@ -172,7 +172,7 @@ def check_init_from(cfg, tracking_uri: str | None) -> None:
         raise ValueError(f"train.init_from: {str(e).removeprefix('--model: ')}") from None
     p = parent.cfg
     theirs, ours = f"method={p.method}, model.arch={p.model.arch}", f"method={cfg.method}, model.arch={cfg.model.arch}"
-    if p.method != cfg.method or p.model.arch != cfg.model.arch:
+    if p.model.arch != cfg.model.arch:
         raise ValueError(f"train.init_from: {uri} is a {theirs} model and this run trains {ours}")
     student = build_model(cfg, parent.data_shape, parent.sigma_d or 1.0, parent.num_classes)
-    check_fits(student, parent.model.state_dict(), f"train.init_from: {uri} ({theirs}; this run {ours})")
+    check_start(student, parent.model, f"train.init_from: {uri} ({theirs}; this run {ours})")

@@ -125,9 +125,9 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
     resume = session.restore()
     init = None
     if resume is None and cfg.train.init_from:
-        from orchestrator.models import initial_weights
+        from orchestrator.models import initial_model
 
-        init = initial_weights(cfg.train.init_from, config["tracking_uri"])
+        init = initial_model(cfg.train.init_from, config["tracking_uri"])
     teacher = None
     if cfg.train.teacher:  # once per worker (a restarted worker loads it again)
         from orchestrator.models import load_model

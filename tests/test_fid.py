@@ -159,6 +159,11 @@ def test_evaluation_is_reproducible_and_reports_every_step_count(tmp_path):
     from imm.metrics.fid import frechet_to_reference
 
     assert frechet_to_reference(ev.extractor(data.train), ev.reference) == pytest.approx(0.0, abs=1e-9)
+    # A fresh draw (a report's rescoring): other samples, the same for the same seed, only the step counts asked for.
+    fresh, again = ev(model, steps=[2], seed=10_000), ev(model, steps=[2], seed=10_000)
+    assert set(fresh.samples) == {2} and torch.equal(fresh.samples[2], again.samples[2])
+    assert not torch.allclose(fresh.samples[2], first.samples[2])
+    assert fresh.metrics["energy/steps_2"] != first.metrics["energy/steps_2"]
 
 
 def _sharded_worker(rank, world, port, cache, out):

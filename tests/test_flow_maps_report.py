@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import flow_maps_report as report  # noqa: E402
@@ -51,21 +53,30 @@ def test_kept_rows_are_marked_with_their_sample_count():
 
 
 def test_each_model_is_scored_again_on_fresh_sample_draws():
-    import torch
+    """Each draw is the run's evaluation on its own seeds (none shared: a draw's 10 batches take seeds s to s + 9);
+    the table shows the mean over seeds of each model's mean, and one model's draw-to-draw spread, per metric."""
+    asked = []
 
-    from imm.config import load_config
-    from imm.data import load_data
+    def evaluator(model, steps, seed):  # what imm.metrics.evaluator.Evaluator returns, 0.001 worse per draw
+        asked.append((model, steps, seed))
+        i = len(asked)
+        return SimpleNamespace(metrics={"energy/steps_2": 0.01 + 0.001 * i, "fd/steps_2": 1.0 + 0.1 * i})
 
-    heldout = load_data(load_config("digits", []).data).heldout
-
-    class Exact:  # samples the held-out digits themselves, blurred by noise that grows with the seed
-        def sample(self, n, steps, seed):
-            g = torch.Generator().manual_seed(seed)
-            return heldout[torch.randint(len(heldout), (n,), generator=g)] + (seed - 999) * 0.1 * torch.randn(
-                (n, *heldout.shape[1:]), generator=g)
-
-    draws = report.redrawn(Exact(), heldout, 500, draws=3)
-    assert len(draws) == 3 and draws[0] < draws[1] < draws[2]
+    draws = report.redrawn(evaluator, "model", draws=3)
+    assert draws["energy"] == pytest.approx([0.011, 0.012, 0.013]) and draws["fd"] == pytest.approx([1.1, 1.2, 1.3])
+    seeds = [seed for _, _, seed in asked]
+    assert all(steps == [2] and model == "model" for model, steps, _ in asked)
+    assert min(abs(a - b) for a in seeds for b in seeds if a != b) >= 10  # 5000 samples: 10 batch seeds a draw
     res = {"tvm": {**report.table([run("tvm", 0, 0.1)], {"tvm-0-0.1": {"method": "tvm"}})["tvm"],
-                   "redrawn/steps_2": [[0.01, 0.013, 0.011], [0.02, 0.02, 0.02]]}}
-    assert "| tvm | 0.0157 ± 0.0087 | 0.0030 |" in report.markdown(res, ["tvm"])
+                   "redrawn/energy/steps_2": [[0.01, 0.013, 0.011], [0.02, 0.02, 0.02]],
+                   "redrawn/fd/steps_2": [[1.0, 1.5, 1.2], [2.0, 2.0, 2.0]]}}
+    assert "| tvm | 0.0157 ± 0.0087 | 0.0030 | 1.62 ± 0.77 | 0.5000 |" in report.markdown(res, ["tvm"])
+
+
+def test_a_warm_started_student_is_its_own_row():
+    runs = [run("tvm", 0, 0.1, "models:/t@teacher"), run("tvm", 0, 0.2, "models:/t@teacher"), run("tvm", 0, 0.3)]
+    configs = {runs[0].info.run_id: {"method": "tvm", "train.init_from": "None"},
+               runs[1].info.run_id: {"method": "tvm", "train.init_from": "models:/t@teacher"},
+               runs[2].info.run_id: {"method": "tvm"}}
+    assert set(report.table(runs, configs)) == {"tvm", "tvm (distilled)", "tvm (distilled, warm-started)"}
+    assert report.file_stem("tvm (distilled, warm-started)") == "tvm_distilled_warm_started"

@@ -1,5 +1,6 @@
 """`train.init_from`: a run starts from a trained model's weights (its EMA's), network and EMA both, with a fresh
-optimizer; a model that does not fit is refused in one line, before Ray starts, naming both configs."""
+optimizer; a model of another method read the same way starts it too (a flow map warm-started from its flow-matching
+teacher); a model that does not fit is refused in one line, before Ray starts, naming both configs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from imm.config import load_config
+from imm.sampling.trained import load_trained
 from imm.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
 from orchestrator import cli
 
@@ -14,10 +16,8 @@ TINY = ["model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_siz
         "eval.every=1000", "data.n_train=2000", "data.n_heldout=500"]
 
 
-@pytest.fixture(scope="module")
-def parent(tmp_path_factory):
-    """A 20-step toy2d IMM checkpoint (its final training checkpoint)."""
-    out = tmp_path_factory.mktemp("parent")
+def trained(out, *overrides):
+    """A 20-step toy2d checkpoint under `out` (its final training checkpoint): (out, its state)."""
     saved = {}
 
     def report(metrics, ckpt_dir):
@@ -25,8 +25,20 @@ def parent(tmp_path_factory):
             saved["state"] = torch.load(f"{ckpt_dir}/{CHECKPOINT_FILE}", weights_only=True)
             torch.save(saved["state"], out / CHECKPOINT_FILE)
 
-    train_loop(load_config("toy2d", [*TINY, "train.steps=20", "train.checkpoint_every=20"]), report=report)
+    train_loop(load_config("toy2d", [*TINY, *overrides, "train.steps=20", "train.checkpoint_every=20"]), report=report)
     return out, saved["state"]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A 20-step toy2d IMM checkpoint."""
+    return trained(tmp_path_factory.mktemp("parent"))
+
+
+@pytest.fixture(scope="module")
+def fm_teacher(tmp_path_factory):
+    """A 20-step toy2d flow-matching checkpoint: a teacher whose network sees 1000 t."""
+    return trained(tmp_path_factory.mktemp("fm"), "method=fm")
 
 
 def test_the_network_and_its_ema_start_from_the_parents_ema(parent):
@@ -35,7 +47,7 @@ def test_the_network_and_its_ema_start_from_the_parents_ema(parent):
                                 f"train.init_from={path}"])
     child = {}
     train_loop(cfg, report=lambda m, d: child.update(torch.load(f"{d}/{CHECKPOINT_FILE}", weights_only=True)) if d
-               else None, init=load_checkpoint(path)["ema"])
+               else None, init=load_trained(path).model)
     for k, v in state["ema"].items():  # one step at lr 1e-12 from the parent's EMA: where it started
         torch.testing.assert_close(child["model"][k], v, atol=1e-6, rtol=0)
         torch.testing.assert_close(child["ema"][k], v, atol=1e-6, rtol=0)
@@ -60,8 +72,9 @@ def test_imm_train_starts_from_a_checkpoint_path(parent, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, message", [
-    (["method=fm"], "is a method=imm, model.arch=mlp model and this run trains method=fm, model.arch=mlp"),
-    (["model.hidden=64"], "its network does not fit this run's ("),
+    (["method=fm"], "its network's output parameterisation is simple_edm and this run's euler_fm"),
+    (["model.hidden=64"], "its network does not fit this run's (net."),
+    (["model.arch=unet"], "is a method=imm, model.arch=mlp model and this run trains method=imm, model.arch=unet"),
 ])
 def test_a_model_that_does_not_fit_is_refused_before_ray(parent, tmp_path, capsys, no_ray, change, message):
     path, _ = parent
@@ -74,3 +87,31 @@ def test_a_missing_model_is_one_line(tmp_path, capsys, no_ray):
     code = cli.main(["train", "toy2d", f"train.init_from={tmp_path / 'nothing'}", f"storage.root={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("imm-orch: error: train.init_from: nothing to load at") and err.count("\n") == 1
+
+
+def test_a_tvm_student_starts_from_its_flow_matching_teacher(fm_teacher, tmp_path):
+    """The warm start of a distilled flow map: the student's network is the teacher's, so its velocity at gap 0,
+    u(z, t, t), is the teacher's v(z, t) before it trains (lr 1e-12: one step that moves nothing)."""
+    path, _ = fm_teacher
+    out = tmp_path / "student"
+    from imm import train as train_cli
+
+    assert train_cli.main(["toy2d", *TINY, "method=tvm", "tvm.time_scale=1000", "train.steps=1", "train.lr=1e-12",
+                           "train.checkpoint_every=1", f"train.out_dir={out}", f"train.init_from={path}",
+                           f"train.teacher={path}"]) == 0
+    student, teacher = load_trained(out).model, load_trained(path).model
+    z, t = torch.randn(256, 2), torch.rand(256)
+    torch.testing.assert_close(student(z, t, t), teacher(z, t), atol=1e-5, rtol=1e-5)
+    scratch = load_config("toy2d", [*TINY, "method=tvm", "tvm.time_scale=1000"])
+    from imm.methods import build_model
+
+    fresh = build_model(scratch, (2,), float(teacher.sigma_d))
+    assert not torch.allclose(fresh(z, t, t), teacher(z, t), atol=1e-2)  # the test can fail: a fresh one differs
+
+
+def test_a_student_on_another_time_scale_is_refused_before_ray(fm_teacher, tmp_path, capsys, no_ray):
+    path, _ = fm_teacher
+    code = cli.main(["train", "toy2d", *TINY, "method=tvm", f"train.init_from={path}", f"storage.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its network's time input scale is 1000 and this run's 1 (set the method's time_scale" in err, err

@@ -121,19 +121,21 @@ class Evaluator:
             tags["imm.eval.extractor_note"] = self.extractor.note
         return tags
 
-    def __call__(self, model: nn.Module) -> Evaluation:
+    def __call__(self, model: nn.Module, steps: list[int] | None = None, seed: int | None = None) -> Evaluation:
+        """Score `model` at eval.steps (or `steps`) from eval.seed's samples (or `seed`'s: a fresh draw)."""
         cfg, out = self.cfg, Evaluation()
         if not self.active:
             return out
         n, chunk = int(cfg.eval.n_samples), int(cfg.eval.batch_size)
+        seed = int(cfg.eval.seed if seed is None else seed)
         mine = list(range(self.rank, math.ceil(n / chunk), self.world))
         classes = num_classes_of(model)
-        for k in cfg.eval.steps:
+        for k in cfg.eval.steps if steps is None else steps:
             xs, fs = [], []
             for i in mine:
                 b = min(chunk, n - i * chunk)
                 labels = (torch.arange(i * chunk, i * chunk + b, device=self.device) % classes) if classes else None
-                x = generate(model, cfg, b, k, seed=int(cfg.eval.seed) + i, data_shape=self.shape,
+                x = generate(model, cfg, b, k, seed=seed + i, data_shape=self.shape,
                              labels=labels, batch_size=chunk)
                 xs.append(x)
                 if self.extractor is not None:

@@ -31,6 +31,7 @@ from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
 from imm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from imm.training.ema import ema_model
+from imm.training.start import start_from
 from imm.training.teacher import Teacher, check_teacher
 
 Report = Callable[[dict[str, float], "str | None"], None]
@@ -95,11 +96,12 @@ def train_loop(
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
     on_eval: Callable[[int, dict[int, torch.Tensor], dict[str, str], torch.Tensor | None], None] | None = None,
-    init: dict[str, torch.Tensor] | None = None,
+    init: torch.nn.Module | None = None,
     teacher=None,
 ) -> dict[str, float]:
     """Train `cfg` from scratch or from the checkpoint dict `resume`; return the last reported metrics. `init`: the
-    network's starting weights (train.init_from's, unless resuming), also the EMA's; the optimizer starts fresh.
+    model whose network this one starts from (train.init_from's, unless resuming; imm.training.start), also the EMA's;
+    the optimizer starts fresh.
     `teacher`: train.teacher's TrainedModel, for the methods that distill (imm.training.teacher).
 
     report(metrics, checkpoint_dir) is called on every rank at each logging, evaluation or checkpoint step
@@ -146,9 +148,7 @@ def train_loop(
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
     elif init is not None:
-        check_fits(model, init, f"train.init_from={tc.init_from}")
-        model.load_state_dict(init)
-        ema.module.load_state_dict(init)
+        start_from(init, model, ema.module, what=f"train.init_from={tc.init_from}")
 
     ddp = model
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -287,18 +287,6 @@ class LocalReporter:
             os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
 
 
-def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    """A one-line ValueError unless `weights` are exactly `model`'s parameters and buffers, shape for shape."""
-    ours = model.state_dict()
-    missing, extra = sorted(set(ours) - set(weights)), sorted(set(weights) - set(ours))
-    shapes = [k for k in ours if k in weights and tuple(ours[k].shape) != tuple(weights[k].shape)]
-    if missing or extra or shapes:
-        first = shapes[0] if shapes else None
-        detail = (f"{first}: {list(weights[first].shape)} there, {list(ours[first].shape)} here" if first else
-                  f"{len(missing)} key(s) missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
-        raise ValueError(f"{what}: its network does not fit this run's ({detail})")
-
-
 def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, float]:
     """Single-process training under train.out_dir, resuming from its checkpoint.pt if present (else starting from
     train.init_from's weights, a checkpoint path here)."""
@@ -307,10 +295,10 @@ def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, 
     if (out / CHECKPOINT_FILE).is_file():
         resume = load_checkpoint(out)
         print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
-    elif cfg.train.init_from:
-        init = load_checkpoint(cfg.train.init_from, map_location="cpu")["ema"]
     from imm.sampling.trained import load_trained
 
+    if resume is None and cfg.train.init_from:
+        init = load_trained(cfg.train.init_from).model
     teacher = load_trained(cfg.train.teacher) if cfg.train.teacher else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

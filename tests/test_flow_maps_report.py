@@ -55,22 +55,31 @@ def test_kept_rows_are_marked_with_their_sample_count():
 def test_each_model_is_scored_again_on_fresh_sample_draws():
     """Each draw is the run's evaluation on its own seeds (none shared: a draw's 10 batches take seeds s to s + 9);
     the table shows the mean over seeds of each model's mean, and one model's draw-to-draw spread, per metric."""
+    import torch
+
     asked = []
+
+    train = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
 
     def evaluator(model, steps, seed):  # what imm.metrics.evaluator.Evaluator returns, 0.001 worse per draw
         asked.append((model, steps, seed))
         i = len(asked)
-        return SimpleNamespace(metrics={"energy/steps_2": 0.01 + 0.001 * i, "fd/steps_2": 1.0 + 0.1 * i})
+        return SimpleNamespace(metrics={"energy/steps_2": 0.01 + 0.001 * i, "fd/steps_2": 1.0 + 0.1 * i},
+                               samples={2: torch.tensor([[0.0, i], [3.0, 4.0 + i]])})
 
-    draws = report.redrawn(evaluator, "model", draws=3)
+    draws = report.redrawn(evaluator, "model", train, draws=3)
     assert draws["energy"] == pytest.approx([0.011, 0.012, 0.013]) and draws["fd"] == pytest.approx([1.1, 1.2, 1.3])
+    assert draws["copying"] == pytest.approx([1.0, 2.0, 3.0])  # each sample's distance to its nearest training point
     seeds = [seed for _, _, seed in asked]
     assert all(steps == [2] and model == "model" for model, steps, _ in asked)
     assert min(abs(a - b) for a in seeds for b in seeds if a != b) >= 10  # 5000 samples: 10 batch seeds a draw
     res = {"tvm": {**report.table([run("tvm", 0, 0.1)], {"tvm-0-0.1": {"method": "tvm"}})["tvm"],
                    "redrawn/energy/steps_2": [[0.01, 0.013, 0.011], [0.02, 0.02, 0.02]],
-                   "redrawn/fd/steps_2": [[1.0, 1.5, 1.2], [2.0, 2.0, 2.0]]}}
-    assert "| tvm | 0.0157 ± 0.0087 | 0.0030 | 1.62 ± 0.77 | 0.5000 |" in report.markdown(res, ["tvm"])
+                   "redrawn/fd/steps_2": [[1.0, 1.5, 1.2], [2.0, 2.0, 2.0]],
+                   "redrawn/copying/steps_2": [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]}}
+    text = report.markdown(res, ["tvm"], heldout_copying=2.15)
+    assert "| tvm | 0.0157 ± 0.0087 | 0.0030 | 1.62 ± 0.77 | 0.5000 | 1.50 ± 1.00 |" in text
+    assert "the held-out digits' own: 2.15" in text
 
 
 def test_a_warm_started_student_is_its_own_row():

@@ -21,14 +21,12 @@ def check_start(model: nn.Module, parent: nn.Module, what: str) -> None:
     for name, theirs, ours in (
         ("output parameterisation", getattr(parent, "parameterization", None), model.parameterization),
         ("model.s_embedding", getattr(parent, "s_embedding", None), model.s_embedding),
-        ("time input scale", float(parent.time_input_scale()), float(model.time_input_scale())),
-        ("sigma_d", float(parent.sigma_d), float(model.sigma_d)),
+        ("time input scale", f"{float(parent.time_input_scale()):g}", f"{float(model.time_input_scale()):g}"),
+        ("sigma_d", f"{float(parent.sigma_d):g}", f"{float(model.sigma_d):g}"),
     ):
         if theirs != ours:
             hint = " (set the method's time_scale to its value)" if name == "time input scale" else ""
-            raise ValueError(f"{what}: its network's {name} is {theirs:g} and this run's {ours:g}{hint}"
-                             if isinstance(ours, float) else f"{what}: its network's {name} is {theirs} and this "
-                             f"run's {ours}")
+            raise ValueError(f"{what}: its network's {name} is {theirs} and this run's {ours}{hint}")
     ours, weights = model.net.state_dict(), parent.net.state_dict()
     missing, extra = sorted(set(ours) - set(weights)), sorted(set(weights) - set(ours))
     shapes = [k for k in ours if k in weights and tuple(ours[k].shape) != tuple(weights[k].shape)]

@@ -37,6 +37,7 @@ METRICS = ("energy", "fd")
 GRID_STEPS = (1, 2)
 DRAWS = 5  # fresh sample draws per model for the redrawn 2-step score
 REDRAWN = ("energy", "fd", "copying")  # what each fresh draw is scored on
+TEACHER_STEPS = (32, 128)  # the teacher's sampling steps in the report
 DRAW_SEED = 10_000  # draw i's first batch seed is DRAW_SEED (i + 1): no batch seed of one draw is another's
 DIGITS_N_SAMPLES = 1000  # eval.n_samples of rows recorded without it (the digits config's)
 
@@ -135,9 +136,18 @@ def nearest_distance(x, ref) -> float:
     return float(torch.cat([torch.cdist(c.flatten(1), ref.flatten(1)).min(1).values for c in x.split(1000)]).mean())
 
 
-def markdown(res: dict, order: list[str], heldout_copying: float | None = None) -> str:
+def teacher_scores(gen, evaluator, train, steps=TEACHER_STEPS) -> dict[str, float]:
+    """The distilled rows' teacher, scored as its students are (its run's evaluation, one fresh draw) at `steps`
+    sampling steps: {"energy/steps_K", "fd/steps_K", "copying/steps_K"}."""
+    ev = evaluator(gen.model, steps=list(steps), seed=DRAW_SEED)
+    return {**ev.metrics, **{f"copying/steps_{k}": nearest_distance(ev.samples[k], train) for k in steps}}
+
+
+def markdown(res: dict, order: list[str], heldout_copying: float | None = None,
+             teachers: dict[str, dict[str, float]] | None = None) -> str:
     """Both metrics' tables, and the redrawn one (heldout_copying: the held-out digits' own distance to their
-    nearest training digit); a kept row (--keep) is marked and footnoted with its sample count."""
+    nearest training digit; teachers: teacher_scores by URI); a kept row (--keep) is marked and footnoted with its
+    sample count."""
     lines = []
     for metric, what in (("energy", "energy distance on pixels to the 539 held-out digits"),
                          ("fd", "Frechet distance in the features of the project's digits classifier")):
@@ -166,6 +176,10 @@ def markdown(res: dict, order: list[str], heldout_copying: float | None = None) 
                     cells.append(cell([max(draws[0]) - min(draws[0])]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+    for uri, scores in (teachers or {}).items():
+        lines += [f"**The teacher** ({uri}; one draw) at " + " and ".join(str(k) for k in TEACHER_STEPS) + " steps: " +
+                  "; ".join(f"{metric} " + " and ".join(cell([scores[f'{metric}/steps_{k}']]) for k in TEACHER_STEPS)
+                            for metric in REDRAWN) + ".", ""]
     kept = [m for m in order if res[m].get("kept")]
     if kept:
         counts = sorted({res[m].get("n_samples", DIGITS_N_SAMPLES) for m in kept})
@@ -214,7 +228,12 @@ def main() -> None:
         for metric in REDRAWN:
             res[m][f"redrawn/{metric}/steps_2"] = [d[metric] for d in per_model]
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    body = markdown(res, order, heldout_copying=nearest_distance(data.heldout, data.train) if data else None)
+    teachers = {}
+    for teacher in sorted({r.data.tags[TEACHER_MODEL_TAG] for r in runs if r.data.tags.get(TEACHER_MODEL_TAG)}):
+        gen = load_model(teacher, tracking_uri=uri, device="cpu")
+        teachers[teacher] = teacher_scores(gen, Evaluator(gen.cfg, data), data.train)
+    body = markdown(res, order, heldout_copying=nearest_distance(data.heldout, data.train) if data else None,
+                    teachers=teachers)
     (out / "tables.md").write_text(body)
     print(body)
 

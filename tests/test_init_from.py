@@ -73,7 +73,7 @@ def test_imm_train_starts_from_a_checkpoint_path(parent, tmp_path, capsys):
 
 @pytest.mark.parametrize("change, message", [
     (["method=fm"], "its network's output parameterisation is simple_edm and this run's euler_fm"),
-    (["model.hidden=64"], "its network does not fit this run's (net."),
+    (["model.hidden=64"], "its network does not fit this run's (t_embed.0.weight: [32, 16] there, [64, 16] here)"),
     (["model.arch=unet"], "is a method=imm, model.arch=mlp model and this run trains method=imm, model.arch=unet"),
 ])
 def test_a_model_that_does_not_fit_is_refused_before_ray(parent, tmp_path, capsys, no_ray, change, message):
@@ -115,3 +115,16 @@ def test_a_student_on_another_time_scale_is_refused_before_ray(fm_teacher, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "its network's time input scale is 1000 and this run's 1 (set the method's time_scale" in err, err
+
+
+@pytest.mark.parametrize("method", ["vae", "ddpm"])
+def test_models_without_a_flow_maps_reading_start_from_their_own_kind(method, tmp_path):
+    """A VAE (no `net`: the whole model carries over) and DDPM's epsilon model start from their own trained weights."""
+    path, state = trained(tmp_path, f"method={method}")
+    child = load_config("toy2d", [*TINY, f"method={method}", "train.steps=1", "train.lr=1e-12",
+                                  "train.checkpoint_every=1", f"train.init_from={path}"])
+    saved = {}
+    train_loop(child, report=lambda m, d: saved.update(torch.load(f"{d}/{CHECKPOINT_FILE}", weights_only=True)) if d
+               else None, init=load_trained(path).model)
+    for k, v in state["ema"].items():
+        torch.testing.assert_close(saved["ema"][k], v, atol=1e-6, rtol=0)

@@ -136,10 +136,10 @@ def nearest_distance(x, ref) -> float:
     return float(torch.cat([torch.cdist(c.flatten(1), ref.flatten(1)).min(1).values for c in x.split(1000)]).mean())
 
 
-def teacher_scores(gen, evaluator, train, steps=TEACHER_STEPS) -> dict[str, float]:
+def teacher_scores(evaluator, model, train, steps=TEACHER_STEPS) -> dict[str, float]:
     """The distilled rows' teacher, scored as its students are (its run's evaluation, one fresh draw) at `steps`
     sampling steps: {"energy/steps_K", "fd/steps_K", "copying/steps_K"}."""
-    ev = evaluator(gen.model, steps=list(steps), seed=DRAW_SEED)
+    ev = evaluator(model, steps=list(steps), seed=DRAW_SEED)
     return {**ev.metrics, **{f"copying/steps_{k}": nearest_distance(ev.samples[k], train) for k in steps}}
 
 
@@ -231,7 +231,7 @@ def main() -> None:
     teachers = {}
     for teacher in sorted({r.data.tags[TEACHER_MODEL_TAG] for r in runs if r.data.tags.get(TEACHER_MODEL_TAG)}):
         gen = load_model(teacher, tracking_uri=uri, device="cpu")
-        teachers[teacher] = teacher_scores(gen, Evaluator(gen.cfg, data), data.train)
+        teachers[teacher] = teacher_scores(Evaluator(gen.cfg, data), gen.model, data.train)
     body = markdown(res, order, heldout_copying=nearest_distance(data.heldout, data.train) if data else None,
                     teachers=teachers)
     (out / "tables.md").write_text(body)

@@ -77,9 +77,9 @@ def test_each_model_is_scored_again_on_fresh_sample_draws():
                    "redrawn/energy/steps_2": [[0.01, 0.013, 0.011], [0.02, 0.02, 0.02]],
                    "redrawn/fd/steps_2": [[1.0, 1.5, 1.2], [2.0, 2.0, 2.0]],
                    "redrawn/copying/steps_2": [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]}}
-    teacher = report.teacher_scores(SimpleNamespace(model="teacher"), lambda model, steps, seed: SimpleNamespace(
+    teacher = report.teacher_scores(lambda model, steps, seed: SimpleNamespace(
         metrics={f"{m}/steps_{k}": 0.1 * k for m in ("energy", "fd") for k in steps},
-        samples={k: torch.tensor([[3.0, 4.0 + k]]) for k in steps}), train, steps=(32, 128))
+        samples={k: torch.tensor([[3.0, 4.0 + k]]) for k in steps}), "teacher", train, steps=(32, 128))
     assert teacher == pytest.approx({"energy/steps_32": 3.2, "energy/steps_128": 12.8, "fd/steps_32": 3.2,
                                      "fd/steps_128": 12.8, "copying/steps_32": 32.0, "copying/steps_128": 128.0})
     text = report.markdown(res, ["tvm"], heldout_copying=2.15, teachers={"models:/t@teacher": teacher})

@@ -231,6 +231,7 @@ def main() -> None:
     teachers = {}
     for teacher in sorted({r.data.tags[TEACHER_MODEL_TAG] for r in runs if r.data.tags.get(TEACHER_MODEL_TAG)}):
         gen = load_model(teacher, tracking_uri=uri, device="cpu")
+        data = load_data(gen.cfg.data) if data is None else data
         teachers[teacher] = teacher_scores(Evaluator(gen.cfg, data), gen.model, data.train)
     body = markdown(res, order, heldout_copying=nearest_distance(data.heldout, data.train) if data else None,
                     teachers=teachers)

@@ -47,8 +47,10 @@ def check_start(model: nn.Module, parent: nn.Module, what: str) -> None:
 
 
 @torch.no_grad()
-def start_from(parent: nn.Module, *models: nn.Module, what: str) -> None:
-    """Check (check_start), then copy `parent`'s network weights into each of `models` (the network and its EMA)."""
-    for model in models:
-        check_start(model, parent, what)
-        network(model).load_state_dict(network(parent).state_dict())
+def start_from(parent: nn.Module, model: nn.Module, *copies: nn.Module, what: str) -> None:
+    """Check (check_start), then copy `parent`'s network weights into `model` and its `copies` (its EMA), which are
+    built as it is and so need no check of their own."""
+    check_start(model, parent, what)
+    weights = network(parent).state_dict()
+    for m in (model, *copies):
+        network(m).load_state_dict(weights)

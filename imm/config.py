@@ -143,7 +143,9 @@ class TrainerConfig:
     use_gpu: bool = False  # workers on GPUs (gpus_per_worker each), DDP over NCCL; false: CPU workers over gloo
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several trials' workers on one GPU
-    max_failures: int = 0  # times Ray Train restarts dead workers from the last checkpoint before the run fails
+    # restarts of dead workers from the last checkpoint before the run fails: 0 on one machine, where a crash is a
+    # bug to see; the GPU-cluster configs set 3 (a preempted node is an event there)
+    max_failures: int = 0
     # seconds between samples of MLflow's system metrics (CPU, memory, GPU utilisation and memory, ...) from
     # every node the run's workers are on, as system/<node>/...; 0: none
     system_metrics_s: float = 10.0

@@ -217,6 +217,9 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         if checkpoint is not None:
             tracking.log_checkpoint(mlc, run_id, checkpoint, ckpt_uri)
         status = "FINISHED"
+    except tracking.Superseded:
+        status = None  # the run is the later attempt's now: leave its status alone
+        raise
     except (KeyboardInterrupt, SystemExit) as e:
         status = "KILLED"
         if isinstance(e, SystemExit) and e.code == 15:  # SIGTERM, which Ray's driver turns into exit(15)
@@ -229,7 +232,8 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
             pumping.join()
             ray.kill(board)
         printer.close()
-        tracking.close_run(mlc, run_id, status)
+        if status is not None:
+            tracking.close_run(mlc, run_id, status)
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(metrics or {}),
                      resumed=resumed, fit_s=fit_s, startup_s=startup_s)

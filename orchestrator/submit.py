@@ -42,8 +42,11 @@ class Submission:
     entrypoint: str
     runtime_env: dict
     tracking_uri: str
-    study: str | None = None  # the sweep's study storage (redacted), for `imm-orch status`
+    study: str | None = None  # the sweep's study storage, for `imm-orch status`
     metadata: dict = field(default_factory=dict)
+    per_worker: dict = field(default_factory=dict)  # each worker's Ray resources (`orchestrator.fit`)
+    workers: int = 1
+    fit_field: str = "trainer.num_workers"  # the setting that asks for them, for the fit check's message
 
 
 def is_sweep_file(target: str) -> bool:
@@ -72,8 +75,9 @@ def plan_submission(args) -> Submission:
         if value is not None and value < 1:
             raise ValueError(f"{flag}: {value} is out of range (allowed: >= 1)")
     if is_sweep_file(args.target):
+        from orchestrator.launch import plan_run
         from orchestrator.sweep.spec import load_sweep
-        from orchestrator.sweep.study import redact, storage_url, study_setting
+        from orchestrator.sweep.study import storage_url, study_setting
 
         if args.name:
             raise ValueError("--name: a sweep is named by its file's `name`")
@@ -81,7 +85,9 @@ def plan_submission(args) -> Submission:
         kind, name, cfg, study_raw = "sweep", sweep.name, sweep.base, study_setting(sweep)
         uri = tracking.tracking_uri(cfg, args.tracking_uri)
         preflight.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True, study_url=study_raw)
-        study = redact(storage_url(sweep))
+        study = storage_url(sweep)
+        refuse_credentials("storage" if sweep.spec.storage else "IMM_OPTUNA_STORAGE", study)
+        plan = plan_run(cfg, name="resources")
         flags += ["--resume"] if args.resume else []
         flags += ["--trials", str(args.trials)] if args.trials else []
         flags += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
@@ -96,6 +102,9 @@ def plan_submission(args) -> Submission:
         kind, name, cfg, study, study_raw, uri = "train", plan.name, plan.cfg, None, None, plan.tracking_uri
         preflight.check_shared(cfg, tracking_uri=uri, where="in a Ray job", in_job=True)
         flags += ["--name", plan.name]  # a resolved config's hash would differ on the cluster (its env): pin the name
+    refuse_credentials("--tracking-uri", uri)
+    for override in args.overrides:
+        refuse_credentials(override.split("=", 1)[0], override.split("=", 1)[-1])
     target = _in_working_dir(args.target, working_dir)
     # The job uses the stores checked here, whatever the cluster's environment says.
     pinned = [f"storage.ray_storage={cfg.storage.ray_storage or cfg.storage.root.rstrip('/') + '/ray'}"]
@@ -109,14 +118,36 @@ def plan_submission(args) -> Submission:
     env["RAY_JOB_STOP_WAIT_TIME_S"] = os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_GRACE_S))
     env.update(provenance.carried_commit())  # the job's working dir has no .git: its runs name this commit
     if study is not None:
-        env["IMM_OPTUNA_STORAGE"] = study_raw
+        env["IMM_OPTUNA_STORAGE"] = study_raw  # no password in it (refuse_credentials): the nodes hold that
     runtime_env["env_vars"] = env
     code = Path(__file__).resolve().parent.parent
     if not (code / "orchestrator").resolve().is_relative_to(working_dir):  # an installed package: ship the code too
         runtime_env["py_modules"] = [str(code / "imm"), str(code / "orchestrator")]
     job_id = f"imm-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     return Submission(kind=kind, name=name, job_id=job_id, entrypoint=entrypoint, runtime_env=runtime_env,
-                      tracking_uri=uri, study=study, metadata={"imm.kind": kind, "imm.name": name})
+                      tracking_uri=uri, study=study, metadata={"imm.kind": kind, "imm.name": name},
+                      per_worker=plan.resources_per_worker, workers=plan.num_workers,
+                      fit_field="resources" if kind == "sweep" else "trainer.num_workers")
+
+
+CREDENTIALS_HELP = ("drop it from the URL and keep it where the nodes and this machine read it themselves: "
+                    "PGPASSFILE or ~/.pgpass for PostgreSQL, MLFLOW_TRACKING_PASSWORD for MLflow "
+                    "(docker/README.md, \"Credentials\")")
+
+
+def refuse_credentials(setting: str, value: str) -> None:
+    """A one-line ConfigError if `value` holds a password (a URL's user:password@): a job's entrypoint and runtime
+    env are shown to anyone who can list the cluster's jobs (`ray job list`, the dashboard)."""
+    from orchestrator.sweep.study import redact
+
+    url = urlparse(value) if "://" in value else None
+    try:
+        password = url.password if url is not None else None
+    except ValueError:
+        password = None
+    if password:
+        raise ConfigError(f"{setting}: {redact(value)} holds a password, which would travel with the job "
+                          f"(`ray job list` and the dashboard show it); {CREDENTIALS_HELP}")
 
 
 def _in_working_dir(target: str, working_dir: Path) -> str:
@@ -129,6 +160,13 @@ def _in_working_dir(target: str, working_dir: Path) -> str:
     except ValueError:
         raise ConfigError(f"{target}: the job can only read files inside its working dir {working_dir}; move the "
                           "file there or pass --working-dir") from None
+
+
+def check_fit(client_address: str, sub: Submission) -> None:
+    """Refuse (one line) a job whose trial no node set of the cluster can hold (`orchestrator.fit`)."""
+    from orchestrator import fit
+
+    fit.check(sub.per_worker, sub.workers, fit.cluster_nodes(client_address), field=sub.fit_field)
 
 
 def connect(address: str):

@@ -298,8 +298,21 @@ def describe(mlflow_client, run_id: str, text: str, image: str | None = None) ->
 SAMPLES_ARTIFACT = "samples.png"  # a run's sample grid: a row per evaluation, a column per sampling step count
 
 
+WRITER_TAG = "imm.writer"  # the attempt that may write to the run (RankZeroLogger): a later one takes it over
+
+
+class Superseded(RuntimeError):
+    """A later attempt of the run took it over: this one was cut off (its node partitioned, then declared dead and
+    its work restarted elsewhere) and must write nothing more."""
+
+
 class RankZeroLogger:
     """Rank 0's MLflow writer, holding metrics and sample plots until a checkpoint covers their step.
+
+    Each attempt of a run claims it (`WRITER_TAG`) when it starts, and checks the claim before every checkpoint
+    and every commit (`check_writer`). A worker whose node was cut off from the cluster lives on: Ray declares
+    the node dead and restarts the work elsewhere, and when the link comes back the old worker's next write would
+    land beside the new attempt's. It finds the claim taken instead and stops (`Superseded`).
 
     A worker that dies after step s restarts from the last checkpoint c <= s and computes steps c+1..s
     again. Logging them at once would leave two values for those steps; MLflow cannot delete metric points,
@@ -311,9 +324,13 @@ class RankZeroLogger:
     """
 
     def __init__(self, tracking_uri: str, run_id: str, final_step: int | None = None):
+        import uuid
+
         self.client = client(tracking_uri)
         self.run_id = run_id
         self.final_step = final_step
+        self.writer = uuid.uuid4().hex
+        self.client.set_tag(run_id, WRITER_TAG, self.writer)
         self.logged_through = last_logged_step(self.client, run_id)
         self.last_lr: float | None = None
         self.pending: list = []
@@ -351,10 +368,17 @@ class RankZeroLogger:
         self.rows.append(row)
         self.held_rows += 1
 
+    def check_writer(self) -> None:
+        """Raise `Superseded` if a later attempt of the run claimed it."""
+        holder = self.client.get_run(self.run_id).data.tags.get(WRITER_TAG)
+        if holder != self.writer:
+            raise Superseded(f"run {self.run_id} was taken over by a later attempt ({holder}); this one stops")
+
     def commit(self) -> None:
         """Send what is held: call once the checkpoint at the newest held step is saved."""
         from orchestrator import sample_grids
 
+        self.check_writer()
         for i in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + MAX_METRICS_PER_BATCH])
         if self.pending:

@@ -146,6 +146,8 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
         progress.push({"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        if logger is not None and checkpoint_dir:
+            logger.check_writer()  # a cut-off attempt's checkpoint would land beside the new attempt's
         session.report(metrics, checkpoint_dir)  # returns once a relaunch would restore the checkpoint
         if logger is not None:
             logger.record(metrics)

@@ -154,6 +154,9 @@ class PostgresServer:
     folder: Path
     port: int
     password: str = "imm-test-password"
+    host: str = "127.0.0.1"  # where it listens
+    prefix: list[str] = field(default_factory=list)  # runs its commands through this (a host's `ip netns exec`)
+    clients: str | None = None  # a network (CIDR) whose hosts may connect with the password, besides this machine
     made: int = 0
 
     @staticmethod
@@ -164,8 +167,8 @@ class PostgresServer:
         return found[-1].parent
 
     def _as_owner(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        return subprocess.run(prefix + cmd, check=True, capture_output=True, text=True, **kw)
+        owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return subprocess.run(self.prefix + owner + cmd, check=True, capture_output=True, text=True, **kw)
 
     def start(self) -> PostgresServer:
         bin_ = self.binaries()
@@ -178,14 +181,18 @@ class PostgresServer:
         data = self.folder / "data"
         self._as_owner([str(bin_ / "initdb"), "-D", str(data), "-U", "imm", f"--pwfile={pwfile}", "-A",
                         "scram-sha-256", "--no-sync"])
+        if self.clients:
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.clients} scram-sha-256\n")
         self._as_owner([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"), "-w", "-o",
-                        f"-h 127.0.0.1 -p {self.port} -k {self.folder} -F", "start"], timeout=60)
+                        f"-h {self.host} -p {self.port} -k {self.folder} -F", "start"], timeout=60)
         return self
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://imm:{self.password}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, password: bool = True) -> str:
+        """The database's URL; without the password (`password=False`) for a client that holds it in PGPASSWORD."""
+        return f"postgresql://imm{':' + self.password if password else ''}@127.0.0.1:{self.port}/{database}"
 
-    def database(self) -> str:
+    def database(self, *, password: bool = True) -> str:
         """A new, empty database; its URL."""
         import psycopg
 
@@ -193,7 +200,7 @@ class PostgresServer:
         name = f"test_{self.made}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
+        return self.url(name, password=password)
 
     def stop(self) -> None:
         self._as_owner([str(self.binaries() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],

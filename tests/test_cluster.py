@@ -38,7 +38,9 @@ def cluster(s3_server, mlflow_server, postgres, tmp_path_factory):
     """A two-node cluster: `head` and `node_b`, one CPU each, so two one-worker trials land on both."""
     tmp = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    # the study's password: libpq's PGPASSWORD on the nodes and the client, never in a URL the job carries
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               PGPASSWORD=postgres.password)
     # docs/cluster.md's `ray job submit` takes these from the nodes' environment
     stores = dict(MLFLOW_TRACKING_URI=mlflow_server, IMM_RAY_STORAGE=f"s3://{BUCKET}/ray",
                   IMM_OPTUNA_STORAGE=postgres.database())
@@ -149,7 +151,7 @@ def test_mistakes_are_one_line_before_anything_is_submitted(cluster, mlflow_serv
 
 def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(cluster, mlflow_server, postgres):
     """The study in PostgreSQL (as docs/cluster.md says), read from outside with `imm-orch status --storage`."""
-    study, t0 = postgres.database(), time.perf_counter()
+    study, t0 = postgres.database(password=False), time.perf_counter()
     proc = cluster.run(submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--follow", "--tracking-uri",
                                    mlflow_server, "--experiment", "cluster-sweep", "storage.ray_storage=s3://"
                                    f"{BUCKET}/ray", "trainer.system_metrics_s=0.5"), env={"IMM_OPTUNA_STORAGE": study})
@@ -185,9 +187,9 @@ def test_a_sweep_submitted_as_a_job_runs_on_both_nodes_and_is_read_from_outside(
 
     # From the laptop: the same study and the same MLflow server.
     status = subprocess.run([str(BIN / "imm-orch"), "status", "toy2d_smoke", "--storage", study], capture_output=True,
-                            text=True)
+                            text=True, env={**os.environ, "PGPASSWORD": postgres.password})
     assert status.returncode == 0 and "2 trial(s): 2 complete" in status.stdout, status.stdout + status.stderr
-    assert "sweep 'toy2d_smoke' (postgresql://imm:***@" in status.stdout and postgres.password not in status.stdout
+    assert "sweep 'toy2d_smoke' (postgresql://imm@" in status.stdout and postgres.password not in status.stdout
     promote = subprocess.run([str(BIN / "imm-orch"), "promote", "--sweep", "toy2d_smoke", "--metric", "energy/steps_2",
                               "--model-name", "cluster-sweep", "--tracking-uri", mlflow_server],
                              capture_output=True, text=True, timeout=300)
@@ -274,7 +276,7 @@ def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, postgres
         proc = cluster.run(submit_args(
             cluster, "sweeps/toy2d_smoke.yaml", "--trials", "1", "--tracking-uri", mlflow_server, "--experiment",
             "trial-node-loss", f"storage.ray_storage=s3://{BUCKET}/ray", "trainer.max_failures=2", "train.steps=600",
-            "eval.every=600"), timeout=120, env={"IMM_OPTUNA_STORAGE": postgres.database()})
+            "eval.every=600"), timeout=120, env={"IMM_OPTUNA_STORAGE": postgres.database(password=False)})
         assert proc.returncode == 0, proc.stderr
         job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
         kill_node_c_after_a_checkpoint(cluster, client, job_id, mlflow_server, "trial-node-loss",
@@ -299,7 +301,8 @@ def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, postgres
 def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_server, postgres):
     import optuna
 
-    url = postgres.database()
+    full = postgres.database()  # this process opens the study itself; the job gets the URL without the password
+    url = full.replace(f":{postgres.password}@", "@")
     args = submit_args(cluster, "sweeps/toy2d_smoke.yaml", "--trials", "2", "--max-concurrent", "1", "--tracking-uri",
                        mlflow_server, "--experiment", "driver-loss", f"storage.ray_storage=s3://{BUCKET}/ray")
     proc = cluster.run(args, timeout=120, env={"IMM_OPTUNA_STORAGE": url})
@@ -307,7 +310,7 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
     job_id = re.search(r"as Ray job (\S+) to", proc.stdout).group(1)
     client = cluster.client()
     def study():
-        return optuna.load_study(study_name="toy2d_smoke", storage=url)
+        return optuna.load_study(study_name="toy2d_smoke", storage=full)
 
     def completed() -> int:
         try:

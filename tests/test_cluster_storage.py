@@ -60,7 +60,7 @@ def submit_args(*argv):
 
 
 def test_a_sweep_job_runs_the_cli_on_the_stores_checked_here(monkeypatch, tmp_path):
-    monkeypatch.setenv("IMM_OPTUNA_STORAGE", "postgresql://optuna:secret@db/optuna")
+    monkeypatch.setenv("IMM_OPTUNA_STORAGE", "postgresql://optuna@db/optuna")  # the password: the nodes' PGPASSFILE
     monkeypatch.delenv("IMM_RAY_STORAGE", raising=False)
     job = plan_submission(submit_args("sweeps/toy2d_smoke.yaml", "train.steps=50", "--trials", "3", "--resume",
                                       "--tracking-uri", SERVER, "storage.ray_storage=s3://b/ray"))
@@ -70,9 +70,8 @@ def test_a_sweep_job_runs_the_cli_on_the_stores_checked_here(monkeypatch, tmp_pa
     assert "--resume" in argv and argv[argv.index("--trials") + 1] == "3" and "train.steps=50" in argv
     # pinned last, whatever the cluster's environment (IMM_RAY_STORAGE) says
     assert [a for a in argv if a.startswith("storage.ray_storage=")][-1] == "storage.ray_storage=s3://b/ray"
-    # the study goes along as checked; printed without its password
-    assert job.runtime_env["env_vars"]["IMM_OPTUNA_STORAGE"] == "postgresql://optuna:secret@db/optuna"
-    assert job.study == "postgresql://optuna:***@db/optuna"
+    # the study goes along as checked
+    assert job.runtime_env["env_vars"]["IMM_OPTUNA_STORAGE"] == job.study == "postgresql://optuna@db/optuna"
     assert job.job_id.startswith("imm-toy2d_smoke-") and job.kind == "sweep"
     assert set(EXCLUDES) >= {"imm-runs", "*.pt", "*.npy", "data"} and job.runtime_env["excludes"] == EXCLUDES
     assert "py_modules" not in job.runtime_env  # the working dir is this checkout: the code is in it
@@ -92,3 +91,35 @@ def test_a_run_job_pins_its_name_and_a_file_outside_the_working_dir_is_refused(t
         plan_submission(submit_args(str(outside), "--tracking-uri", SERVER, "storage.ray_storage=s3://b/ray"))
     with pytest.raises(ValueError, match="--resume: only for a sweep file"):
         plan_submission(submit_args("toy2d", "--resume", "--tracking-uri", SERVER, "storage.ray_storage=s3://b/ray"))
+
+
+@pytest.mark.parametrize("setting, args", [
+    ("IMM_OPTUNA_STORAGE", []),
+    ("--tracking-uri", ["--tracking-uri", "http://user:p%40ss@mlflow:5000"]),
+    ("storage.ray_storage", ["storage.ray_storage=s3://key:p%40ss@bucket/ray"]),
+])
+def test_a_credential_is_never_shipped_with_a_job(monkeypatch, setting, args):
+    """A job's entrypoint and runtime env are shown to whoever lists the cluster's jobs: a URL with a password is
+    refused in one line that names the setting and hides the password."""
+    study = "postgresql://optuna:p%40ss:w%2Frd@db/optuna" if setting == "IMM_OPTUNA_STORAGE" else "postgresql://o@db/o"
+    monkeypatch.setenv("IMM_OPTUNA_STORAGE", study)
+    base = ["--tracking-uri", SERVER, "storage.ray_storage=s3://b/ray"]
+    with pytest.raises(ConfigError) as e:
+        plan_submission(submit_args("sweeps/toy2d_smoke.yaml", *base, *args))
+    assert str(e.value).startswith(f"{setting}: ") and "holds a password" in str(e.value) and "PGPASSFILE" in \
+        str(e.value) and "p%40ss" not in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_fit_check_counts_workers_per_node():
+    from orchestrator.fit import check, workers_that_fit
+
+    four_gpus = {"CPU": 16.0, "GPU": 4.0}
+    head = {"CPU": 0.0, "memory": 1e9}
+    assert workers_that_fit({"CPU": 4, "GPU": 1}, [head, four_gpus, four_gpus]) == 8  # 4 GPUs a node, twice
+    assert workers_that_fit({"CPU": 6, "GPU": 1}, [four_gpus]) == 2  # CPUs bind first
+    assert workers_that_fit({"CPU": 0.5}, [{"CPU": 2.0}]) == 4
+    check({"CPU": 4, "GPU": 1}, 8, [head, four_gpus, four_gpus], field="resources")  # fits across two nodes
+    with pytest.raises(ConfigError, match=r"^resources: a trial needs 8 worker\(s\) of 4 CPUs, 1 GPU \(32 CPUs, 8 "
+                       r"GPUs in all\) and the cluster's 2 node\(s\) hold 4 such worker\(s\) at once \(the "
+                       r"largest node: 16 CPUs, 4 GPUs\)"):
+        check({"CPU": 4, "GPU": 1}, 8, [head, four_gpus], field="resources")

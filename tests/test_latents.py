@@ -297,7 +297,7 @@ def test_relative_paths_reach_ray_workers_as_absolute_ones(tmp_path, monkeypatch
     cfg = load_config("imagenet256_dit", ["data.name=latents:latents", "eval.vae=vae", "eval.reference=s3://b/ref.npz"])
     plan = plan_run(cfg, name="rel")
     assert plan.cfg.data.name == f"latents:{tmp_path / 'latents'}" and plan.cfg.eval.vae == str(tmp_path / "vae")
-    assert plan.cfg.eval.inception_weights == str(tmp_path / "weights" / "pt_inception-2015-12-05-6726825d.pth")
+    assert plan.cfg.eval.inception_weights == str(tmp_path / "weights" / "inception.safetensors")
     assert plan.cfg.eval.reference == "s3://b/ref.npz"  # remote: as given
     assert plan_run(load_config("toy2d", []), name="toy").cfg.data.name == "8gaussians"  # not a path
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # a Ray job's driver: its workers share its directory

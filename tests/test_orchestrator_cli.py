@@ -167,7 +167,7 @@ def test_a_missing_or_malformed_data_set_is_one_line_before_ray_starts(tmp_path,
         f"folder:{tmp_path / 'empty'}": "no images",
         f"folder:{tmp_path / 'deep'}": "no images",
         f"folder:{tmp_path / 'nowhere'}": "not found",
-        f"cifar10:{tmp_path / 'empty'}": "lacks ['data_batch_1'",
+        f"cifar10:{tmp_path / 'empty'}": "holds neither ['train_x.npy'",
     }
     for name, message in cases.items():
         for argv in (["train", "toy2d"], ["sweep", "sweeps/toy2d_smoke.yaml", "--dry-run"]):

@@ -30,6 +30,29 @@ def test_cifar10_from_s3_is_copied_once_and_read_like_a_folder(s3_env, tmp_path,
     assert load_data(cfg).heldout.shape == (20, 3, 32, 32)  # the cached copy serves the next run
 
 
+def test_the_data_command_writes_the_arrays_to_s3_where_training_reads_them(s3_env, tmp_path, monkeypatch,
+                                                                          write_fake_cifar, capsys):
+    import tarfile
+
+    import imm.data.cifar10
+    import imm.data.remote
+    from orchestrator import cli
+
+    monkeypatch.setattr(imm.data.remote, "DEFAULT_CACHE", tmp_path / "cache")
+    write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(imm.data.cifar10, "ARCHIVE_MD5", imm.data.cifar10.md5(archive))  # stands in for the real one
+    s3_env.create_bucket(Bucket="prepared")
+    assert cli.main(["data", "cifar10", str(archive), "--out", "s3://prepared/cifar10"]) == 0
+    assert "next: data.name=cifar10:s3://prepared/cifar10" in capsys.readouterr().out
+    keys = sorted(o["Key"] for o in s3_env.list_objects_v2(Bucket="prepared")["Contents"])
+    assert keys == [f"cifar10/{a}" for a in sorted(imm.data.cifar10.ARRAYS)]
+    d = load_data(load_config("toy2d", ["data.name=cifar10:s3://prepared/cifar10"]).data)
+    assert d.train.shape == (100, 3, 32, 32) and d.heldout.shape == (20, 3, 32, 32)
+
+
 def test_a_missing_s3_object_is_named(s3_env, tmp_path):
     s3_env.create_bucket(Bucket="empty")
     with pytest.raises(FileNotFoundError, match="s3://empty/nothing/here does not exist"):

@@ -229,7 +229,7 @@ def test_a_study_in_postgresql_and_the_driver_it_needs(tmp_path, capsys, no_ray,
     assert cli.main(["sweep", str(write(tmp_path)), "--resume"]) == 2
     ours = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "pid=" not in ln]
     assert ours == [f"imm-orch: error: storage: {redact(url)} needs the database driver psycopg, which is not "
-                    "installed: pip install 'imm-orch[postgres]' (the cluster image has it)"]
+                    "installed: pip install -e '.[postgres]' in this checkout (the cluster image has it)"]
 
 
 def test_a_sweep_is_resumed_only_where_its_mlflow_record_is(tmp_path, capsys, no_ray):

@@ -1,5 +1,6 @@
 """Data sets: toy 2D point clouds made from a fixed seed, `npy:PATH` arrays, and images: sklearn's bundled
-digits, CIFAR-10's python batches and image folders (a local path or an s3:// URI), scaled to [-1, 1].
+digits, CIFAR-10 (arrays made by `imm-orch data cifar10`, or its python batches read without running code; see
+`imm.data.cifar10`) and image folders (a local path or an s3:// URI), scaled to [-1, 1].
 
 Nothing is downloaded from the internet: every set is made here, ships with a package, or is read from a
 path the user gives; a missing one is an error that says where to put it.
@@ -7,7 +8,6 @@ path the user gives; a missing one is an error that says where to put it.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from imm.data import cifar10
 from imm.data.remote import is_remote, local_copy
 from imm.data.toy2d import TOY_SETS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz), extract it, and set "
-                "data.name=cifar10:/path/to/cifar-10-batches-py (or an s3:// prefix holding those files)")
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def probe(name: str) -> None:
     if kind == "npy":
         _npy_array(path, mmap_mode="r")  # the header only
     elif kind == "cifar10":
-        _cifar10_files(Path(path), path)
+        cifar10.files(Path(path), path)
     elif kind == "folder":
         _image_files(Path(path), path, first_only=True)
     elif kind == "latents":
@@ -124,29 +123,9 @@ def _digits() -> tuple[Tensor, Tensor]:
 
 
 def _cifar10(uri: str) -> Data:
-    """CIFAR-10's python batches: data_batch_1..5 for training, test_batch held out."""
-    root = local_copy(uri)
-    names = _cifar10_files(root, uri)
-
-    def read(files):
-        xs, ys = [], []
-        for f in files:
-            with (root / f).open("rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")  # the official format: a pickled dict of arrays
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        return _to_unit(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-
-    (x, y), (xh, yh) = read(names[:5]), read(names[5:])
-    return Data(x, xh, y, yh, num_classes=10)
-
-
-def _cifar10_files(root: Path, uri: str) -> list[str]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"data.name: {uri!r} lacks {missing}; {CIFAR10_HELP}")
-    return names
+    """CIFAR-10's 50,000 training images; its 10,000 test images held out."""
+    x, y, xh, yh = cifar10.load(local_copy(uri), uri)
+    return Data(_to_unit(x), _to_unit(xh), torch.from_numpy(y), torch.from_numpy(yh), num_classes=10)
 
 
 def _image_files(root: Path, uri: str, first_only: bool = False) -> list[Path]:

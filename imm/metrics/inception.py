@@ -7,7 +7,9 @@ blocks do not count padding, and the last E block pools with a max instead of an
 equal torchvision's, so the ported state dict loads as it is (`strict`), including its 1008-way classifier.
 
 Inputs are images in [-1, 1] of any size (1 or 3 channels): they are resized bilinearly to 299 x 299, as
-pytorch-fid does. Nothing is downloaded: `load_inception(path)` reads weights the user put somewhere.
+pytorch-fid does. Nothing is downloaded: `load_inception(path)` reads weights the user put somewhere, as
+safetensors (what `imm-orch data inception` writes after checking the file's published hash) or as the
+original `.pth` through torch's weights-only loader; neither runs code from the file.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name ends in its SHA-256's first hex digits
 WEIGHTS_HELP = (f"FID needs pytorch-fid's Inception-v3 weights ({WEIGHTS_FILE}, a release asset of "
-                "github.com/mseitzer/pytorch-fid); fetch it on a machine with internet access, put it on a path or "
-                "S3, and set eval.inception_weights=PATH or s3://bucket/key")
+                "github.com/mseitzer/pytorch-fid); fetch it on a machine with internet access, run `imm-orch data "
+                f"inception {WEIGHTS_FILE} --out inception.safetensors`, put that on a path or S3, and set "
+                "eval.inception_weights=PATH or s3://bucket/key")
 
 
 class BasicConv2d(nn.Sequential):
@@ -184,7 +188,12 @@ def load_inception(path: str | Path) -> InceptionV3:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"eval.inception_weights: no file at {str(path)!r}. {WEIGHTS_HELP}")
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(p)
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)  # torch's allowlisting unpickler
     net = InceptionV3()
 
     def keys(d) -> set[str]:  # BatchNorm's step counters are absent from files saved by old torch versions
@@ -197,3 +206,22 @@ def load_inception(path: str | Path) -> InceptionV3:
                          f"(missing {missing}, unexpected {extra}). {WEIGHTS_HELP}")
     net.load_state_dict(state, strict=False)
     return net.eval().requires_grad_(False)
+
+
+def to_safetensors(path: Path, out: Path, sha256_prefix: str = WEIGHTS_SHA256_PREFIX) -> int:
+    """Check the `.pth` against its published hash and that it is the FID Inception, then write its tensors to
+    `out` as safetensors (renamed into place when whole); the number of tensors."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(sha256_prefix):
+        raise ValueError(f"weights: {str(path)!r} has SHA-256 {digest[:16]}..., not the {sha256_prefix}... that "
+                         f"{WEIGHTS_FILE}'s name publishes. {WEIGHTS_HELP}")
+    state = load_inception(path).state_dict()
+    tmp = out.with_name(f".{out.name}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"source": WEIGHTS_FILE})
+    tmp.replace(out)
+    return len(state)

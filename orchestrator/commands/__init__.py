@@ -91,6 +91,6 @@ def at_least(flag: str, value: int | None, low: int) -> None:
 
 
 # The built-in commands, in the order `imm-orch --help` lists them.
-BUILT_IN = ("train", "sweep", "submit", "status", "promote", "sample", "evaluate", "import_official", "encode", "ui")
+BUILT_IN = ("train", "sweep", "submit", "status", "promote", "sample", "evaluate", "import_official", "encode", "data", "ui")
 for _module in BUILT_IN:
     importlib.import_module(f"{__name__}.{_module}")

@@ -8,7 +8,7 @@ from orchestrator.commands import Command, output_flags, overrides_arg, register
 EXAMPLES = """\
 examples:
   imm-orch import --from official-cifar10 cifar10.pt --out imported/cifar10 \\
-      data.name=cifar10:./data/cifar-10-batches-py eval.inception_weights=./weights/pt_inception-2015-12-05-6726825d.pth
+      data.name=cifar10:./data/cifar10 eval.inception_weights=./weights/inception.safetensors
   imm-orch eval --model imported/cifar10 --steps 1 2 --n 50000     # the paper: FID 3.20 and 1.98 (a GPU: ~minutes)
   imm-orch import --from official-imagenet256-ts-a2 imagenet256_ts_a2.pkl --out imported/imagenet256 \\
       eval.vae=./weights/sd-vae-ft-ema data.name=latents:s3://bucket/imagenet256-latents
@@ -53,9 +53,9 @@ COMMAND = register(Command(
     name="import",
     help="convert an official IMM checkpoint into this project's checkpoint (the paper's yardstick)",
     description="Read an official IMM checkpoint (its EMA network) or a state dict with its key names, map "
-                "every weight onto our network (CIFAR-10: model.arch=ddpmpp with the cifar10 config; ImageNet-256: "
-                "DiT-XL/2 with the imagenet256_dit config) and write OUT/checkpoint.pt, ready for `imm-orch eval` "
-                "and `imm-orch sample`.",
+                "every weight onto this project's network (CIFAR-10: model.arch=ddpmpp with the cifar10 config; "
+                "ImageNet-256: DiT-XL/2 with the imagenet256_dit config) and write OUT/checkpoint.pt, ready for "
+                "`imm-orch eval` and `imm-orch sample`.",
     examples=EXAMPLES,
     arguments=arguments,
     run=run,

@@ -12,7 +12,7 @@ EXAMPLES = """\
 examples:
   imm-orch status toy2d_smoke                            # the study in ./imm-runs/optuna.journal
   imm-orch status sweeps/toy2d_smoke.yaml                # the study where that sweep file keeps it
-  imm-orch status my_sweep --storage postgresql://optuna@db/optuna
+  imm-orch status my_sweep --storage postgresql://imm@HEAD:5432/optuna   # docker/compose.yaml's database
 """
 
 

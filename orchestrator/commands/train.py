@@ -13,7 +13,7 @@ examples:
   imm-orch train toy2d trainer.num_workers=2 imm.group_size=8 train.steps=2000
   imm-orch train toy2d --dry-run                         # resolved config and resources, no Ray
   imm-orch train my.yaml --name m8-laplace               # relaunching the same name resumes the run
-  imm-orch train --best-of sweeps/toy2d_smoke.yaml train.steps=3000   # a sweep's winner, trained longer
+  imm-orch train --best-of sweeps/toy2d_smoke.yaml train.steps=6000   # the winner, twice its trials' 3000 steps
   imm-orch train my.yaml --address auto --tracking-uri http://mlflow:5000 trainer.use_gpu=true
   ray job submit --address http://HEAD:8265 --working-dir . -- python -m orchestrator.cli train my.yaml --address auto
 

@@ -19,7 +19,7 @@ JOURNAL_FILE = "optuna.journal"
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 # The extra (pyproject.toml) that installs a database driver: psycopg (3), which SQLAlchemy >= 2.1 picks for
 # `postgresql://` URLs (2.0 picked psycopg2)
-DRIVER_EXTRAS = {"psycopg": "imm-orch[postgres]"}
+DRIVER_EXTRAS = {"psycopg": "postgres"}  # the extra of this project that installs it
 
 
 def study_setting(sweep: Sweep) -> str:
@@ -58,8 +58,9 @@ def check_driver(url: str) -> None:
         raise ConfigError(f"storage: {redact(url)} is not a database URL SQLAlchemy knows ({e})") from None
     except ImportError as e:
         driver = getattr(e, "name", None) or str(e)
-        how = f"pip install '{DRIVER_EXTRAS[driver]}' (the cluster image has it)" if driver in DRIVER_EXTRAS else \
-            f"install the Python module {driver}"
+        extra = DRIVER_EXTRAS.get(driver)
+        how = (f"pip install -e '.[{extra}]' in this checkout (the cluster image has it)" if extra
+               else f"install the Python module {driver}")
         raise ConfigError(f"storage: {redact(url)} needs the database driver {driver}, which is not installed: "
                           f"{how}") from None
 

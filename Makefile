@@ -1,24 +1,25 @@
-# `make test` and `make demo` do all set-up on a fresh machine: a .venv with the CPU build of
-# torch pinned (a newer torch would pull GBs of CUDA wheels), then the project with its extras.
+# `make test` and `make demo` do all set-up on a fresh machine: a .venv with every package at the version
+# requirements.lock pins (torch's CPU build here, whose version the lock pins), then this project.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
+# The lock's input besides pyproject.toml: the one torch version of laptops, CI (CPU build) and the image (CUDA).
+TORCH := torch==2.13.0
+LOCK_TOOLS := .venv-lock
 
 DEMO_SWEEP := toy2d_smoke
 DEMO_OUT := imm-runs/demo
 
-.PHONY: test demo venv lint bench clean
+.PHONY: test demo venv lint bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@echo "== setting up $(VENV): pip, $(TORCH_CPU) (CPU build), then the project and its test tools (a few minutes, once)"
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_CPU)"
-	$(BIN)/pip install --quiet -e ".[test]" "$(TORCH_CPU)"
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	@echo "== setting up $(VENV): the packages of requirements.lock, then this project (a few minutes, once)"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -54,5 +55,19 @@ bench: venv
 	$(BIN)/python benchmarks/step_cost.py
 	$(BIN)/python benchmarks/sweep_overhead.py
 
+# requirements.lock: every package of the environment (pyproject.toml's with the test extra, transitives included)
+# resolved by pip's own resolver through pip-tools, so that it sees the same indexes as `pip install`. Two edits
+# follow: torch's local label (+cpu) is dropped, so that the same line installs the CPU build here and the CUDA
+# build in the image; the project's own line (a file:// path, from the test extra) goes: `pip install -e .` adds it.
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet "pip-tools==7.7.0"
+	echo "$(TORCH)" > $(LOCK_TOOLS)/torch.in
+	$(LOCK_TOOLS)/bin/pip-compile --quiet --upgrade --extra test --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --output-file requirements.lock pyproject.toml $(LOCK_TOOLS)/torch.in
+	$(LOCK_TOOLS)/bin/python -c "import re, pathlib; p = pathlib.Path('requirements.lock'); \
+	  text = re.sub(r'(?m)^(torch==[^+\s]+)\+\S+', r'\1', p.read_text()); \
+	  p.write_text(re.sub(r'(?m)^imm-orch @ file:.*\n(    #.*\n)*', '', text))"
+
 clean:
-	rm -rf $(VENV) imm-runs .pytest_cache
+	rm -rf $(VENV) $(LOCK_TOOLS) imm-runs .pytest_cache

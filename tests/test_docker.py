@@ -49,11 +49,9 @@ WHEEL_CUDA = {"2.13.0": ("13.0", 580)}
 
 
 def pins() -> dict[str, str]:
-    lines = (ROOT / "docker" / "requirements.txt").read_text().splitlines()
-    reqs = [line.split("#")[0].strip() for line in lines]
-    reqs = [r for r in reqs if r]
-    assert len(reqs) >= 10 and all(re.fullmatch(r"[\w\[\],.-]+==[\w.]+", r) for r in reqs), reqs
-    return {re.sub(r"\[.*\]", "", r.split("==")[0]): r.split("==")[1] for r in reqs}
+    """The image's packages: requirements.lock's pins (the Dockerfile installs the lock)."""
+    text = (ROOT / "requirements.lock").read_text()
+    return {m[1].lower(): m[2] for m in re.finditer(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", text)}
 
 
 def test_dockerfile_passes_hadolint():
@@ -71,7 +69,7 @@ def test_the_image_the_torch_wheel_and_the_stated_driver_agree():
     assert torch in WHEEL_CUDA, f"torch {torch}: read its wheel's CUDA requirement and add it to WHEEL_CUDA"
     cuda, driver = WHEEL_CUDA[torch]
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(rf"^TORCH_CPU := torch=={re.escape(torch)}$", makefile, re.M)  # the tests ran this torch
+    assert re.search(rf"^TORCH := torch=={re.escape(torch)}$", makefile, re.M)  # the tests ran this torch
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)
     assert not base.startswith("nvidia/cuda"), "the wheel brings its CUDA libraries: a CUDA base image is dead weight"
     assert re.fullmatch(r"ubuntu:\d\d\.\d\d", base)  # pinned, and Python 3.12 (the apt pin) is that release's

@@ -501,8 +501,8 @@ def sweep_job_errors(manifests) -> list[str]:
 
 
 def version_errors(manifests) -> list[str]:
-    """rayVersion is the image's Ray (docker/requirements.txt); the page installs the targeted KubeRay's chart."""
-    ray = re.search(r"^ray\[[^\]]*\]==(\S+)", (ROOT / "docker" / "requirements.txt").read_text(), re.M).group(1)
+    """rayVersion is the image's Ray (requirements.lock); the page installs the targeted KubeRay's chart."""
+    ray = re.search(r"^ray==(\S+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
     errors = [f"{where}: rayVersion {spec.get('rayVersion')}, the image's Ray {ray}"
               for where, spec in cluster_specs(manifests) if spec.get("rayVersion") != ray]
     if f"--version {KUBERAY.lstrip('v')}" not in DOC.read_text():

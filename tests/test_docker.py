@@ -234,3 +234,72 @@ def test_the_bucket_and_the_shipped_sweeps_inputs_are_created_and_checked(s3_env
     keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket="imm")["Contents"]]
     assert sorted(keys) == ["datasets/cifar10/test_x.npy", "datasets/cifar10/train_x.npy",
                             "weights/inception.safetensors"]
+
+
+def test_the_stores_have_limits_backups_and_the_nodes_keep_logs_and_export_metrics():
+    """Checked statically (no Docker engine here): every store has a memory and CPU ceiling and a restart policy;
+    the study and MLflow's metadata are dumped on a schedule; Ray's temp dir (logs, metrics discovery, Grafana's
+    dashboards) is a volume; Prometheus reads the head's discovery file and the GPU exporters; the dashboard knows
+    where Prometheus and Grafana are."""
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("postgres", "s3", "mlflow", "postgres-backup", "prometheus", "grafana", "gpu-exporter"):
+        limits = services[name]["deploy"]["resources"]["limits"]
+        assert {"cpus", "memory"} <= set(limits) and services[name]["restart"] == "unless-stopped", name
+    backup = services["postgres-backup"]
+    assert backup["entrypoint"][-1] == "/usr/local/bin/pg-backup.sh" and backup["secrets"] == ["pgpass"]
+    assert backup["environment"]["PGPASSFILE"] == "/run/secrets/pgpass" and "pg-backups:/backups" in backup["volumes"]
+    assert backup["image"] == services["postgres"]["image"]  # pg_dump of the server's own major version
+    for name in ("ray-head", "ray-worker", "prometheus", "grafana"):
+        assert any(v.startswith("ray-logs:/tmp/ray") for v in services[name]["volumes"]), name
+    assert re.search(r"chown -R imm:imm .*/tmp/ray", (ROOT / "docker" / "Dockerfile").read_text())
+    prometheus = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
+    assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    relabel = jobs["gpu"]["relabel_configs"][0]
+    assert re.sub(relabel["regex"], relabel["replacement"].replace("${1}", r"\1"), "10.0.0.7:6385") == "10.0.0.7:9400"
+    assert "--metrics-export-port=6385" in (ROOT / "docker" / "ray-node.sh").read_text()
+    assert services["gpu-exporter"]["environment"]["DCGM_EXPORTER_LISTEN"].endswith(":9400")
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    head_env = services["ray-head"]["environment"]
+    assert head_env["RAY_PROMETHEUS_HOST"].endswith(":9090") and head_env["RAY_GRAFANA_HOST"].endswith(":3000")
+    assert any(":9090" in arg for arg in services["prometheus"]["command"])
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_PATHS_PROVISIONING"].startswith("/tmp/ray/session_latest/metrics/grafana/")
+    assert grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true" and grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    for name in ("prometheus", "grafana", "gpu-exporter"):
+        assert "latest" not in services[name]["image"] and ":" in services[name]["image"], name
+    assert {"pg-backups", "ray-logs", "prometheus", "grafana"} <= set(compose["volumes"])
+
+
+def test_the_backup_script_dumps_rotates_and_restores(postgres, tmp_path):
+    """docker/pg-backup.sh against a real PostgreSQL server: each round writes a whole dump per database, the
+    newest BACKUP_KEEP stay, and a dump restores the rows into an empty database."""
+    import psycopg
+
+    from tests.servers import PostgresServer
+
+    url = postgres.database()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trials (number int, value float)")
+        conn.execute("INSERT INTO trials VALUES (0, 0.5), (1, 0.25)")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"*:*:*:imm:{postgres.password}\n")
+    pgpass.chmod(0o600)
+    env = {"PATH": f"{PostgresServer.binaries()}:/usr/bin:/bin", "PGHOST": "127.0.0.1", "PGPORT": str(postgres.port),
+           "PGUSER": "imm", "PGPASSFILE": str(pgpass), "BACKUP_DIR": str(tmp_path / "dumps"), "BACKUP_KEEP": "2",
+           "BACKUP_DATABASES": name}
+    for _ in range(3):
+        done = subprocess.run(["sh", str(ROOT / "docker" / "pg-backup.sh"), "--once"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    dumps = sorted((tmp_path / "dumps").iterdir())
+    assert len(dumps) == 2 and all(d.name.startswith(f"{name}-") and d.suffix == ".dump" for d in dumps)
+    target = postgres.database()
+    restored = subprocess.run([str(PostgresServer.binaries() / "pg_restore"), "--no-owner",
+                               f"--dbname={target.rsplit('/', 1)[1]}", str(dumps[-1])], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT number, value FROM trials ORDER BY number").fetchall() == [(0, 0.5), (1, 0.25)]

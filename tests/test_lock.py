@@ -8,6 +8,7 @@ import ast
 import importlib.metadata as md
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 import tomllib
@@ -26,7 +27,10 @@ def locked(text: str | None = None) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+    """The environment's own packages: those in its site-packages. Not sys.path's other folders, such as the
+    copies Ray vendors and puts on sys.path once imported (ray/thirdparty_files: colorama)."""
+    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions(path=folders)}
 
 
 def differences(lock: dict[str, str], env: dict[str, str]) -> list[str]:

@@ -30,7 +30,7 @@ SWEEP = """\
 name: slurm_smoke
 base:
   config: toy2d
-  overrides: [train.steps=300, train.log_every=100, train.checkpoint_every=300, eval.every=300, eval.n_samples=500]
+  overrides: [train.steps=100, train.log_every=50, train.checkpoint_every=100, eval.every=100, eval.n_samples=300]
 space:
   imm.group_size: {choices: [2, 4]}
 objective:
@@ -128,7 +128,11 @@ PartitionName=main Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 """)
 
     def env(self) -> dict:
-        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        """This machine's environment less the test session's own settings (its Ray, MLflow, S3, caches), which
+        the job would otherwise inherit through sbatch and srun."""
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("AWS_", "MLFLOW_", "RAY_", "IMM_", "PYTEST_", "PG"))}
+        return {**clean, "SLURM_CONF": str(self.conf), "PATH": f"{BIN}:{clean['PATH']}"}
 
     def ctl(self, args: list[str], env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.hosts.run("ctl", args, env={**self.env(), **(env or {})}, timeout=timeout, cwd=ROOT)

@@ -185,9 +185,10 @@ def test_a_crafted_cifar_batch_is_refused_before_its_payload_runs(tmp_path, writ
 
 def test_the_data_command_turns_the_archive_into_arrays_that_load_without_unpickling(tmp_path, write_fake_cifar):
     from imm.data import cifar10
+    from imm.data.remote import file_digest
 
     archive = _cifar_archive(tmp_path, write_fake_cifar)
-    shapes = cifar10.prepare(archive, tmp_path / "arrays", expected_md5=cifar10.md5(archive))
+    shapes = cifar10.prepare(archive, tmp_path / "arrays", expected_md5=file_digest(archive, "md5"))
     assert shapes == {"train_x.npy": (100, 3, 32, 32), "train_y.npy": (100,), "test_x.npy": (20, 3, 32, 32),
                       "test_y.npy": (20,)}
     assert sorted(p.name for p in (tmp_path / "arrays").iterdir()) == sorted(shapes)  # no partial file left

@@ -13,7 +13,6 @@ callable, so a crafted batch in a bucket would run code on every worker that loa
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import pickle
@@ -21,6 +20,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from imm.data.remote import file_digest
 
 # https://www.cs.toronto.edu/~kriz/cifar.html publishes this checksum for the python version.
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -72,19 +73,11 @@ def read_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def prepare(archive: Path, out: Path, expected_md5: str | None = None) -> dict[str, tuple[int, ...]]:
     """Check `archive` against the published MD5, then write its arrays into `out`; their shapes.
 
     Each array is written beside its final name and renamed, so a failure leaves no half-written file."""
-    got, expected_md5 = md5(archive), expected_md5 or ARCHIVE_MD5
+    got, expected_md5 = file_digest(archive, "md5"), expected_md5 or ARCHIVE_MD5
     if got != expected_md5:
         raise ValueError(f"archive: {str(archive)!r} has MD5 {got}, not the official {ARCHIVE}'s {expected_md5}; "
                          f"{HELP}")

@@ -125,13 +125,17 @@ def s3_filesystem() -> RetryingS3FileSystem:
     return RetryingS3FileSystem(attempts, **options)
 
 
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a local file, read a MiB at a time."""
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """A local file's hex digest (hashlib's `algorithm`), read a MiB at a time. MD5 is only ever a checksum here."""
+    h = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def is_remote(uri: str) -> bool:

@@ -211,11 +211,11 @@ def load_inception(path: str | Path) -> InceptionV3:
 def to_safetensors(path: Path, out: Path, sha256_prefix: str = WEIGHTS_SHA256_PREFIX) -> int:
     """Check the `.pth` against its published hash and that it is the FID Inception, then write its tensors to
     `out` as safetensors (renamed into place when whole); the number of tensors."""
-    import hashlib
-
     from safetensors.torch import save_file
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from imm.data.remote import file_sha256
+
+    digest = file_sha256(path)
     if not digest.startswith(sha256_prefix):
         raise ValueError(f"weights: {str(path)!r} has SHA-256 {digest[:16]}..., not the {sha256_prefix}... that "
                          f"{WEIGHTS_FILE}'s name publishes. {WEIGHTS_HELP}")

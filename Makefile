@@ -51,9 +51,15 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The speed benchmarks that measure this machine's CPU (benchmarks/README.md), each printing a ratio against a baseline
+# measured in the same run; the GPU ones (speed/gpu_step.py, device_check.py) and speed/cluster_overhead.py (a
+# multi-node Ray cluster of its own) are left out.
 bench: venv
-	$(BIN)/python benchmarks/step_cost.py
-	$(BIN)/python benchmarks/sweep_overhead.py
+	$(BIN)/python -m benchmarks.speed.step_cost
+	$(BIN)/python -m benchmarks.speed.sweep_overhead
+	$(BIN)/python -m benchmarks.speed.latent_reads
+	$(BIN)/python -m benchmarks.speed.fid_throughput
+	$(BIN)/python -m benchmarks.speed.encode_throughput
 
 # requirements.lock: every package of the environment (pyproject.toml's with the test extra, transitives included)
 # resolved by pip's own resolver through pip-tools, so that it sees the same indexes as `pip install`. Two edits

@@ -3,6 +3,9 @@
     python3 benchmarks/device_check.py --out OUT           # on a GPU box, under 8 minutes
     python3 benchmarks/device_check.py --smoke --out OUT   # on a CPU, at toy size (CI runs this)
 
+It runs as a file (above) or as `python3 -m benchmarks.device_check` from the checkout's root; each section runs as
+the module, from the root, so that `imm` and `benchmarks` import from the checkout without being installed.
+
 If omegaconf is missing it is installed from the wheels in --wheels (default .whl/, git-ignored: made where there is
 a network with `pip wheel --no-deps -w .whl omegaconf==2.3.0 antlr4-python3-runtime==4.9.3`) into a temporary folder;
 checked in a bare venv with only torch, numpy, pyyaml, pyarrow, matplotlib, scikit-learn, pillow and pytest.
@@ -10,7 +13,7 @@ Each section runs in its own process under its own time limit, and OUT/device_ch
 section, so a run cut short still reports what it measured. The sections and their targets (issue 24):
 
 - cuda_tests: imm/'s tests that need no Ray or MLflow, on the GPU (pytest --noconftest).
-- gpu_step: benchmarks/gpu_step.py on the paper's DDPM++: eager fp32 against bf16 + compile + channels-last + fused
+- gpu_step: benchmarks/speed/gpu_step.py on the paper's DDPM++: eager fp32 against bf16 + compile + channels-last + fused
   optimizer (target fast/eager >= 1.8), IMM against flow matching (IMM/FM step time <= 1.35).
 - mfu: DiT-B/2 (ImageNet latents) and DDPM++ (CIFAR-10) IMM training steps, bf16 + compile; model FLOPs utilisation
   against a bf16 8192^3 matrix product timed in the same run (target DiT-B/2 >= 35%). FLOPs are counted by
@@ -51,7 +54,8 @@ TARGETS = {"fast_over_eager": 1.8, "imm_over_fm_step": 1.35, "dit_b2_mfu": 0.35,
 
 
 def ensure_omegaconf(wheels: Path) -> None:
-    """omegaconf importable: as installed, or from the carried wheels into a temporary folder (also for children)."""
+    """omegaconf importable in the sections' processes (this one does not import it): as installed, or from the
+    carried wheels into a temporary folder on their PYTHONPATH."""
     try:
         import omegaconf  # noqa: F401
         return
@@ -63,7 +67,6 @@ def ensure_omegaconf(wheels: Path) -> None:
         sys.exit(f"omegaconf is not installed and --wheels {wheels} holds no wheels (omegaconf, antlr4-python3-runtime)")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target),
                     *map(str, found)], check=True)
-    sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
 
 
@@ -80,8 +83,7 @@ def cuda_tests(smoke: bool, device: str) -> dict:
 
 
 def gpu_step(smoke: bool, device: str) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_step as bench
+    from benchmarks.speed import gpu_step as bench
 
     args = ["--device", device, "--batches", "512", "--steps", "10", "--repeats", "3", "--warmup", "3"]
     if smoke:
@@ -119,9 +121,7 @@ def sync(device: str) -> None:
 
 def training_step(config: str, overrides: list[str], shape, classes: int, batch: int, device: str, compile_: bool):
     """(step(), model): one bf16 IMM training step of `config` on random data, with every GPU switch on."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_step import training_step as build
-
+    from benchmarks.speed.gpu_step import training_step as build
     from imm.config import load_config
 
     cfg = load_config(config, [*overrides, f"train.batch_size={batch}", "trainer.num_workers=1",
@@ -234,7 +234,8 @@ def sampling(smoke: bool, device: str) -> dict:
     import torch
 
     from imm.config import load_config
-    from imm.methods import build_model, generate
+    from imm.methods import build_model
+    from imm.sampling import generate
 
     n = 16 if smoke else 1000
     small = ["model.channels=16", "model.num_blocks=1"] if smoke else []
@@ -324,8 +325,10 @@ def run_section(name: str, out: Path, smoke: bool, limit: float) -> dict:
 
     if limit <= 0:
         return {"error": "not run: the run's --budget was spent"}
-    cmd = [sys.executable, __file__, "--out", str(out), "--section", name, *(["--smoke"] if smoke else [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [sys.executable, "-m", "benchmarks.device_check", "--out", str(out.resolve()), "--section", name,
+           *(["--smoke"] if smoke else [])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -351,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_omegaconf(args.wheels)
-    sys.path.insert(0, str(ROOT))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,21 +31,32 @@ MOVED = {
     "imm.remote": "imm.data.remote",
     "imm.accelerate": "imm.training.accelerate",
     "imm.convert": "imm.networks.official",
-    "imm.generator": "imm.sampling.trained",
+    "imm.generator": "imm.trained",
+    "imm.sampling.trained": "imm.trained",
     "imm.evaluate": "imm.metrics.evaluator",
 }
 
 
-class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Old module name -> the module at its new path, for every table given to `moved` (imm's, orchestrator's)."""
+
+    table: dict[str, str] = {}
+
     def find_spec(self, name, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
+        return importlib.util.spec_from_loader(name, self) if name in self.table else None
 
     def create_module(self, spec):
-        return importlib.import_module(MOVED[spec.name])  # the module itself: one set of classes, not a copy
+        return importlib.import_module(self.table[spec.name])  # the module itself: one set of classes, not a copy
 
     def exec_module(self, module) -> None:
         pass
 
 
-if not any(isinstance(f, _Moved) for f in sys.meta_path):
-    sys.meta_path.insert(0, _Moved())  # before the path finders: an old file left on a path never shadows it
+def moved(table: dict[str, str]) -> None:
+    """Make each old name in `table` import the module at its new path."""
+    MovedModules.table.update(table)
+    if not any(isinstance(f, MovedModules) for f in sys.meta_path):
+        sys.meta_path.insert(0, MovedModules())  # before the path finders: an old file left on a path never shadows it
+
+
+moved(MOVED)

@@ -10,16 +10,16 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from imm.checks import ConfigError, check_choice, check_range, omegaconf_message, resolved_T
 from imm.maths.trajectories import TRAJECTORIES
+from imm.methods import METHODS
 from imm.metrics.features import FEATURES
 from imm.networks import ARCHITECTURES, PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.networks.dit import NAMES as DIT_NAMES
-from imm.sampling import SCHEDULES
+from imm.sampling import SCHEDULES, samplers_for
 from imm.training.accelerate import OPTIMIZERS, PRECISIONS
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config: the message names the key and what is allowed."""
+__all__ = ["ConfigError", "RunConfig", "config_from_dict", "load_config", "load_yaml", "run_schema", "to_yaml"]
 
 
 @dataclass
@@ -180,16 +180,19 @@ class RunConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "trajectory": tuple(TRAJECTORIES),
-    "model.dit": DIT_NAMES,
-    "model.parameterization": tuple(PARAMETERIZATIONS),
-    "model.s_embedding": S_EMBEDDINGS,
-    "train.optimizer": tuple(OPTIMIZERS),
-    "train.precision": PRECISIONS,
-    "sample.schedule": (None, *SCHEDULES),
-    "eval.features": FEATURES,
-}
+def choices() -> dict[str, tuple]:
+    """The allowed values of the keys that name a registered thing, read from the tables now (a schedule or a
+    trajectory registered after import is allowed)."""
+    return {
+        "trajectory": tuple(TRAJECTORIES),
+        "model.dit": DIT_NAMES,
+        "model.parameterization": tuple(PARAMETERIZATIONS),
+        "model.s_embedding": S_EMBEDDINGS,
+        "train.optimizer": tuple(OPTIMIZERS),
+        "train.precision": PRECISIONS,
+        "sample.schedule": (None, *SCHEDULES),
+        "eval.features": FEATURES,
+    }
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -197,8 +200,6 @@ BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 def run_schema() -> DictConfig:
     """RunConfig plus the config section of every registered method (imm, ddpm, vae, ...) and of every registered
     network that has its own (model.<arch>)."""
-    from imm.methods import METHODS
-
     schema = OmegaConf.structured(RunConfig)
     with open_dict(schema):
         for m in METHODS.values():
@@ -219,7 +220,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as e:
-        raise ConfigError(_omegaconf_message(e)) from None
+        raise ConfigError(omegaconf_message(e)) from None
     validate(cfg)
     return cfg
 
@@ -231,7 +232,7 @@ def config_from_dict(d: dict[str, Any], training: bool = True) -> DictConfig:
     try:
         cfg = OmegaConf.merge(run_schema(), OmegaConf.create(d))
     except OmegaConfBaseException as e:
-        raise ConfigError(_omegaconf_message(e)) from None
+        raise ConfigError(omegaconf_message(e)) from None
     validate(cfg, training)
     return cfg
 
@@ -273,30 +274,14 @@ def _resolve_path(path: str | Path, within: Path | None = None) -> Path:
     raise ConfigError(f"config file {str(path)!r} not found (built-in configs: {known})")
 
 
-def _omegaconf_message(e: OmegaConfBaseException) -> str:
-    key = getattr(e, "full_key", None)
-    msg = str(e).splitlines()[0]
-    return f"{key}: {msg}" if key else msg
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key)
-
-
 def validate(cfg: DictConfig, training: bool = True) -> None:
     """Raise ConfigError naming the first bad field and the allowed values (training=False: see config_from_dict)."""
-    from imm.methods import METHODS
-
     check_choice(cfg, "method", tuple(METHODS))
     check_choice(cfg, "model.arch", tuple(ARCHITECTURES))
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         check_choice(cfg, key, allowed)
     method = METHODS[cfg.method]
-    if cfg.sample.sampler is not None and cfg.sample.sampler not in method.samplers:
-        raise ConfigError(
-            f"sample.sampler: {cfg.sample.sampler!r} does not apply to method={cfg.method}; "
-            f"choose one of {list(method.samplers)}"
-        )
+    check_samplers(cfg)
     for m in METHODS.values():  # every section's own values, whichever method runs
         if m.check_section:
             m.check_section(cfg)
@@ -359,6 +344,20 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
         raise ConfigError(f"data.sigma_d: must be > 0 (or null to measure it), got {cfg.data.sigma_d}")
 
 
+def check_samplers(cfg: DictConfig) -> None:
+    """sample.sampler fits the method that runs; a method's own sampler and schedule keys (imm.sampler, imm.schedule)
+    fit that method, whichever runs."""
+    allowed = samplers_for(cfg.method)
+    if cfg.sample.sampler is not None and cfg.sample.sampler not in allowed:
+        raise ConfigError(f"sample.sampler: {cfg.sample.sampler!r} does not apply to method={cfg.method}; "
+                          f"choose one of {list(allowed)}")
+    for m in METHODS.values():
+        if m.sampler_key:
+            check_choice(cfg, m.sampler_key, samplers_for(m.name))
+        if m.schedule_key:
+            check_choice(cfg, m.schedule_key, tuple(SCHEDULES))
+
+
 def check_grids(cfg: DictConfig, T: float) -> None:
     """sample.grids: decreasing times from T to eps_t, at most one grid per step count."""
     lengths = set()
@@ -371,25 +370,6 @@ def check_grids(cfg: DictConfig, T: float) -> None:
         if len(g) in lengths:
             raise ConfigError(f"sample.grids[{i}]: a second grid for {len(g) - 1} step(s); give one per step count")
         lengths.add(len(g))
-
-
-def check_choice(cfg: DictConfig, key: str, allowed) -> None:
-    value = _get(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
-
-
-def check_range(cfg, key, low, high, strict_low=False):
-    v = _get(cfg, key)
-    too_low = v <= low if strict_low else v < low
-    if too_low or (high is not None and v > high):
-        bound = f"> {low}" if strict_low else f">= {low}"
-        allowed = f"{bound} and <= {high}" if high is not None else bound
-        raise ConfigError(f"{key}: {v!r} is out of range (allowed: {allowed})")
-
-
-def resolved_T(cfg: DictConfig) -> float:
-    return cfg.T if cfg.T is not None else TRAJECTORIES[cfg.trajectory].default_T
 
 
 def to_yaml(cfg: DictConfig) -> str:

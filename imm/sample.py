@@ -13,7 +13,7 @@ import torch
 
 from imm.config import ConfigError
 from imm.sampling.pictures import save_samples
-from imm.sampling.trained import as_flag_error, load_trained
+from imm.trained import add_sample_flags, as_flag_error, load_trained, sample_with_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,22 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or the folder holding it")
-    parser.add_argument("--steps", type=int, default=1, help="sampling steps (1..8 for IMM)")
-    parser.add_argument("--sampler", default=None,
-                        help="one of the checkpoint's method's samplers (default: its own; a wrong one is an error "
-                             "that lists them), e.g. pushforward|restart for imm, euler|heun for fm")
-    parser.add_argument("--eta", type=float, default=None, help="ddim: 0 deterministic (default), 1 DDPM-like")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
-    parser.add_argument("--label", type=int, default=None, help="class-conditional models: sample this class only")
-    parser.add_argument("--n", type=int, default=5000, help="number of samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output file: .npy (raw samples) or .png")
+    add_sample_flags(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
         gen = load_trained(args.checkpoint, args.device)
-        x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale,
-                       eta=args.eta)
+        x = sample_with_flags(gen, args)
         save_samples(x, args.out, title=f"{gen.cfg.method}, {args.steps} step(s)")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {as_flag_error(e)}", file=sys.stderr)

@@ -30,9 +30,6 @@ the new-user path, on the embedded default (local Ray, MLflow and artifacts in .
 `imm-orch COMMAND --help` gives each command's options and examples; `--debug` shows tracebacks.
 """
 
-LOGGED = ("train", "sweep")  # the commands whose Ray and MLflow output is long enough to announce its log file
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imm-orch",
@@ -70,7 +67,7 @@ def entry() -> int:
         return dispatch(args)
     log = log_file(args)
     with terminal.quiet(log):
-        if args.command in LOGGED and not getattr(args, "dry_run", False):
+        if COMMANDS[args.command].log_root and not getattr(args, "dry_run", False):
             print(f"log: {log} (Ray's and MLflow's own messages; --verbose shows them here)", file=terminal.out())
         try:
             code = dispatch(args)
@@ -85,22 +82,18 @@ def entry() -> int:
             code = 1
     if log.is_file() and log.stat().st_size == 0:
         log.unlink()
-    elif args.command not in LOGGED and re.search(r"WARNING|ERROR|Traceback", log.read_text(errors="replace")):
+    elif not COMMANDS[args.command].log_root and re.search(r"WARNING|ERROR|Traceback", log.read_text(errors="replace")):
         print(f"imm-orch: Ray's and MLflow's warnings are in {log}", file=terminal.err())
     return code
 
 
 def log_file(args) -> Path:
     """`<storage.root>/logs/imm-orch-COMMAND-TIME-PID.log`: the run's or sweep's storage.root, else the default."""
-    from imm.config import StorageConfig, load_config
-    from orchestrator.sweep.spec import load_sweep
+    from imm.config import StorageConfig
 
-    root = StorageConfig.root
+    root, command = StorageConfig.root, COMMANDS[args.command]
     try:
-        if args.command == "sweep":
-            root = load_sweep(args.sweep, base_overrides=args.overrides).base.storage.root
-        elif args.command == "train":
-            root = load_config(args.config, args.overrides).storage.root
+        root = (command.log_root(args) if command.log_root else None) or root
     except Exception:  # the command itself reports the mistake, on the terminal
         pass
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -112,7 +105,7 @@ def dispatch(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars for each model download
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at" after each run we print
     from imm.config import ConfigError
-    from imm.sampling.trained import as_flag_error
+    from imm.trained import as_flag_error
 
     command = COMMANDS[args.command]
     user_errors = (ConfigError, FileNotFoundError, ValueError, ConnectionError)

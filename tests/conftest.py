@@ -50,7 +50,7 @@ def ray_local():
     """A real local Ray (4 logical CPUs, no dashboard) shared by the tests that need one; its start-up time."""
     import ray
 
-    import orchestrator.launch  # noqa: F401  (selects Ray Train V2 before ray.train is imported)
+    import orchestrator.run.launch  # noqa: F401  (selects Ray Train V2 before ray.train is imported)
 
     t0 = time.perf_counter()
     # log_to_driver=False: the workers' log lines would otherwise reach whatever test captures output at the time
@@ -69,7 +69,7 @@ def tiny_toy2d(tmp_path):
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory):
     """A real SQLite MLflow store shared by the session (creating one costs seconds): use your own experiment."""
-    from orchestrator import tracking
+    from orchestrator.track import tracking
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     tracking.client(uri).search_experiments()  # creates the tables once
@@ -79,7 +79,7 @@ def mlflow_uri(tmp_path_factory):
 @pytest.fixture
 def no_ray(monkeypatch):
     """Trip if the command gets as far as connecting to Ray."""
-    from orchestrator import cluster
+    from orchestrator.infra import cluster
 
     def tripwire(*args, **kwargs):
         raise AssertionError("Ray was started for input that should have been rejected first")
@@ -167,7 +167,7 @@ def mlflow_ui(tmp_path):
     import subprocess
     import sys
 
-    from orchestrator import tracking
+    from orchestrator.track import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.client(uri).search_experiments()

@@ -79,7 +79,7 @@ class RayCluster:
                     "--ray-client-server-port", str(free_port()), "--temp-dir", self.ray_tmp(),
                     # a dead node is declared dead after ~3 s instead of ~30 s
                     "--system-config", json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})]
-        else:  # a temp dir of its own, as a node on another machine has (orchestrator.cluster.nodes_sharing_a_temp_dir)
+        else:  # a temp dir of its own, as a node on another machine has (infra.cluster.nodes_sharing_a_temp_dir)
             cmd += ["--address", self.gcs] + (["--temp-dir", self.ray_tmp()] if own_temp_dir else [])
         with open(self.tmp / f"{name}.log", "w") as log:
             self.nodes[name] = subprocess.Popen(cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""Issue 18: the GPU switches are on by default on CUDA and change nothing on CPU.
+"""The GPU switches are on by default on CUDA and change nothing on CPU.
 
 This machine has no GPU: the CUDA decisions are checked on a torch.device("cuda") value without running a kernel
 (a stand-in for the GPU, said here as the project's rule asks); the CUDA test at the end runs where CUDA exists.
@@ -52,12 +52,8 @@ def test_a_unet_run_on_cuda_trains_with_every_switch_on():
 
 
 def test_the_gpu_benchmark_runs_every_case_on_cpu(capsys):
-    """benchmarks/gpu_step.py at toy size on CPU (its numbers mean something on a GPU only)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import gpu_step
+    """benchmarks/speed/gpu_step.py at toy size on CPU (its numbers mean something on a GPU only)."""
+    from benchmarks.speed import gpu_step
 
     rate = gpu_step.main(["--device", "cpu", "--channels", "8", "--batches", "4", "--no-compile", "--steps", "1",
                           "--warmup", "1", "--repeats", "1"])

@@ -1,4 +1,4 @@
-"""Issue 18: train.accumulate=N gives the update of one step on the whole batch, on 1 and on 2 DDP workers.
+"""Train.accumulate=N gives the update of one step on the whole batch, on 1 and on 2 DDP workers.
 
 The same data and the same noise: the IMM objective's randomness (group times, noise, x_t, x_r) is drawn once for
 the whole batch, and each micro-batch's loss reads its rows of that draw. What is under test is the accumulation

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from imm.config import load_config
-from imm.methods import build_loss, build_model, generate
-from imm.methods.ddpm import DDPMLoss, EpsModel, ancestral, ddim, ddim_sigma, linear_alpha_bars, timestep_grid
+from imm.methods import build_loss, build_model
+from imm.methods.ddpm import DDPMLoss, EpsModel, linear_alpha_bars, timestep_grid
 from imm.methods.vae import VAE
+from imm.sampling import generate
+from imm.sampling.denoising import ancestral, ddim, ddim_sigma
 
 
 class Oracle(torch.nn.Module):

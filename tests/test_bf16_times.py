@@ -1,4 +1,4 @@
-"""Issue 24: bf16-safe times. Near T the mapping's step from r to t is ~2e-7 (k = 15); does the network's output
+"""Bf16-safe times. Near T the mapping's step from r to t is ~2e-7 (k = 15); does the network's output
 still separate G(x_t, s, r) from G(x_t, s, t) under autocast? Measured against fp32 on the paper's networks (DDPM++
 for CIFAR-10, DiT for ImageNet latents, at test size) with CPU autocast, which rounds as a GPU's does."""
 
@@ -95,7 +95,7 @@ def test_a_model_trained_before_the_floor_still_loads_to_sample():
     is refused, sampling from it is not (what only training needs is not asked of a stored model)."""
     from imm.config import config_from_dict
     from imm.methods import build_model
-    from imm.sampling.trained import TrainedModel
+    from imm.trained import TrainedModel
 
     cfg = load_config("toy2d", ["model.hidden=16", "model.depth=1"])
     old = OmegaConf.to_container(cfg, resolve=True)

@@ -1,4 +1,4 @@
-"""The checkpoints a one-worker trial keeps itself (`orchestrator.checkpoints`), on a folder and on a real S3 server
+"""The checkpoints a one-worker trial keeps itself (`orchestrator.run.checkpoints`), on a folder and on a real S3 server
 (moto over HTTP): the newest whole one is restored, `keep` are kept, and an upload cut short is never taken."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imm.training.loop import CHECKPOINT_FILE
-from orchestrator.checkpoints import CheckpointFolder
-from orchestrator.storage import ray_storage
+from imm.training.checkpoint import CHECKPOINT_FILE
+from orchestrator.infra.storage import ray_storage
+from orchestrator.run.checkpoints import CheckpointFolder
 from tests.servers import MLFLOW_BUCKET
 
 

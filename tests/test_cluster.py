@@ -23,7 +23,7 @@ import pytest
 import ray
 import torch
 
-from orchestrator import provenance, tracking
+from orchestrator.track import provenance, tracking
 from tests.servers import BIN, RayCluster, free_port
 from tests.servers import MLFLOW_BUCKET as BUCKET
 
@@ -91,7 +91,7 @@ def wait_job(client, job_id: str, timeout: float = 600):
 
 def kill_node_c_after_a_checkpoint(cluster, client, job_id: str, mlflow_server: str, experiment: str, ours) -> str:
     """SIGKILL node_c's raylet as soon as a whole checkpoint of the run `ours(run)` picks reached S3; its name.
-    For a trial that trains in its task (`orchestrator.checkpoints` keeps the newest ones, each complete once it is
+    For a trial that trains in its task (`orchestrator.run.checkpoints` keeps the newest ones, each complete once it is
     in S3); a Ray Train run's checkpoint counts only once the controller registered it, after the upload."""
     deadline, name = time.monotonic() + 300, None
     while True:
@@ -264,7 +264,7 @@ def test_a_run_survives_losing_the_node_its_workers_run_on(cluster, mlflow_serve
 
 
 def test_a_sweep_trial_survives_losing_its_node(cluster, mlflow_server, postgres):
-    """A one-worker trial trains in its own Ray task (`orchestrator.in_process`), not in a Ray Train worker group:
+    """A one-worker trial trains in its own Ray task (`orchestrator.run.in_process`), not in a Ray Train worker group:
     a third node takes it (the other nodes' CPUs are held by idle jobs) and is SIGKILLed after the trial's first
     checkpoint reached S3. Ray runs the task again on a freed node, which resumes from that checkpoint into the
     same MLflow run."""
@@ -345,7 +345,7 @@ def test_a_killed_sweep_job_is_resumed_by_submitting_again(cluster, mlflow_serve
 
 
 def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_resumes(cluster, tmp_path):
-    """Issue 14, points 7 and 3: with a `ray start` cluster on the machine, `imm-orch train` without --address
+    """With a `ray start` cluster on the machine, `imm-orch train` without --address
     died with Ray's "num_cpus ... must not be provided"; Ctrl-C during `imm-orch train` exited 1 with nothing
     printed and marked the run FAILED (Ray Train's SIGINT handler ends fit() with SystemExit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
@@ -372,7 +372,7 @@ def test_the_embedded_default_runs_beside_a_cluster_and_ctrl_c_stops_a_run_that_
     assert "resumed from the checkpoint at step" in done.stdout
     finished = mlc.get_run(run.info.run_id)
     assert finished.info.status == "FINISHED"
-    # Issue 14, point 6: the interrupted run ends as an uninterrupted one does (here: trained in this process)
+    # The interrupted run ends as an uninterrupted one does (here: trained in this process)
     import torch
 
     from imm.config import load_config

@@ -9,9 +9,9 @@ import shlex
 import pytest
 
 from imm.config import ConfigError, load_config
-from orchestrator import preflight
 from orchestrator.cli import parse_args
-from orchestrator.submit import EXCLUDES, plan_submission
+from orchestrator.infra import preflight
+from orchestrator.infra.submit import EXCLUDES, plan_submission
 
 SERVER = "http://mlflow:5000"
 
@@ -111,7 +111,7 @@ def test_a_credential_is_never_shipped_with_a_job(monkeypatch, setting, args):
 
 
 def test_the_fit_check_counts_workers_per_node():
-    from orchestrator.fit import check, workers_that_fit
+    from orchestrator.infra.fit import check, workers_that_fit
 
     four_gpus = {"CPU": 16.0, "GPU": 4.0}
     head = {"CPU": 0.0, "memory": 1e9}

@@ -59,7 +59,7 @@ def test_missing_config_file():
 
 
 def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys):
-    """Issue 14, point 4: a YAML mistake printed a 35-line traceback from the yaml parser."""
+    """A YAML mistake printed a 35-line traceback from the yaml parser."""
     from orchestrator import cli
 
     run = tmp_path / "run.yaml"
@@ -75,7 +75,7 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, cap
 
 
 def test_a_named_variant_states_only_what_it_changes_over_its_base(tmp_path):
-    from imm.methods import sampler_of, schedule_of
+    from imm.sampling import sampler_of, schedule_of
 
     shipped, paper = load_config("toy2d"), load_config("toy2d_paper")
     assert (sampler_of(shipped), sampler_of(paper), schedule_of(paper)) == ("restart", "pushforward", "uniform")
@@ -96,7 +96,7 @@ def test_a_named_variant_states_only_what_it_changes_over_its_base(tmp_path):
 
 
 def test_the_imm_sampling_choice_belongs_to_imm_so_a_baseline_on_the_same_config_keeps_its_own():
-    from imm.methods import sampler_of, schedule_of
+    from imm.sampling import sampler_of, schedule_of
 
     for name in ("toy2d", "digits"):
         fm = load_config(name, ["method=fm"])

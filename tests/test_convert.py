@@ -1,4 +1,4 @@
-"""Issue 18: the official IMM CIFAR-10 network as model.arch=ddpmpp, and `imm-orch import` of its checkpoint.
+"""The official IMM CIFAR-10 network as model.arch=ddpmpp, and `imm-orch import` of its checkpoint.
 
 The fixtures (tests/fixtures/make_official_fixtures.py says how) come from running the official code
 (github.com/lumalabs/imm): every key and shape of its CIFAR-10 network, and a tiny network of the same layout with
@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from imm.import_official import import_official
 from imm.maths.trajectories import get_trajectory
-from imm.networks import DDPMpp, OneStepModel
-from imm.networks.official import import_official, official_to_ours, read_official
+from imm.networks import OneStepModel
+from imm.networks.ddpmpp import DDPMpp
+from imm.networks.official import official_to_ours, read_official
 from orchestrator import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -69,7 +71,7 @@ def test_the_paper_network_imports_key_for_key_and_keeps_f_tt_the_identity(tmp_p
     for key, value in official.items():  # every weight landed, unchanged, under its new name
         if not key.endswith("resample_filter"):
             assert torch.equal(weights["net." + key[len("model."):]], value)
-    from imm.sampling.trained import TrainedModel
+    from imm.trained import TrainedModel
 
     gen = TrainedModel.from_checkpoint(ckpt)
     x = torch.randn(2, 3, 32, 32)
@@ -157,7 +159,7 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
                      "eval.features=none"]) == 0
     printed = capsys.readouterr().out
     assert f"{PAPER_PARAMS:,} parameters" in printed and "imm-orch eval --model" in printed
-    from imm.sampling.trained import load_trained
+    from imm.trained import load_trained
 
     gen = load_trained(out)
     assert gen.cfg.eval.features == "none" and gen.sample(2, steps=2).shape == (2, 3, 32, 32)
@@ -173,8 +175,8 @@ def test_imm_orch_import_writes_a_checkpoint_that_eval_and_sample_read(tmp_path,
 def test_the_official_imagenet_dit_imports_key_for_key(tmp_path, source, s_embedding, a):
     """The released ImageNet-256 files hold the official DiT, whose keys are ours under `model.` (the XL/2 key
     fixture, tests/test_dit.py); here a DiT-S/2 with random weights under those names stands in for XL/2's 2.7 GB."""
-    from imm.networks import DiT
-    from imm.sampling.trained import TrainedModel
+    from imm.networks.dit import DiT
+    from imm.trained import TrainedModel
 
     torch.manual_seed(0)
     net = DiT.named("S/2", 4, 32, num_classes=1000)
@@ -231,7 +233,7 @@ def _crafted(tmp_path, route: str) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("route", ["numpy", "torch"])
 def test_a_crafted_official_checkpoint_runs_nothing(tmp_path, route, capsys):
-    """Issue 28: the reader allowed every global under `torch.*` and `numpy.*`; both hold functions that run a
+    """The reader allowed every global under `torch.*` and `numpy.*`; both hold functions that run a
     string, and `imm-orch import` of either crafted file ran its payload. Now only exact (module, name) pairs."""
     path, marker = _crafted(tmp_path, route)
     try:

@@ -13,7 +13,7 @@ from imm.config import load_config
 from imm.data.digest import data_digest
 from imm.data.latents import MANIFEST, LatentWriter
 from imm.data.remote import file_sha256
-from orchestrator import provenance, tracking
+from orchestrator.track import provenance, tracking
 
 
 def digest(name: str, *overrides: str):

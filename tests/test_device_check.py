@@ -1,4 +1,4 @@
-"""benchmarks/device_check.py, the one-command GPU check (issue 24), at toy size on this CPU: every section reports
+"""benchmarks/device_check.py, the one-command GPU check, at toy size on this CPU: every section reports
 finite numbers into the JSON, and a section cut at its time limit still leaves the JSON of what was measured."""
 
 from __future__ import annotations

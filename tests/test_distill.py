@@ -1,4 +1,4 @@
-"""train.teacher (issue 30): distilling a trained velocity model. With the exact velocity of Gaussian data as the
+"""train.teacher: distilling a trained velocity model. With the exact velocity of Gaussian data as the
 teacher, the exact flow map is a zero of every distilling loss (no conditional-velocity noise is left), and a map
 wrong by a factor is not; a teacher is refused in one line when it cannot teach the run."""
 
@@ -91,7 +91,7 @@ def fm_teacher(tmp_path_factory):
 
 def test_a_student_distills_a_checkpoint_path_and_a_mismatched_teacher_is_one_line(fm_teacher, tmp_path, capsys):
     from imm import train as train_cli
-    from imm.training.loop import load_checkpoint
+    from imm.training.checkpoint import load_checkpoint
 
     out = tmp_path / "student"
     assert train_cli.main(["toy2d", *TINY, "method=meanflow", "train.steps=10", f"train.out_dir={out}",
@@ -122,7 +122,7 @@ def test_fmm_trains_only_from_a_teacher():
                          ids=["lmd", "emd", "meanflow-distilled-imf-tangent"])
 def test_the_distilling_methods_train_from_a_flow_matching_checkpoint(fm_teacher, tmp_path, overrides):
     from imm import train as train_cli
-    from imm.training.loop import load_checkpoint
+    from imm.training.checkpoint import load_checkpoint
 
     out = tmp_path / "student"
     assert train_cli.main(["toy2d", *TINY, *overrides, "train.steps=10", "eval.every=10", f"train.out_dir={out}",
@@ -131,7 +131,7 @@ def test_the_distilling_methods_train_from_a_flow_matching_checkpoint(fm_teacher
 
 
 def test_a_teacher_of_the_other_conditioning_is_refused_in_one_line(fm_teacher):
-    from imm.sampling.trained import load_trained
+    from imm.trained import load_trained
     from imm.training.teacher import check_teacher
 
     cfg = load_config("toy2d", ["method=tvm", "model.class_conditional=true", f"train.teacher={fm_teacher}"])

@@ -1,4 +1,4 @@
-"""Issue 19 (first slice): DiT with the official IMM ImageNet network's layer structure (`model.arch=dit`).
+"""DiT with the official IMM ImageNet network's layer structure (`model.arch=dit`).
 
 The fixtures come from running the official code (tests/fixtures/make_official_fixtures.py): every key and shape of
 its DiT-XL/2 for 4x32x32 latents and 1000 classes, and a tiny class-conditional DiT with random weights, inputs and
@@ -16,8 +16,8 @@ import torch
 from imm.config import load_config
 from imm.maths.trajectories import get_trajectory
 from imm.methods import build_model
-from imm.networks import DiT, OneStepModel
-from imm.networks.dit import NAMES, parse_size
+from imm.networks import OneStepModel
+from imm.networks.dit import NAMES, DiT, parse_size
 from imm.networks.precond import PARAMETERIZATIONS, guided
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -100,8 +100,8 @@ def test_cfg_scale_one_is_the_conditional_model_and_w_extrapolates_from_the_null
 
 def test_a_small_dit_trains_and_samples_on_cpu(tmp_path):
     """model.arch=dit through the config, class-conditional, on digits (a stand-in for latents until they land)."""
-    from imm.sampling.trained import load_trained
-    from imm.training.loop import train
+    from imm.train import train
+    from imm.trained import load_trained
 
     cfg = load_config("digits", ["model.arch=dit", "model.dit=S/4", "model.class_conditional=true", "train.steps=6",
                                  "train.batch_size=16", "eval.every=6", "eval.n_samples=20", "eval.features=none",

@@ -1,12 +1,11 @@
 """The commands the docs show are commands that run: every `imm-orch` line in a fenced block of the README and
 docs/ parses with the CLI's own parser, and its key=value overrides resolve against the config it names. The
-paper-scale table is the one benchmarks/paper_scale.py computes."""
+paper-scale table is the one benchmarks/reports/paper_scale.py computes."""
 
 from __future__ import annotations
 
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,12 +55,9 @@ def test_the_check_catches_a_wrong_flag_and_a_wrong_key(capsys):
 
 
 def test_the_paper_scale_table_is_the_one_the_benchmark_computes():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import paper_scale
-    finally:
-        sys.path.pop(0)
+    from benchmarks.reports import paper_scale
+
     page = (ROOT / "docs" / "paper-scale.md").read_text()
     quoted = re.search(r"<!-- paper_scale:.*?-->\n(.*?)\n<!-- /paper_scale -->", page, flags=re.S).group(1)
     assert quoted == paper_scale.table([paper_scale.measure(c) for c in paper_scale.CONFIGS]), \
-        "docs/paper-scale.md's table is out of date: paste the output of benchmarks/paper_scale.py"
+        "docs/paper-scale.md's table is out of date: paste the output of python -m benchmarks.reports.paper_scale"

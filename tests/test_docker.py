@@ -63,7 +63,7 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_the_image_the_torch_wheel_and_the_stated_driver_agree():
-    """Issue 27: the image was a CUDA 12.8 runtime while torch 2.13.0's wheel brings CUDA 13.0 itself."""
+    """The image was a CUDA 12.8 runtime while torch 2.13.0's wheel brings CUDA 13.0 itself."""
     text = (ROOT / "docker" / "Dockerfile").read_text()
     torch = pins()["torch"]
     assert torch in WHEEL_CUDA, f"torch {torch}: read its wheel's CUDA requirement and add it to WHEEL_CUDA"
@@ -111,7 +111,7 @@ def gpu_claims_overlap(compose: dict) -> str | None:
 
 
 def test_no_two_ray_workers_can_be_handed_the_same_gpu():
-    """Issue 27: `IMM_GPU_WORKERS` replicas each reserving `count: 1` all got GPU 0 (docker/compose#11863)."""
+    """`IMM_GPU_WORKERS` replicas each reserving `count: 1` all got GPU 0 (docker/compose#11863)."""
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     assert gpu_claims_overlap(compose) is None
     worker = compose["services"]["ray-worker"]

@@ -1,4 +1,4 @@
-"""The reference pages follow the code (issue 25): every config key has a documented default and meaning, every
+"""The reference pages follow the code: every config key has a documented default and meaning, every
 command its help, and `docs/reference/generate.py --check` fails when a key or a command changes without them."""
 
 from __future__ import annotations

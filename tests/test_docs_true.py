@@ -121,13 +121,14 @@ def sweep_files_missing(text: str) -> set[str]:
 
 
 def code_choices() -> dict[str, set]:
-    from imm.config import CHOICES
+    from imm.config import choices
     from imm.methods import imm
+    from imm.sampling import SCHEDULES, samplers_for
 
     own = {"imm.kernel": imm.KERNELS, "imm.mapping": imm.MAPPINGS, "imm.weighting": imm.WEIGHTINGS,
-           "imm.estimator": imm.ESTIMATORS, "imm.time_sampler": imm.TIME_SAMPLERS, "imm.sampler": imm.SAMPLERS,
-           "imm.schedule": imm.SCHEDULES}
-    return {k: set(v) - {None} for k, v in {**CHOICES, **own}.items()}
+           "imm.estimator": imm.ESTIMATORS, "imm.time_sampler": imm.TIME_SAMPLERS, "imm.sampler": samplers_for("imm"),
+           "imm.schedule": tuple(SCHEDULES)}
+    return {k: set(v) - {None} for k, v in {**choices(), **own}.items()}
 
 
 def choice_mismatches(text: str) -> list[str]:
@@ -264,20 +265,30 @@ def best_of_errors(text: str) -> list[str]:
     return wrong
 
 
+def bench_scripts(text: str) -> set[str]:
+    """The scripts under benchmarks/ a text names, as their paths there without .py: `benchmarks/speed/step_cost.py`
+    and `python -m benchmarks.speed.step_cost` are both speed/step_cost."""
+    paths = re.findall(r"\bbenchmarks/([\w/]+)\.py\b", text)
+    modules = [m.replace(".", "/") for m in re.findall(r"(?<![\w/])benchmarks\.(\w+(?:\.\w+)*)", text) if m != "md"]
+    return set(paths) | set(modules)
+
+
 def bench_claim(text: str) -> set[str]:
     """The scripts the sentence about `make bench` names."""
     said = next((s for s in sentences(text) if "`make bench`" in s), "")
-    named = set(re.findall(r"benchmarks/(\w+\.py)", said))
+    named = bench_scripts(said)
     return named or ({"*"} if re.search(r"runs `benchmarks/`", said) else set())
 
 
 def makefile_bench() -> set[str]:
     recipe = re.search(r"^bench:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
-    return set(re.findall(r"benchmarks/(\w+\.py)", recipe))
+    return bench_scripts(recipe)
 
 
 def benchmarks_missing(text: str) -> set[str]:
-    return {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(re.findall(r"\b\w+\.py\b", text))
+    """The scripts under benchmarks/, in every folder, whose file name the text does not mention."""
+    scripts = {p.name for p in (ROOT / "benchmarks").rglob("*.py") if p.name != "__init__.py"}
+    return scripts - set(re.findall(r"\b\w+\.py\b", text))
 
 
 def dangling_above(text: str) -> bool:
@@ -429,10 +440,10 @@ OLD = [
      "`toy2d_paper`, `digits_paper`; or a YAML file of your own.\n\nMore."),
     (unsourced_score_tables, "restart contracts it:\n\n| 3000 training steps, 3 seeds | 1 step | 2 steps | 4 steps |\n"
                              "|---|---|---|---|\n| 8gaussians, restart (shipped toy2d) | 0.0089 | 0.0008 | 0.0001 |\n"),
-    (shipped_label_errors, "<!-- rows: science/results.json 8gaussians imm 3000 restart/uniform -->\n"
+    (shipped_label_errors, "<!-- rows: results/steps_study/results.json 8gaussians imm 3000 restart/uniform -->\n"
                            "| 3000 training steps, 3 seeds | 1 step | 2 steps |\n|---|---|---|\n"
                            "| 8gaussians, restart (shipped toy2d) | 0.0089 | 0.0008 |\n"),
-    (quoted_score_mismatches, "<!-- rows: science/targets.json digits imm 8000 -->\n"
+    (quoted_score_mismatches, "<!-- rows: results/steps_study/targets.json digits imm 8000 -->\n"
                               "| digits | 1 step | 2 steps | 4 steps | 8 steps |\n|---|---|---|---|---|\n"
                               "| IMM (3000 steps: current?) | 0.058 | 0.0061 | 0.0056 | 0.0073 |\n"),
     (config_budget_errors, "Every method trains with `imm/configs/digits.yaml`: the same 3-layer, 256-wide MLP on the "
@@ -454,6 +465,8 @@ OLD = [
     (long_paragraphs, "How it runs: " + "the driver asks the study for a trial, " * 30),
     (lambda t: broken_anchors(t, DOCS / "methods.md"),
      "([section 10](method.md#10-baselines-from-the-seeds-same-trainer-same-metrics))"),
+    (lambda t: bench_claim(t) != makefile_bench(), "`make bench` runs two of them: `python -m "
+                                                   "benchmarks.speed.step_cost` and `benchmarks/speed/sweep_overhead.py`."),
 ]
 
 

@@ -59,17 +59,16 @@ def test_an_early_evaluation_samples_recent_weights_with_the_ramp_up():
 
 
 def test_the_ranking_benchmark_runs_at_toy_size(tmp_path):
-    """benchmarks/ema_ranking.py end to end at toy size: both variants trained, rho reported and written."""
+    """benchmarks/studies/ema_ranking.py end to end at toy size: both variants trained, rho reported and written."""
     import json
-    import runpy
-    from pathlib import Path
 
-    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "ema_ranking.py"))
-    assert bench["spearman"]([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert bench["spearman"]([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
-    assert bench["spearman"]([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    from benchmarks.studies import ema_ranking as bench
+
+    assert bench.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert bench.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert bench.spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
     out = tmp_path / "ranking.json"
-    assert bench["main"](["--trials", "2", "--steps", "20", "--workers", "1", "--eval-samples", "64",
+    assert bench.main(["--trials", "2", "--steps", "20", "--workers", "1", "--eval-samples", "64",
                           "--out", str(out)]) == 0
     got = json.loads(out.read_text())
     assert len(got["results"]["fixed"]) == len(got["results"]["rampup"]) == 2

@@ -28,7 +28,7 @@ def images(tmp_path_factory):
 
 def direct_latents(vae, root) -> tuple[torch.Tensor, np.ndarray]:
     """What the VAE gives for every image, encoded here in one process, and the class labels (cat 0, dog 1)."""
-    from orchestrator.encode import read_image
+    from orchestrator.infra.encode import read_image
 
     files = sorted(root.glob("*/*.png"))
     x = torch.from_numpy(np.stack([read_image(str(f), 16) for f in files])).float() / 127.5 - 1

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from imm.config import ConfigError, load_config
-from orchestrator import cli, tracking
+from orchestrator import cli
 from orchestrator.sweep.spec import load_sweep, sweep_from_dict
+from orchestrator.track import tracking
 
 BASE = ["model.class_conditional=true", "model.hidden=64", "model.depth=2", "train.batch_size=64",
         "eval.n_samples=300", "eval.steps=[1,2]", "eval.features=none"]
@@ -35,7 +36,7 @@ def test_a_sweep_of_a_trained_model_searches_sampling_keys_only(tmp_path):
 
 @pytest.mark.slow
 def test_each_trial_evaluates_the_model_with_its_guidance_scale(ray_local, mlflow_uri, tmp_path, capsys):
-    from imm.training.loop import train
+    from imm.train import train
 
     train(load_config("digits", [*BASE, "train.steps=60", "train.checkpoint_every=60", "eval.every=60",
                                  f"train.out_dir={tmp_path / 'model'}"]))

@@ -1,4 +1,4 @@
-"""Issue 24: no NaN from groups with s = t (fixed at the cause), and the guard a long run needs anyway (a step with a
+"""No NaN from groups with s = t (fixed at the cause), and the guard a long run needs anyway (a step with a
 non-finite gradient is skipped on every rank, counted, logged, survives a resume, and too many in a row stop the run).
 """
 
@@ -14,7 +14,8 @@ from imm.maths.kernels import KERNELS
 from imm.maths.trajectories import get_trajectory
 from imm.maths.weighting import MIN_GAP, sample_times
 from imm.methods.imm import IMMConfig, IMMLoss
-from imm.networks import MLP, OneStepModel
+from imm.networks import OneStepModel
+from imm.networks.mlp import MLP
 from imm.networks.precond import PARAMETERIZATIONS
 
 TINY = ["train.steps=30", "train.log_every=10", "eval.every=30", "eval.n_samples=64", "eval.steps=[1]",
@@ -173,7 +174,7 @@ def test_skips_are_counted_logged_and_survive_a_resume(tmp_path):
         def report(metrics, ckpt):
             reports.append(dict(metrics))
             if ckpt and metrics["step"] == 10:
-                kept["state"] = imm.training.loop.load_checkpoint(ckpt)
+                kept["state"] = imm.training.checkpoint.load_checkpoint(ckpt)
 
         imm.training.loop.train_loop(cfg, report=report)
         assert [(int(m["step"]), m["train/skipped_steps"]) for m in reports] == [(10, 1), (20, 2), (30, 2)]

@@ -1,15 +1,11 @@
-"""benchmarks/flow_maps_report.py: trials become rows by method, a run trained from a teacher is its own distilled
+"""benchmarks/reports/flow_maps_report.py: trials become rows by method, a run trained from a teacher is its own distilled
 row, and rows come in the report's order with seeds averaged in seed order."""
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import flow_maps_report as report  # noqa: E402
+from benchmarks.reports import flow_maps_report as report
 
 
 def run(method: str, seed: int, energy2: float, teacher: str | None = None, **params):

@@ -157,7 +157,7 @@ class Machines:
 
     def query(self, code: str):
         """The JSON a snippet prints on the laptop, with `mlc` (the MLflow server's client) and `s3` (boto3)."""
-        prelude = ("import json, boto3\nfrom orchestrator import tracking\nmlc = tracking.client('http://head:5000')\n"
+        prelude = ("import json, boto3\nfrom orchestrator.track import tracking\nmlc = tracking.client('http://head:5000')\n"
                    "s3 = boto3.client('s3')\n")
         out = self.python(prelude + code, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -284,7 +284,7 @@ def test_a_trial_that_fits_no_node_and_a_credential_are_refused_before_submittin
 def test_a_partitioned_worker_host_loses_its_trial_to_the_other_and_writes_nothing_after(machines):
     """The trial's host is cut off (its link down; its processes live on) once a checkpoint is in S3. Ray declares
     the node dead; the trial's task runs again on the other worker from that checkpoint and finishes. The link
-    comes back: the cut-off attempt finds its run taken over (`tracking.Superseded`) and writes nothing more."""
+    comes back: the cut-off attempt finds its run taken over (`rank_zero.Superseded`) and writes nothing more."""
     h = machines.hosts
     proc = submit(machines, "--trials", "1", "--experiment", "hosts-partition", "trainer.max_failures=2",
                   "train.steps=400", "eval.every=400", env={"IMM_OPTUNA_STORAGE":

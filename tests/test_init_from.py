@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from imm.config import load_config
-from imm.sampling.trained import load_trained
-from imm.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
+from imm.trained import load_trained
+from imm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from imm.training.loop import train_loop
 from orchestrator import cli
 
 TINY = ["model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.log_every=10",

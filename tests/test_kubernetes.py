@@ -449,8 +449,8 @@ def sweep_needs(path: Path, overrides: tuple[str, ...]) -> tuple[str, dict[str, 
 def sweep_job_errors(manifests) -> list[str]:
     """The RayJobs run `imm-orch sweep` on a sweep file of the image that loads, as `imm-orch submit` runs it; the
     resume job is the same job with --resume; the cluster holds one trial with its minimum of GPU pods."""
-    from orchestrator import submit
     from orchestrator.cli import parse_args
+    from orchestrator.infra import submit
 
     errors, jobs = [], {}
     clusters = {o["metadata"]["name"]: o["spec"] for o in of_kind(manifests, "RayCluster")}

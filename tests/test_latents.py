@@ -86,7 +86,7 @@ def test_bad_latent_input_is_one_line_before_anything_runs(tmp_path):
         load_data(cfg.data)
     with pytest.raises(ConfigError, match=r"^eval.features: 'classifier' needs training images, which a latent set"):
         load_config("imagenet256_dit", ["eval.features=classifier"])
-    from orchestrator.preflight import check_local
+    from orchestrator.infra.preflight import check_local
 
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"")
@@ -176,7 +176,8 @@ def test_from_s3_a_worker_fetches_its_shards_once_a_window_at_a_time(s3_env, tmp
 def test_a_dit_trains_on_latents_and_samples(tmp_path):
     """DiT-S/2 on a toy latent set, class-conditional with CFG, on the CPU: the loss falls and samples are finite;
     the checkpoint records the latent set's sigma_d (final_std), not a measured one."""
-    from imm.methods import build_model, generate
+    from imm.methods import build_model
+    from imm.sampling import generate
     from imm.training.loop import CHECKPOINT_FILE, train_loop
 
     root = tmp_path / "set"
@@ -230,7 +231,8 @@ def test_two_ray_workers_fetch_only_their_own_shards_from_s3_and_the_run_shows_i
     """Latent training end to end: 2 Ray workers on latents:s3://..., each fetching only its shards; the samples
     decoded by the set's VAE and scored by Inception (random weights) against the decoded held-out latents; the
     metrics, the per-worker fetched MB and the decoded sample grid in MLflow."""
-    from orchestrator import cli, tracking
+    from orchestrator import cli
+    from orchestrator.track import tracking
 
     bucket = "latents-train"
     s3_env.create_bucket(Bucket=bucket)
@@ -266,8 +268,9 @@ def test_the_reads_benchmark_runs_at_toy_size():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "benchmarks/latent_reads.py", "--shards", "4", "--rows", "128", "--batch", "32"],
-                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.speed.latent_reads", "--shards", "4", "--rows", "128",
+                          "--batch", "32"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert len([line for line in out.stdout.splitlines() if "x memory" in line]) == 3, out.stdout
 
@@ -291,7 +294,7 @@ def test_samples_are_decoded_by_the_sets_vae_through_its_scaling(tmp_path, tiny_
 def test_relative_paths_reach_ray_workers_as_absolute_ones(tmp_path, monkeypatch):
     """`imm-orch encode ... --out latents` then `imm-orch train ... data.name=latents:latents` failed in the worker
     ("no manifest.json there"): Ray's workers run in another directory. The plan makes local paths absolute."""
-    from orchestrator.launch import plan_run
+    from orchestrator.run.launch import plan_run
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("imagenet256_dit", ["data.name=latents:latents", "eval.vae=vae", "eval.reference=s3://b/ref.npz"])

@@ -1,4 +1,4 @@
-"""MeanFlow (issue 17): the identity's JVP target, its flow-matching limit, and unbiasedness on Gaussian data where
+"""MeanFlow: the identity's JVP target, its flow-matching limit, and unbiasedness on Gaussian data where
 the average velocity has a closed form."""
 
 import math
@@ -8,9 +8,10 @@ import torch
 
 from imm.config import load_config
 from imm.maths.trajectories import get_trajectory
-from imm.methods import build_loss, build_model, generate
+from imm.methods import build_loss, build_model
 from imm.methods.meanflow import AverageVelocityModel, MeanFlowConfig, MeanFlowLoss
-from imm.networks import MLP
+from imm.networks.mlp import MLP
+from imm.sampling import generate
 
 
 def _model(seed=0) -> AverageVelocityModel:
@@ -115,8 +116,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, method: str):
 
 @pytest.mark.parametrize("method", ["meanflow", "tvm"])
 def test_under_ddp_the_jvp_leaves_gradient_sync_intact(tmp_path, method):
-    """Issue 17: 2 gloo workers; each rank's DDP gradient is the mean of the ranks' own gradients. MeanFlow's JVP
-    runs on the unwrapped module without gradient; TVM's (issue 30) is DDP's one forward, on dual numbers."""
+    """2 gloo workers; each rank's DDP gradient is the mean of the ranks' own gradients. MeanFlow's JVP
+    runs on the unwrapped module without gradient; TVM's is DDP's one forward, on dual numbers."""
     import socket
 
     import torch.multiprocessing as mp

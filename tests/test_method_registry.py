@@ -1,4 +1,4 @@
-"""Issue 17: a method is one module. A toy method registered here (the test is its only file) trains, samples and is
+"""A method is one module. A toy method registered here (the test is its only file) trains, samples and is
 validated through the config, the CLI and a sweep space, with nothing else changed."""
 
 from dataclasses import dataclass
@@ -8,11 +8,12 @@ import torch
 
 from imm.config import ConfigError, load_config
 from imm.maths.trajectories import get_trajectory
-from imm.methods import METHODS, Method, generate, register
-from imm.methods.common import build_network, start_from_noise
+from imm.methods import METHODS, Method, register
+from imm.methods.common import build_network
 from imm.methods.flow_matching import FlowMatchingLoss
 from imm.networks import VelocityModel
-from imm.sampling import euler
+from imm.sampling import SAMPLERS, Sampler, generate, register_sampler, samplers_for
+from imm.sampling.velocity import euler
 
 
 @dataclass
@@ -33,12 +34,12 @@ def _check(cfg):
 
 SHRUNK = Method(
     "shrunk", "flow matching with a weighted loss (a test method)",
-    samplers={"half_euler": half_euler, "euler": euler},
+    model_kind="shrunk_velocity", default_sampler="half_euler",
     build_model=lambda cfg, shape, sigma_d, classes=0: VelocityModel(build_network(cfg, shape, classes),
                                                                      get_trajectory("ot_fm"), sigma_d=sigma_d),
     build_loss=lambda cfg: (lambda model, x, labels=None:
                             cfg.shrunk.weight * FlowMatchingLoss(eps_t=0.0, T=0.994)(model, x, labels)),
-    start=start_from_noise, section="shrunk", config=ShrunkConfig, check_section=_check,
+    section="shrunk", config=ShrunkConfig, check_section=_check,
     sampler_options=lambda cfg, sampler: {"shrink": 0.5} if sampler == "half_euler" else {},
 )
 
@@ -46,13 +47,18 @@ SHRUNK = Method(
 @pytest.fixture
 def shrunk():
     register(SHRUNK)
+    for name, fn in (("half_euler", half_euler), ("euler", euler)):  # the samplers of its model kind
+        register_sampler(Sampler(name, "shrunk_velocity", "a test sampler", fn))
     yield SHRUNK
     del METHODS["shrunk"]
+    for name in ("half_euler", "euler"):
+        del SAMPLERS[("shrunk_velocity", name)]
 
 
 def test_the_builtin_methods_are_the_table(shrunk):
     assert list(METHODS)[:5] == ["imm", "fm", "ddpm", "cm", "vae"]
-    assert list(METHODS["imm"].samplers) == ["pushforward", "restart"] and METHODS["ddpm"].section == "ddpm"
+    assert samplers_for("imm") == ("pushforward", "restart") and METHODS["ddpm"].section == "ddpm"
+    assert samplers_for("cm") == samplers_for("imm") and samplers_for("fmm") == ("mean_steps",)
 
 
 def test_a_registered_method_is_configured_validated_trained_and_sampled(shrunk, tmp_path):
@@ -73,7 +79,7 @@ def test_a_registered_method_is_configured_validated_trained_and_sampled(shrunk,
     metrics = train_loop(cfg, device="cpu")
     assert metrics["step"] == 30 and torch.isfinite(torch.tensor(metrics["energy/steps_4"]))
     model = METHODS["shrunk"].build_model(cfg, (2,), 1.0)
-    default = generate(model, cfg, 64, 4, seed=3, data_shape=(2,))  # the first sampler is the default
+    default = generate(model, cfg, 64, 4, seed=3, data_shape=(2,))  # the method's default sampler
     plain = generate(model, cfg, 64, 4, seed=3, data_shape=(2,), sampler="euler")
     assert torch.allclose(default, 0.5 * plain)  # the method's sampler options reach its sampler
 

@@ -9,7 +9,8 @@ import torch
 from imm.maths.trajectories import ddim, get_trajectory
 from imm.maths.weighting import Weighting
 from imm.methods.imm import IMMBatch, IMMConfig, IMMLoss
-from imm.networks import MLP, PARAMETERIZATIONS, OneStepModel, VelocityModel
+from imm.networks import PARAMETERIZATIONS, OneStepModel, VelocityModel
+from imm.networks.mlp import MLP
 
 
 def _random_model(param, traj="ot_fm", s_embedding="identity", dropout=0.0, seed=0):
@@ -79,7 +80,7 @@ def test_kernel_scale_is_inverse_abs_c_out():
     # w~ = sigma_t / |alpha_s sigma_t - sigma_s alpha_t| = 0.6 / 0.4, with no sigma_d (G is in data units)
     assert math.isclose(float(_random_model("identity").kernel_scale(s, t)), 1.5, rel_tol=1e-7)
     assert math.isclose(float(_random_model("euler_fm").kernel_scale(s, t)), 1 / (0.4 * sd), rel_tol=1e-7)
-    # issue 18: at s = 0, t = 0.1 identity's scale is 1, simple_edm's 18x that
+    # At s = 0, t = 0.1 identity's scale is 1, simple_edm's 18x that
     s0, t1 = torch.tensor([0.0], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)
     assert math.isclose(float(_random_model("identity").kernel_scale(s0, t1)), 1.0, rel_tol=1e-7)
     assert math.isclose(float(edm.kernel_scale(s0, t1)), math.sqrt(0.81 + 0.01) / (0.1 * sd), rel_tol=1e-7)
@@ -163,7 +164,7 @@ def test_target_pass_replays_the_dropout_masks():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA: the CUDA RNG and inductor's GPU kernels"))])
 def test_target_pass_replays_the_dropout_masks_under_torch_compile(device):
-    """Issue 18: inductor draws a compiled graph's dropout from seeds it takes from the device RNG, so rewinding that
+    """Inductor draws a compiled graph's dropout from seeds it takes from the device RNG, so rewinding that
     RNG (replay_rng) still gives the target pass the online pass's masks (about 20 s of compilation on CPU)."""
     model = _random_model("simple_edm", dropout=0.5).train().float().to(device)
     compiled = torch.compile(model)

@@ -1,4 +1,4 @@
-"""Issue 24: the official latents. The official ImageNet-256 model works on (z - raw_mean) * 0.5 / raw_std with fixed
+"""The official latents. The official ImageNet-256 model works on (z - raw_mean) * 0.5 / raw_std with fixed
 constants and z drawn from the VAE posterior at each read; a set encoded here can be stored that way, and an imported
 model carries the constants and decodes with them whatever set is at hand."""
 
@@ -75,8 +75,8 @@ def test_the_papers_config_normalises_with_the_official_constants_whatever_the_s
 def test_an_imported_imagenet_model_decodes_with_the_official_constants(tmp_path, tiny_vae):
     """The set at hand was normalised with its own statistics; the imported model's samples still decode through
     the official constants (they live in the released weights' space)."""
-    from imm.networks import DiT
-    from imm.networks.official import import_official
+    from imm.import_official import import_official
+    from imm.networks.dit import DiT
 
     folder, vae = tiny_vae
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def test_an_imported_imagenet_model_decodes_with_the_official_constants(tmp_path
 def test_the_encoder_stores_the_posteriors_mean_and_std(tmp_path, tiny_vae):
     from PIL import Image
 
-    from orchestrator.encode import Encoder, read_image
+    from orchestrator.infra.encode import Encoder, read_image
 
     folder, vae = tiny_vae
     paths = []

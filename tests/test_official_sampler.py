@@ -1,4 +1,4 @@
-"""Issue 24: our IMM samplers against the official sampling loop, same weights, same noise, same output.
+"""Our IMM samplers against the official sampling loop, same weights, same noise, same output.
 
 The reference below is the official `generate_images.py` loop (github.com/lumalabs/imm) re-stated from its text,
 not from our code: x_T = sigma_d * randn (float32) kept in float64; for each (t_cur, t_next) of a float64 grid the
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from imm.config import load_config
-from imm.methods import generate
-from imm.methods.common import start_from_noise
 from imm.methods.imm import build_model
+from imm.sampling import generate
+from imm.sampling.generate import start_from_noise
 
 SIGMA_D = 0.5
 

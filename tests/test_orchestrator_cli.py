@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from imm.config import load_config
-from orchestrator import cli, preflight, tracking
+from orchestrator import cli
+from orchestrator.infra import preflight
+from orchestrator.track import tracking
 
 
 def test_train_help_shows_examples(capsys):
@@ -59,7 +61,7 @@ def test_gpu_run_without_gpu_fails_before_ray(capsys, no_ray):
 
 
 def test_dry_run_prints_the_effective_per_worker_and_micro_batch(capsys, no_ray, tiny_toy2d):
-    """Issue 18: with train.accumulate the plan says what one update sees and what one forward pass holds."""
+    """With train.accumulate the plan says what one update sees and what one forward pass holds."""
     assert cli.main(["train", "toy2d", "--dry-run", *tiny_toy2d, "train.accumulate=4", "imm.group_size=2"]) == 0
     out = capsys.readouterr().out
     assert "batch:        64 per update = 2 x 32, each worker's in 4 micro-batches of 8 (train.accumulate)" in out
@@ -110,7 +112,7 @@ def test_console_script_user_error_is_one_line_and_debug_shows_traceback(tmp_pat
 def test_progress_line_shows_step_loss_throughput_eta_quality_and_restarts():
     import io
 
-    from orchestrator.progress import ProgressPrinter
+    from orchestrator.run.printer import ProgressPrinter
 
     out = io.StringIO()
     printer = ProgressPrinter(100, max_failures=2, stream=out)
@@ -119,7 +121,7 @@ def test_progress_line_shows_step_loss_throughput_eta_quality_and_restarts():
     printer({**base, "step": 10, "time": 1000.0})
     printer({**base, "step": 20, "time": 1010.0, "energy/steps_1": 0.123})  # 1 step/s: 80 s to go
     printer({**base, "step": 30, "time": 1020.0})
-    # Issue 14, point 5: a restart printed Ray's tracebacks but no line saying what happened.
+    # A restart printed Ray's tracebacks but no line saying what happened.
     printer({"event": "failed", "ranks": {0: "RuntimeError: [gloo] Connection reset by peer",  # from the controller:
                                           1: "ActorDiedError: The actor died unexpectedly"}})  # the dead one is named
     printer({"event": "resumed", "step": 20, "nodes": ["10.0.0.1/aa", "10.0.0.3/cc"]})  # Ray restarted the workers
@@ -145,7 +147,7 @@ def test_progress_line_shows_step_loss_throughput_eta_quality_and_restarts():
     ["eval", "--model", "runs:/0123456789abcdef"],
 ])
 def test_a_tracking_server_that_does_not_answer_is_one_line_before_anything_starts(argv, capsys, no_ray):
-    """Issue 14, point 4: `train` started Ray and retried for minutes; `promote` gave up after 250 s with a traceback."""
+    """`train` started Ray and retried for minutes; `promote` gave up after 250 s with a traceback."""
     t0 = time.perf_counter()
     assert cli.main([*argv, "--tracking-uri", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
@@ -154,7 +156,7 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_before_anything_star
 
 
 def test_a_missing_or_malformed_data_set_is_one_line_before_ray_starts(tmp_path, capsys, no_ray):
-    """Issue 14, point 4: these failed only inside the workers, 20-40 s after Ray started, with a FAILED run."""
+    """These failed only inside the workers, 20-40 s after Ray started, with a FAILED run."""
     import numpy as np
 
     np.save(tmp_path / "cube.npy", np.zeros((4, 2, 2), np.float32))
@@ -178,7 +180,7 @@ def test_a_missing_or_malformed_data_set_is_one_line_before_ray_starts(tmp_path,
 
 
 def test_s3_places_are_probed_before_ray_starts(s3_env, tmp_path, capsys, monkeypatch, no_ray):
-    """Issue 14, point 4: the S3 endpoint, buckets and objects a run uses are checked in one line, within 10 s,
+    """The S3 endpoint, buckets and objects a run uses are checked in one line, within 10 s,
     before Ray starts and before any MLflow run (the real S3 server of the session; a port where none listens)."""
     s3_env.create_bucket(Bucket="probed")
     s3_env.put_object(Bucket="probed", Key="data/points.npy", Body=b"")
@@ -208,7 +210,7 @@ def test_s3_places_are_probed_before_ray_starts(s3_env, tmp_path, capsys, monkey
 
 
 def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
-    """Issue 14, point 4: a truncated checkpoint given to `sample` printed torch.load's traceback."""
+    """A truncated checkpoint given to `sample` printed torch.load's traceback."""
     good = tmp_path / "good.pt"
     torch.save({"config": {"method": "imm"}, "step": 1, "model": {"w": torch.zeros(1000)}}, good)
     truncated, text = tmp_path / "truncated" / "checkpoint.pt", tmp_path / "text.pt"

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from imm.config import load_config
-from orchestrator import cli, sample_grids, tracking
-from orchestrator.launch import launch, plan_run
-from orchestrator.worker import KillSwitch
+from orchestrator import cli
+from orchestrator.run.launch import launch, plan_run
+from orchestrator.run.worker import KillSwitch
+from orchestrator.track import sample_grids, tracking
 
 pytestmark = pytest.mark.slow
 REPORT_STEPS = [5, 10, 15, 20, 25, 30, 35, 40]  # TINY_TOY2D: log every 5 of 40 steps, eval and checkpoint every 20
@@ -83,7 +84,7 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert client.get_run(run_id).info.status == "FINISHED"
     assert _steps(client, run_id, "train/loss") == REPORT_STEPS
 
-    # Issue 28: the same command against another tracking store found these checkpoints, said "resumed from the
+    # The same command against another tracking store found these checkpoints, said "resumed from the
     # checkpoint at step 40" and left there a FINISHED run without metrics. Now it is refused before Ray starts.
     name, other = run.data.tags[tracking.RUN_NAME_TAG], f"sqlite:///{tmp_path / 'other.db'}"
     elsewhere = ["train", "toy2d", *tiny_toy2d, "--tracking-uri", other, "--experiment", "integration"]
@@ -105,7 +106,7 @@ def test_two_worker_run_is_tracked_in_mlflow_and_a_relaunch_resumes_it(ray_local
     assert child.info.status == "FINISHED" and child.info.run_id != run_id
     assert (child.data.tags["imm.parent_model"], child.data.tags["imm.parent_run_id"]) == (f"runs:/{run_id}", run_id)
 
-    # Issue 30: an IMM model has no velocity to teach (one line, before Ray); a flow-matching run distilled into TVM
+    # An IMM model has no velocity to teach (one line, before Ray); a flow-matching run distilled into TVM
     # over DDP (the worker loads the teacher) names its teacher
     assert cli.main([*argv, "method=tvm", f"train.teacher=runs:/{run_id}", "--name", "no-teacher"]) == 2
     assert "train.teacher: runs:/" in (err := capsys.readouterr().err) and "has no velocity to distill" in err
@@ -130,7 +131,7 @@ def test_sigkilled_worker_restarts_from_checkpoint_in_the_same_mlflow_run(ray_lo
     killed_pid = int(marker.read_text().split()[4])
     with pytest.raises(ProcessLookupError):
         os.kill(killed_pid, 0)
-    # one line says what happened (issue 14, point 5): the rank, its node, the step, the checkpoint, the attempt
+    # one line says what happened: the rank, its node, the step, the checkpoint, the attempt
     assert re.search(r"^workers restarted, attempt 2 of 2: rank 1 on [\d.]+/\w+ \(\w+Error: .+\) after step 30; "
                      r"resumed from the checkpoint at step 20$", out, re.M), out
 

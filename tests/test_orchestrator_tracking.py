@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from imm.config import ConfigError, load_config
-from orchestrator import storage, tracking
-from orchestrator.launch import plan_run
+from orchestrator.infra import storage
+from orchestrator.run.launch import plan_run
+from orchestrator.track import rank_zero, tracking
 
 
 def _history(client, run_id, key="train/loss"):
@@ -39,7 +40,7 @@ def test_flatten_gives_dotted_param_names():
 
 
 def test_open_run_logs_params_tags_and_config(run, mlflow_uri, tmp_path):
-    """Issue 15: every run logged ~80 params (the whole config), which buried the ones that matter in the UI's
+    """Every run logged ~80 params (the whole config), which buried the ones that matter in the UI's
     runs table. Params: the keys that identify a run, then those asked for (a trial's swept keys, a run's
     overrides), floats at 6 digits; the whole config stays in config.yaml and the searchable `imm.config` tag."""
     client, run_id, exp, cfg, tags = run
@@ -86,7 +87,7 @@ def test_relaunch_with_changed_config_keeps_first_params_and_warns(run):
 
 def test_metrics_are_held_until_a_checkpoint_covers_them(run, mlflow_uri):
     client, run_id, *_ = run
-    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    log = rank_zero.RankZeroLogger(mlflow_uri, run_id)
     for step in (5, 10, 15):
         log.record(_metrics(step, 1.0))
     assert _history(client, run_id) == []
@@ -99,7 +100,7 @@ def test_metrics_are_held_until_a_checkpoint_covers_them(run, mlflow_uri):
 
 def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_uri):
     client, run_id, *_ = run
-    first = tracking.RankZeroLogger(mlflow_uri, run_id)
+    first = rank_zero.RankZeroLogger(mlflow_uri, run_id)
     for step in (5, 10, 15, 20):
         first.record(_metrics(step, 1.0))
     first.commit()  # checkpoint at 20 saved
@@ -107,7 +108,7 @@ def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_
     first.record(_metrics(30, 9.0))  # ... then the worker dies: 25 and 30 are computed again
     first.close()
 
-    second = tracking.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
+    second = rank_zero.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
     for step in (25, 30, 35, 40):
         second.record(_metrics(step, 2.0))
     second.commit()
@@ -130,7 +131,7 @@ def test_a_cut_off_attempt_failing_late_leaves_the_later_attempts_finished_run_a
 
 def test_metrics_are_logged_at_6_digits_and_the_learning_rate_when_it_changes(run, mlflow_uri):
     client, run_id, *_ = run
-    log = tracking.RankZeroLogger(mlflow_uri, run_id)
+    log = rank_zero.RankZeroLogger(mlflow_uri, run_id)
     for step, lr in ((10, 1e-4), (20, 2e-4), (30, 2e-4), (40, 2e-4)):
         log.record({**_metrics(step, 0.123456789), "train/lr": lr})
     log.commit()
@@ -142,11 +143,11 @@ def test_metrics_are_logged_at_6_digits_and_the_learning_rate_when_it_changes(ru
 def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
     """If Ray restores a checkpoint older than the last one rank 0 saw saved, nothing is logged twice."""
     client, run_id, *_ = run
-    first = tracking.RankZeroLogger(mlflow_uri, run_id)
+    first = rank_zero.RankZeroLogger(mlflow_uri, run_id)
     for step in (10, 20, 30):
         first.record(_metrics(step, 1.0))
     first.commit()
-    second = tracking.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
+    second = rank_zero.RankZeroLogger(mlflow_uri, run_id)  # restored from step 20
     assert second.logged_through == 30
     for step in (30, 40):
         second.record(_metrics(step, 2.0))
@@ -155,17 +156,17 @@ def test_steps_already_in_the_run_are_skipped(run, mlflow_uri):
 
 
 def test_samples_are_one_grid_sent_with_their_checkpoint_and_continued_after_a_restart(run, mlflow_uri, tmp_path):
-    """Issue 15: each evaluation's samples were image cards hidden under the run's params; issue 14: they were stored
+    """Each evaluation's samples were image cards hidden under the run's params; they were stored
     three times. Now one artifact, samples.png: a row per evaluation, a column per sampling step count, 2D samples
     over faint data; sent only once a checkpoint covers its step; a restarted worker appends to the logged rows."""
     from PIL import Image
 
-    from orchestrator import sample_grids
+    from orchestrator.track import sample_grids
 
     client, run_id, *_ = run
     torch.manual_seed(0)  # CI: 50 unseeded 1-pixel samples once left too few pure-blue pixels after downscaling
     reference = torch.randn(2000, 2)
-    log = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=60)
+    log = rank_zero.RankZeroLogger(mlflow_uri, run_id, final_step=60)
     log.on_eval(20, {1: torch.randn(500, 2), 2: torch.randn(500, 2)}, reference=reference)
     log.record(_metrics(20, 1.0))
     assert "samples.png" not in {f.path for f in client.list_artifacts(run_id)}
@@ -174,7 +175,7 @@ def test_samples_are_one_grid_sent_with_their_checkpoint_and_continued_after_a_r
     log.record(_metrics(40, 1.0))
     log.close()  # the worker dies before the checkpoint at 40: that row is never sent
 
-    again = tracking.RankZeroLogger(mlflow_uri, run_id, final_step=60)  # restarted from step 20
+    again = rank_zero.RankZeroLogger(mlflow_uri, run_id, final_step=60)  # restarted from step 20
     for step in (40, 60):
         again.on_eval(step, {1: torch.randn(50, 2), 2: torch.randn(50, 2)}, reference=reference)
         again.record(_metrics(step, 1.0))

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from imm.sampling.trained import TrainedModel
-from imm.training.loop import train
-from orchestrator import cli, load_model, tracking
-from orchestrator.promote import promote
+from imm.train import train
+from imm.trained import TrainedModel
+from orchestrator import cli, load_model
+from orchestrator.registry.promote import promote
+from orchestrator.track import tracking
 
 TINY = ["model.hidden=16", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.steps=20",
         "train.log_every=10", "eval.every=20", "eval.n_samples=100", "eval.steps=[1,2]", "train.checkpoint_every=20",
@@ -134,7 +135,7 @@ def test_every_kind_of_model_uri_samples_the_same(store, checkpoint, tmp_path, c
 
 def test_a_promoted_model_loads_without_unpickling_and_a_pickle_only_model_needs_trust(store, checkpoint, tmp_path,
                                                                                         capsys, monkeypatch):
-    """Issue 28: promoted models were only pickled modules, and loading one from a shared registry ran whatever was
+    """Promoted models were only pickled modules, and loading one from a shared registry ran whatever was
     pickled. Now they carry safetensors weights and a JSON config, which `load_model` reads; a model holding only
     a pickle (promoted before) loads only with --trust-pickle."""
     uri, client, runs = store

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator import cli, load_model, tracking
+from orchestrator import cli, load_model
+from orchestrator.track import tracking
 
 pytestmark = pytest.mark.slow
 TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "train.log_every=20",

@@ -83,7 +83,7 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
                          "trial 7 "):
                 assert line in out
             assert "model uri: models:/toy2d_smoke@champion" in out
-            # issue 15: our progress and results only; Ray's and MLflow's own lines are in imm-runs/logs/
+            # Our progress and results only; Ray's and MLflow's own lines are in imm-runs/logs/
             markers = ("core_worker.cc", "placement_group_cleaner", "raylet", "authentication_token", "Traceback")
             noise = [ln for ln in (out + proc.stderr).splitlines() if any(m in ln for m in markers)]
             assert not noise, noise[:5]
@@ -91,13 +91,13 @@ def test_the_two_commands_work_in_a_fresh_clone(tmp_path):
             for png in ("champion_1steps.png", "champion_2steps.png", "champion_4steps.png"):
                 assert (clone / "imm-runs" / "demo" / png).stat().st_size > 10_000
             assert (clone / "imm-runs" / "mlflow.db").is_file() and (clone / "imm-runs" / "optuna.journal").is_file()
-            # issue 15: the champion shows the method working: the 8 modes of the mixture, each holding samples
+            # The champion shows the method working: the 8 modes of the mixture, each holding samples
             npy = tmp_path / "champion_2steps.npy"
             subprocess.run([str(clone / ".venv" / "bin" / "imm-orch"), "sample", "--model", "models:/toy2d_smoke@champion",
                             "--steps", "2", "--n", "5000", "--out", str(npy)], cwd=clone, env=env, check=True)
             assert occupied_modes(np.load(npy)) == 8
-            # issue 26: the sweep's own best trial does too (its row of the sweep's sample grid)
-            from orchestrator import tracking
+            # The sweep's own best trial does too (its row of the sweep's sample grid)
+            from orchestrator.track import tracking
 
             mlc = tracking.client(f"sqlite:///{clone / 'imm-runs' / 'mlflow.db'}")
             (parent,) = [r for r in mlc.search_runs([mlc.get_experiment_by_name("imm").experiment_id])

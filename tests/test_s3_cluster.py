@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import cli, load_model, tracking
+from orchestrator import cli, load_model
+from orchestrator.track import tracking
 from tests.faulty_s3 import FaultyS3
 from tests.servers import MLFLOW_BUCKET as BUCKET
 

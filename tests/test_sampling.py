@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from imm.maths.trajectories import get_trajectory
-from imm.sampling import euler, heun, initial_noise, pushforward, restart, time_grid
+from imm.sampling import initial_noise, time_grid
+from imm.sampling.maps import pushforward, restart
+from imm.sampling.velocity import euler, heun
 
 SIGMA_D = 0.8
 
@@ -131,11 +133,12 @@ def test_initial_noise_is_the_prior_sigma_d_eps_as_the_official_sampler_draws_it
 
 
 def test_sample_grids_pick_the_tuned_grid_for_their_step_count():
-    """Issue 18: cifar10.yaml's grids are the official ones (1 step T -> eps_t; 2 steps through eta = 1.4, i.e.
+    """Cifar10.yaml's grids are the official ones (1 step T -> eps_t; 2 steps through eta = 1.4, i.e.
     t = 1.4 / 2.4 on ot_fm); other step counts keep the schedule; sample.times still overrides everything."""
     from imm.config import load_config
-    from imm.methods.common import start_from_noise
-    from imm.networks import MLP, OneStepModel
+    from imm.networks import OneStepModel
+    from imm.networks.mlp import MLP
+    from imm.sampling.generate import start_from_noise
 
     cfg = load_config("cifar10", ["data.name=8gaussians", "model.arch=mlp"])
     traj = get_trajectory("ot_fm")

@@ -1,4 +1,4 @@
-"""Shortcut models (issue 17): the self-consistency target of an exact flow is its own big step, and two half steps
+"""Shortcut models: the self-consistency target of an exact flow is its own big step, and two half steps
 of the model make the target."""
 
 import torch
@@ -7,7 +7,7 @@ from imm.config import load_config
 from imm.maths.trajectories import get_trajectory
 from imm.methods.meanflow import AverageVelocityModel
 from imm.methods.shortcut import ShortcutConfig, ShortcutLoss
-from imm.networks import MLP
+from imm.networks.mlp import MLP
 
 
 def _exact_u(a: float, s: float):
@@ -65,8 +65,8 @@ def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
     """Trained: D = 0 (flow matching) and the big steps T / 2^k, k < levels. The finest big step's target used half
     steps of T / 2^levels, which no loss trains, and 128-step sampling asked for it too. Sampling in float32 on
     [T, eps_t] with eps_t > 0 (cifar10's 0.006) keeps steps of about the finest as they are."""
-    from imm.methods.shortcut import shortcut_steps
     from imm.sampling import time_grid
+    from imm.sampling.flow_maps import mean_steps
 
     loss = ShortcutLoss(ShortcutConfig(levels=7), T=0.994)
     trained = [0.0] + [0.994 / 2**k for k in range(7)]
@@ -83,7 +83,7 @@ def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
     tr = get_trajectory("ot_fm")
     for steps in (1, 2, 8, 64, 128):
         rec = Recorder()
-        shortcut_steps(rec, x, time_grid(steps, tr, 0.006, 0.994), finest=loss.finest)
+        mean_steps(rec, x, time_grid(steps, tr, 0.006, 0.994), finest=loss.finest)
         assert not untrained(rec.asked), (steps, untrained(rec.asked))
         if steps == 64:  # every step is about the finest trained one: none may fall back to D = 0
             assert min(rec.asked) > 0.9 * loss.finest
@@ -92,7 +92,7 @@ def test_every_step_size_a_target_or_the_sampler_asks_for_is_trained():
 
 
 def test_shortcut_models_keep_edm_s_time_scale_while_meanflow_feeds_t_unscaled():
-    """Shortcut models share MeanFlow's network; issue 29 unscaled MeanFlow's time inputs, and shortcut models,
+    """Shortcut models share MeanFlow's network; a later change unscaled MeanFlow's time inputs, and shortcut models,
     tuned on 1000 t, keep it (with t unscaled their 1-step digits energy went from 0.014 to 0.031)."""
     from imm.config import load_config
     from imm.methods import build_model

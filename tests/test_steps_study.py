@@ -1,21 +1,16 @@
-"""The steps study (issue 16): its exact reference flow, and the quick study's monotonicity check on real training."""
+"""The steps study: its exact reference flow, and the quick study's monotonicity check on real training."""
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+# A package import (the repository root is on sys.path, which the study's spawned workers inherit), so that the
+# workers can unpickle the study's functions by their module's name.
+from benchmarks.studies import steps_study as study
 from imm.data.toy2d import eight_gaussians
 from imm.metrics import energy_distance
-
-ROOT = Path(__file__).resolve().parents[1]
-# A plain import from benchmarks/ (on sys.path, which the study's spawned workers inherit), so that the workers can
-# unpickle the study's functions by their module's name.
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import steps_study as study  # noqa: E402
 
 
 def _marginal(t: float, n: int, sigma_d: float, seed: int) -> torch.Tensor:

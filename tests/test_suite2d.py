@@ -1,14 +1,12 @@
-"""benchmarks/suite2d.py: the checks the shipped 2D defaults are held to, on made-up scores that pass and fail
+"""benchmarks/studies/suite2d.py: the checks the shipped 2D defaults are held to, on made-up scores that pass and fail
 each one."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import suite2d  # noqa: E402
+from benchmarks.studies import suite2d
 
 
 def results(table: dict[tuple[str, str], list[list[float]]]) -> list[dict]:
@@ -54,14 +52,14 @@ def test_the_noise_floor_is_what_the_metric_reads_for_exact_samples():
 
 @pytest.mark.slow
 def test_the_quick_suite_holds_imm_at_two_steps_to_flow_matching_at_eight_on_a_held_out_set(tmp_path):
-    """Issue 29: IMM and FM trained at the shipped toy2d settings on a held-out set (grid), one seed: IMM's 2-step
+    """IMM and FM trained at the shipped toy2d settings on a held-out set (grid), one seed: IMM's 2-step
     energy no higher than FM's 8-step one (measured 0.0059 against 0.0090)."""
     code = suite2d.main(["--quick", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
     assert code == 0, (tmp_path / "out" / "tables.md").read_text()
 
 
 def test_tuning_ranks_candidates_by_the_geometric_mean_of_their_worst_of_2_4_8_steps():
-    import suite2d_tuning as tuning
+    from benchmarks.reports import suite2d_tuning as tuning
 
     def row(cand, s, e):
         return {"candidate": {"imm.kernel": cand}, "set": s, "energy": dict(zip((1, 2, 4, 8), e, strict=True))}
@@ -112,8 +110,7 @@ def test_keep_adds_the_published_results_of_the_methods_not_run_and_the_header_c
 def test_a_distilled_row_trains_its_method_from_the_sets_flow_matching_teacher(tmp_path, monkeypatch):
     """--distill meanflow: the job "meanflow (distilled)" trains meanflow with train.teacher = the set's FM checkpoint
     (trained once, then reused), and the teacher's velocity is what the loss asks for; rows sort after their method."""
-    from steps_study import train_ema
-
+    from benchmarks.studies.common import train_ema
     from imm.training.teacher import Teacher
 
     tiny = ["model.hidden=16", "model.depth=1", "train.steps=4", "train.batch_size=32", "train.checkpoint_every=4",

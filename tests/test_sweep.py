@@ -15,7 +15,8 @@ import optuna
 import pytest
 import yaml
 
-from orchestrator import cli, tracking
+from orchestrator import cli
+from orchestrator.track import tracking
 
 pytestmark = pytest.mark.slow
 TINY = ["model.hidden=32", "model.depth=1", "train.steps=40", "train.batch_size=64", "train.log_every=10",
@@ -126,7 +127,7 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
                                                                         monkeypatch):
     """A SIGKILL and a Ctrl-C of the driver of an 8-trial sweep over 8 parameter sets, each followed by --resume:
     finished trials are never run again, interrupted ones carry on in their own runs (no metric step twice), and
-    no two trials share a parameter set (issue 14, point 2: each resume replayed the sampler's first draws)."""
+    no two trials share a parameter set (each resume once replayed the sampler's first draws)."""
     import ray
 
     path = write_sweep(tmp_path, trials=8, space=EIGHT_SETS, sampler={"name": "tpe", "seed": 3, "startup_trials": 2})
@@ -134,7 +135,7 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
            ray.get_runtime_context().gcs_address, "--tracking-uri", mlflow_uri, "--experiment", "sweep-kill"]
     client = tracking.client(mlflow_uri)
     logs, before = [], {}
-    # a SIGKILL (nothing closes anything), then a Ctrl-C (issue 14, point 5: interrupted trials kept `running`)
+    # a SIGKILL (nothing closes anything), then a Ctrl-C (interrupted trials once kept `running`)
     for cycle, (complete_at_kill, sig) in enumerate(((2, signal.SIGKILL), (5, signal.SIGINT))):
         log = tmp_path / f"driver{cycle}.log"
         with log.open("w") as f:
@@ -201,7 +202,7 @@ def test_a_killed_orchestrator_resumes_without_rerunning_finished_trials(ray_loc
 
 def test_a_trial_whose_process_dies_resumes_from_its_checkpoint_in_the_same_run(ray_local, mlflow_uri, tmp_path,
                                                                                capsys, monkeypatch):
-    """A one-worker trial trains in its own Ray task (`orchestrator.in_process`): the worker SIGKILL of that mode
+    """A one-worker trial trains in its own Ray task (`orchestrator.run.in_process`): the worker SIGKILL of that mode
     kills the task's process. Ray runs the task again (trainer.max_failures=1), and it resumes from the trial's
     last checkpoint into the same MLflow run: no step is logged twice, and the terminal says what happened."""
     marker = tmp_path / "killed-once"
@@ -248,7 +249,7 @@ def test_a_diverging_trial_fails_a_poor_one_is_pruned_and_the_sweep_goes_on(ray_
     assert runs[0].info.status == "FINISHED"
     assert runs[1].info.status == "FAILED" and runs[1].data.tags["imm.trial.state"] == "failed"
     assert "train/loss became nan" in runs[1].data.tags["imm.trial.error"]
-    # issue 15: a pruned trial is not drawn like a crash (KILLED), and its name says where its metrics stop
+    # A pruned trial is not drawn like a crash (KILLED), and its name says where its metrics stop
     assert runs[2].info.status == "FINISHED" and runs[2].data.tags["imm.trial.state"] == "pruned"
     pruned_at = int(runs[2].data.tags["imm.trial.pruned_at_step"])
     assert 10 <= pruned_at < 4000
@@ -290,7 +291,7 @@ def test_a_pruned_trials_cpus_are_freed_when_another_ray_runs_on_the_machine(ray
 
 
 def test_a_sweep_whose_first_trials_all_fail_the_same_way_stops(ray_local, mlflow_uri, tmp_path, capsys):
-    """Issue 14, point 4: every trial failed with the same configuration error and the command exited 0. Here each
+    """Every trial failed with the same configuration error and the command exited 0. Here each
     key is valid alone, but the U-statistic needs M >= 2: every trial fails before it starts."""
     path = write_sweep(tmp_path, space={"imm.estimator": {"choices": ["u"]}, "imm.group_size": {"choices": [1]},
                                         "imm.k": {"low": 8, "high": 12}}, trials=8)
@@ -304,7 +305,7 @@ def test_a_sweep_whose_first_trials_all_fail_the_same_way_stops(ray_local, mlflo
 
 
 def test_one_driver_per_sweep_and_a_dead_drivers_lease_is_taken_over(ray_local, mlflow_uri, tmp_path, monkeypatch, capsys):
-    """Issue 14, point 1: a second `--resume` beside a live driver took its RUNNING trials for crashed ones and trained
+    """A second `--resume` beside a live driver took its RUNNING trials for crashed ones and trained
     them twice into the same runs. Now it is refused in one line; once the first driver is SIGKILLed, `--resume`
     on the same machine sees its process gone and takes over at once, long before the lease would expire (CI: a
     `ray job stop` that SIGKILLed a slow driver left its lease, and the resubmitted job was refused)."""
@@ -342,7 +343,7 @@ def test_one_driver_per_sweep_and_a_dead_drivers_lease_is_taken_over(ray_local, 
 
 
 def test_the_terminal_shows_progress_and_results_and_the_log_file_rays_own_lines(mlflow_uri, tmp_path):
-    """Issue 15: between the progress lines, `make demo` printed Ray's own errors and warnings (core_worker.cc,
+    """Between the progress lines, `make demo` printed Ray's own errors and warnings (core_worker.cc,
     placement_group_cleaner, the raylet, token authentication) that a new user reads as failures. `imm-orch` (the
     console script) keeps them in a log file under the storage root and prints its path once."""
     from tests.servers import BIN

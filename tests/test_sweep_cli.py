@@ -90,7 +90,7 @@ def test_an_existing_sweep_needs_resume_and_the_same_objective(tmp_path, capsys,
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_resumed_sweep_draws_new_parameters_instead_of_replaying_the_first(tmp_path, sampler):
-    """Issue 14, point 2: each --resume rebuilt the sampler with the same seed, so its first trial repeated trial 0."""
+    """Each --resume rebuilt the sampler with the same seed, so its first trial repeated trial 0."""
     sweep = sweep_from_dict(spec(tmp_path, sampler={"name": sampler, "seed": 0}))
     seen = []
     for _ in range(3):  # a fresh sweep, then two resumes, each running two trials
@@ -105,7 +105,7 @@ def test_a_resumed_sweep_draws_new_parameters_instead_of_replaying_the_first(tmp
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "grid"])
 def test_no_parameter_set_runs_twice_and_a_used_up_space_ends_the_sweep(tmp_path, sampler):
-    """Issue 14, point 2: TPE repeats configurations on discrete spaces (M, kernel, k). Here M x weighting x k, with b
+    """TPE repeats configurations on discrete spaces (M, kernel, k). Here M x weighting x k, with b
     where weighting=sigmoid: 12 sets (16 for a grid, which has no conditions). Each runs once, across two resumes,
     whatever the sampler proposes; one more ask finds the space used up. The enqueued trial runs first, as given."""
     space = {"imm.group_size": {"choices": [4, 8]}, "imm.weighting": {"choices": ["sigmoid", "constant"]},
@@ -208,7 +208,7 @@ def test_best_of_trains_the_best_complete_trials_settings_again(tmp_path, capsys
 
 
 def test_a_study_in_postgresql_and_the_driver_it_needs(tmp_path, capsys, no_ray, postgres, monkeypatch):
-    """Issue 27: a study in a real PostgreSQL server, as the cluster instructions say; without the driver
+    """A study in a real PostgreSQL server, as the cluster instructions say; without the driver
     (`imm-orch[postgres]`), `imm-orch sweep` stopped with 'unexpected error: ImportError: Failed to import DB
     access module'. Now one line names the extra, before Ray starts."""
     import sys
@@ -233,7 +233,7 @@ def test_a_study_in_postgresql_and_the_driver_it_needs(tmp_path, capsys, no_ray,
 
 
 def test_a_sweep_is_resumed_only_where_its_mlflow_record_is(tmp_path, capsys, no_ray):
-    """Issue 28: a sweep resumed against another tracking store went on in an empty record (a new parent run,
+    """A sweep resumed against another tracking store went on in an empty record (a new parent run,
     trials' runs without their history). Refused before Ray starts, naming the store that holds it."""
     from orchestrator.sweep.records import SweepRecords
     from orchestrator.sweep.study import storage_url
@@ -252,6 +252,6 @@ def test_a_sweep_is_resumed_only_where_its_mlflow_record_is(tmp_path, capsys, no
     assert ours == [f"imm-orch: error: --tracking-uri: sweep 'cli' is recorded in MLflow run {records.parent_id} at "
                     f"{first}, which {other} does not hold; resume it with --tracking-uri {first}, or start a new "
                     "sweep under another name"]
-    from orchestrator import run_record
+    from orchestrator.track import run_record
 
     run_record.check_sweep_continuation(study, first)  # its own store: resumed

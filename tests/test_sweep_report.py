@@ -9,10 +9,10 @@ from urllib.parse import urlparse
 
 import optuna
 
-from orchestrator import tracking
 from orchestrator.sweep.report import log_to_parent
 from orchestrator.sweep.spec import sweep_from_dict
 from orchestrator.sweep.study import best_trials, open_study
+from orchestrator.track import tracking
 
 
 def test_report_logs_best_table_and_plots(tmp_path, mlflow_uri):

@@ -1,4 +1,4 @@
-"""What a run records about where it ran (`orchestrator.provenance`): the versions of the stack as tags, the
+"""What a run records about where it ran (`orchestrator.track.provenance`): the versions of the stack as tags, the
 commit of the code (carried into a submitted job, whose working dir has no .git), and MLflow's system metrics
 from a node, GPUs included. There is no GPU here: NVML is replaced by a stand-in with two GPUs, which is the only
 thing mocked; the monitor, MLflow's store and the metric names are real."""
@@ -14,7 +14,7 @@ from importlib.metadata import version
 import pytest
 import torch
 
-from orchestrator import provenance, tracking
+from orchestrator.track import provenance, tracking
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_the_commit_is_the_checkouts_or_the_one_a_job_was_given(monkeypatch):
 
 def test_a_submitted_job_carries_the_commit(monkeypatch):
     from orchestrator.cli import parse_args
-    from orchestrator.submit import plan_submission
+    from orchestrator.infra.submit import plan_submission
 
     monkeypatch.delenv(provenance.GIT_COMMIT_ENV, raising=False)
     args = parse_args(["submit", "toy2d", "--cluster", "http://head:8265", "--tracking-uri", "http://mlflow:5000",

@@ -7,7 +7,8 @@ import torch
 from imm import sample as sample_cli
 from imm import train as train_cli
 from imm.config import load_config
-from imm.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
+from imm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from imm.training.loop import train_loop
 
 TINY = [
     "model.hidden=32", "model.depth=1", "model.emb_dim=16", "train.batch_size=64", "train.steps=30",
@@ -109,7 +110,7 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_training():
 
 @pytest.mark.parametrize("extra", [[], ["model.dropout=0.2"], ["method=tvm", "tvm.target_ema=0.9"]])
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(extra):
-    """Issue 14, point 6: training was reseeded at the resume step, so an interrupted trial ended elsewhere (2-step
+    """Training was reseeded at the resume step, so an interrupted trial ended elsewhere (2-step
     energy 0.01858 vs 0.01713). Now each step's randomness comes from (seed, rank, step): same weights, same metrics.
     With dropout, IMM's target pass replays the masks by rewinding the RNG: the reseeding must not break that. TVM's
     EMA target is the loss's own state: the checkpoint keeps it."""

@@ -1,4 +1,4 @@
-"""Terminal Velocity Matching (issue 30): the JVP in the end time s, the terminal-velocity condition on Gaussian data
+"""Terminal Velocity Matching: the JVP in the end time s, the terminal-velocity condition on Gaussian data
 where the flow map is known in closed form, the time sampler, guidance as TVM trains it, and a short run."""
 
 import math
@@ -11,7 +11,7 @@ from imm.config import load_config
 from imm.maths.trajectories import get_trajectory
 from imm.methods.meanflow import AverageVelocityModel
 from imm.methods.tvm import TVMConfig, TVMLoss
-from imm.networks import MLP
+from imm.networks.mlp import MLP
 
 
 class GaussianFlowMap(nn.Module):
@@ -110,7 +110,8 @@ def test_guidance_mixes_the_null_velocity_into_the_labelled_targets_only():
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_tvm_trains_and_samples(conditional):
-    from imm.methods import build_loss, build_model, generate
+    from imm.methods import build_loss, build_model
+    from imm.sampling import generate
     from imm.training.loop import train_loop
 
     name, over = ("digits", ["model.class_conditional=true", "tvm.guidance=1.5", "model.hidden=32"]) if conditional \

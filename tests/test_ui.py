@@ -6,8 +6,9 @@ import urllib.request
 
 import pytest
 
-from orchestrator import cli, tracking
+from orchestrator import cli
 from orchestrator.commands.ui import ui_command
+from orchestrator.track import tracking
 
 
 def test_ui_binds_to_localhost_and_serves_the_artifacts_beside_the_database(tmp_path, capsys):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator import cli, tracking
-from orchestrator.links import ui_links
+from orchestrator import cli
+from orchestrator.track import tracking
+from orchestrator.track.links import ui_links
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,7 +41,7 @@ def grid_share(png) -> float:
     """The share of a screenshot's pixels in the colour of a sample grid's label column: the grid in the viewport."""
     from PIL import Image
 
-    from orchestrator.sample_grids import LABEL_BG
+    from orchestrator.track.sample_grids import LABEL_BG
 
     px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
     return float((np.abs(px - LABEL_BG).max(1) <= 2).mean())
@@ -48,7 +49,7 @@ def grid_share(png) -> float:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
 def test_run_pages_show_sample_grids_the_comparison_table_and_pruned_trials(ray_local, mlflow_ui, tmp_path):
-    """Issue 15: the pages a researcher opens, found from the links `imm-orch ui` prints: the sweep's trials best
+    """The pages a researcher opens, found from the links `imm-orch ui` prints: the sweep's trials best
     first with the objective, swept keys and states as columns (a pruned trial named so); the parent's grid of
     samples (a row per trial) and a trial's (a row per evaluation), in the viewport, not only in the DOM."""
     uri, url = mlflow_ui.uri, mlflow_ui.url

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imm.config import ConfigError
+from imm.checks import ConfigError
 from imm.data.remote import DEFAULT_CACHE, exists, file_sha256, is_remote, local_copy, s3_client, split
 
 FORMAT = "imm-latents/1"

@@ -4,7 +4,7 @@ the 2D defaults are chosen and then judged (issue 29).
 The suite is split once, by set, into a tuning half and a held-out half. The sets come in pairs of one kind (equal
 modes, unequal anisotropic mixtures, curves, regions and arms, nested or curved supports, scale disparity), one of each
 pair in each half, so the held-out half asks the same kinds of questions about shapes the tuning never saw. Defaults
-are chosen on TUNING and reported on HELDOUT (`benchmarks/suite2d.py`); the split never changes after a report.
+are chosen on TUNING and reported on HELDOUT (`benchmarks/studies/suite2d.py`); the split never changes after a report.
 
 Every set is roughly centred, with coordinates of order 1 to 2 (sigma_d is measured on the training set).
 """

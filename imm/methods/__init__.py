@@ -10,7 +10,8 @@ selects it. Every module in this folder is imported on first use, so adding a me
     meanflow, shortcut, tvm: flow maps on flow matching's path  sampler: mean_steps
     fmm   flow map matching's distillation of train.teacher (Lagrangian or Eulerian)  sampler: mean_steps
 
-Every loss is called as loss(model, x, labels=None); every sampler as sampler(model, x_start, grid, generator).
+Every loss is called as loss(model, x, labels=None). A method's samplers are those imm.sampling registers for its
+model kind; `generate` (imm.sampling) draws samples from a trained one.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
-from imm.methods.registry import METHODS, Method, register, sampler_of, schedule_of
+from imm.methods.registry import METHODS, MODEL_KINDS, Method, register
 
 # The built-in methods in the order errors and help list them, then any other module in this folder.
 _BUILTIN = ("imm", "flow_matching", "ddpm", "cm", "vae", "meanflow", "shortcut", "tvm", "fmm")
@@ -30,8 +30,7 @@ for _name in (*_BUILTIN, *sorted(m.name for m in pkgutil.iter_modules(__path__))
     if _name not in ("registry", "common"):
         importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["METHODS", "Method", "build_loss", "build_model", "generate", "num_classes_of", "register", "sampler_of",
-           "schedule_of"]
+__all__ = ["METHODS", "MODEL_KINDS", "Method", "build_loss", "build_model", "register"]
 
 
 def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0) -> nn.Module:
@@ -45,58 +44,3 @@ def build_loss(cfg: DictConfig, teacher=None):
     if teacher is not None:
         loss.teacher = teacher
     return loss
-
-
-class Conditioned:
-    """A model with its class labels and guidance scale fixed, for samplers that call model(x, *times)."""
-
-    def __init__(self, model: nn.Module, labels: Tensor, cfg_scale: float):
-        self.model, self.labels, self.cfg_scale = model, labels, cfg_scale
-
-    def __call__(self, x: Tensor, *times: Tensor) -> Tensor:
-        return self.model(x, *times, labels=self.labels, cfg_scale=self.cfg_scale)
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
-
-
-def num_classes_of(model: nn.Module) -> int:
-    return int(getattr(getattr(model, "net", None), "num_classes", 0))
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    cfg: DictConfig,
-    n: int,
-    steps: int,
-    *,
-    sampler: str | None = None,
-    seed: int = 0,
-    data_shape: tuple[int, ...],
-    batch_size: int = 10000,
-    labels: Tensor | None = None,
-) -> Tensor:
-    """n samples in `steps` steps with the configured (or given) sampler, reproducible from `seed`.
-
-    A class-conditional model gets `labels`, or by default the classes in turn (0, 1, ..., 0, 1, ...), guided
-    with `sample.cfg_scale`.
-    """
-    method = METHODS[cfg.method]
-    sampler = sampler or sampler_of(cfg)
-    fn, options = method.samplers[sampler], method.sampler_options(cfg, sampler)
-    device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    classes = num_classes_of(model)
-    if classes and labels is None:
-        labels = torch.arange(n, device=device) % classes
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        x, grid = method.start(model, cfg, b, steps, tuple(data_shape), g)
-        net = model if labels is None else Conditioned(model, labels[start : start + b], float(cfg.sample.cfg_scale))
-        out.append(fn(net, x, grid, generator=g, **options))
-    model.train(was_training)
-    return torch.cat(out)

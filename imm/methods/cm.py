@@ -5,12 +5,11 @@ multistep CM sampler (it only learns maps to eps_t)."""
 from __future__ import annotations
 
 from imm.methods import imm
-from imm.methods.common import start_from_noise
 from imm.methods.registry import Method, register
 
 METHOD = register(Method(
     "cm", "consistency model: IMM with M = 1, the energy kernel and s = eps_t",
-    samplers={"restart": imm.restart, "pushforward": imm.pushforward}, build_model=imm.build_model,
-    build_loss=lambda cfg: imm.build_loss(cfg, consistency=True), start=start_from_noise,
+    model_kind="one_step_map", default_sampler="restart", build_model=imm.build_model,
+    build_loss=lambda cfg: imm.build_loss(cfg, consistency=True),
     check_run=imm.resolved_delta,
 ))

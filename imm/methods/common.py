@@ -1,4 +1,4 @@
-"""What the continuous-time methods share: the network G and the start of sampling from x_T ~ the prior."""
+"""What the continuous-time methods share: the network G and flow matching's path."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imm.config import ConfigError, resolved_T
-from imm.methods.registry import schedule_of
+from imm.checks import ConfigError
 from imm.networks import ARCHITECTURES
-from imm.sampling import initial_noise, time_grid
 
 
 def build_network(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
@@ -31,14 +29,3 @@ def ot_fm_point(x: Tensor, t: Tensor, sigma_d: Tensor) -> tuple[Tensor, Tensor]:
     eps = torch.randn_like(x) * sigma_d
     tb = t.reshape(-1, *([1] * (x.ndim - 1)))
     return (1 - tb) * x + tb * eps, eps - x
-
-
-def start_from_noise(model: nn.Module, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
-                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x_T = sigma_d eps (the prior, as the official sampler draws it) and the time grid T = t_0 > ... > t_N = eps_t:
-    sample.times, else the sample.grids entry for this step count, else the config's schedule."""
-    T = resolved_T(cfg)
-    tuned = next((list(g) for g in cfg.sample.grids if len(g) == steps + 1), None)
-    grid = time_grid(steps, model.traj, cfg.eps_t, T, schedule_of(cfg), cfg.sample.times or tuned)
-    return initial_noise(n, data_shape, model.sigma_d, model.traj, T, generator=generator,
-                         device=generator.device), grid

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imm.config import ConfigError, check_range
+from imm.checks import ConfigError, check_range
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import build_network
 from imm.methods.registry import Method, register
@@ -83,37 +83,6 @@ def timestep_grid(steps: int, num_steps: int) -> Tensor:
     return torch.cat([taus, torch.tensor([-1])])
 
 
-def ddim_sigma(a_n: Tensor, a_m: Tensor, eta: float) -> Tensor:
-    """The noise DDIM adds going from abar_n to abar_m; at eta = 1 the DDPM posterior's std."""
-    return eta * ((1 - a_m) / (1 - a_n)).sqrt() * (1 - a_n / a_m).sqrt()
-
-
-@torch.no_grad()
-def ddim(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | None = None,
-         eta: float = 0.0) -> Tensor:
-    """DDIM along the integer grid from `timestep_grid`; x starts as N(0, I) noise; returns data units."""
-    abars = model.alpha_bars.double()
-    for n, m in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
-        a_n = abars[n]
-        a_m = abars[m] if m >= 0 else torch.ones((), dtype=torch.float64, device=abars.device)
-        eps = model(x, torch.full((x.shape[0],), n, device=x.device)).double()
-        x0 = (x.double() - (1 - a_n).sqrt() * eps) / a_n.sqrt()
-        if model.clip_x0 > 0:  # clip in data units, then take the noise that x_n and the clipped x0 imply
-            bound = model.clip_x0 / float(model.sigma_d)
-            x0 = x0.clamp(-bound, bound)
-            eps = (x.double() - a_n.sqrt() * x0) / (1 - a_n).sqrt()
-        sigma = ddim_sigma(a_n, a_m, eta)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
-        x = (a_m.sqrt() * x0 + (1 - a_m - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise).to(x.dtype)
-    return x * model.sigma_d
-
-
-@torch.no_grad()
-def ancestral(model: EpsModel, x: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Ancestral sampling: DDIM with eta = 1, i.e. the DDPM posterior at each (respaced) step."""
-    return ddim(model, x, grid, generator, eta=1.0)
-
-
 def start(model: EpsModel, cfg: DictConfig, n: int, steps: int, data_shape: tuple[int, ...],
           generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """N(0, I) noise (unit-std units) and DDIM's timestep subsequence."""
@@ -136,7 +105,7 @@ def check_run(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "ddpm", "DDPM: epsilon prediction, L_simple",
-    samplers={"ancestral": ancestral, "ddim": ddim},
+    model_kind="noise_prediction",
     build_model=lambda cfg, shape, sigma_d, classes=0: EpsModel(
         build_network(cfg, shape, classes), linear_alpha_bars(cfg.ddpm.steps, cfg.ddpm.beta_start, cfg.ddpm.beta_end),
         sigma_d, clip_x0=cfg.ddpm.clip_x0),

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from imm.config import resolved_T
+from imm.checks import resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.maths.trajectories import get_trajectory
-from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, ot_fm_point
 from imm.methods.registry import Method, register
 from imm.networks import VelocityModel
 from imm.networks.precond import unwrap
-from imm.sampling import euler, heun
 
 
 @dataclass
@@ -31,10 +30,10 @@ class FlowMatchingLoss:
 
 METHOD = register(Method(
     "fm", "flow matching: v-prediction on the ot_fm path",
-    samplers={"euler": euler, "heun": heun},
+    model_kind="velocity",
     build_model=lambda cfg, shape, sigma_d, classes=0: VelocityModel(
         build_network(cfg, shape, classes), get_trajectory(cfg.trajectory), sigma_d=sigma_d,
         s_embedding=cfg.model.s_embedding),
     build_loss=lambda cfg: FlowMatchingLoss(eps_t=cfg.eps_t, T=resolved_T(cfg)),
-    start=start_from_noise, check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, labels),
+    check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, labels),
 ))

@@ -30,14 +30,14 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import check_choice, check_range, resolved_T
+from imm.checks import check_choice, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
-from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
+from imm.methods.common import check_ot_fm, ot_fm_point
+from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import instantaneous_velocity, mean_steps
 from imm.methods.registry import Method, register
 from imm.methods.tvm import TVMLoss
-from imm.networks.precond import _bcast, unwrap
+from imm.networks.precond import bcast, unwrap
 
 OBJECTIVES = ("lagrangian", "eulerian")
 
@@ -45,7 +45,7 @@ OBJECTIVES = ("lagrangian", "eulerian")
 @dataclass
 class FMMConfig:
     objective: str = "lagrangian"  # lagrangian (LMD: the end point follows the teacher) or eulerian (EMD)
-    time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's
+    time_scale: float = FLOW_MAP_TIME_SCALE  # the network sees (time_scale t, time_scale s), as MeanFlow's
     anchor: bool = True  # add u(z, s', s') = v_T(z, s') at gap 0, which TVM's time sampler almost never draws
 
 
@@ -61,7 +61,7 @@ class FMMLoss:
         """The LMD residual of the first n rows and u of the rest (their tangent is 0)."""
         ds = torch.cat([torch.ones_like(s[:n]), torch.zeros_like(s[n:])])
         u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, ds, labels)
-        u_map, gap = u[:n], _bcast(t[:n] - s[:n], u[:n])
+        u_map, gap = u[:n], bcast(t[:n] - s[:n], u[:n])
         head = None if labels is None else labels[:n]
         v_end = self.teacher.velocity(z[:n] - (gap * u_map).to(z.dtype), s[:n], head, grad=True)
         return u_map - gap * du_ds[:n] - at_least_fp32(v_end), u[n:]
@@ -74,7 +74,7 @@ class FMMLoss:
         with fwAD.dual_level():
             out = fwAD.unpack_dual(model(fwAD.make_dual(z, dz), s, fwAD.make_dual(t, dt), labels))
         u, dudt = at_least_fp32(out.primal), at_least_fp32(out.tangent)
-        return u[:n] - at_least_fp32(v) + _bcast(t[:n] - s[:n], u[:n]) * dudt[:n], u[n:]
+        return u[:n] - at_least_fp32(v) + bcast(t[:n] - s[:n], u[:n]) * dudt[:n], u[n:]
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.teacher is None:
@@ -101,10 +101,10 @@ def check_section(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "fmm", "flow map matching's distillation of train.teacher: Lagrangian (LMD) or Eulerian (EMD) map distillation",
-    samplers={"mean_steps": mean_steps},
+    model_kind="average_velocity",
     build_model=lambda cfg, shape, sigma_d, classes=0: meanflow_model(cfg, shape, sigma_d, classes,
                                                                       time_scale=cfg.fmm.time_scale),
-    build_loss=lambda cfg: FMMLoss(cfg.fmm, TVMLoss(cfg.tvm, T=resolved_T(cfg))), start=start_from_noise,
+    build_loss=lambda cfg: FMMLoss(cfg.fmm, TVMLoss(cfg.tvm, T=resolved_T(cfg))),
     section="fmm", config=FMMConfig, check_section=check_section, check_run=check_ot_fm,
     velocity=instantaneous_velocity, distills=True, needs_teacher=True,
 ))

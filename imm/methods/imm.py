@@ -16,17 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from imm.config import ConfigError, check_choice, check_range, resolved_T
+from imm.checks import ConfigError, check_choice, check_range, planned_precision, resolved_T
 from imm.maths.estimators import ESTIMATORS, at_least_fp32, mmd2
 from imm.maths.kernels import KERNELS, get_kernel
 from imm.maths.mapping import MAPPINGS, mapping_fn
 from imm.maths.trajectories import Trajectory, ddim, get_trajectory
 from imm.maths.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
-from imm.methods.common import build_network, start_from_noise
+from imm.methods.common import build_network
 from imm.methods.registry import Method, register
 from imm.networks.precond import OneStepModel, unwrap
-from imm.sampling import SCHEDULES, pushforward, restart
-from imm.training.accelerate import planned_precision
 
 
 @dataclass
@@ -50,7 +48,7 @@ class IMMConfig:
     # How IMM samples unless sample.sampler / sample.schedule say otherwise: the paper's pushforward on a uniform
     # grid, or restart, which re-noises between steps and so does not carry each step's error to the end.
     sampler: str = "pushforward"
-    schedule: str = "uniform"  # the grid IMM samples on: uniform in t, eta (EDM's), or half_eta (imm.sampling.time_grid)
+    schedule: str = "uniform"  # the grid IMM samples on: uniform in t, eta (EDM's), or half_eta (imm.sampling.schedules)
     p_mean: float = -0.4  # lognormal time sampler: log eta ~ N(p_mean, p_std^2)
     p_std: float = 2.0  # lognormal time sampler: the std of log eta
 
@@ -169,8 +167,7 @@ def build_loss(cfg: DictConfig, consistency: bool = False) -> IMMLoss:
 
 def check_section(cfg: DictConfig) -> None:
     for key, allowed in (("imm.kernel", KERNELS), ("imm.mapping", MAPPINGS), ("imm.weighting", WEIGHTINGS),
-                         ("imm.estimator", ESTIMATORS), ("imm.time_sampler", TIME_SAMPLERS),
-                         ("imm.sampler", tuple(SAMPLERS)), ("imm.schedule", SCHEDULES)):
+                         ("imm.estimator", ESTIMATORS), ("imm.time_sampler", TIME_SAMPLERS)):
         check_choice(cfg, key, allowed)
     check_range(cfg, "imm.k", 1, 20)
     check_range(cfg, "imm.group_size", 1, None)
@@ -191,10 +188,8 @@ def check_run(cfg: DictConfig) -> None:
         raise ConfigError("imm.estimator: 'u' needs imm.group_size >= 2 (it drops the self-pairs)")
 
 
-SAMPLERS = {"pushforward": pushforward, "restart": restart}
 METHOD = register(Method(
     "imm", "IMM (the paper): f_{s,t} trained by inductive moment matching",
-    samplers=SAMPLERS, build_model=build_model, build_loss=build_loss, start=start_from_noise,
-    section="imm", config=IMMConfig, default_sampler=lambda cfg: cfg.imm.sampler,
-    default_schedule=lambda cfg: cfg.imm.schedule, check_section=check_section, check_run=check_run,
+    model_kind="one_step_map", build_model=build_model, build_loss=build_loss, section="imm", config=IMMConfig,
+    sampler_key="imm.sampler", schedule_key="imm.schedule", check_section=check_section, check_run=check_run,
 ))

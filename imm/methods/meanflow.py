@@ -26,13 +26,17 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import check_choice, check_range, resolved_T
+from imm.checks import check_choice, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.maths.trajectories import Trajectory, get_trajectory
-from imm.methods.common import build_network, check_ot_fm, ot_fm_point, start_from_noise
+from imm.methods.common import build_network, check_ot_fm, ot_fm_point
 from imm.methods.imm import replay_rng
 from imm.methods.registry import Method, register
-from imm.networks.precond import OneStepModel, _bcast, unwrap
+from imm.networks.precond import EDM_TIME_SCALE, OneStepModel, bcast, unwrap
+
+# k in a flow map's time inputs (k t, k r): the official MeanFlow, iMF and TVM code's unscaled 1, the default of
+# meanflow.time_scale, tvm.time_scale and fmm.time_scale (shortcut models keep EDM's 1000, which they were tuned with).
+FLOW_MAP_TIME_SCALE = 1.0
 
 
 @dataclass
@@ -45,7 +49,7 @@ class MeanFlowConfig:
     # the network sees (time_scale t, time_scale r), or (t - r) for the second with model.s_embedding=stride. The
     # official code's unscaled 1: at EDM's 1000 the time features oscillate 1000x faster in t, and so does the JVP's
     # d_t u in the target (2D: 1-step energy 0.08 -> 0.006). Models trained before this key carry 1000 in their weights.
-    time_scale: float = 1.0
+    time_scale: float = FLOW_MAP_TIME_SCALE
     # the JVP's tangent in z: data (the conditional velocity eps - x, or train.teacher's: MeanFlow's) or model (the
     # model's own velocity u(z_t, t, t) under stop-gradient: improved MeanFlow's, Geng et al. 2025b, which also takes
     # r_equals_t 0.5 and adaptive_c 0.01). The target stays v - (t - r) du/dt.
@@ -61,7 +65,7 @@ class AverageVelocityModel(OneStepModel):
     """u(z_t, r, t) = sigma_d G(c_in z_t, t, r); `step` is the map z_t -> z_r."""
 
     def __init__(self, net, traj: Trajectory, sigma_d: float = 0.5, s_embedding: str = "identity",
-                 time_scale: float = 1.0):
+                 time_scale: float = FLOW_MAP_TIME_SCALE):
         super().__init__(net, traj, "euler_fm", sigma_d, s_embedding)
         self.register_buffer("time_scale", torch.tensor(float(time_scale)))  # in the weights: they hold its meaning
         self._register_load_state_dict_pre_hook(_scale_of_older_models)
@@ -75,7 +79,7 @@ class AverageVelocityModel(OneStepModel):
 
 def _scale_of_older_models(state_dict, prefix, *_):
     """Weights saved before time_scale was theirs were trained on EDM's 1000 t."""
-    state_dict.setdefault(prefix + "time_scale", torch.tensor(1000.0))
+    state_dict.setdefault(prefix + "time_scale", torch.tensor(EDM_TIME_SCALE))
 
 
 class MeanFlowLoss:
@@ -104,7 +108,7 @@ class MeanFlowLoss:
                 z, v, r, t = (at_least_fp32(a) for a in (z, v, r, t))
             tangent = v if self.c.tangent == "data" else model(z, t, t, labels).to(v.dtype)
             _, dudt = torch.func.jvp(lambda z_, t_: model(z_, r, t_, labels), (z, t), (tangent, torch.ones_like(t)))
-        return (v - _bcast(t - r, z) * dudt).detach()
+        return (v - bcast(t - r, z) * dudt).detach()
 
     def guided_velocity(self, model: AverageVelocityModel, z: Tensor, v: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         """v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null) where the label is a class;
@@ -115,7 +119,7 @@ class MeanFlowLoss:
             u_c = model(z, t, t, labels) if self.c.guidance_mix else torch.zeros_like(v)
         omega, kappa = self.c.guidance, self.c.guidance_mix
         mixed = omega * v + kappa * u_c + (1 - omega - kappa) * u_null
-        return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
+        return torch.where(bcast(labels == null, v), v, mixed.to(v.dtype))
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         m = unwrap(model)
@@ -135,16 +139,6 @@ class MeanFlowLoss:
 def instantaneous_velocity(model, z: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
     """v(z, t) = u(z, t, t): an average-velocity model's velocity at gap 0 (what makes it a teacher)."""
     return model(z, t, t, labels)
-
-
-@torch.no_grad()
-def mean_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """z <- z - (t_i - t_{i+1}) u(z, t_{i+1}, t_i) along the grid; one step is z_0 = z_T - T u(z_T, 0, T)."""
-    for t, r in zip(grid[:-1], grid[1:], strict=True):
-        n = z.shape[0]
-        t_, r_ = (torch.full((n,), float(v), dtype=z.dtype, device=z.device) for v in (t, r))
-        z = z - float(t - r) * model(z, r_, t_)
-    return z
 
 
 def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0,
@@ -175,7 +169,7 @@ def check_section(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "meanflow", "MeanFlow: the average velocity u(z, r, t) from the MeanFlow identity (one JVP per step)",
-    samplers={"mean_steps": mean_steps}, build_model=build_model, build_loss=build_loss, start=start_from_noise,
+    model_kind="average_velocity", build_model=build_model, build_loss=build_loss,
     section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
     velocity=instantaneous_velocity, distills=True,
 ))

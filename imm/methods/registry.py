@@ -1,10 +1,10 @@
 """The method record and the table `method=NAME` looks up: a method is one module under imm/methods/ that calls
-`register(Method(...))`; the config's allowed methods and samplers, the CLI's help and the sweep validation read
-this table, so nothing else changes when a method is added."""
+`register(Method(...))`; the config's allowed methods, the CLI's help and the sweep validation read this table, so
+nothing else changes when a method is added. Its samplers are those registered (imm.sampling) for its model kind."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-# sampler(model, x_start, grid, generator, **options) -> samples
-Sampler = Callable[..., Tensor]
+# What a trained model computes, which says which samplers step it (imm.sampling registers them by kind).
+MODEL_KINDS = ("one_step_map", "velocity", "noise_prediction", "average_velocity", "decoder")
 # start(model, cfg, n, steps, data_shape, generator) -> (x_start, grid): the sampler's first input and its grid
 Start = Callable[[nn.Module, DictConfig, int, int, tuple[int, ...], torch.Generator], tuple[Tensor, Any]]
 
@@ -22,14 +22,18 @@ Start = Callable[[nn.Module, DictConfig, int, int, tuple[int, ...], torch.Genera
 class Method:
     name: str
     summary: str  # one line for --help and the docs
-    samplers: Mapping[str, Sampler]  # the default first
+    model_kind: str  # one of MODEL_KINDS: its samplers are the ones registered for that kind
     build_model: Callable[[DictConfig, tuple[int, ...], float, int], nn.Module]  # (cfg, data_shape, sigma_d, classes)
     build_loss: Callable[[DictConfig], Callable[..., Tensor]]  # loss(model, x, labels) -> scalar
-    start: Start
+    # None: x_T = sigma_d eps on the configured time grid (imm.sampling.generate.start_from_noise)
+    start: Start | None = None
     section: str | None = None  # the config section it owns (cfg.<section>), if any
     config: type | None = None  # that section's dataclass
-    default_sampler: Callable[[DictConfig], str] | None = None  # None: the first of `samplers`
-    default_schedule: Callable[[DictConfig], str] = field(default=lambda cfg: "uniform")
+    default_sampler: str | None = None  # None: the first sampler registered for its kind
+    # its own keys for its default sampler and schedule (imm.sampler, imm.schedule), which sample.sampler and
+    # sample.schedule override; None: the default above and the uniform schedule
+    sampler_key: str | None = None
+    schedule_key: str | None = None
     sampler_options: Callable[[DictConfig, str], dict[str, Any]] = field(default=lambda cfg, sampler: {})
     check_section: Callable[[DictConfig], None] | None = None  # its section's values (checked whatever method runs)
     check_run: Callable[[DictConfig], None] | None = None  # the rest of a config it cannot run with (when it runs)
@@ -46,14 +50,3 @@ def register(method: Method) -> Method:
     """Add (or replace) a method in the table; returns it, so a module can write METHOD = register(Method(...))."""
     METHODS[method.name] = method
     return method
-
-
-def sampler_of(cfg: DictConfig) -> str:
-    """The sampler a config samples with: sample.sampler, else the method's own choice."""
-    m = METHODS[cfg.method]
-    return cfg.sample.sampler or (m.default_sampler(cfg) if m.default_sampler else next(iter(m.samplers)))
-
-
-def schedule_of(cfg: DictConfig) -> str:
-    """The time grid a config samples on: sample.schedule, else the method's own."""
-    return cfg.sample.schedule or METHODS[cfg.method].default_schedule(cfg)

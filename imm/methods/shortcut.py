@@ -21,14 +21,14 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import check_range, resolved_T
+from imm.checks import check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
-from imm.methods.common import check_ot_fm, ot_fm_point, start_from_noise
+from imm.methods.common import check_ot_fm, ot_fm_point
 from imm.methods.imm import replay_rng
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import instantaneous_velocity, mean_steps
+from imm.methods.meanflow import instantaneous_velocity
 from imm.methods.registry import Method, register
-from imm.networks.precond import _bcast, unwrap
+from imm.networks.precond import EDM_TIME_SCALE, bcast, unwrap
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ShortcutLoss:
         mid = (t + s) / 2
         trained = trained_step(self.finest)
         v1 = trained(model, x_t, mid, t, labels)
-        v2 = trained(model, x_t - _bcast(t - mid, x_t) * v1, s, mid, labels)
+        v2 = trained(model, x_t - bcast(t - mid, x_t) * v1, s, mid, labels)
         return (v1 + v2) / 2
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -82,13 +82,6 @@ def trained_step(finest: float):
     return u
 
 
-def shortcut_steps(model, z: Tensor, grid: Tensor, generator: torch.Generator | None = None,
-                   finest: float = 0.0) -> Tensor:
-    """MeanFlow's mean_steps, with steps finer than the finest trained big step taken with the D = 0 velocity."""
-    step = trained_step(finest)
-    return mean_steps(lambda x, r, t, *rest: step(model, x, r, t, *rest), z, grid, generator)
-
-
 def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "shortcut.self_consistency", 0.0, 1.0)
     check_range(cfg, "shortcut.levels", 1, 20)
@@ -97,14 +90,14 @@ def check_section(cfg: DictConfig) -> None:
 def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0):
     """MeanFlow's network on EDM's 1000 t, the scale shortcut models were tuned with (on digits, 1-step energy 0.014;
     with MeanFlow's unscaled t, 0.031)."""
-    return meanflow_model(cfg, data_shape, sigma_d, num_classes, time_scale=1000.0)
+    return meanflow_model(cfg, data_shape, sigma_d, num_classes, time_scale=EDM_TIME_SCALE)
 
 
 METHOD = register(Method(
     "shortcut", "shortcut model: a step-conditioned velocity, big steps trained on two half steps of its own",
-    samplers={"mean_steps": shortcut_steps}, build_model=build_model,
+    model_kind="average_velocity", build_model=build_model,
     sampler_options=lambda cfg, sampler: {"finest": resolved_T(cfg) / 2.0 ** (cfg.shortcut.levels - 1)},
     build_loss=lambda cfg: ShortcutLoss(cfg.shortcut, T=resolved_T(cfg)),
-    start=start_from_noise, section="shortcut", config=ShortcutConfig, check_section=check_section,
+    section="shortcut", config=ShortcutConfig, check_section=check_section,
     check_run=check_ot_fm, velocity=instantaneous_velocity,
 ))

@@ -28,13 +28,13 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import check_range, resolved_T
+from imm.checks import check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
-from imm.methods.common import check_ot_fm, start_from_noise
+from imm.methods.common import check_ot_fm
+from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.meanflow import instantaneous_velocity, mean_steps
 from imm.methods.registry import Method, register
-from imm.networks.precond import _bcast, unwrap
+from imm.networks.precond import bcast, unwrap
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TVMConfig:
     time_std: float = 1.0  # the std of that logit-normal (the official s_P_std)
     gap_mean: float = -0.8  # logit((t - s) / T) ~ N(gap_mean, gap_std^2) (the official gap_P_mean)
     gap_std: float = 1.0  # the std of the gap's logit-normal (the official gap_P_std)
-    time_scale: float = 1.0  # the network sees (time_scale t, time_scale s), as MeanFlow's (the official: unscaled)
+    time_scale: float = FLOW_MAP_TIME_SCALE  # the network sees (time_scale t, time_scale s), as MeanFlow's
     guidance: float = 1.0  # w, guidance trained in for class-conditional models; 1 = none
     # the end point's velocity (and guidance's null velocity) from an EMA of the weights at this decay, updated after
     # every optimizer step and kept in the checkpoint (the official ema_target_beta: 0.99); 0: the online weights
@@ -108,7 +108,7 @@ class TVMLoss:
         null = torch.full_like(labels, model.net.num_classes)
         with torch.no_grad():
             mixed = w * v + (1 - w) * self.velocity_model(model)(z, s, s, null)
-        return torch.where(_bcast(labels == null, v), v, mixed.to(v.dtype))
+        return torch.where(bcast(labels == null, v), v, mixed.to(v.dtype))
 
     @staticmethod
     def velocity_and_jvp(model, z: Tensor, s: Tensor, t: Tensor, ds: Tensor, labels: Tensor | None = None):
@@ -121,7 +121,7 @@ class TVMLoss:
                        labels: Tensor | None = None) -> Tensor:
         """Per sample, mean ||d/ds f - sg(v(f, s))||^2 with d/ds f = u - (t - s) d_s u, v the model's own velocity
         u(., s, s) (its EMA target's, or the teacher's); 0 where s = t."""
-        gap = _bcast(t - s, u)
+        gap = bcast(t - s, u)
         f = z_t - (gap * u).to(z_t.dtype)
         with torch.no_grad():  # the flow's velocity at the end point
             v_end = at_least_fp32(self.teacher.velocity(f, s, labels) if self.teacher is not None
@@ -133,7 +133,7 @@ class TVMLoss:
         m, n = unwrap(model), x.shape[0]
         t, s, s_fm = self.times(n, x.device)
         eps = torch.randn_like(x) * m.sigma_d
-        z_t, z_fm = ((1 - _bcast(u, x)) * x + _bcast(u, x) * eps for u in (t, s_fm))
+        z_t, z_fm = ((1 - bcast(u, x)) * x + bcast(u, x) * eps for u in (t, s_fm))
         v = self.teacher.velocity(z_fm, s_fm, labels) if self.teacher is not None else \
             self.fm_target(m, z_fm, eps - x, s_fm, labels)
         # one network call for both terms: the terminal half carries the tangent ds = 1, the flow-matching half 0
@@ -159,8 +159,8 @@ def check_section(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "tvm", "Terminal Velocity Matching: a flow map trained on the velocity at its end point (one JVP in s per step)",
-    samplers={"mean_steps": mean_steps}, build_model=build_model,
-    build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), start=start_from_noise, section="tvm",
+    model_kind="average_velocity", build_model=build_model,
+    build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), section="tvm",
     config=TVMConfig, check_section=check_section, check_run=check_ot_fm,
     velocity=instantaneous_velocity, distills=True,
 ))

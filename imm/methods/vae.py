@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imm.config import ConfigError, check_range
+from imm.checks import ConfigError, check_range
 from imm.maths.estimators import at_least_fp32
 from imm.methods.registry import Method, register
 
@@ -70,12 +70,6 @@ class VAELoss:
         return at_least_fp32(model(x))
 
 
-@torch.no_grad()
-def decode(model: VAE, z: Tensor, grid: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """One step: the decoder's mean at z ~ N(0, I)."""
-    return model.decode(z)
-
-
 def check_run(cfg: DictConfig) -> None:
     if cfg.model.class_conditional:
         raise ConfigError("model.class_conditional: the VAE baseline is unconditional; set it false for method=vae")
@@ -83,7 +77,7 @@ def check_run(cfg: DictConfig) -> None:
 
 METHOD = register(Method(
     "vae", "Gaussian VAE: the one-step baseline",
-    samplers={"decode": decode},
+    model_kind="decoder",
     build_model=lambda cfg, shape, sigma_d, classes=0: VAE(shape, latent_dim=cfg.vae.latent_dim,
                                                           hidden=cfg.model.hidden, depth=cfg.model.depth,
                                                           sigma_d=sigma_d),

@@ -22,12 +22,12 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imm.config import ConfigError
+from imm.checks import ConfigError
 from imm.data import Data
-from imm.methods import generate, num_classes_of
 from imm.metrics import energy_distance
 from imm.metrics.features import FeatureExtractor, build_extractor, cache_dir, resolve_kind
 from imm.metrics.fid import frechet_to_reference, reference_statistics
+from imm.sampling import generate, num_classes_of
 
 if TYPE_CHECKING:
     from imm.data.latents import LatentDecoder

@@ -1,6 +1,6 @@
 """The official IMM checkpoints (github.com/lumalabs/imm) as checkpoints of this project, the yardstick for our
-network, samplers and FID: `imm-orch import --from official-cifar10 PATH --out DIR` (or official-imagenet256-ts-a2,
-official-imagenet256-s-a1), then `imm-orch eval --model DIR`.
+network, samplers and FID: the reading of the official files and the mapping of their weights onto ours
+(`imm.import_official` makes checkpoints of them: `imm-orch import --from official-cifar10 PATH --out DIR`).
 
 The official file is a pickle of {'ema': network, ...} written by EDM's `torch_utils.persistence`, which embeds the
 network's source code and executes it on loading. We read it without the official code and without executing
@@ -13,7 +13,6 @@ as the official network names them) is read as well.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import re
@@ -23,19 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from imm.config import load_config
-
-# --from NAME: the built-in config whose network the weights fit (with the overrides that select it), the data
-# shape and the classes. The official ImageNet files: imagenet256_ts_a2.pkl passes t - s as the second time
-# embedding (our `stride`) and was trained with a = 2; imagenet256_s_a1.pkl passes s itself, a = 1.
-SOURCES = {
-    "official-cifar10": ("cifar10", [], (3, 32, 32), 0),
-    "official-imagenet256-ts-a2": ("imagenet256_dit", ["model.s_embedding=stride", "imm.a=2"], (4, 32, 32), 1000),
-    "official-imagenet256-s-a1": ("imagenet256_dit", ["model.s_embedding=identity", "imm.a=1"], (4, 32, 32), 1000),
-}
 OFFICIAL_PREFIX = "model."  # IMMPrecond.model is the U-Net or DiT; ours is OneStepModel.net
 BOX_FILTER = torch.full((1, 1, 2, 2), 0.25)  # the official [1, 1] resampling filter, as a buffer of every resampler
 
@@ -115,7 +103,7 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, Tensor]:
     return out
 
 
-def _file_bytes(path: str | Path) -> bytes:
+def file_bytes(path: str | Path) -> bytes:
     if not Path(path).is_file():
         raise FileNotFoundError(f"path: no file at {path} (the official checkpoint, which you download yourself)")
     return Path(path).read_bytes()
@@ -124,7 +112,7 @@ def _file_bytes(path: str | Path) -> bytes:
 def read_official(path: str | Path, raw: bytes | None = None) -> dict[str, Tensor]:
     """The EMA network's tensors (official names) from the official pickle or from a torch.save'd state dict
     (`raw`: the file's bytes, when the caller has read them already)."""
-    raw = _file_bytes(path) if raw is None else raw
+    raw = file_bytes(path) if raw is None else raw
     try:
         with warnings.catch_warnings():  # torch's note on a raw pickle's protocol: not a state dict, read below
             warnings.simplefilter("ignore")
@@ -171,36 +159,3 @@ def official_to_ours(official: dict[str, Tensor], model: torch.nn.Module, arch: 
                          f"{unexpected[:3]}, {len(missing)} missing {missing[:3]}")
     mapped["sigma_d"] = ours["sigma_d"]
     return mapped
-
-
-def import_official(source: str, path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A checkpoint dict of this project (imm.train's format, EMA weights = the official EMA) from an official file."""
-    from imm.methods import build_model
-
-    if source not in SOURCES:
-        raise ValueError(f"--from: {source!r} is not one of {list(SOURCES)}")
-    config, selects, shape, classes = SOURCES[source]
-    cfg = load_config(config, [*selects, *(overrides or [])])
-    sigma_d = float(cfg.data.sigma_d)
-    model = build_model(cfg, shape, sigma_d, classes)
-    raw = _file_bytes(path)  # read once: parsed and hashed
-    weights = official_to_ours(read_official(path, raw), model, cfg.model.arch)
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    return {"step": 0, "model": weights, "ema": weights, "ema_updates": 0, "sigma_d": sigma_d,
-            "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(shape), "num_classes": classes,
-            "imported_from": f"{source}:{Path(path).name} sha256:{digest}"}
-
-
-def write_checkpoint(checkpoint: dict[str, Any], folder: str | Path) -> Path:
-    """Write an imported checkpoint as FOLDER/checkpoint.pt, atomically (a crash never leaves half a file where
-    `imm-orch eval` would read it); its path."""
-    import os
-
-    from imm.training.checkpoint import CHECKPOINT_FILE
-
-    folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, folder / CHECKPOINT_FILE)
-    return folder / CHECKPOINT_FILE

@@ -17,7 +17,10 @@ S_EMBEDDINGS = ("identity", "stride")
 MIN_C_OUT = 1e-20
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
+EDM_TIME_SCALE = 1000.0  # c_noise(t) = 1000 t: EDM's and the paper's time input, which flow maps may rescale
+
+
+def bcast(v: Tensor, x: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) to broadcast against x."""
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
@@ -44,7 +47,7 @@ class SimpleEDM(Parameterization):
 
     def combine(self, traj, x_t, g, s, t, sigma_d):
         c_skip, c_out = self.coefficients(traj, s, t, sigma_d)
-        return _bcast(c_skip, x_t) * x_t + _bcast(c_out, x_t) * g
+        return bcast(c_skip, x_t) * x_t + bcast(c_out, x_t) * g
 
     def c_out(self, traj, s, t, sigma_d):
         return self.coefficients(traj, s, t, sigma_d)[1]
@@ -54,7 +57,7 @@ class EulerFM(Parameterization):
     """f = x_t - (t - s) sigma_d g: g is a velocity in units of sigma_d (ImageNet's)."""
 
     def combine(self, traj, x_t, g, s, t, sigma_d):
-        return x_t - _bcast((t - s) * sigma_d, x_t) * g
+        return x_t - bcast((t - s) * sigma_d, x_t) * g
 
     def c_out(self, traj, s, t, sigma_d):
         return (t - s) * sigma_d
@@ -64,7 +67,7 @@ class Identity(Parameterization):
     """f = DDIM(x_t, g, s, t): g predicts clean data; c_out = (alpha_s sigma_t - sigma_s alpha_t) / sigma_t."""
 
     def combine(self, traj, x_t, g, s, t, sigma_d):
-        return ddim(x_t, g, _bcast(s, x_t), _bcast(t, x_t), traj)
+        return ddim(x_t, g, bcast(s, x_t), bcast(t, x_t), traj)
 
     def c_out(self, traj, s, t, sigma_d):
         return traj.cross(s, t) / traj.sigma(t)
@@ -120,11 +123,11 @@ class OneStepModel(nn.Module):
         c_in = 1 / (self.sigma_d * torch.sqrt(a**2 + sg**2))
         k = self.time_input_scale()
         c_s = k * s if self.s_embedding == "identity" else k * (t - s)
-        return guided(self.net, (_bcast(c_in, x) * x, k * t, c_s), labels, cfg_scale).to(x_t.dtype)
+        return guided(self.net, (bcast(c_in, x) * x, k * t, c_s), labels, cfg_scale).to(x_t.dtype)
 
     def time_input_scale(self) -> float | Tensor:
         """k in the network's time inputs k t and k s (or k (t - s)): EDM's and the paper's c_noise = 1000 t."""
-        return 1000.0
+        return EDM_TIME_SCALE
 
     def forward(self, x_t: Tensor, s: Tensor, t: Tensor, labels: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
         """f_{s,t}(x_t): x_t moved from time t to time s <= t (guidance acts on G, before the skip/output mix)."""

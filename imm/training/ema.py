@@ -7,7 +7,7 @@ evaluation, the one an ASHA rung prunes on, judges a stale model. With the ramp-
 min(half-life, ratio * n): the EMA always averages the recent `ratio` of the run, and from n = half-life / ratio on
 it is the configured EMA exactly.
 
-Measured on digits (benchmarks/ema_ranking.py, docs/science/README.md): the ramp-up makes an early evaluation measure
+Measured on digits (benchmarks/studies/ema_ranking.py, docs/science/README.md): the ramp-up makes an early evaluation measure
 the model rather than the initialisation, but its short average ranks trials worse against their final ranking than
 the fixed EMA does; no shipped config uses it.
 """

@@ -12,24 +12,21 @@ import contextlib
 import hashlib
 import math
 import os
-import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from imm.config import ConfigError
+from imm.checks import ConfigError
 from imm.data import load_data, random_xflip, shard
 from imm.methods import build_loss, build_model
 from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
-from imm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from imm.training.checkpoint import CHECKPOINT_FILE
 from imm.training.ema import ema_model
 from imm.training.start import start_from
 from imm.training.teacher import Teacher, check_teacher
@@ -87,6 +84,35 @@ def fetched_per_worker(reader, world_size: int, device) -> dict[str, float]:
     return {f"data/fetched_mb/rank_{r}": float(v) for r, v in enumerate(every)}
 
 
+class Batches:
+    """This worker's share of the training set and each step's batch from it: rows held in memory, or a latent set's
+    shards read a batch at a time; mirrored (data.xflip) and with labels dropped to the null label for guidance."""
+
+    def __init__(self, cfg: DictConfig, dataset, rank: int, world_size: int, device: torch.device,
+                 layout: torch.memory_format, num_classes: int):
+        self.cfg, self.device, self.layout, self.num_classes = cfg, device, layout, num_classes
+        if dataset.train is None:  # latents: this worker's shards, read a batch at a time
+            self.reader, self.data, self.labels = dataset.reader(rank, world_size), None, None
+        else:
+            self.reader, self.data = None, shard(dataset.train, rank, world_size).to(device)
+            if self.data.ndim == 4:
+                self.data = self.data.contiguous(memory_format=layout)
+            self.labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
+
+    def __call__(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.reader is not None:
+            x, y = self.reader.batch(n, step, self.device)
+            x, y = x.contiguous(memory_format=self.layout) if x.ndim == 4 else x, y if self.num_classes else None
+        else:
+            idx = torch.randint(len(self.data), (n,), device=self.device)
+            x, y = self.data[idx], self.labels[idx] if self.labels is not None else None
+        if self.cfg.data.xflip and x.ndim == 4:
+            x = random_xflip(x)
+        if y is not None:  # classifier-free guidance trains the null label too
+            y = torch.where(torch.rand(n, device=self.device) < self.cfg.train.label_dropout, self.num_classes, y)
+        return x, y
+
+
 def train_loop(
     cfg: DictConfig,
     *,
@@ -123,13 +149,7 @@ def train_loop(
     num_classes = dataset.num_classes if cfg.model.class_conditional else 0
     if cfg.model.class_conditional and not num_classes:
         raise ConfigError(f"model.class_conditional: data.name={cfg.data.name!r} has no class labels")
-    if dataset.train is None:  # latents: this worker's shards, read a batch at a time
-        reader, data, labels = dataset.reader(rank, world_size), None, None
-    else:
-        reader, data = None, shard(dataset.train, rank, world_size).to(device)
-        if data.ndim == 4:
-            data = data.contiguous(memory_format=layout)
-        labels = shard(dataset.train_labels, rank, world_size).to(device) if num_classes else None
+    batches = Batches(cfg, dataset, rank, world_size, device, layout, num_classes)
     data_shape = dataset.shape
     evaluator = Evaluator(cfg, dataset, device, rank, world_size)
     reference = dataset.heldout[:2000] if len(data_shape) == 1 else None  # drawn faintly behind 2D samples
@@ -175,16 +195,7 @@ def train_loop(
         # Each step's randomness comes from (seed, rank, step) alone: a run resumed from a checkpoint draws what an
         # uninterrupted one draws, so an interruption cannot change a trial's result; every rank draws its own.
         torch.manual_seed(step_seed(tc.seed, rank, step))
-        if reader is not None:
-            x, y = reader.batch(per_worker, step, device)
-            x, y = x.contiguous(memory_format=layout) if x.ndim == 4 else x, y if num_classes else None
-        else:
-            idx = torch.randint(len(data), (per_worker,), device=device)
-            x, y = data[idx], labels[idx] if labels is not None else None
-        if cfg.data.xflip and x.ndim == 4:
-            x = random_xflip(x)
-        if y is not None:  # classifier-free guidance trains the null label too
-            y = torch.where(torch.rand(per_worker, device=device) < tc.label_dropout, num_classes, y)
+        x, y = batches(step, per_worker)
         opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
         if finite_gradients(model, tc.grad_clip):
@@ -219,8 +230,8 @@ def train_loop(
             "throughput/samples_per_s": (step - window_start) * tc.batch_size / elapsed,
             "train/skipped_steps": skipped,
         }
-        if reader is not None and reader.remote:
-            metrics.update(fetched_per_worker(reader, world_size, device))
+        if batches.reader is not None and batches.reader.remote:
+            metrics.update(fetched_per_worker(batches.reader, world_size, device))
         if do_eval:
             evaluation = evaluator(ema.module)
             metrics.update(evaluation.metrics)
@@ -232,22 +243,13 @@ def train_loop(
         with tempfile.TemporaryDirectory(prefix="imm-ckpt-") as tmp:
             if do_ckpt and rank == 0:
                 state = {
-                    "step": step,
-                    "model": model.state_dict(),
-                    "ema": ema.module.state_dict(),
-                    "ema_updates": int(ema.n_averaged),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "train_s": metrics["time/train_s"],
-                    "skipped_steps": skipped,
-                    "skipped_in_a_row": in_a_row,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "sigma_d": sigma_d,
-                    "data_shape": list(data_shape),
-                    "num_classes": num_classes,
+                    "step": step, "model": model.state_dict(), "ema": ema.module.state_dict(),
+                    "ema_updates": int(ema.n_averaged), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "train_s": metrics["time/train_s"], "skipped_steps": skipped, "skipped_in_a_row": in_a_row,
+                    "config": OmegaConf.to_container(cfg, resolve=True), "sigma_d": sigma_d,
+                    "data_shape": list(data_shape), "num_classes": num_classes,
+                    **({"loss": loss_fn.state_dict()} if hasattr(loss_fn, "state_dict") else {}),
                 }
-                if hasattr(loss_fn, "state_dict"):
-                    state["loss"] = loss_fn.state_dict()
                 torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
                 ckpt_dir = tmp
             report(metrics, ckpt_dir)
@@ -264,43 +266,3 @@ def progress_line(metrics: dict[str, float], total_steps: int, eta_seconds: floa
     line = (f"step {int(metrics['step'])}/{total_steps}  loss {metrics['train/loss']:.4g}  "
             f"{metrics['throughput/samples_per_s']:,.0f} samples/s  ETA {eta}  {quality}")
     return line.rstrip()
-
-
-class LocalReporter:
-    """The single-process `report`: a progress line per report and checkpoint.pt kept under out_dir."""
-
-    def __init__(self, out_dir: str | Path, total_steps: int, stream=None):
-        self.out_dir, self.total, self.stream = Path(out_dir), total_steps, stream or sys.stdout
-        self.t0, self.first_step = time.perf_counter(), None
-
-    def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        step, now = int(metrics["step"]), time.perf_counter()
-        if self.first_step is None:
-            self.first_step, self.t0 = step, now
-        rate = (step - self.first_step) / (now - self.t0) if now > self.t0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        print(progress_line(metrics, self.total, eta), file=self.stream, flush=True)
-        if checkpoint_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
-            shutil.copyfile(os.path.join(checkpoint_dir, CHECKPOINT_FILE), tmp)
-            os.replace(tmp, self.out_dir / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
-
-
-def train(cfg: DictConfig, device: str | None = None, stream=None) -> dict[str, float]:
-    """Single-process training under train.out_dir, resuming from its checkpoint.pt if present (else starting from
-    train.init_from's weights, a checkpoint path here)."""
-    out = Path(cfg.train.out_dir)
-    resume, init = None, None
-    if (out / CHECKPOINT_FILE).is_file():
-        resume = load_checkpoint(out)
-        print(f"resuming from {out / CHECKPOINT_FILE} at step {resume['step']}", file=stream or sys.stdout)
-    from imm.sampling.trained import load_trained
-
-    if resume is None and cfg.train.init_from:
-        init = load_trained(cfg.train.init_from).model
-    teacher = load_trained(cfg.train.teacher) if cfg.train.teacher else None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return train_loop(cfg, device=device, report=LocalReporter(out, cfg.train.steps, stream), resume=resume, init=init,
-                      teacher=teacher)

@@ -1,7 +1,7 @@
 """train.teacher: a trained velocity model that a distilling loss asks for v(z, t) in place of the data's eps - x.
 
-The teacher is a TrainedModel (imm.sampling.trained), loaded once per worker (the orchestrator's loader reads
-runs:/, models:/, paths and s3:// URIs; `python -m imm.train` a checkpoint path), frozen and in eval mode. It must
+The teacher is a trained model (imm.trained.TrainedModel), loaded once per worker by whoever starts the loop (from
+a checkpoint path in `python -m imm.train`), frozen and in eval mode. It must
 describe the same data as the student (shape, sigma_d, trajectory, classes); the networks may differ.
 """
 
@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.config import ConfigError
+from imm.checks import ConfigError
 from imm.methods import METHODS
 
 

@@ -1,4 +1,5 @@
-"""The table of `imm-orch` commands: a command is one module here (or anywhere) that calls `register(Command(...))`.
+"""The table of `imm-orch` commands: a command is one module here (or anywhere) that calls `register(Command(...))`;
+every module in this folder is imported here, so adding a command is adding a file.
 
 `orchestrator.cli` builds its parser from this table and runs every command under one error policy; a module
 only says its arguments, its help with examples and what it runs. Modules import what they run inside their
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +29,9 @@ class Command:
     prepare: Callable[[argparse.Namespace], Callable[[], int]] | None = None
     resume_hint: str = ""  # what to do after an interruption, e.g. "rerun the same command to resume"
     overrides: bool = False  # takes key=value config overrides (anywhere among its options)
+    # Its Ray and MLflow output is long: the CLI announces the log file it goes to, under the storage root this
+    # returns (the run's or sweep's storage.root; None: the default root).
+    log_root: Callable[[argparse.Namespace], str | None] | None = None
 
 
 COMMANDS: dict[str, Command] = {}
@@ -78,7 +83,7 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
 
 def check_model_store(args) -> None:
     """A model named by MLflow URI needs the tracking server: say so at once if it does not answer."""
-    from orchestrator import tracking
+    from orchestrator.track import tracking
 
     if args.model.startswith(("runs:/", "models:/")):
         tracking.check_reachable(tracking.default_tracking_uri(args.tracking_uri))
@@ -86,11 +91,14 @@ def check_model_store(args) -> None:
 
 def at_least(flag: str, value: int | None, low: int) -> None:
     """`--flag: V is out of range (allowed: >= LOW)` for a flag given below its floor."""
-    if value is not None and value < low:
-        raise ValueError(f"{flag}: {value} is out of range (allowed: >= {low})")
+    from imm.checks import check_value
+
+    if value is not None:
+        check_value(flag, value, low, None)
 
 
-# The built-in commands, in the order `imm-orch --help` lists them.
-BUILT_IN = ("train", "sweep", "submit", "status", "promote", "sample", "evaluate", "import_official", "encode", "data", "ui")
-for _module in BUILT_IN:
-    importlib.import_module(f"{__name__}.{_module}")
+# The built-in commands in the order `imm-orch --help` lists them, then any other module in this folder.
+_BUILTIN = ("train", "sweep", "submit", "status", "promote", "sample", "evaluate", "import_official", "encode", "data",
+            "ui")
+for _name in (*_BUILTIN, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    importlib.import_module(f"{__name__}.{_name}")

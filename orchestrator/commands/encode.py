@@ -38,9 +38,9 @@ def arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator import preflight
-    from orchestrator.cluster import connect
-    from orchestrator.encode import encode
+    from orchestrator.infra import preflight
+    from orchestrator.infra.cluster import connect
+    from orchestrator.infra.encode import encode
 
     out = terminal.out()
     for flag in ("resolution", "shard_size", "batch_size"):

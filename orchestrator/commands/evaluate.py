@@ -41,7 +41,7 @@ def step_counts(values: list[str], overrides: list[str]) -> list[int]:
 
 
 def run(args) -> int:
-    from orchestrator.evaluation import evaluate_model
+    from orchestrator.run.evaluation import evaluate_model
 
     out = terminal.out()
     check_model_store(args)

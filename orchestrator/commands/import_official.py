@@ -36,7 +36,7 @@ def arguments(parser) -> None:
 
 def run(args) -> int:
     from imm.data.remote import local_copy
-    from imm.networks.official import import_official, write_checkpoint
+    from imm.import_official import import_official, write_checkpoint
 
     out = terminal.out()
     checkpoint = import_official(args.source, local_copy(args.path), args.overrides)

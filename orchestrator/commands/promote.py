@@ -29,8 +29,8 @@ def arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator import tracking
-    from orchestrator.promote import promote
+    from orchestrator.registry.promote import promote
+    from orchestrator.track import tracking
 
     out = terminal.out()
     uri = tracking.default_tracking_uri(args.tracking_uri)

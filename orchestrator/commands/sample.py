@@ -19,28 +19,23 @@ In Python: orchestrator.load_model("models:/toy2d_smoke@champion").sample(n=64, 
 
 
 def arguments(parser) -> None:
+    from imm.trained import add_sample_flags
+
     model_flags(parser)
-    parser.add_argument("--steps", type=int, default=1, help="sampling steps (1..8 for IMM; default 1)")
-    parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    parser.add_argument("--out", required=True, help="output file: .npy (raw samples) or .png (grid or scatter)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampler", default=None,
-                        help="one of the model's method's samplers (default: the one it was trained to use; a wrong one "
-                             "is an error that lists them), e.g. pushforward|restart for imm")
-    parser.add_argument("--label", type=int, default=None, help="class-conditional models: this class only")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    add_sample_flags(parser)
     tracking_flags(parser)
 
 
 def run(args) -> int:
     from imm.sampling.pictures import reference_points, save_samples
-    from orchestrator.models import load_model
+    from imm.trained import sample_with_flags
+    from orchestrator.registry.models import load_model
 
     if Path(args.out).suffix not in (".npy", ".png"):
         raise ValueError(f"--out: unknown extension {Path(args.out).suffix!r}; use .npy or .png")
     check_model_store(args)
     gen = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device, trust_pickle=args.trust_pickle)
-    x = gen.sample(args.n, args.steps, args.seed, sampler=args.sampler, label=args.label, cfg_scale=args.cfg_scale)
+    x = sample_with_flags(gen, args)
     reference = reference_points(gen.cfg) if args.out.endswith(".png") and x.ndim == 2 else None
     save_samples(x, args.out, title=f"{gen.config['method']}, {args.steps} step(s)", reference=reference)
     print(f"wrote {args.n} samples ({args.steps} step(s), shape {tuple(x.shape[1:])}) to {args.out}", file=terminal.out())

@@ -42,7 +42,7 @@ def arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator import submit
+    from orchestrator.infra import submit
 
     out = terminal.out()
     if not args.cluster:

@@ -33,7 +33,7 @@ def arguments(parser) -> None:
 
 def prepare(args):
     """The sweep loaded and every input checked, the stored study's included (no Ray yet); the work that runs it."""
-    from orchestrator import preflight
+    from orchestrator.infra import preflight
     from orchestrator.sweep.spec import load_sweep
 
     sweep = load_sweep(args.sweep, base_overrides=args.overrides)
@@ -48,10 +48,11 @@ def prepare(args):
 
 def run_sweep(args, sweep, out=None) -> int:
     from imm.config import to_yaml
-    from orchestrator import cluster, preflight, tracking
+    from orchestrator.infra import cluster, preflight
     from orchestrator.sweep.runner import SweepFailed, SweepRunner
     from orchestrator.sweep.study import redact, storage_url, study_setting
     from orchestrator.sweep.trials import trial_resources
+    from orchestrator.track import tracking
 
     out = out or terminal.out()
     if args.dry_run:
@@ -91,6 +92,13 @@ def run_sweep(args, sweep, out=None) -> int:
     return 0
 
 
+def storage_root(args) -> str:
+    """The sweep's base config's storage.root, where its log file goes."""
+    from orchestrator.sweep.spec import load_sweep
+
+    return load_sweep(args.sweep, base_overrides=args.overrides).base.storage.root
+
+
 COMMAND = register(Command(
     name="sweep",
     help="an Optuna sweep: each trial a Ray Train run, nested under one MLflow parent run",
@@ -101,4 +109,5 @@ COMMAND = register(Command(
     prepare=prepare,
     resume_hint="rerun with --resume to continue",
     overrides=True,
+    log_root=storage_root,
 ))

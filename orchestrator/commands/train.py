@@ -40,9 +40,9 @@ def arguments(parser) -> None:
 def prepare(args):
     """The run planned and every input checked (no Ray yet); the work that runs it."""
     from imm.config import load_config
-    from orchestrator import preflight
-    from orchestrator.launch import plan_run
-    from orchestrator.worker import KillSwitch
+    from orchestrator.infra import preflight
+    from orchestrator.run.launch import plan_run
+    from orchestrator.run.worker import KillSwitch
 
     overridden = tuple(o.split("=", 1)[0].lstrip("+~") for o in args.overrides)  # shown as MLflow params
     if args.best_of:
@@ -71,7 +71,7 @@ def prepare(args):
 def run_train(args, plan, kill, out=None) -> int:
     from imm.config import to_yaml
     from imm.metrics.evaluator import QUALITY_PREFIXES
-    from orchestrator import cluster, preflight
+    from orchestrator.infra import cluster, preflight
 
     out = out or terminal.out()
     if args.dry_run:
@@ -80,7 +80,7 @@ def run_train(args, plan, kill, out=None) -> int:
         print("ray:          " + (args.address or "embedded local Ray (not started: --dry-run)"), file=out)
         return 0
 
-    from orchestrator.launch import launch
+    from orchestrator.run.launch import launch
 
     print(plan.describe(), file=out, flush=True)
     t0 = time.perf_counter()
@@ -97,6 +97,13 @@ def run_train(args, plan, kill, out=None) -> int:
     return 0
 
 
+def storage_root(args) -> str:
+    """The run's storage.root, where its log file goes."""
+    from imm.config import load_config
+
+    return load_config(args.config, args.overrides).storage.root
+
+
 COMMAND = register(Command(
     name="train",
     help="one training run as Ray Train workers, tracked in MLflow",
@@ -106,4 +113,5 @@ COMMAND = register(Command(
     prepare=prepare,
     resume_hint="rerun the same command to resume",
     overrides=True,
+    log_root=storage_root,
 ))

@@ -25,7 +25,7 @@ def arguments(parser) -> None:
 
 def ui_command(args) -> list[str]:
     """The `mlflow server` command line for the store (checked: it must exist and not be a server already)."""
-    from orchestrator import tracking
+    from orchestrator.track import tracking
 
     uri = tracking.default_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://", "databricks")):
@@ -43,8 +43,8 @@ def ui_command(args) -> list[str]:
 
 
 def run(args) -> int:
-    from orchestrator.links import ui_links
-    from orchestrator.processes import Stopped, owned_process
+    from orchestrator.infra.processes import Stopped, owned_process
+    from orchestrator.track.links import ui_links
 
     out = terminal.out()
     cmd = ui_command(args)
@@ -54,7 +54,7 @@ def run(args) -> int:
         print(f"warning: --host {args.host}: anyone who can reach this port can read and change runs", file=terminal.err())
     for line in ui_links(store, f"http://{args.host}:{args.port}/"):
         print(line, file=out, flush=True)
-    try:  # the server and its workers end with this command, however it ends (orchestrator/processes.py)
+    try:  # the server and its workers end with this command, however it ends (orchestrator/infra/processes.py)
         with owned_process(cmd) as server:
             return server.wait()
     except KeyboardInterrupt:

@@ -1,6 +1,8 @@
 """Sweeps: an Optuna study whose trials are Ray Train runs, tracked as nested MLflow runs.
 
-    spec      the sweep file, validated (`load_sweep`)
+    spec      the sweep file: its schema, loaded (`load_sweep`)
+    validation  its checks, in full before anything starts (`validate_sweep`)
+    space     the validated sweep: its swept keys as Optuna samples them (`Sweep`, `Param`)
     study     the Optuna study: storage, sampler and pruner, distinct proposals, resume checks
     lease     one driver per sweep at a time
     trials    a trial on Ray: resources, its task, what it returns, its checkpoints

@@ -28,10 +28,10 @@ def best_of(path: str, overrides: list[str],
     """(run config, its swept keys, how to track it) for the best complete trial of the sweep in `path`."""
     import optuna
 
-    from orchestrator import tracking
     from orchestrator.sweep.naming import ROLE_TAG, SWEEP_ID_TAG, SWEEP_TAG, swept_values
     from orchestrator.sweep.spec import load_sweep
     from orchestrator.sweep.study import open_storage, redact, storage_url
+    from orchestrator.track import tracking
 
     sweep = load_sweep(path, base_overrides=overrides)
     url = storage_url(sweep)

@@ -11,7 +11,7 @@ import time
 from orchestrator.sweep import trials
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.records import SweepRecords
-from orchestrator.sweep.spec import Sweep
+from orchestrator.sweep.space import Sweep
 from orchestrator.sweep.trials import TrialRun
 from orchestrator.terminal import root_cause
 

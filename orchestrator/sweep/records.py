@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from imm.config import to_yaml
-from orchestrator import provenance, run_record, tracking
-from orchestrator.cluster import job_id
-from orchestrator.launch import RunPlan, open_tracked_run
+from orchestrator.infra.cluster import job_id
+from orchestrator.run.launch import RunPlan, open_tracked_run
 from orchestrator.sweep import report
 from orchestrator.sweep.naming import (
     ERROR_TAG,
@@ -23,8 +22,9 @@ from orchestrator.sweep.naming import (
     trial_title,
     view_key,
 )
-from orchestrator.sweep.spec import Sweep
+from orchestrator.sweep.space import Sweep
 from orchestrator.sweep.study import redact
+from orchestrator.track import provenance, run_record, tracking
 
 
 class SweepRecords:

@@ -67,7 +67,7 @@ def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
     import optuna
     from PIL import Image
 
-    from orchestrator import sample_grids, tracking
+    from orchestrator.track import sample_grids, tracking
 
     TS = optuna.trial.TrialState
     complete = [t for t in study.get_trials(deepcopy=False, states=[TS.COMPLETE]) if t.values]
@@ -97,7 +97,7 @@ def sweep_grid(mlc, study, sweep, path: Path) -> Path | None:
 
 def describe_parent(mlc, parent_id: str, study, sweep, best: list[dict], finished: list, grid: Path | None) -> None:
     """The parent run's description: the outcome in words, a link to the best trial, and the sweep grid."""
-    from orchestrator import tracking
+    from orchestrator.track import tracking
 
     counts = ", ".join(f"{n} {s}" for s, n in sorted(trial_counts(study).items()))
     text = f"Sweep `{sweep.name}`: {len(finished)} trials finished ({counts})."

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from imm.config import ConfigError
-from orchestrator import tracking
-from orchestrator.board import new_board
-from orchestrator.launch import plan_run
-from orchestrator.progress import RestartNotice
+from orchestrator.run.board import new_board
+from orchestrator.run.launch import plan_run
+from orchestrator.run.printer import RestartNotice
 from orchestrator.sweep import trials
 from orchestrator.sweep.lease import Lease
 from orchestrator.sweep.naming import params_line, trial_title
 from orchestrator.sweep.outcomes import TrialOutcomes
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.records import SweepRecords
-from orchestrator.sweep.spec import Sweep
+from orchestrator.sweep.space import Sweep
 from orchestrator.sweep.study import (
     ask_distinct,
     best_trials,
@@ -45,6 +44,7 @@ from orchestrator.sweep.study import (
 )
 from orchestrator.sweep.trials import TrialRun
 from orchestrator.terminal import root_cause
+from orchestrator.track import tracking
 
 ABANDON_WAIT_S = 10.0  # seconds a stopping driver waits for its trials' processes to end
 FAIL_FAST = 3  # trials: when the first ones all fail with the same error, the sweep stops
@@ -163,7 +163,7 @@ class SweepRunner:
                     changed()
                 self.progress.update(self.study, list(running.values()), changed=False)  # the steps, the time
         except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
-            self._abandon(list(running.values()), e)
+            abandon(list(running.values()), e, lease=self.lease, records=self.records, say=self.say)
             raise
 
     # -- ask and launch --
@@ -208,26 +208,6 @@ class SweepRunner:
 
     # -- the end --
 
-    def _abandon(self, running: list[TrialRun], e: BaseException) -> None:
-        """Stop the running trials and close every run this driver holds open, saying why; their study trials stay
-        RUNNING, so --resume relaunches them from their checkpoints. Best effort: `e` is what the user must see."""
-        import ray
-
-        for tr in running:
-            ray.cancel(tr.ref, force=True)
-        # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver soon after its SIGTERM, and a lease
-        # left behind would hold off a --resume from another machine until it expired.
-        self.lease.release()
-        try:
-            # A cancel only asks: a trial's process still alive could reopen its run (as RUNNING) after it is closed
-            # here. Its ObjectRef is ready once the process is gone.
-            if running:
-                ray.wait([tr.ref for tr in running], num_returns=len(running), timeout=ABANDON_WAIT_S)
-            self.records.abandoned([tr.run_id for tr in running], interrupted=isinstance(e, KeyboardInterrupt | SystemExit),
-                                   why=root_cause(e), sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
-        except Exception as close_error:  # e.g. the tracking server is what failed
-            self.say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")
-
     def _close(self, url: str, wall_s: float) -> SweepResult:
         for t in finished_trials(self.study):
             if "run_name" in t.user_attrs:
@@ -236,3 +216,24 @@ class SweepRunner:
         self.records.finished(best)
         return SweepResult(parent_run_id=self.records.parent_id, study_name=self.study.study_name, storage=redact(url),
                            best=best, counts=trial_counts(self.study), wall_s=wall_s, trial_fit_s=dict(self.outcomes.fit_s))
+
+
+def abandon(running: list[TrialRun], e: BaseException, *, lease: Lease, records: SweepRecords, say) -> None:
+    """Stop the running trials and close every run the driver holds open, saying why; their study trials stay
+    RUNNING, so --resume relaunches them from their checkpoints. Best effort: `e` is what the user must see."""
+    import ray
+
+    for tr in running:
+        ray.cancel(tr.ref, force=True)
+    # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver soon after its SIGTERM, and a lease
+    # left behind would hold off a --resume from another machine until it expired.
+    lease.release()
+    try:
+        # A cancel only asks: a trial's process still alive could reopen its run (as RUNNING) after it is closed
+        # here. Its ObjectRef is ready once the process is gone.
+        if running:
+            ray.wait([tr.ref for tr in running], num_returns=len(running), timeout=ABANDON_WAIT_S)
+        records.abandoned([tr.run_id for tr in running], interrupted=isinstance(e, KeyboardInterrupt | SystemExit),
+                          why=root_cause(e), sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
+    except Exception as close_error:  # e.g. the tracking server is what failed
+        say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from imm.config import ConfigError
 from orchestrator.sweep.lease import refuse_if_held
-from orchestrator.sweep.spec import Sweep
+from orchestrator.sweep.space import Sweep
 
 JOURNAL_FILE = "optuna.journal"
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
@@ -79,7 +79,7 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url)
 
 
-def make_sampler(sweep: Sweep, draw: int = 0):
+def optuna_sampler(sweep: Sweep, draw: int = 0):
     """The sweep's sampler for its `draw`-th proposal: a seed of its own per proposal, so that a resumed sweep (whose
     sampler is built again) or a proposal tried again does not replay earlier draws."""
     import optuna
@@ -122,7 +122,7 @@ def ask_distinct(study, sweep: Sweep):
     params = None
     if sweep.spec.sampler.name != "grid":  # a grid sampler marks its own points only, not enqueued ones
         for attempt in range(PROPOSALS):
-            sampler = make_sampler(sweep, len(history) * PROPOSALS + attempt)
+            sampler = optuna_sampler(sweep, len(history) * PROPOSALS + attempt)
             shadow = optuna.create_study(directions=study.directions, sampler=sampler)
             shadow.add_trials(history)
             proposal = sweep.suggest(shadow.ask())
@@ -204,7 +204,7 @@ def open_study(sweep: Sweep, *, resume: bool):
 
     store = open_storage(storage_url(sweep))
     check_study(sweep, resume=resume, store=store)
-    sampler = make_sampler(sweep)  # it sees enqueued trials only: ask_distinct proposes the others
+    sampler = optuna_sampler(sweep)  # it sees enqueued trials only: ask_distinct proposes the others
     study = optuna.create_study(study_name=sweep.name, storage=store, sampler=sampler, pruner=make_pruner(sweep),
                                 directions=sweep.directions, load_if_exists=True)
     if "sweep_id" not in study.user_attrs:

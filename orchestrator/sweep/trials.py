@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imm.config import ConfigError
-from orchestrator import storage
-from orchestrator.launch import RunPlan, launch, plan_run
-from orchestrator.progress import RestartNotice
-from orchestrator.sweep.spec import Sweep
-from orchestrator.tracking import shown_value
-from orchestrator.worker import KillSwitch
+from orchestrator.infra import storage
+from orchestrator.run.launch import RunPlan, launch, plan_run
+from orchestrator.run.printer import RestartNotice
+from orchestrator.run.worker import KillSwitch
+from orchestrator.sweep.space import Sweep
+from orchestrator.track.tracking import shown_value
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
     params into the trial's MLflow run."""
     from omegaconf import OmegaConf
 
-    from orchestrator.evaluation import evaluate_model
+    from orchestrator.run.evaluation import evaluate_model
 
     t0 = time.perf_counter()
     cfg = plan.cfg.eval
@@ -81,7 +81,7 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
 def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
     """Submit the trial's Ray task; its ObjectRef.
 
-    A one-worker trial trains in its task (`orchestrator.in_process`), which takes the worker's resources; Ray
+    A one-worker trial trains in its task (`orchestrator.run.in_process`), which takes the worker's resources; Ray
     retries it, up to trainer.max_failures times, when its process or node dies, and it resumes from its last
     checkpoint (an error the trial raises, a NaN loss say, is not retried: it would be raised again).
     A trial of several workers fits a TorchTrainer from a task that needs no CPU of its own (its workers ask for
@@ -89,7 +89,7 @@ def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
     """
     import ray
 
-    from orchestrator.cluster import driver_node_affinity, trial_env
+    from orchestrator.infra.cluster import driver_node_affinity, trial_env
 
     if sweep.spec.model:
         task = ray.remote(**pooled_task(sweep, retries=0))(run_eval_trial)
@@ -127,7 +127,7 @@ def pooled_task(sweep: Sweep, retries: int) -> dict[str, Any]:
     """The Ray options of a task that does a trial's work itself (trains one worker, or evaluates): the trial's
     resources, in a process that stays for the next such task (max_calls=0: Ray's default for a GPU task is a new
     process each time, its imports and CUDA context paid again)."""
-    from orchestrator.cluster import trial_env
+    from orchestrator.infra.cluster import trial_env
 
     need = trial_resources(sweep)
     return {"num_cpus": need.get("CPU", 0), "num_gpus": need.get("GPU", 0), "max_retries": retries, "max_calls": 0,
@@ -145,9 +145,9 @@ def _ready_for_a_trial() -> None:
 
     import imm.sampling.pictures  # noqa: F401
     import imm.training.loop  # noqa: F401
-    import orchestrator.in_process  # noqa: F401
-    import orchestrator.sample_grids  # noqa: F401
-    import orchestrator.tracking  # noqa: F401
+    import orchestrator.run.in_process  # noqa: F401
+    import orchestrator.track.sample_grids  # noqa: F401
+    import orchestrator.track.tracking  # noqa: F401
 
 
 def warm_up(sweep: Sweep, n: int) -> list:

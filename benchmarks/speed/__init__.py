@@ -1,0 +1,1 @@
+"""Speed benchmarks: each prints a ratio against a baseline measured in the same run (benchmarks/README.md)."""

@@ -80,3 +80,33 @@ def test_a_run_shows_its_data_set_as_an_mlflow_dataset_input(tmp_path):
     assert json.loads(inp.dataset.profile) == {"sha256": sha, "basis": "recipe"}
     assert [t.value for t in inp.tags if t.key == "mlflow.data.context"] == ["training"]
     assert run.data.tags[provenance.DATA_DIGEST_TAG] == sha == data_digest(cfg).digest
+
+
+def test_trials_opening_their_runs_at_once_each_log_the_data_set(tmp_path):
+    """A sweep's trials open their own runs, at the same moment: MLflow's store adds a data set new to the
+    experiment with a check and then an insert, so all but one of them broke its unique key (seen in a sweep, and
+    every time with 8 threads here). Each run gets the input all the same."""
+    import threading
+
+    mlc = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = load_config("toy2d", []).data
+    errors = []
+    for round_ in range(3):
+        exp = mlc.create_experiment(f"race-{round_}")
+        runs = [mlc.create_run(exp).info.run_id for _ in range(8)]
+        start = threading.Barrier(len(runs))
+
+        def open_run(run_id, start=start):
+            start.wait()
+            try:
+                provenance.log_dataset(mlc, run_id, cfg, tagged=True)
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_run, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [len(mlc.get_run(r).inputs.dataset_inputs) for r in runs] == [1] * len(runs)
+    assert errors == []

@@ -27,7 +27,7 @@ from imm.metrics.features import (
     rff_extractor,
 )
 from imm.metrics.fid import reference_statistics
-from imm.metrics.inception import InceptionV3, _avg3, load_inception
+from imm.metrics.inception import InceptionV3, avg3, load_inception
 
 
 def test_inception_has_torchvisions_layout_and_size():
@@ -40,7 +40,7 @@ def test_inception_has_torchvisions_layout_and_size():
             "Mixed_7c.branch3x3dbl_3b.bn.bias", "fc.weight"} <= set(keys)
     assert keys["fc.weight"].shape == (1008, 2048) and keys["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
     # The FID graph's quirks: average pools that do not count padding, and a max pool in the last block.
-    assert torch.equal(_avg3(torch.ones(1, 1, 5, 5)), torch.ones(1, 1, 5, 5))
+    assert torch.equal(avg3(torch.ones(1, 1, 5, 5)), torch.ones(1, 1, 5, 5))
     assert net.Mixed_7c.max_pool and not net.Mixed_7b.max_pool
 
 

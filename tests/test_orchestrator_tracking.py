@@ -117,6 +117,31 @@ def test_attempt_dying_past_its_checkpoint_leaves_no_duplicate_step(run, mlflow_
     assert dict(hist)[25] == 2.0  # the value of the attempt whose weights carried on
 
 
+def test_an_attempt_dying_between_its_checkpoint_and_its_commit_loses_no_metric(run, mlflow_uri, tmp_path):
+    """The checkpoint is saved, then its metrics are sent: a worker killed in between (a sweep's driver SIGKILLed,
+    its orphaned trial killed by Ray) lost them, and the attempt that restores that checkpoint never computes them
+    again. The checkpoint carries them, and the restoring attempt sends what the run lacks."""
+    client, run_id, *_ = run
+    first = rank_zero.RankZeroLogger(mlflow_uri, run_id)
+    for step in (10, 20):
+        first.record(_metrics(step, 1.0))
+    first.commit()  # checkpoint at 20
+    for step in (30, 40):
+        first.record(_metrics(step, 3.0))
+    ckpt = tmp_path / "checkpoint_40"
+    ckpt.mkdir()
+    first.stash(str(ckpt))  # checkpoint at 40 saved ... and the worker dies before commit()
+    first.close()
+    assert [s for s, _ in _history(client, run_id)] == [10, 20]
+
+    second = rank_zero.RankZeroLogger(mlflow_uri, run_id)  # restored from step 40: trains no further
+    second.recover(rank_zero.read_pending(ckpt))
+    assert _history(client, run_id) == [(10, 1.0), (20, 1.0), (30, 3.0), (40, 3.0)]
+    second.recover(rank_zero.read_pending(ckpt))  # restored again: nothing twice
+    assert [s for s, _ in _history(client, run_id)] == [10, 20, 30, 40]
+    assert rank_zero.read_pending(tmp_path) is None
+
+
 def test_a_cut_off_attempt_failing_late_leaves_the_later_attempts_finished_run_alone(run):
     """The partitioned worker's attempt fails once its link is back, after the later attempt finished the run:
     its FAILED must not land; a run still RUNNING does take an attempt's failure."""

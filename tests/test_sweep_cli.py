@@ -134,6 +134,66 @@ def test_no_parameter_set_runs_twice_and_a_used_up_space_ends_the_sweep(tmp_path
     assert ask_distinct(open_study(sweep, resume=True), sweep) is None
 
 
+def test_a_proposal_copies_into_the_mirror_only_the_trials_that_changed(tmp_path, monkeypatch):
+    """Each ask once copied the whole history into a throwaway study (O(trials) an ask, O(trials^2) a sweep). The
+    mirror is kept in step instead: an ask adds the trials that started or finished since the last, and the mirror's
+    running trials are the study's."""
+    from orchestrator.sweep import study as study_module
+
+    sweep = sweep_from_dict(spec(tmp_path, trials=40, sampler={"name": "tpe", "seed": 0, "startup_trials": 5}))
+    study = optuna.create_study(directions=sweep.directions, sampler=study_module.optuna_sampler(sweep))
+    for i in range(20):
+        trial, _ = ask_distinct(study, sweep)
+        study.tell(trial, float(i % 7))
+    added = []
+    real_add = optuna.Study.add_trial
+    def add_trial(self, t):  # the mirror's (the study's own enqueue_trial adds a waiting trial too)
+        if self is not study:
+            added.append(t.number)
+        return real_add(self, t)
+
+    monkeypatch.setattr(optuna.Study, "add_trial", add_trial)
+    first, _ = ask_distinct(study, sweep)
+    assert added == [19]  # the one trial told since the last ask
+    second, _ = ask_distinct(study, sweep)
+    assert added == [19]  # nothing finished since: nothing copied (the first runs in the mirror as proposed)
+    study.tell(first, 0.5)
+    study.tell(second, 0.25)
+    ask_distinct(study, sweep)
+    assert added == [19, first.number, second.number]
+    mirror = study_module.PROPOSERS[study].mirror
+    running = [t.params for t in mirror.get_trials(states=[optuna.trial.TrialState.RUNNING])]
+    assert running == [t.params for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING])]
+    assert len(study.trials) == 23  # nothing asked and thrown away in the study itself
+
+
+def test_past_its_limit_the_mirror_models_the_best_and_the_most_recent_trials(tmp_path, monkeypatch):
+    """TPE's cost per proposal grows with the trials it models, so past MODELLED finished trials the mirror is built
+    again from the best tenth and the most recent rest, with the running ones; no parameter set repeats."""
+    from orchestrator.sweep import study as study_module
+
+    monkeypatch.setattr(study_module, "MODELLED", 20)
+    sweep = sweep_from_dict(spec(tmp_path, trials=200, sampler={"name": "tpe", "seed": 0, "startup_trials": 5}))
+    study = optuna.create_study(directions=sweep.directions, sampler=study_module.optuna_sampler(sweep))
+    held, keys = None, []
+    for i in range(120):
+        trial, params = ask_distinct(study, sweep)
+        keys.append(study_module.point_key(params))
+        if i == 3:
+            held = trial  # it stays running
+            continue
+        study.tell(trial, 1.0 + (i % 10) if i != 7 else 0.01)  # trial 7 is the best by far
+    assert len(set(keys)) == len(keys)
+    proposer = study_module.PROPOSERS[study]
+    assert proposer.size <= 2 * 20 + study_module.PROPOSALS
+    mirror = proposer.mirror.get_trials(deepcopy=False)
+    finished = [t for t in mirror if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) <= 20 + 40 and min(t.values[0] for t in finished) == 0.01  # the best stays modelled
+    running = [t.params for t in mirror if t.state == optuna.trial.TrialState.RUNNING]
+    assert held.params in running
+    assert len(study.trials) == 120
+
+
 def test_status_prints_trials_and_the_best(tmp_path, capsys):
     sweep = sweep_from_dict(spec(tmp_path))
     study = open_study(sweep, resume=False)

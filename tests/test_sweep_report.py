@@ -65,3 +65,46 @@ def test_report_logs_best_table_and_plots(tmp_path, mlflow_uri):
     assert {"history_energy_steps_1.png", "importances_energy_steps_1.png", "parallel_coordinates_energy_steps_1.png",
             "energy_vs_steps_by_imm_group_size.png", "energy_vs_steps_by_imm_kernel.png"} <= plots, (plots, notes)
     assert all((root / "plots" / p).stat().st_size > 10_000 for p in plots)
+
+
+def test_a_big_sweep_reads_its_runs_a_page_at_a_time_and_plots_a_readable_share(tmp_path, mlflow_uri, monkeypatch):
+    """At thousands of trials the report reads the trial runs' metrics in pages (not a call per trial), and the plots
+    with a line per trial draw the best half of PLOTTED_TRIALS and the others evenly spread, saying so."""
+    from orchestrator.sweep import report
+    from orchestrator.sweep.naming import ROLE_TAG, SWEEP_ID_TAG
+
+    monkeypatch.setattr(report, "PLOTTED_TRIALS", 10)
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 4)
+    sweep = sweep_from_dict({
+        "name": "big", "base": {"config": "toy2d", "overrides": [f"storage.root={tmp_path}"]},
+        "space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "imm.b": {"low": 2.0, "high": 8.0}},
+        "objective": "energy/steps_1", "sampler": {"name": "random", "seed": 0}})
+    client = tracking.client(mlflow_uri)
+    exp = tracking.experiment_id(client, "big-report", tracking.artifact_root(mlflow_uri))
+    parent = client.create_run(exp).info.run_id
+    study = open_study(sweep, resume=False)
+    tags = {SWEEP_ID_TAG: study.user_attrs["sweep_id"], ROLE_TAG: "trial"}
+    for i in range(30):
+        trial = study.ask()
+        sweep.suggest(trial)
+        run = client.create_run(exp, tags=tags).info.run_id
+        client.log_metric(run, "energy/steps_1", 1.0 + i, step=10)
+        trial.set_user_attr("mlflow_run_id", run)
+        trial.report(2.0 + i, 5)
+        study.tell(trial, 1.0 + i)
+    searches = []
+    search = type(client).search_runs
+    monkeypatch.setattr(type(client), "search_runs", lambda self, *a, **k: searches.append(1) or search(self, *a, **k))
+    finished = study.get_trials(deepcopy=False)
+    assert report.trial_metrics(client, parent, study, finished) == {t.number: {"energy/steps_1": 1.0 + t.number}
+                                                                     for t in finished}
+    assert len(searches) == 8  # 30 runs, 4 a page: 8 pages, 0 calls per run
+
+    shown, which = report.plotted_study(study, sweep)
+    numbers = [t.number for t in shown.get_trials(deepcopy=False)]
+    assert len(numbers) == 10 and which == " (the best 5 of 30 trials and 5 others)"
+    assert sorted(t.values[0] for t in shown.get_trials(deepcopy=False))[:5] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    out = tmp_path / "plots"
+    out.mkdir()
+    assert report.draw_optuna_plots(study, sweep, out) == []
+    assert {"parallel_coordinates_energy_steps_1.png", "intermediate_values.png"} <= {p.name for p in out.iterdir()}

@@ -36,7 +36,7 @@ class BasicConv2d(nn.Sequential):
         self.add_module("relu", nn.ReLU(inplace=True))
 
 
-def _avg3(x: Tensor) -> Tensor:
+def avg3(x: Tensor) -> Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # TF's pooling: padding not counted
 
 
@@ -56,7 +56,7 @@ class InceptionA(nn.Module):
             self.branch1x1(x),
             self.branch5x5_2(self.branch5x5_1(x)),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg3(x)),
+            self.branch_pool(avg3(x)),
         ], 1)
 
 
@@ -98,7 +98,7 @@ class InceptionC(nn.Module):
             self.branch1x1(x),
             self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
             dbl,
-            self.branch_pool(_avg3(x)),
+            self.branch_pool(avg3(x)),
         ], 1)
 
 
@@ -136,7 +136,7 @@ class InceptionE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg3(x)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else avg3(x)
         return torch.cat([
             self.branch1x1(x),
             self.branch3x3_2a(b3), self.branch3x3_2b(b3),

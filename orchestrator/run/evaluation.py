@@ -36,7 +36,7 @@ def evaluate_model(uri: str, *, steps: list[int], n: int | None = None, seed: in
                    overrides: list[str] = (), tracking_uri: str | None = None, experiment: str | None = None,
                    device=None, log: bool = True, run_id: str | None = None, trust_pickle: bool = False) -> EvalResult:
     """Evaluate the model at `uri` and log the result to a new MLflow run, or to `run_id` (a sweep's trial run,
-    opened by the sweep, which also closes it on failure)."""
+    opened by the trial's task, whose sweep also closes it on failure)."""
     from imm.data import load_data
     from imm.metrics.evaluator import Evaluator
     from imm.sampling.pictures import save_samples

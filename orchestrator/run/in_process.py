@@ -33,13 +33,10 @@ class InProcessSession:
         self.checkpoint = None  # the newest whole checkpoint, a ray.train.Checkpoint
 
     def restore(self) -> dict | None:
-        from imm.training.checkpoint import load_checkpoint
+        from orchestrator.run.worker import restored
 
         self.checkpoint = self.folder.latest()
-        if self.checkpoint is None:
-            return None
-        with self.checkpoint.as_directory() as d:
-            return load_checkpoint(d)
+        return None if self.checkpoint is None else restored(self.checkpoint)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         if checkpoint_dir:

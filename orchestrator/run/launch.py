@@ -23,7 +23,7 @@ from imm.config import ConfigError
 from orchestrator import terminal
 from orchestrator.infra import storage
 from orchestrator.infra.cluster import in_job
-from orchestrator.run.board import new_board
+from orchestrator.run.board import Slot, new_board
 from orchestrator.run.printer import ProgressPrinter, failure_callback, pump
 from orchestrator.run.worker import KillSwitch, train_worker, worker_config
 from orchestrator.track import provenance, run_record, tracking
@@ -152,15 +152,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, str] | None = None,
-                     stream=None) -> tuple[str, bool]:
-    """(MLflow run id, resumed): the run's MLflow run, created or found again by its name and storage."""
+                     stream=None, exp_id: str | None = None, new: bool = False,
+                     description: tuple[str, str | None] | None = None) -> tuple[str, bool]:
+    """(MLflow run id, resumed): the run's MLflow run, created or found again by its name and storage. `exp_id`: the
+    experiment's id, when the caller knows it; `new`: no run of this name can exist yet (a sweep's new trial), so
+    none is looked for; `description`: (text, image) of `tracking.describe`. A new run takes four MLflow calls:
+    its creation with its tags, its params with its description, config.yaml and its data set."""
     mlc = tracking.client(plan.tracking_uri)
-    exp_id = tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
-    tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **plan.tags, **(extra_tags or {})}
+    exp_id = exp_id or tracking.experiment_id(mlc, plan.experiment, tracking.artifact_root(plan.tracking_uri))
+    tags = {**tracking.run_tags(plan.cfg, plan.name, plan.storage.uri, ray_address), **plan.tags, **(extra_tags or {}),
+            provenance.DATA_DIGEST_TAG: provenance.dataset_digest(plan.cfg.data).digest}
     run_id, resumed = tracking.open_run(mlc, exp_id, plan.cfg, tags, stream=stream, param_keys=plan.param_keys,
-                                        title=plan.title)
+                                        title=plan.title, new=new, description=description)
     run_record.write(plan.storage, plan.name, run_record.RunRecord(run_id, plan.tracking_uri, plan.experiment))
-    provenance.log_dataset(mlc, run_id, plan.cfg.data)
+    provenance.log_dataset(mlc, run_id, plan.cfg.data, tagged=True)
     if plan.cfg.train.init_from:
         from orchestrator.registry.models import source_run_id
 
@@ -174,10 +179,10 @@ def open_tracked_run(plan: RunPlan, *, ray_address: str, extra_tags: dict[str, s
 
 
 def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, stream=None,
-           run_id: str | None = None, board=None, in_process: bool = False) -> RunResult:
+           run_id: str | None = None, board: Slot | None = None, in_process: bool = False) -> RunResult:
     """Fit the run on the connected Ray cluster; the MLflow run ends FINISHED, FAILED or KILLED.
 
-    `run_id`: an MLflow run opened beforehand (`open_tracked_run`); `board`: a ProgressBoard actor the caller
+    `run_id`: an MLflow run opened beforehand (`open_tracked_run`); `board`: a `Slot` on a board the caller
     drains itself (a sweep reads intermediate metrics from it); without one, progress is printed to `stream`.
     `in_process`: train the (one-worker) run in this process instead of a Ray Train worker group
     (`orchestrator.run.in_process`; a sweep's trial task, which Ray retries when it dies).
@@ -190,15 +195,16 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
     mlc = tracking.client(plan.tracking_uri)
     resumed = False
     if run_id is None:
-        run_id, resumed = open_tracked_run(plan, ray_address=ray_address, stream=stream)
-        tracking.describe(mlc, run_id, f"`{plan.name}`: {cfg.method} on {cfg.data.name}, {cfg.train.steps} steps. Its "
-                          "samples at each evaluation (rows) and sampling step count (columns):", tracking.SAMPLES_ARTIFACT)
+        text = (f"`{plan.name}`: {cfg.method} on {cfg.data.name}, {cfg.train.steps} steps. Its samples at each "
+                "evaluation (rows) and sampling step count (columns):")
+        run_id, resumed = open_tracked_run(plan, ray_address=ray_address, stream=stream,
+                                           description=(text, tracking.SAMPLES_ARTIFACT))
     print(f"mlflow run: {run_id} ({'resumed' if resumed else 'new'}; experiment {plan.experiment!r}, "
           f"{plan.tracking_uri})", file=stream, flush=True)
     print(f"checkpoints: {plan.storage.run_uri(plan.name)}", file=stream, flush=True)
 
     own_board = board is None
-    board = board or new_board()
+    board = board or Slot(new_board())
     config = worker_config(cfg, tracking_uri=plan.tracking_uri, run_id=run_id, progress=board, kill=kill)
     stop = threading.Event()
     printer = ProgressPrinter(cfg.train.steps, int(cfg.trainer.max_failures), stream)
@@ -232,7 +238,7 @@ def launch(plan: RunPlan, *, ray_address: str, kill: KillSwitch | None = None, s
         stop.set()
         if pumping:
             pumping.join()
-            ray.kill(board)
+            ray.kill(board.board)
         printer.close()
         if status is not None:
             tracking.close_attempt(mlc, run_id, status)

@@ -1,8 +1,8 @@
 """A run's progress on the driver: the line printed when Ray Train restarts the workers, and the printer that
 shows what rank 0 pushed to the board (`orchestrator.run.board`): a bar on a terminal, a line per report elsewhere.
 
-A single run's driver pumps its board into a `ProgressPrinter`; a sweep drains each trial's board itself
-(`orchestrator.sweep`), for the pruner as well as the terminal.
+A single run's driver pumps its board into a `ProgressPrinter`; a sweep drains its one board for all its trials
+itself (`orchestrator.sweep.outcomes`), for the pruner as well as the terminal.
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ class RestartNotice:
                 f"{where} {item['step']}")
 
 
-def failure_callback(board):
-    """A Ray Train callback, run by the run's controller, that tells the board which ranks failed and why."""
+def failure_callback(slot):
+    """A Ray Train callback, run by the run's controller, that tells the run's board `Slot` which ranks failed and
+    why."""
     from ray.train import UserCallback
 
     class TellFailures(UserCallback):
         def after_exception(self, run_context, worker_exceptions) -> None:
             ranks = {r: first_line(e) for r, e in worker_exceptions.items()}
             try:
-                board.push.remote({"event": "failed", "ranks": ranks})
+                slot.push({"event": "failed", "ranks": ranks})
             except Exception:  # progress is best effort
                 pass
 
@@ -119,14 +120,14 @@ class ProgressPrinter:
             self.bar = None
 
 
-def pump(board, printer: ProgressPrinter, stop: threading.Event) -> None:
-    """Drain the board into the printer every half second until `stop` is set (then once more)."""
+def pump(slot, printer: ProgressPrinter, stop: threading.Event) -> None:
+    """Drain the run's board `Slot` into the printer every half second until `stop` is set (then once more)."""
     import ray
 
     while True:
         stopping = stop.wait(0.5)
         try:
-            items = ray.get(board.drain.remote(), timeout=30)
+            items = ray.get(slot.drain(), timeout=30)
         except Exception:  # progress is best effort: never let it break a run
             items = []
         for item in items:

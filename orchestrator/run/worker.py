@@ -66,6 +66,18 @@ def worker_config(cfg, *, tracking_uri: str, run_id: str, progress=None, kill: K
     }
 
 
+PENDING_KEY = "mlflow_pending"  # in a restored state: the metrics its checkpoint covers (`RankZeroLogger.stash`)
+
+
+def restored(checkpoint) -> dict:
+    """The state of a Ray checkpoint, with the metrics it covers under PENDING_KEY (None if it holds none)."""
+    from imm.training.checkpoint import load_checkpoint
+    from orchestrator.track.rank_zero import read_pending
+
+    with checkpoint.as_directory() as d:
+        return {**load_checkpoint(d), PENDING_KEY: read_pending(d)}
+
+
 class RayTrainSession:
     """What a worker of a Ray Train run is told and tells: its rank and device from Ray's context, the checkpoint
     to resume from from `ray.train.get_checkpoint()`, its reports and checkpoints through `ray.train.report`."""
@@ -81,13 +93,9 @@ class RayTrainSession:
     def restore(self) -> dict | None:
         import ray.train
 
-        from imm.training.checkpoint import load_checkpoint
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as d:
-            return load_checkpoint(d)
+        return None if checkpoint is None else restored(checkpoint)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         """Report on every rank (a barrier); with a checkpoint, return on rank 0 once a relaunch would restore it."""
@@ -135,6 +143,8 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
 
         teacher = load_model(cfg.train.teacher, tracking_uri=config["tracking_uri"], device="cpu")
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], final_step=int(cfg.train.steps)) if rank == 0 else None
+    if logger is not None and resume and resume.get(PENDING_KEY):
+        logger.recover(resume[PENDING_KEY])  # what the attempt that saved the checkpoint did not live to send
     nodes = _gather_nodes(world_size)
     if logger is not None:
         add_nodes(logger.client, config["run_id"], nodes)
@@ -147,11 +157,14 @@ def run_worker(config: dict[str, Any], session) -> dict[str, float]:
         progress.push({"event": event, "step": int(resume["step"]) if resume else 0, "nodes": nodes})
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        if logger is not None and checkpoint_dir:
-            logger.check_writer()  # a cut-off attempt's checkpoint would land beside the new attempt's
+        if logger is not None:
+            if checkpoint_dir:
+                logger.check_writer()  # a cut-off attempt's checkpoint would land beside the new attempt's
+            logger.record(metrics)
+            if checkpoint_dir:
+                logger.stash(checkpoint_dir)  # the metrics it covers go with it
         session.report(metrics, checkpoint_dir)  # returns once a relaunch would restore the checkpoint
         if logger is not None:
-            logger.record(metrics)
             if checkpoint_dir:
                 logger.commit()
             if progress is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from imm.metrics.evaluator import QUALITY_PREFIXES
 from orchestrator import terminal
-from orchestrator.sweep.study import best_trials, trial_counts
 
 
 class SweepProgress:
@@ -26,17 +25,17 @@ class SweepProgress:
             quality = " ".join(f"{k}={v:.4g}" for k, v in item.items() if k.startswith(QUALITY_PREFIXES))
             self.say(f"trial {tr.number} step {int(item['step'])}/{tr.steps}  loss {item['train/loss']:.4g}  {quality}")
 
-    def update(self, study, running: list, changed: bool = True) -> None:
-        """Redraw the bar; the study is read only when a trial `changed` state."""
+    def update(self, running: list, tally=None) -> None:
+        """Redraw the bar: the running trials' steps, and with a `Tally` (a trial changed state) the counts and the
+        best."""
         if self.bar is None:
             return
-        if changed:
-            counts = trial_counts(study)
-            self.bar.n = sum(counts.get(k, 0) for k in ("complete", "pruned", "fail"))
+        if tally is not None:
+            counts = tally.counts
+            self.bar.n = tally.finished
             self._tally = [f"{counts[k]} {name}" for k, name in (("pruned", "pruned"), ("fail", "failed")) if counts.get(k)]
-            best = best_trials(study)
-            if len(best) == 1:
-                self._tally.append(f"best {self.metric}={best[0]['values'][0]:.4g} (trial {best[0]['number']})")
+            if tally.best is not None:
+                self._tally.append(f"best {self.metric}={tally.best[1]:.4g} (trial {tally.best[0]})")
         steps = ", ".join(f"t{tr.number} evaluating" if tr.board is None else f"t{tr.number} {tr.last_step}/{tr.steps}"
                           for tr in running)
         self.bar.set_postfix_str(", ".join([f"running {steps}" if running else "none running", *self._tally]))

@@ -4,6 +4,7 @@ decides anything about them."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from imm.config import to_yaml
@@ -24,6 +25,7 @@ from orchestrator.sweep.naming import (
 )
 from orchestrator.sweep.space import Sweep
 from orchestrator.sweep.study import redact
+from orchestrator.sweep.trials import TrialRecord
 from orchestrator.track import provenance, run_record, tracking
 
 
@@ -103,9 +105,9 @@ class SweepRecords:
 
     # -- the trials' runs --
 
-    def trial_opened(self, number: int, optuna_id: int, params: dict[str, Any], plan: RunPlan, *,
-                     ray_address: str, stream) -> str:
-        """The trial's MLflow run, nested under the parent (found again when a resumed trial reopens it)."""
+    def trial_record(self, number: int, optuna_id: int, params: dict[str, Any], *, new: bool) -> TrialRecord:
+        """What the trial's task opens its MLflow run with: nested under the parent, tagged with the sweep, the
+        trial and its state (found again when a resumed trial reopens it; a `new` trial's is not looked for)."""
         tags = {
             "mlflow.parentRunId": self.parent_id,
             SWEEP_TAG: self.sweep.name,
@@ -115,11 +117,26 @@ class SweepRecords:
             "imm.trial.optuna_id": str(optuna_id),
             STATE_TAG: "running",
         }
-        run_id, _ = open_tracked_run(plan, ray_address=ray_address, extra_tags=tags, stream=stream)
-        tracking.describe(self.mlc, run_id, f"Trial {number} of sweep `{self.sweep.name}`: {params_line(params)}. "
-                          "Its samples at each evaluation (rows) and sampling step count (columns):",
-                          tracking.SAMPLES_ARTIFACT)
+        text = (f"Trial {number} of sweep `{self.sweep.name}`: {params_line(params)}. Its samples at each evaluation "
+                "(rows) and sampling step count (columns):")
+        return TrialRecord(exp_id=self.exp_id, tags=tags, description=(text, tracking.SAMPLES_ARTIFACT), new=new)
+
+    def trial_opened(self, plan: RunPlan, record: TrialRecord, *, ray_address: str) -> str:
+        """Open the trial's run here, for a trial whose task failed before it could."""
+        run_id, _ = open_tracked_run(plan, ray_address=ray_address, extra_tags=record.tags, exp_id=record.exp_id,
+                                     new=False, description=record.description, stream=io.StringIO())
         return run_id
+
+    def best_so_far(self, values: list[float], finished: int) -> None:
+        """The objective under its own name on the parent run, a point (stepped by the trials finished) each time a
+        trial beats the best: the parent's chart shows the sweep's progress while it runs, at a write per new best."""
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.mlc.log_batch(self.parent_id, metrics=[Metric(m, float(v), ts, finished)
+                                                    for m, v in zip(self.sweep.metrics, values, strict=True)])
 
     def trial_pruned(self, run_id: str, number: int, params: dict[str, Any], step: int) -> None:
         self.mlc.set_tag(run_id, STATE_TAG, "pruned")
@@ -144,5 +161,10 @@ class SweepRecords:
 
     def checkpoints_discarded(self, run_id: str) -> None:
         """The run no longer points at Ray checkpoints that are gone (its final `checkpoint/` artifact stays)."""
-        if tracking.CHECKPOINT_PATH_TAG in self.mlc.get_run(run_id).data.tags:
+        from mlflow.exceptions import MlflowException
+
+        try:
             self.mlc.delete_tag(run_id, tracking.CHECKPOINT_PATH_TAG)
+        except MlflowException as e:  # it had none
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise

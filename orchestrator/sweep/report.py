@@ -17,8 +17,9 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from orchestrator.sweep.naming import swept_values, trial_title, view_key
+from orchestrator.sweep.naming import ROLE_TAG, SWEEP_ID_TAG, swept_values, trial_title, view_key
 from orchestrator.sweep.study import best_trials, trial_counts
 
 STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
@@ -39,8 +40,7 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
             ts = int(time.time() * 1000)
             mlc.log_batch(parent_id, metrics=[Metric(m, float(v), ts, len(finished))
                                               for m, v in zip(sweep.metrics, b["values"], strict=True)])
-    run_metrics = {t.number: mlc.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
-                   for t in finished if t.user_attrs.get("mlflow_run_id")}
+    run_metrics = trial_metrics(mlc, parent_id, study, finished)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="imm-sweep-report-") as tmp:
         out = Path(tmp)
@@ -55,6 +55,18 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         mlc.log_artifacts(parent_id, tmp)  # stored once: a resumed sweep's report replaces the older one
     describe_parent(mlc, parent_id, study, sweep, best, finished, grid)
     return notes
+
+
+def trial_metrics(mlc, parent_id: str, study, finished: list) -> dict[int, dict[str, float]]:
+    """The finished trials' latest metrics, by trial number: read from the sweep's trial runs a page at a time (a
+    run not found by its sweep's tags is read on its own)."""
+    from orchestrator.track import tracking
+
+    exp_id = mlc.get_run(parent_id).info.experiment_id
+    runs = tracking.runs_by_tags(mlc, exp_id, {SWEEP_ID_TAG: study.user_attrs["sweep_id"], ROLE_TAG: "trial"})
+    by_id = {r.info.run_id: r.data.metrics for r in runs}
+    return {t.number: by_id[run_id] if run_id in by_id else mlc.get_run(run_id).data.metrics
+            for t in finished if (run_id := t.user_attrs.get("mlflow_run_id"))}
 
 
 GRID_ARTIFACT = "sweep_samples.png"
@@ -129,6 +141,31 @@ def write_trials_csv(study, sweep, run_metrics: dict[int, dict], path: Path) -> 
                         t.user_attrs.get("error", "")])
 
 
+PLOTTED_TRIALS = 200  # trials drawn as a line each (parallel coordinates, intermediate values)
+LEGEND_ENTRIES = 20
+
+
+def plotted_study(study, sweep) -> tuple[Any, str]:
+    """The study, or past PLOTTED_TRIALS finished trials an in-memory copy of the best half of that many (by the
+    first objective) and of the others evenly spread: a plot with a line per trial stays readable, and quick, at
+    10,000 trials. The words to add to such a plot's title."""
+    import optuna
+
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if len(finished) <= PLOTTED_TRIALS:
+        return study, ""
+    sign = 1 if sweep.directions[0] == "minimize" else -1
+    complete = sorted((t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.values),
+                      key=lambda t: sign * t.values[0])
+    best = complete[:PLOTTED_TRIALS // 2]
+    kept = {t.number for t in best}
+    others = [t for t in finished if t.number not in kept]
+    spread = [others[i * len(others) // (PLOTTED_TRIALS - len(best))] for i in range(PLOTTED_TRIALS - len(best))]
+    shown = optuna.create_study(directions=study.directions)
+    shown.add_trials(sorted([*best, *spread], key=lambda t: t.number))
+    return shown, f" (the best {len(best)} of {len(finished)} trials and {len(spread)} others)"
+
+
 def draw_optuna_plots(study, sweep, out: Path) -> list[str]:
     import matplotlib
 
@@ -137,6 +174,7 @@ def draw_optuna_plots(study, sweep, out: Path) -> list[str]:
     from optuna.visualization import matplotlib as ovm
 
     notes = []
+    lines, which = plotted_study(study, sweep)
     targets = [(None, sweep.metrics[0])] if len(sweep.metrics) == 1 else [
         (lambda t, i=i: t.values[i], m) for i, m in enumerate(sweep.metrics)]
     jobs = []
@@ -148,10 +186,10 @@ def draw_optuna_plots(study, sweep, out: Path) -> list[str]:
             (f"importances_{slug}.png", lambda target=target, name=name: ovm.plot_param_importances(
                 study, target=target, target_name=name)),
             (f"parallel_coordinates_{slug}.png", lambda target=target, name=name: ovm.plot_parallel_coordinate(
-                study, target=target, target_name=name)),
+                lines, target=target, target_name=name)),
         ]
     if len(sweep.metrics) == 1 and any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        jobs.append(("intermediate_values.png", lambda: ovm.plot_intermediate_values(study)))
+        jobs.append(("intermediate_values.png", lambda: ovm.plot_intermediate_values(lines)))
     if len(sweep.metrics) > 1:
         jobs.append(("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=sweep.metrics)))
     with warnings.catch_warnings():
@@ -160,7 +198,12 @@ def draw_optuna_plots(study, sweep, out: Path) -> list[str]:
         for filename, draw in jobs:
             try:
                 ax = draw()
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                first = ax.flat[0] if hasattr(ax, "flat") else ax
+                if which and filename.startswith(("parallel", "intermediate")):
+                    first.set_title(first.get_title() + which)
+                if first.get_legend() is not None and len(first.get_legend().get_texts()) > LEGEND_ENTRIES:
+                    first.get_legend().remove()  # a "Trial N" entry per line says nothing at this many
+                fig = first.figure
                 fig.set_size_inches(9, 5.5)
                 fig.tight_layout()
                 fig.savefig(out / filename, dpi=110)

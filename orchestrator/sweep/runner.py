@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from imm.config import ConfigError
-from orchestrator.run.board import new_board
 from orchestrator.run.launch import plan_run
 from orchestrator.run.printer import RestartNotice
 from orchestrator.sweep import trials
@@ -54,17 +53,14 @@ class SweepFailed(RuntimeError):
     """The sweep stopped: its first trials all failed the same way."""
 
 
-def fail_fast(study, trials: int) -> None:
+def fail_fast(study, tally, trials: int) -> None:
     """Stop a sweep whose first trials all failed with one and the same error: a mistake in the sweep or its data,
-    which every further trial would repeat."""
-    import optuna
-
-    finished = finished_trials(study)
-    if len(finished) < min(FAIL_FAST, trials) or any(t.state != optuna.trial.TrialState.FAIL for t in finished):
+    which every further trial would repeat. The study is read only while every finished trial has failed."""
+    if not tally.all_failed or tally.finished < min(FAIL_FAST, trials):
         return
-    errors = {t.user_attrs.get("error", "") for t in finished}
+    errors = {t.user_attrs.get("error", "") for t in finished_trials(study)}
     if len(errors) == 1:
-        raise SweepFailed(f"its first {len(finished)} trials all failed with: {errors.pop()}")
+        raise SweepFailed(f"its first {tally.finished} trials all failed with: {errors.pop()}")
 
 
 @dataclass
@@ -89,6 +85,7 @@ class SweepRunner:
             self.say(f"space: {len(points)} distinct parameter sets, so {len(points)} trials (not {self.trials})")
             self.trials = len(points)
         self.used_up = False  # the space has no parameter set left
+        self.outcomes: TrialOutcomes | None = None
         self.tracking_uri = tracking.tracking_uri(sweep.base, tracking_uri)
         self.experiment = experiment or sweep.spec.experiment
 
@@ -115,7 +112,7 @@ class SweepRunner:
             warming = trials.warm_up(self.sweep, self.concurrent[0])
             self.records = SweepRecords(self.sweep, self.study, tracking_uri=self.tracking_uri,
                                         experiment=self.experiment, trials=self.trials, storage_url=url)
-            self.outcomes = TrialOutcomes(self.sweep, self.study, self.records, self.progress)
+            self.outcomes = TrialOutcomes(self.sweep, self.study, self.records, self.progress, self.ray_address)
             self.say(f"sweep {self.sweep.name!r}: study in {redact(url)}; MLflow parent run {self.records.parent_id} "
                      f"(experiment {self.experiment!r}, {self.tracking_uri})")
             ray.wait(warming, num_returns=len(warming), timeout=60)  # the first trials then find their processes ready
@@ -124,44 +121,46 @@ class SweepRunner:
         finally:
             self.lease.release()
             self.progress.close()
+            if self.outcomes is not None:
+                self.outcomes.close()
 
     def _loop(self) -> None:
         import optuna
         import ray
 
-        done = finished_trials(self.study)
+        tally = self.outcomes.tally
         adopted = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
         n, why = self.concurrent
-        self.say(f"trials: {len(done)} of {self.trials} done" + (f", {len(adopted)} to resume" if adopted else "")
+        self.say(f"trials: {tally.finished} of {self.trials} done" + (f", {len(adopted)} to resume" if adopted else "")
                  + f"; {why}")
         running: dict[Any, TrialRun] = {}
         pending = list(adopted)
-        self.progress.open(self.trials, len(done))
+        self.progress.open(self.trials, tally.finished)
 
         def changed():
-            self.progress.update(self.study, list(running.values()))
+            self.progress.update(list(running.values()), tally)
 
         try:
             while True:
-                while len(running) < n and not self.used_up and \
-                        len(finished_trials(self.study)) + len(running) < self.trials:
+                while len(running) < n and not self.used_up and tally.finished + len(running) < self.trials:
                     tr = self._start(pending.pop(0) if pending else None)
                     if tr is not None:
                         running[tr.ref] = tr
-                    fail_fast(self.study, self.trials)
+                    fail_fast(self.study, tally, self.trials)
                     changed()
                 if not running:
                     return
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                for tr in list(running.values()):
-                    if tr.ref not in ready and self.outcomes.poll(tr):
-                        del running[tr.ref]
-                        changed()
+                if ready:  # and every other trial that has ended by now
+                    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+                for tr in self.outcomes.poll(list(running.values()), ended=set(ready)):
+                    del running[tr.ref]
+                    changed()
                 for ref in ready:
                     self.outcomes.finish(running.pop(ref))
-                    fail_fast(self.study, self.trials)
+                    fail_fast(self.study, tally, self.trials)
                     changed()
-                self.progress.update(self.study, list(running.values()), changed=False)  # the steps, the time
+                self.progress.update(list(running.values()))  # the steps, the time
         except BaseException as e:  # Ctrl-C, SIGTERM (`ray job stop`: Ray's driver exits), or a failure of this driver
             abandon(list(running.values()), e, lease=self.lease, records=self.records, say=self.say)
             raise
@@ -185,21 +184,18 @@ class SweepRunner:
             params, number, verb = dict(frozen.params), frozen.number, "resumed"
         try:
             cfg = self.sweep.trial_config(params)
-        except ConfigError as e:  # a combination the per-key checks could not see: this trial fails, the sweep goes on
-            trial.set_user_attr("error", str(e))  # (a finished trial's attributes are frozen: set them first)
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self.say(f"trial {number} failed before start: {e}")
+        except ConfigError as e:  # a combination the per-key checks could not see
+            self.outcomes.failed_before_start(trial, str(e))
             return None
         plan = plan_run(cfg, name=f"{self.sweep.name}-{self.records.sweep_id}-t{number:04d}",
                         tracking_uri=self.tracking_uri, experiment=self.experiment, param_keys=tuple(params),
                         title=trial_title(number, params))
-        run_id = self.records.trial_opened(number, trial._trial_id, params, plan, ray_address=self.ray_address,
-                                           stream=self.stream)
-        trial.set_user_attr("mlflow_run_id", run_id)
+        record = self.records.trial_record(number, trial._trial_id, params, new=frozen is None)
         trial.set_user_attr("run_name", plan.name)
         evaluating = bool(self.sweep.spec.model)
-        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, run_id=run_id,
-                      board=None if evaluating else new_board(),
+        tr = TrialRun(number=number, trial=trial, params=params, plan=plan, record=record,
+                      run_id=None if frozen is None else frozen.user_attrs.get("mlflow_run_id"),
+                      board=self.outcomes.slot(number),
                       restarts=None if evaluating else RestartNotice(int(cfg.trainer.max_failures)))
         tr.ref = trials.start_task(self.sweep, tr, self.ray_address)
         what = f", evaluating {self.sweep.spec.model}" if evaluating else ""
@@ -209,9 +205,9 @@ class SweepRunner:
     # -- the end --
 
     def _close(self, url: str, wall_s: float) -> SweepResult:
-        for t in finished_trials(self.study):
-            if "run_name" in t.user_attrs:
-                self.outcomes.discard_checkpoints(t.user_attrs["run_name"], t.user_attrs["mlflow_run_id"])
+        for t in finished_trials(self.study):  # what a cancelled trial wrote late, or an earlier driver left
+            if "run_name" in t.user_attrs and t.number not in self.outcomes.discarded:
+                self.outcomes.discard_checkpoints(t.user_attrs["run_name"], t.user_attrs.get("mlflow_run_id"))
         best = best_trials(self.study)
         self.records.finished(best)
         return SweepResult(parent_run_id=self.records.parent_id, study_name=self.study.study_name, storage=redact(url),
@@ -223,8 +219,12 @@ def abandon(running: list[TrialRun], e: BaseException, *, lease: Lease, records:
     RUNNING, so --resume relaunches them from their checkpoints. Best effort: `e` is what the user must see."""
     import ray
 
-    for tr in running:
-        ray.cancel(tr.ref, force=True)
+    # Only the tasks still running: cancelling one as it completes can crash the driver's Ray (a race of the cancel
+    # with the task's reply, "Tried to complete task that was not pending"; ray-project/ray#54798).
+    refs = [tr.ref for tr in running]
+    _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+    for ref in unfinished:
+        ray.cancel(ref, force=True)
     # Now, before the slower MLflow calls: `ray job stop` SIGKILLs a driver soon after its SIGTERM, and a lease
     # left behind would hold off a --resume from another machine until it expired.
     lease.release()
@@ -233,7 +233,9 @@ def abandon(running: list[TrialRun], e: BaseException, *, lease: Lease, records:
         # here. Its ObjectRef is ready once the process is gone.
         if running:
             ray.wait([tr.ref for tr in running], num_returns=len(running), timeout=ABANDON_WAIT_S)
-        records.abandoned([tr.run_id for tr in running], interrupted=isinstance(e, KeyboardInterrupt | SystemExit),
-                          why=root_cause(e), sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
+        # (a trial whose task had not yet told its run's id: `abandoned` finds the sweep's open runs by their tags)
+        records.abandoned([tr.run_id for tr in running if tr.run_id],
+                          interrupted=isinstance(e, KeyboardInterrupt | SystemExit), why=root_cause(e),
+                          sweep_error=str(e) if isinstance(e, SweepFailed) else root_cause(e))
     except Exception as close_error:  # e.g. the tracking server is what failed
         say(f"warning: could not close the sweep's MLflow runs: {root_cause(close_error)}")

@@ -2,8 +2,9 @@
 
 A training trial is a Ray task that fits the trial's own `TorchTrainer` (as Tune's function trainable would) and
 returns its final metrics; rank 0 pushes every report to a board the driver drains for the pruner and the
-progress. A trial of a trained model is one task that evaluates it. Both write to the MLflow run the driver
-opened for them.
+progress. A trial of a trained model is one task that evaluates it. Each task opens its own MLflow run (or finds
+it again), with the tags and description the driver gave it (`TrialRecord`), and tells the driver its id: the
+MLflow calls of a trial's start are made where the trial runs, not by the one driver of thousands of trials.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from imm.config import ConfigError
 from orchestrator.infra import storage
-from orchestrator.run.launch import RunPlan, launch, plan_run
+from orchestrator.run.launch import RunPlan, launch, open_tracked_run, plan_run
 from orchestrator.run.printer import RestartNotice
 from orchestrator.run.worker import KillSwitch
 from orchestrator.sweep.space import Sweep
@@ -25,10 +26,43 @@ from orchestrator.track.tracking import shown_value
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """What a trial's task returns to the driver: its final metrics and how long its work took."""
+    """What a trial's task returns to the driver: its final metrics, how long its work took, its MLflow run."""
 
     metrics: dict[str, float]
     work_s: float  # the TorchTrainer's fit, or the evaluation
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial's task needs to open its MLflow run, nested under the sweep's parent (`SweepRecords.record`)."""
+
+    exp_id: str
+    tags: dict[str, str]
+    description: tuple[str, str | None]  # text, image
+    new: bool  # a trial just asked: no run of its name can exist yet
+
+
+RUN_EVENT = "run"  # the board item a trial's task pushes first: {"event": "run", "run_id": ...}
+
+
+def open_trial_run(plan: RunPlan, ray_address: str, record: TrialRecord, board=None) -> str:
+    """Open the trial's MLflow run from its task and tell the driver its id through the board (waiting for that
+    push, so that it comes before any report); its id. A task Ray runs again (its process died) finds the run its
+    first attempt opened: the run's record in the trial's storage says there is one."""
+    import ray
+
+    from orchestrator.track import run_record
+
+    new = record.new and run_record.read(plan.storage, plan.name) is None
+    run_id, _ = open_tracked_run(plan, ray_address=ray_address, extra_tags=record.tags, stream=io.StringIO(),
+                                 exp_id=record.exp_id, new=new, description=record.description)
+    if board is not None:
+        try:
+            ray.get(board.push({"event": RUN_EVENT, "run_id": run_id}), timeout=30)
+        except Exception:  # the id comes back with the task's result anyway
+            pass
+    return run_id
 
 
 @dataclass
@@ -39,8 +73,9 @@ class TrialRun:
     trial: Any  # optuna.trial.Trial
     params: dict[str, Any]
     plan: RunPlan
-    run_id: str
-    board: Any  # the ProgressBoard rank 0 reports to; None for an evaluation
+    record: TrialRecord
+    run_id: str | None  # known once its task has opened its run (a relaunched trial's: from the study)
+    board: Any  # the board `Slot` rank 0 reports to; None for an evaluation
     ref: Any = None  # the Ray task's ObjectRef
     started: float = field(default_factory=time.perf_counter)
     last_step: int = 0
@@ -51,16 +86,18 @@ class TrialRun:
         return int(self.plan.cfg.train.steps)
 
 
-def run_trial(plan: RunPlan, ray_address: str, run_id: str, board, in_process: bool,
+def run_trial(plan: RunPlan, ray_address: str, record: TrialRecord, board, in_process: bool,
               kill: KillSwitch | None = None) -> TrialOutcome:
-    """The Ray task of one training trial: train it here (one worker) or fit its TorchTrainer; it closes the
-    MLflow run."""
+    """The Ray task of one training trial: open its MLflow run, train it here (one worker) or fit its
+    TorchTrainer; it closes the run."""
+    run_id = open_trial_run(plan, ray_address, record, board)
     result = launch(plan, ray_address=ray_address, run_id=run_id, board=board, stream=io.StringIO(),
                     in_process=in_process, kill=kill)
-    return TrialOutcome(metrics=result.metrics, work_s=result.fit_s)
+    return TrialOutcome(metrics=result.metrics, work_s=result.fit_s, run_id=run_id)
 
 
-def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: str) -> TrialOutcome:
+def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], record: TrialRecord,
+                   ray_address: str) -> TrialOutcome:
     """The Ray task of one trial of a sweep of a trained model: evaluate it with the trial's sample.* / eval.*
     params into the trial's MLflow run."""
     from omegaconf import OmegaConf
@@ -68,6 +105,7 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
     from orchestrator.run.evaluation import evaluate_model
 
     t0 = time.perf_counter()
+    run_id = open_trial_run(plan, ray_address, record)
     cfg = plan.cfg.eval
     # the sweep's eval settings (features, weights, reference, VAE, n_samples, seed, ...) over the model's, then
     # the trial's params; eval.steps, a list, goes as `steps`
@@ -75,7 +113,7 @@ def run_eval_trial(model: str, plan: RunPlan, params: dict[str, Any], run_id: st
     overrides = [f"{k}={'null' if v is None else v}" for k, v in {**settings, **params}.items()]
     result = evaluate_model(model, steps=list(cfg.steps), overrides=overrides, tracking_uri=plan.tracking_uri,
                             run_id=run_id)
-    return TrialOutcome(metrics=dict(result.metrics), work_s=time.perf_counter() - t0)
+    return TrialOutcome(metrics=dict(result.metrics), work_s=time.perf_counter() - t0, run_id=run_id)
 
 
 def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
@@ -93,13 +131,13 @@ def start_task(sweep: Sweep, tr: TrialRun, ray_address: str):
 
     if sweep.spec.model:
         task = ray.remote(**pooled_task(sweep, retries=0))(run_eval_trial)
-        return task.remote(sweep.spec.model, tr.plan, tr.params, tr.run_id)
+        return task.remote(sweep.spec.model, tr.plan, tr.params, tr.record, ray_address)
     if in_process(sweep):
         task = ray.remote(**pooled_task(sweep, retries=int(tr.plan.cfg.trainer.max_failures)))(run_trial)
-        return task.remote(tr.plan, ray_address, tr.run_id, tr.board, True, KillSwitch.from_env())
+        return task.remote(tr.plan, ray_address, tr.record, tr.board, True, KillSwitch.from_env())
     task = ray.remote(num_cpus=0, max_retries=0, runtime_env=trial_env(),
                       scheduling_strategy=driver_node_affinity())(run_trial)
-    return task.remote(tr.plan, ray_address, tr.run_id, tr.board, False)
+    return task.remote(tr.plan, ray_address, tr.record, tr.board, False)
 
 
 def stop_task(sweep: Sweep, tr: TrialRun, *, wait_s: float = 30.0) -> None:

@@ -8,6 +8,7 @@ it to the job in GIT_COMMIT_ENV, which `git_commit` prefers.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -24,6 +25,13 @@ def git_commit() -> tuple[str, bool] | None:
     if carried:
         sha, _, state = carried.partition("+")
         return sha, state == "dirty"
+    return checkout_commit()
+
+
+@functools.cache
+def checkout_commit() -> tuple[str, bool] | None:
+    """(commit, dirty) of the git checkout this module lives in, read once per process (the code it runs is what
+    it imported): `git status` takes a tenth of a second, and a sweep opens a run per trial."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -95,21 +103,35 @@ DATA_DIGEST_TAG = "imm.data.digest"
 _digests: dict[tuple, object] = {}  # per process: a sweep's trials share their data set
 
 
-def log_dataset(mlflow_client, run_id: str, data_cfg) -> str:
-    """The run's training set as its MLflow dataset input (name, content digest, source: what the UI's Datasets
-    column shows) and as the `imm.data.digest` tag a registered version copies; the digest."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
+def dataset_digest(data_cfg):
+    """The training set's `imm.data.digest.DataDigest`, computed once per process: a sweep's trials share it."""
     from imm.data.digest import data_digest
 
     key = (data_cfg.name, data_cfg.n_train, data_cfg.n_heldout, data_cfg.seed)
     if key not in _digests:
         _digests[key] = data_digest(data_cfg)
-    d = _digests[key]
+    return _digests[key]
+
+
+def log_dataset(mlflow_client, run_id: str, data_cfg, tagged: bool = False) -> str:
+    """The run's training set as its MLflow dataset input (name, content digest, source: what the UI's Datasets
+    column shows) and as the `imm.data.digest` tag a registered version copies (unless the run was created
+    `tagged` with it already); the digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+
+    d = dataset_digest(data_cfg)
     dataset = Dataset(name=d.name, digest=d.digest[:36], source_type="imm", source=d.source,
                       profile=f'{{"sha256": "{d.digest}", "basis": "{d.basis}"}}')
-    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
-    mlflow_client.set_tag(run_id, DATA_DIGEST_TAG, d.digest)
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        mlflow_client.log_inputs(run_id, datasets=inputs)
+    except MlflowException:
+        # The store adds a data set new to the experiment with a check, then an insert: a sweep's trials opening
+        # their runs at once race there, and the loser's insert breaks the unique key. Again, it finds the set.
+        mlflow_client.log_inputs(run_id, datasets=inputs)
+    if not tagged:
+        mlflow_client.set_tag(run_id, DATA_DIGEST_TAG, d.digest)
     return d.digest
 
 

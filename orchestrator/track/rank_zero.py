@@ -1,8 +1,9 @@
 """Rank 0's MLflow writer: a run's metrics and sample grid, sent once a checkpoint covers them, by the one attempt
 that holds the run.
 
-The driver opens and closes the MLflow run (`orchestrator.track.tracking`); in the workers only rank 0 writes to it,
-through `RankZeroLogger`. A worker cut off from a run that a later attempt took over raises `Superseded`.
+A run's driver, or a sweep trial's own task, opens and closes the MLflow run (`orchestrator.track.tracking`); in the
+workers only rank 0 writes to it, through `RankZeroLogger`. A worker cut off from a run that a later attempt took
+over raises `Superseded`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from orchestrator.track.tracking import (
     last_logged_step,
     shown_value,
 )
+
+PENDING_FILE = "mlflow_pending.json"  # in a checkpoint: the metrics it covers, sent to MLflow after it is saved
+
+
+def read_pending(folder: str | Path) -> list | None:
+    """The metrics a checkpoint folder covers (`RankZeroLogger.stash`), or None."""
+    import json
+
+    path = Path(folder) / PENDING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class Superseded(RuntimeError):
@@ -89,6 +100,24 @@ class RankZeroLogger:
         self.columns, row = sample_grids.evaluation_row(step, samples, self.plots, reference)
         self.rows.append(row)
         self.held_rows += 1
+
+    def stash(self, checkpoint_dir: str) -> None:
+        """Write what is held into the checkpoint about to be saved: a worker that dies after saving it and before
+        `commit` would lose those metrics, since the attempt that restores the checkpoint never computes them again
+        (`recover` sends them)."""
+        import json
+
+        held = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+        (Path(checkpoint_dir) / PENDING_FILE).write_text(json.dumps(held))
+
+    def recover(self, stashed: list) -> None:
+        """Send the metrics a restored checkpoint covers that the run lacks (an attempt died before sending them)."""
+        from mlflow.entities import Metric
+
+        late = [Metric(k, v, ts, step) for k, v, ts, step in stashed if step > self.logged_through]
+        if late:
+            self.pending = late + self.pending
+            self.commit()
 
     def check_writer(self) -> None:
         """Raise `Superseded` if a later attempt of the run claimed it."""

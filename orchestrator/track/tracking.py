@@ -9,6 +9,7 @@ covering them is saved.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -100,8 +101,26 @@ def client(uri: str):
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        write_ahead(Path(uri[len("sqlite:///") :]))
     return MlflowClient(tracking_uri=uri)
+
+
+_write_ahead: set[Path] = set()
+
+
+def write_ahead(db: Path) -> None:
+    """Put the embedded store's SQLite file in write-ahead-log mode (once; the file keeps it): its readers (the UI,
+    a sweep's report) no longer wait for its writers (a sweep's trials), nor the writers for them, and a commit
+    costs one sync instead of several. Made here, before MLflow creates its tables in the file."""
+    import sqlite3
+
+    if db in _write_ahead:
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+    _write_ahead.add(db)
 
 
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment of this kind on its runs table, not on traces
@@ -193,21 +212,44 @@ def find_run(mlflow_client, exp_id: str, run_name: str, storage_uri: str):
     return find_run_by_tags(mlflow_client, exp_id, {RUN_NAME_TAG: run_name, STORAGE_TAG: storage_uri})
 
 
-def find_run_by_tags(mlflow_client, exp_id: str, tags: dict[str, str]):
-    """The newest live run carrying all these tag values, or None."""
+def tags_filter(tags: dict[str, str]) -> str:
+    """An MLflow search filter for runs carrying all these tag values."""
 
     def q(s: str) -> str:
         return s.replace("\\", "\\\\").replace("'", "\\'")
 
-    flt = " and ".join(f"tags.`{k}` = '{q(v)}'" for k, v in tags.items())
-    runs = mlflow_client.search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
+    return " and ".join(f"tags.`{k}` = '{q(v)}'" for k, v in tags.items())
+
+
+def find_run_by_tags(mlflow_client, exp_id: str, tags: dict[str, str]):
+    """The newest live run carrying all these tag values, or None."""
+    runs = mlflow_client.search_runs([exp_id], filter_string=tags_filter(tags), max_results=1,
+                                     order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
+SEARCH_PAGE = 1000  # runs per search call: a sweep of 10,000 trials is read in 10 calls, not 10,000
+
+
+def runs_by_tags(mlflow_client, exp_id: str, tags: dict[str, str]) -> list:
+    """Every live run carrying all these tag values, read a page at a time."""
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([exp_id], filter_string=tags_filter(tags), max_results=SEARCH_PAGE,
+                                         page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], stream=None,
-             param_keys: tuple[str, ...] = (), title: str | None = None) -> tuple[str, bool]:
+             param_keys: tuple[str, ...] = (), title: str | None = None, new: bool = False,
+             description: tuple[str, str | None] | None = None) -> tuple[str, bool]:
     """(run id, resumed): a new RUNNING run with params, tags and config.yaml, or the existing one set RUNNING again.
-    `param_keys` are shown as params besides IDENTITY_KEYS; `title` is the name the UI shows (default: the run name).
+    `param_keys` are shown as params besides IDENTITY_KEYS; `title` is the name the UI shows (default: the run name);
+    `new`: the caller knows no such run exists (none is looked for); `description`: (text, image) for `describe`,
+    written with the params.
 
     MLflow params cannot change once logged: on a relaunch with a changed config the first values stay and a
     warning names the keys.
@@ -216,7 +258,7 @@ def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], 
 
     params = config_params(cfg, param_keys)
     tags = {**tags, CONFIG_TAG: config_tag(cfg)}
-    existing = find_run(mlflow_client, exp_id, tags[RUN_NAME_TAG], tags[STORAGE_TAG])
+    existing = None if new else find_run(mlflow_client, exp_id, tags[RUN_NAME_TAG], tags[STORAGE_TAG])
     if existing is None:
         run = mlflow_client.create_run(exp_id, run_name=title or tags[RUN_NAME_TAG], tags=tags)
         run_id, old_params = run.info.run_id, {}
@@ -228,8 +270,11 @@ def open_run(mlflow_client, exp_id: str, cfg: DictConfig, tags: dict[str, str], 
     if changed:
         print(f"warning: MLflow keeps the first values of params {changed} of run {run_id}", file=stream or terminal.err())
     new = [Param(k, v) for k, v in params.items() if k not in old_params]
-    for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
-        mlflow_client.log_batch(run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])
+    late = [RunTag(k, v) for k, v in (note(run_id, *description) if description else {}).items()]
+    for i in range(0, max(len(new), 1), MAX_PARAMS_PER_BATCH):
+        batch, tags_now = new[i : i + MAX_PARAMS_PER_BATCH], late if i == 0 else []
+        if batch or tags_now:
+            mlflow_client.log_batch(run_id, params=batch, tags=tags_now)
     mlflow_client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     return run_id, existing is not None
 
@@ -298,11 +343,15 @@ def view_link(exp_id: str, key: str | None = None) -> str:
     return f"#/experiments/{exp_id}/runs?{share}workflowType=machine_learning"
 
 
+def note(run_id: str, text: str, image: str | None = None) -> dict[str, str]:
+    """The tag of the run's description, markdown on its Overview tab, with the artifact `image` shown under it: the
+    one place MLflow's UI shows an image in full, without opening a file."""
+    return {"mlflow.note.content": text + (f"\n\n![{image}](get-artifact?path={image}&run_uuid={run_id})" if image else "")}
+
+
 def describe(mlflow_client, run_id: str, text: str, image: str | None = None) -> None:
-    """The run's description, markdown on its Overview tab, with the artifact `image` shown under it: the one place
-    MLflow's UI shows an image in full, without opening a file."""
-    body = text + (f"\n\n![{image}](get-artifact?path={image}&run_uuid={run_id})" if image else "")
-    mlflow_client.set_tag(run_id, "mlflow.note.content", body)
+    """Set the run's description (`note`)."""
+    mlflow_client.set_tag(run_id, *next(iter(note(run_id, text, image).items())))
 
 
 SAMPLES_ARTIFACT = "samples.png"  # a run's sample grid: a row per evaluation, a column per sampling step count

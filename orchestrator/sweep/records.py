@@ -26,7 +26,7 @@ from orchestrator.sweep.naming import (
 from orchestrator.sweep.space import Sweep
 from orchestrator.sweep.study import redact
 from orchestrator.sweep.trials import TrialRecord
-from orchestrator.track import provenance, run_record, tracking
+from orchestrator.track import run_record, tracking
 
 
 class SweepRecords:
@@ -50,12 +50,7 @@ class SweepRecords:
                 self.mlc.set_tag(existing.info.run_id, tracking.JOB_TAG, job_id())
             return existing.info.run_id
         tags = {SWEEP_TAG: self.sweep.name, SWEEP_ID_TAG: self.sweep_id, ROLE_TAG: "parent",
-                "imm.study.name": self.study.study_name, "imm.study.storage": redact(url)}
-        if job_id():
-            tags[tracking.JOB_TAG] = job_id()
-        commit = provenance.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
+                "imm.study.name": self.study.study_name, "imm.study.storage": redact(url), **tracking.origin_tags()}
         run = self.mlc.create_run(self.exp_id, run_name=self.sweep.name, tags=tags)
         self.study.set_user_attr(run_record.PARENT_ATTR, {"run_id": run.info.run_id, "tracking_uri": self.tracking_uri})
         self.share_table()
@@ -116,6 +111,7 @@ class SweepRecords:
             TRIAL_TAG: str(number),
             "imm.trial.optuna_id": str(optuna_id),
             STATE_TAG: "running",
+            **tracking.origin_tags(),  # the driver's: its job and commit, which the trial's task does not know
         }
         text = (f"Trial {number} of sweep `{self.sweep.name}`: {params_line(params)}. Its samples at each evaluation "
                 "(rows) and sampling step count (columns):")

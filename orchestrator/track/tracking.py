@@ -189,21 +189,25 @@ def config_tag(cfg: DictConfig) -> str:
 
 
 def run_tags(cfg: DictConfig, run_name: str, storage_uri: str, ray_address: str) -> dict[str, str]:
-    from orchestrator.infra.cluster import job_id
-
-    tags = {
+    return {
         "method": cfg.method,
         "dataset": cfg.data.name,
         "ray.address": ray_address,
         RUN_NAME_TAG: run_name,
         STORAGE_TAG: storage_uri,
+        **origin_tags(),
     }
-    if job_id():
-        tags[JOB_TAG] = job_id()
+
+
+def origin_tags() -> dict[str, str]:
+    """Where a run comes from, as this process knows it: the Ray job it was submitted in, and the code's commit. A
+    sweep's driver hands them to its trials' tasks, which open the trials' runs and know neither."""
+    from orchestrator.infra.cluster import job_id
+
+    tags = {JOB_TAG: job_id()} if job_id() else {}
     commit = provenance.git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit[0]
-        tags["git.dirty"] = str(commit[1]).lower()
+        tags["mlflow.source.git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
     return tags
 
 

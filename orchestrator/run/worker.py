@@ -93,7 +93,6 @@ class RayTrainSession:
     def restore(self) -> dict | None:
         import ray.train
 
-
         checkpoint = ray.train.get_checkpoint()
         return None if checkpoint is None else restored(checkpoint)
 

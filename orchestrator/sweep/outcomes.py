@@ -73,7 +73,7 @@ class TrialOutcomes:
 
     def _opened(self, tr: TrialRun, run_id: str) -> None:
         """The trial's task opened its MLflow run: the study's trial points at it."""
-        if tr.run_id != run_id:
+        if run_id and tr.run_id != run_id:
             tr.run_id = run_id
             tr.trial.set_user_attr("mlflow_run_id", run_id)
 

@@ -126,13 +126,7 @@ class SweepRecords:
     def best_so_far(self, values: list[float], finished: int) -> None:
         """The objective under its own name on the parent run, a point (stepped by the trials finished) each time a
         trial beats the best: the parent's chart shows the sweep's progress while it runs, at a write per new best."""
-        import time
-
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        self.mlc.log_batch(self.parent_id, metrics=[Metric(m, float(v), ts, finished)
-                                                    for m, v in zip(self.sweep.metrics, values, strict=True)])
+        report.log_best(self.mlc, self.parent_id, self.sweep, values, finished)
 
     def trial_pruned(self, run_id: str, number: int, params: dict[str, Any], step: int) -> None:
         self.mlc.set_tag(run_id, STATE_TAG, "pruned")

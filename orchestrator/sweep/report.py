@@ -27,7 +27,6 @@ STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[str]:
     """Tag, log and plot; returns the notes of what was skipped."""
-    from mlflow.entities import Metric
 
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     if best:
@@ -36,10 +35,8 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         mlc.set_tag(parent_id, "best.run_id", b["run_id"] or "")
         for k, v in b["params"].items():
             mlc.set_tag(parent_id, f"best.{k}", str(v))
-        if len(best) == 1:  # the objective under its own name, stepped by the trials finished: best so far
-            ts = int(time.time() * 1000)
-            mlc.log_batch(parent_id, metrics=[Metric(m, float(v), ts, len(finished))
-                                              for m, v in zip(sweep.metrics, b["values"], strict=True)])
+        if len(best) == 1:
+            log_best(mlc, parent_id, sweep, b["values"], len(finished))
     run_metrics = trial_metrics(mlc, parent_id, study, finished)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="imm-sweep-report-") as tmp:
@@ -55,6 +52,15 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
         mlc.log_artifacts(parent_id, tmp)  # stored once: a resumed sweep's report replaces the older one
     describe_parent(mlc, parent_id, study, sweep, best, finished, grid)
     return notes
+
+
+def log_best(mlc, parent_id: str, sweep, values: list[float], finished: int) -> None:
+    """The objective under its own name on the parent run, stepped by the trials finished: the best so far."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    mlc.log_batch(parent_id, metrics=[Metric(m, float(v), ts, finished)
+                                      for m, v in zip(sweep.metrics, values, strict=True)])
 
 
 def trial_metrics(mlc, parent_id: str, study, finished: list) -> dict[int, dict[str, float]]:

@@ -35,7 +35,7 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """What a trial's task needs to open its MLflow run, nested under the sweep's parent (`SweepRecords.record`)."""
+    """What a trial's task needs to open its MLflow run, nested under the sweep's parent (`SweepRecords.trial_record`)."""
 
     exp_id: str
     tags: dict[str, str]
@@ -50,18 +50,16 @@ def open_trial_run(plan: RunPlan, ray_address: str, record: TrialRecord, board=N
     """Open the trial's MLflow run from its task and tell the driver its id through the board (waiting for that
     push, so that it comes before any report); its id. A task Ray runs again (its process died) finds the run its
     first attempt opened: the run's record in the trial's storage says there is one."""
-    import ray
-
+    from orchestrator.run.board import Pusher
     from orchestrator.track import run_record
 
     new = record.new and run_record.read(plan.storage, plan.name) is None
     run_id, _ = open_tracked_run(plan, ray_address=ray_address, extra_tags=record.tags, stream=io.StringIO(),
                                  exp_id=record.exp_id, new=new, description=record.description)
-    if board is not None:
-        try:
-            ray.get(board.push({"event": RUN_EVENT, "run_id": run_id}), timeout=30)
-        except Exception:  # the id comes back with the task's result anyway
-            pass
+    if board is not None:  # best effort: the id comes back with the task's result anyway
+        pusher = Pusher(board)
+        pusher.push({"event": RUN_EVENT, "run_id": run_id})
+        pusher.flush(timeout=30)
     return run_id
 
 

@@ -32,7 +32,7 @@ test: venv
 # sweep IMM's axes on the 2D toy at toy2d's full budget, promote the best trial, sample from the promoted
 # model. Rerunning resumes each step.
 demo: venv
-	@echo "== 1/3 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, up to 3000 steps each; ~3 min on 2 cores)"
+	@echo "== 1/3 sweep: $(DEMO_SWEEP) (8 trials of IMM on 8 Gaussians, up to 3000 steps each; ~6 min on 2 cores)"
 	@if $(BIN)/imm-orch status $(DEMO_SWEEP) >/dev/null 2>&1; then resume=--resume; fi; \
 	  $(BIN)/imm-orch sweep sweeps/$(DEMO_SWEEP).yaml $$resume
 	@echo "== 2/3 promote: the best run of the sweep by its 2-step energy distance -> models:/$(DEMO_SWEEP)@champion"

@@ -7,6 +7,12 @@ space of five keys, four of them continuous, so that repeats are rare; each tria
     .venv/bin/python -m benchmarks.speed.ask_cost [--sizes 100 1000] [--asks 20]
 
 Prints, per study size, seconds per ask of each way and the ratio copy / mirror.
+
+`--driver`: instead, the driver's own cost per trial as its study grows, as a sweep pays it: the sweep's study
+(`open_study`, a journal file), 16 trials running, each new trial proposed (`ask_distinct`) and the oldest told.
+Flat means the study code's cost per trial does not grow with the trials finished:
+
+    .venv/bin/python -m benchmarks.speed.ask_cost --driver --sizes 600 5000 --asks 100
 """
 
 from __future__ import annotations
@@ -63,10 +69,45 @@ def per_ask(ask, study, sweep, asks: int, rng: random.Random) -> float:
     return statistics.median(times)
 
 
+def driver_cost(sizes: list[int], asks: int) -> None:
+    """Mean seconds of `ask_distinct` + `tell` per trial on a sweep's journal study, 16 running, at each size."""
+    import tempfile
+
+    from orchestrator.sweep.spec import sweep_from_dict
+    from orchestrator.sweep.study import ask_distinct, open_study
+
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory(prefix="imm-ask-") as root:
+        sweep = sweep_from_dict({"name": "driver_cost", "base": {"config": "toy2d", "overrides": [f"storage.root={root}"]},
+                                 "objective": "energy/steps_1", "space": SPACE,
+                                 "trials": max(sizes) + 2 * asks, "sampler": {"name": "tpe", "seed": 0}})
+        study = open_study(sweep, resume=False)
+        running: list = []
+
+        def step() -> None:
+            running.append(ask_distinct(study, sweep)[0])
+            if len(running) > 16:
+                study.tell(running.pop(0), rng.random())
+
+        print(f"the driver's proposal and tell per trial, a journal study, 16 running (mean over {asks} trials)")
+        print(f"{'finished':>9} {'ms per trial':>13}")
+        made = 0
+        for size in sorted(sizes):
+            while made < size + 16:
+                step()
+                made += 1
+            t0 = time.perf_counter()
+            for _ in range(asks):
+                step()
+            made += asks
+            print(f"{size:>9} {(time.perf_counter() - t0) / asks * 1e3:>13.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="study sizes (trials told)")
     parser.add_argument("--asks", type=int, default=20, help="asks timed per way and size (the median is printed)")
+    parser.add_argument("--driver", action="store_true", help="the driver's proposal and tell per trial instead")
     args = parser.parse_args()
     import optuna
 
@@ -75,6 +116,9 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if args.driver:
+        driver_cost(args.sizes, args.asks)
+        return
     sweep = sweep_from_dict({"name": "ask_cost", "base": {"config": "toy2d"}, "objective": "energy/steps_1",
                              "trials": max(args.sizes) + 3 * args.asks, "space": SPACE})
     rng = random.Random(0)

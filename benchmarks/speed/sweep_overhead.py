@@ -8,7 +8,9 @@ The baseline, measured in the same run: the first trial's settings trained in th
 
     share    = sum of the trials' training-loop time (`time/train_s`, logged by rank 0) / the sweep's wall time,
                Ray's start-up and shut-down included                      target: >= 0.85 for trials of ~30 s
-    overhead = (wall time - sum of training) / trials: what each trial costs beyond its training
+    overhead = (wall time - sum of training) / trials: what each trial costs beyond its training, split into a
+               trial's own (its span in the study beyond its training loop), the driver's between two trials, and
+               what a sweep pays once (Ray's start-up, the study, the parent run, the final report)
     loop / plain = a trial's training loop / the same loop in this process (threads, Ray's worker env)
 
 It also times a no-op `TorchTrainer.fit()` from a Ray task: Ray Train's fixed cost per run, which one-worker
@@ -54,6 +56,7 @@ def run_sweep(root: str, trials: int, steps: int, workers: int, cpus: int) -> tu
     })
     t0 = time.perf_counter()
     with connect(None, num_workers=workers, stream=open("/dev/null", "w")) as address:  # noqa: SIM115
+        ray_start_s = time.perf_counter() - t0
         runner = SweepRunner(sweep, ray_address=address, tracking_uri=None, experiment="overhead", resume=False,
                              trials=trials, stream=open("/dev/null", "w"))  # noqa: SIM115
         result = runner.run()
@@ -65,7 +68,13 @@ def run_sweep(root: str, trials: int, steps: int, workers: int, cpus: int) -> tu
     mlc = tracking.client(tracking.tracking_uri(sweep.base))
     study_trials = sorted(runner.study.get_trials(deepcopy=False), key=lambda t: t.number)
     train_s = [mlc.get_run(t.user_attrs["mlflow_run_id"]).data.metrics["time/train_s"] for t in study_trials]
-    return wall, train_s, {"params": study_trials[0].params, "noop_s": noop_s}
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study_trials]
+    between = [(b.datetime_start - a.datetime_complete).total_seconds()
+               for a, b in zip(study_trials, study_trials[1:], strict=False)]
+    return wall, train_s, {"params": study_trials[0].params, "noop_s": noop_s, "ray_start_s": ray_start_s,
+                           "in_trial_s": (sum(spans) - sum(train_s)) / trials,
+                           "between_s": sum(between) / max(len(between), 1),
+                           "fixed_s": wall - sum(spans) - sum(between)}
 
 
 def plain_train_s(root: str, steps: int, params: dict, cpus: int) -> float:
@@ -133,6 +142,12 @@ def main() -> int:
           " | ".join(f"{sum(t) / wall:.3f}" for wall, t, _ in rows.values()) + " |")
     print("| overhead per trial: (wall - training) / trials | " +
           " | ".join(f"{(wall - sum(t)) / len(t):.1f} s" for wall, t, _ in rows.values()) + " |")
+    for label, key in [("of which a trial's own: its span beyond its training loop (MLflow run, evaluation, "
+                        "checkpoints)", "in_trial_s"),
+                       ("of which the driver's, between one trial's end and the next one's start", "between_s")]:
+        print(f"| {label} | " + " | ".join(f"{e[key]:.1f} s" for _, _, e in rows.values()) + " |")
+    print("| once per sweep: Ray's start-up, the study, the parent run, the report (wall - spans - betweens) | " +
+          " | ".join(f"{e['fixed_s']:.1f} s (Ray {e['ray_start_s']:.1f} s)" for _, _, e in rows.values()) + " |")
     print(f"| first trial's loop / the same loop in a plain process ({plain:.1f} s) | " +
           " | ".join(f"{t[0] / plain:.2f}" for _, t, _ in rows.values()) + " |")
     noop = next((e["noop_s"] for _, _, e in rows.values() if e["noop_s"]), None)

@@ -19,6 +19,13 @@ on the driver's side is the real code.
     .venv/bin/python -m benchmarks.speed.sweep_scale [--trials 100 1000] [--concurrency 16] [--work 1.0]
         [--servers]   (PostgreSQL for the study and an `mlflow server` on PostgreSQL, started here: the cluster's
                        stores; default: the embedded ones, a journal file and SQLite, in a temporary folder)
+
+REAL TRIALS (`--real`): tiny toy2d trials through the whole path (a trial's Ray task in a warm worker, its
+training loop, its evaluation, its MLflow run), `--concurrency` at a time on a local Ray of that many CPUs. Their
+work is not fixed, so the table is each trial's span (its study start to its end) and the start-to-start time
+per slot, in the first and the last tenth of the sweep; flat is a last/first ratio near 1:
+
+    .venv/bin/python -m benchmarks.speed.sweep_scale --real --trials 200 --concurrency 2
 """
 
 from __future__ import annotations
@@ -232,6 +239,48 @@ def run(n_trials: int, concurrency: int, work_s: float, reports: int, tracking_u
                                        f"{closing * 1e3:.1f} ms (mean)"}
 
 
+REAL_OVERRIDES = ["train.steps=10", "train.log_every=5", "train.checkpoint_every=10", "eval.every=10",
+                  "eval.n_samples=200", "eval.steps=[1]"]  # a tiny trial: 10 steps, a 200-sample evaluation
+
+
+def run_real(n_trials: int, concurrency: int, root: str) -> dict:
+    """`n_trials` tiny real toy2d trials, `concurrency` at a time on a local Ray of that many CPUs: each trial's
+    span and the start-to-start time per slot, first and last tenth (read from the study's trial times)."""
+    import ray
+
+    from orchestrator.sweep.runner import SweepRunner
+    from orchestrator.sweep.spec import sweep_from_dict
+
+    sweep = sweep_from_dict({
+        "name": f"scale-real-{n_trials}x{concurrency}", "base": {
+            "config": "toy2d", "overrides": [f"storage.root={root}", *REAL_OVERRIDES]},
+        "space": SPACE, "objective": "energy/steps_1", "sampler": {"name": "tpe", "seed": 0}, "trials": n_trials,
+        "max_concurrent": concurrency, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}})
+    ray.init(address="local", num_cpus=concurrency, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    try:
+        ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        runner = SweepRunner(sweep, ray_address="local", tracking_uri=None, experiment="scale", resume=False,
+                             trials=n_trials, stream=open(os.devnull, "w"))  # noqa: SIM115
+        result = runner.run()
+        wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        ray.shutdown()
+    trials = sorted((t for t in runner.study.get_trials(deepcopy=False) if t.datetime_complete),
+                    key=lambda t: t.datetime_start)
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    starts = [t.datetime_start.timestamp() for t in trials]
+    per_slot = [(b - a) * concurrency for a, b in zip(starts, starts[1:], strict=False)]
+    tenth = max(len(trials) // 10, 1)
+    mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return {"trials": n_trials, "concurrency": concurrency, "complete": result.counts.get("complete", 0),
+            "wall_s": wall, "span_first": mean(spans[:tenth]), "span_last": mean(spans[-tenth:]),
+            "start_first": mean(per_slot[:tenth]), "start_last": mean(per_slot[-tenth:]), "driver_cpu": cpu / wall,
+            "driver_rss_mib": ru1.ru_maxrss / 1024}
+
+
 def slot_gaps(spans: dict[int, tuple[float, float]], concurrency: int) -> tuple[float, float]:
     """The mean time a slot stays empty per trial, in the first and the last tenth of the sweep: from the end that
     freed it to the next start (the driver's turnaround: tell, record, ask, plan, submit). The first `concurrency`
@@ -268,6 +317,22 @@ def servers(folder: Path):
         pg.stop()
 
 
+@contextlib.contextmanager
+def kept_or_temporary(keep: Path | None, name: str):
+    """A sweep's storage root: `keep`/`name` (emptied first, left behind) or a temporary folder. A folder of its
+    own per sweep: this process's MLflow clients stay open on the ones before."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="imm-scale-") as root:
+            yield root
+        return
+    import shutil
+
+    folder = keep / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    yield str(folder.resolve())
+
+
 def _subclasses(cls) -> list:
     seen, todo = [], [cls]
     while todo:
@@ -287,7 +352,14 @@ def main() -> None:
                         help="PostgreSQL and an mlflow server on it, started here (default: the embedded stores)")
     parser.add_argument("--phases", action="store_true", help="print the driver's time per step and trial")
     parser.add_argument("--profile", default=None, help="write the driver's cProfile stats of the last sweep here")
+    parser.add_argument("--real", action="store_true", help="real tiny toy2d trials instead of simulated ones")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the last sweep's stores here (its MLflow runs, plots and study), to look at")
     args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as imm-orch does: the report's downloads
+    if args.real:
+        real(args)
+        return
     import mlflow.store.tracking.rest_store  # noqa: F401  (so that its class is counted too)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import optuna.storages  # noqa: F401
@@ -302,7 +374,7 @@ def main() -> None:
           f"{'growth':>7} {'own_s':>6} {'drv CPU':>8} {'drv MiB':>8} {'mlflow/t':>9} {'study/t':>8}", flush=True)
     for c in args.concurrency:
         for n in args.trials:
-            with tempfile.TemporaryDirectory(prefix="imm-scale-") as root, contextlib.ExitStack() as stack:
+            with kept_or_temporary(args.keep, f"{n}x{c}") as root, contextlib.ExitStack() as stack:
                 study, tracking_uri = stack.enter_context(servers(Path(root))) if args.servers else (None, None)
                 r = run(n, c, args.work, args.reports, tracking_uri, study, root, phases, args.profile)
             print(f"{n:>7} {c:>5} {r['wall_s']:>8.1f} {r['efficiency']:>6.3f} {r['occupancy']:>6.3f} "
@@ -311,6 +383,20 @@ def main() -> None:
                   f"{r['study_per_trial']:>8.1f}", flush=True)
             if args.phases:
                 print(r["phases"], flush=True)
+
+
+def real(args) -> None:
+    print("REAL trials: toy2d, " + " ".join(REAL_OVERRIDES) + ", one worker each; embedded stores.", flush=True)
+    print(f"{'trials':>7} {'conc':>5} {'wall_s':>8} {'complete':>9} {'span first':>11} {'last':>7} {'ratio':>6} "
+          f"{'start-to-start first':>21} {'last':>7} {'ratio':>6} {'drv CPU':>8} {'drv MiB':>8}", flush=True)
+    for c in args.concurrency:
+        for n in args.trials:
+            with kept_or_temporary(args.keep, f"real-{n}x{c}") as root:
+                r = run_real(n, c, root)
+            print(f"{n:>7} {c:>5} {r['wall_s']:>8.1f} {r['complete']:>9} {r['span_first']:>11.2f} "
+                  f"{r['span_last']:>7.2f} {r['span_last'] / r['span_first']:>6.2f} {r['start_first']:>21.2f} "
+                  f"{r['start_last']:>7.2f} {r['start_last'] / r['start_first']:>6.2f} {r['driver_cpu']:>8.2f} "
+                  f"{r['driver_rss_mib']:>8.0f}", flush=True)
 
 
 if __name__ == "__main__":

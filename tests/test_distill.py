@@ -138,3 +138,40 @@ def test_a_teacher_of_the_other_conditioning_is_refused_in_one_line(fm_teacher):
     with pytest.raises(ConfigError, match=rf"^train.teacher: {fm_teacher} is unconditional and this run has "
                                           r"model.class_conditional=True$"):
         check_teacher(cfg, load_trained(fm_teacher))
+
+
+class ScaledMap(GaussianFlowMap):
+    """The exact map times a learnable scale (1.1: wrong, so that the residual and its gradient are not zero)."""
+
+    def __init__(self, a, sd):
+        super().__init__(a, sd)
+        self.scale = torch.nn.Parameter(torch.tensor(1.1, dtype=torch.float64))
+
+
+def test_fmm_teacher_grad_switches_exactly_the_gradient_through_the_teachers_input():
+    """LMD's residual u - (t - s) d_s u - v_T(z - (t - s) u, s) uses u twice: in the map's own terms and in the
+    teacher's input. With two copies of the parameter, one per use, autograd splits the gradient by path:
+    fmm.teacher_grad=false gives the first path's alone, true both; the teacher's path is not zero."""
+    a, sd = 0.8, 0.7
+    x = a * torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads = {}
+    for switch in (True, False):
+        loss = FMMLoss(FMMConfig("lagrangian", anchor=False, teacher_grad=switch), TVMLoss(TVMConfig(), T=0.994))
+        loss.teacher = ExactTeacher(a, sd)
+        model = ScaledMap(a, sd)
+        torch.manual_seed(1)
+        (grads[switch],) = torch.autograd.grad(loss(model, x), [model.scale])
+
+    from imm.methods.common import ot_fm_point
+
+    own, through_teacher = ScaledMap(a, sd), ScaledMap(a, sd)  # one parameter per path, the same value
+    torch.manual_seed(1)
+    t, s, _ = loss.times(x.shape[0], x.device)
+    z = ot_fm_point(x, t, sd)[0]
+    u, du_ds = TVMLoss.velocity_and_jvp(own, z, s, t, torch.ones_like(s))
+    gap = (t - s)[:, None]
+    v_end = ExactTeacher(a, sd).velocity(z - gap * through_teacher(z, s, t), s)
+    g_own, g_teacher = torch.autograd.grad((u - gap * du_ds - v_end).square().mean(), [own.scale, through_teacher.scale])
+    assert torch.allclose(grads[False], g_own, rtol=1e-10)
+    assert torch.allclose(grads[True], g_own + g_teacher, rtol=1e-10)
+    assert abs(float(g_teacher)) > 1e-3 * abs(float(g_own))

@@ -11,7 +11,9 @@ In u the residuals are
     EMD   u - v_T(z_t, t) + (t - s) du/dt along (v_T, 0, 1)   (MeanFlow's identity, with the teacher)
 
 both squared and differentiated in full, through the JVP and (LMD) through the teacher's input, as the paper writes
-them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. Times are TVM's sampler
+them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. LMD differs from TVM
+distilled by one gradient path, through the teacher's input X_{t->s}: `fmm.teacher_grad=false` stops it there. Where
+the teacher's velocity is steep between modes (a memorising teacher's), that path's Jacobian is large. Times are TVM's sampler
 (the `tvm` section's keys); model and sampler MeanFlow's.
 
 Both conditions fix the map only from its value at gap 0, u(z, t, t) = v_T(z, t). The paper draws (s, t) uniformly, so
@@ -47,6 +49,7 @@ class FMMConfig:
     objective: str = "lagrangian"  # lagrangian (LMD: the end point follows the teacher) or eulerian (EMD)
     time_scale: float = FLOW_MAP_TIME_SCALE  # the network sees (time_scale t, time_scale s), as MeanFlow's
     anchor: bool = True  # add u(z, s', s') = v_T(z, s') at gap 0, which TVM's time sampler almost never draws
+    teacher_grad: bool = True  # LMD: differentiate through the teacher's input too (the paper's); false: TVM's paths
 
 
 class FMMLoss:
@@ -63,7 +66,10 @@ class FMMLoss:
         u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, ds, labels)
         u_map, gap = u[:n], bcast(t[:n] - s[:n], u[:n])
         head = None if labels is None else labels[:n]
-        v_end = self.teacher.velocity(z[:n] - (gap * u_map).to(z.dtype), s[:n], head, grad=True)
+        end = z[:n] - (gap * u_map).to(z.dtype)
+        if not self.c.teacher_grad:  # the one path by which LMD's gradient differs from TVM distilled's
+            end = end.detach()
+        v_end = self.teacher.velocity(end, s[:n], head, grad=self.c.teacher_grad)
         return u_map - gap * du_ds[:n] - at_least_fp32(v_end), u[n:]
 
     def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:

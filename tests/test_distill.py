@@ -154,13 +154,14 @@ def test_fmm_teacher_grad_switches_exactly_the_gradient_through_the_teachers_inp
     fmm.teacher_grad=false gives the first path's alone, true both; the teacher's path is not zero."""
     a, sd = 0.8, 0.7
     x = a * torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    grads = {}
+    grads, logged = {}, {}
     for switch in (True, False):
         loss = FMMLoss(FMMConfig("lagrangian", anchor=False, teacher_grad=switch), TVMLoss(TVMConfig(), T=0.994))
-        loss.teacher = ExactTeacher(a, sd)
+        loss.teacher, loss.diagnose = ExactTeacher(a, sd), True
         model = ScaledMap(a, sd)
         torch.manual_seed(1)
         (grads[switch],) = torch.autograd.grad(loss(model, x), [model.scale])
+        logged[switch] = loss.diagnostics
 
     from imm.methods.common import ot_fm_point
 
@@ -175,3 +176,21 @@ def test_fmm_teacher_grad_switches_exactly_the_gradient_through_the_teachers_inp
     assert torch.allclose(grads[False], g_own, rtol=1e-10)
     assert torch.allclose(grads[True], g_own + g_teacher, rtol=1e-10)
     assert abs(float(g_teacher)) > 1e-3 * abs(float(g_own))
+    # the norms logged by path (the model has one parameter: a norm is an absolute value)
+    assert logged[True]["fmm/grad_norm_own"] == pytest.approx(abs(float(g_own)), rel=1e-9)
+    assert logged[True]["fmm/grad_norm_teacher_input"] == pytest.approx(abs(float(g_teacher)), rel=1e-9)
+    assert logged[False]["fmm/grad_norm_teacher_input"] == 0.0
+
+
+def test_the_training_loop_logs_lmds_gradient_paths_on_the_steps_that_log(fm_teacher):
+    from imm.trained import load_trained
+    from imm.training.loop import train_loop
+
+    cfg = load_config("toy2d", [*TINY, "method=fmm", "train.steps=20", "train.log_every=10", "eval.every=20",
+                                f"train.teacher={fm_teacher}"])
+    seen = {}
+    train_loop(cfg, device="cpu", teacher=load_trained(str(fm_teacher)),
+               report=lambda metrics, checkpoint_dir: seen.update({int(metrics["step"]): metrics}))
+    assert sorted(seen) == [10, 20]
+    for metrics in seen.values():
+        assert metrics["fmm/grad_norm_own"] > 0 and metrics["fmm/grad_norm_teacher_input"] > 0

@@ -13,8 +13,8 @@ In u the residuals are
 both squared and differentiated in full, through the JVP and (LMD) through the teacher's input, as the paper writes
 them; MeanFlow and TVM with train.teacher are the same conditions with stop-gradient targets. LMD differs from TVM
 distilled by one gradient path, through the teacher's input X_{t->s}: `fmm.teacher_grad=false` stops it there. Where
-the teacher's velocity is steep between modes (a memorising teacher's), that path's Jacobian is large. Times are TVM's sampler
-(the `tvm` section's keys); model and sampler MeanFlow's.
+the teacher's velocity is steep between modes (a memorising teacher's), that path's Jacobian is large. Times are
+TVM's sampler (the `tvm` section's keys); model and sampler MeanFlow's.
 
 Both conditions fix the map only from its value at gap 0, u(z, t, t) = v_T(z, t). The paper draws (s, t) uniformly, so
 small gaps are drawn; TVM's sampler almost never draws them (t - s ~ sigmoid(N(-0.8, 1))), and without them both
@@ -56,9 +56,26 @@ class FMMLoss:
     """LMD or EMD from the `fmm` section, with (t, s) from the `tvm` section's sampler; train.teacher is required."""
 
     teacher = None  # imm.training.teacher.Teacher, set by build_loss
+    diagnose = False  # set by the training loop on the steps that log
 
     def __init__(self, c: FMMConfig, times: TVMLoss):
         self.c, self.times = c, times.times
+        self.diagnostics: dict[str, float] = {}  # LMD's gradient norms by path, from the last diagnosed call
+
+    def gradient_paths(self, model, residual: Tensor, own: Tensor) -> dict[str, float]:
+        """The norms of the LMD loss's gradient (over the model's parameters) through the map's own terms and
+        through the teacher's input: `own` is the residual with the teacher's input detached. Two extra backward
+        passes, on the steps that log."""
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def grads(r: Tensor) -> list[Tensor]:
+            gs = torch.autograd.grad(r.square().mean(), params, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, gs, strict=True)]
+
+        full, mine = grads(residual), grads(own)
+        norm = lambda gs: float(sum(g.double().square().sum() for g in gs)) ** 0.5  # noqa: E731
+        return {"fmm/grad_norm_own": norm(mine),
+                "fmm/grad_norm_teacher_input": norm([f - m for f, m in zip(full, mine, strict=True)])}
 
     def lagrangian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
         """The LMD residual of the first n rows and u of the rest (their tangent is 0)."""
@@ -70,7 +87,11 @@ class FMMLoss:
         if not self.c.teacher_grad:  # the one path by which LMD's gradient differs from TVM distilled's
             end = end.detach()
         v_end = self.teacher.velocity(end, s[:n], head, grad=self.c.teacher_grad)
-        return u_map - gap * du_ds[:n] - at_least_fp32(v_end), u[n:]
+        residual = u_map - gap * du_ds[:n] - at_least_fp32(v_end)
+        if self.diagnose and torch.is_grad_enabled():
+            v_fixed = at_least_fp32(self.teacher.velocity(end.detach(), s[:n], head))
+            self.diagnostics = self.gradient_paths(model, residual, u_map - gap * du_ds[:n] - v_fixed)
+        return residual, u[n:]
 
     def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
         """The EMD residual of the first n rows and u of the rest (their tangent is 0)."""

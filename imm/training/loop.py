@@ -182,6 +182,8 @@ def train_loop(
     loss_fn = build_loss(cfg, teacher=teacher)
     # A loss with state of its own (TVM's EMA target) follows each optimizer step and is kept in the checkpoint.
     after_step = getattr(loss_fn, "after_step", lambda model: None)
+    # A loss with `diagnostics` measures itself (extra gradients, say) on the steps that log, and only on those.
+    diagnoses = hasattr(loss_fn, "diagnostics")
     if resume and "loss" in resume:
         loss_fn.load_state_dict(resume["loss"])
     per_worker = tc.batch_size // world_size
@@ -197,6 +199,8 @@ def train_loop(
         torch.manual_seed(step_seed(tc.seed, rank, step))
         x, y = batches(step, per_worker)
         opt.zero_grad(set_to_none=True)
+        if diagnoses:
+            loss_fn.diagnose = step % tc.log_every == 0 or step == tc.steps
         loss = accumulate_gradients(ddp, loss_fn, x, y, tc.accumulate, autocast)
         if finite_gradients(model, tc.grad_clip):
             opt.step()
@@ -230,6 +234,8 @@ def train_loop(
             "throughput/samples_per_s": (step - window_start) * tc.batch_size / elapsed,
             "train/skipped_steps": skipped,
         }
+        if do_log and diagnoses:
+            metrics.update(loss_fn.diagnostics)
         if batches.reader is not None and batches.reader.remote:
             metrics.update(fetched_per_worker(batches.reader, world_size, device))
         if do_eval:

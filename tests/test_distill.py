@@ -194,3 +194,10 @@ def test_the_training_loop_logs_lmds_gradient_paths_on_the_steps_that_log(fm_tea
     assert sorted(seen) == [10, 20]
     for metrics in seen.values():
         assert metrics["fmm/grad_norm_own"] > 0 and metrics["fmm/grad_norm_teacher_input"] > 0
+
+
+def test_a_distilled_tvm_refuses_guidance_it_would_not_use():
+    """A distilled TVM's targets are the teacher's velocities: tvm.guidance would be silently ignored."""
+    with pytest.raises(ConfigError, match=r"^tvm.guidance: 2.0 is not used by a distilled TVM \(train.teacher\)"):
+        load_config("toy2d", ["method=tvm", "train.teacher=/x", "tvm.guidance=2"])
+    assert load_config("toy2d", ["method=tvm", "tvm.guidance=2"]).tvm.guidance == 2  # trained from data: used

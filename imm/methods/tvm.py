@@ -28,7 +28,7 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import check_range, resolved_T
+from imm.checks import ConfigError, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm
 from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
@@ -155,6 +155,9 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "tvm.time_scale", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.guidance", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.target_ema", 0.0, 1.0)
+    if cfg.train.teacher and cfg.tvm.guidance != 1:
+        raise ConfigError(f"tvm.guidance: {cfg.tvm.guidance} is not used by a distilled TVM (train.teacher), whose "
+                          "targets are the teacher's velocities; set tvm.guidance=1, or distill a guided teacher")
 
 
 METHOD = register(Method(

@@ -179,21 +179,29 @@ def test_fmm_teacher_grad_switches_exactly_the_gradient_through_the_teachers_inp
     # the norms logged by path (the model has one parameter: a norm is an absolute value)
     assert logged[True]["fmm/grad_norm_own"] == pytest.approx(abs(float(g_own)), rel=1e-9)
     assert logged[True]["fmm/grad_norm_teacher_input"] == pytest.approx(abs(float(g_teacher)), rel=1e-9)
-    assert logged[False]["fmm/grad_norm_teacher_input"] == 0.0
+    assert logged[False]["fmm/grad_norm_own"] == pytest.approx(abs(float(g_own)), rel=1e-9)
 
 
-def test_the_training_loop_logs_lmds_gradient_paths_on_the_steps_that_log(fm_teacher):
+def test_the_training_loop_logs_lmds_gradient_paths_on_the_steps_that_log_only(fm_teacher, monkeypatch):
     from imm.trained import load_trained
     from imm.training.loop import train_loop
 
+    measured = []
+    paths = FMMLoss.gradient_paths
+    monkeypatch.setattr(FMMLoss, "gradient_paths", lambda self, *a: measured.append(1) or paths(self, *a))
     cfg = load_config("toy2d", [*TINY, "method=fmm", "train.steps=20", "train.log_every=10", "eval.every=20",
                                 f"train.teacher={fm_teacher}"])
     seen = {}
     train_loop(cfg, device="cpu", teacher=load_trained(str(fm_teacher)),
                report=lambda metrics, checkpoint_dir: seen.update({int(metrics["step"]): metrics}))
-    assert sorted(seen) == [10, 20]
+    assert sorted(seen) == [10, 20] and len(measured) == 2  # measured on the 2 steps that log, not the other 18
     for metrics in seen.values():
         assert metrics["fmm/grad_norm_own"] > 0 and metrics["fmm/grad_norm_teacher_input"] > 0
+
+
+def test_fmm_teacher_grad_false_is_refused_for_the_eulerian_objective():
+    with pytest.raises(ConfigError, match=r"^fmm.teacher_grad: false applies to fmm.objective=lagrangian only"):
+        load_config("toy2d", ["method=fmm", "train.teacher=/x", "fmm.objective=eulerian", "fmm.teacher_grad=false"])
 
 
 def test_a_distilled_tvm_refuses_guidance_it_would_not_use():
@@ -201,3 +209,5 @@ def test_a_distilled_tvm_refuses_guidance_it_would_not_use():
     with pytest.raises(ConfigError, match=r"^tvm.guidance: 2.0 is not used by a distilled TVM \(train.teacher\)"):
         load_config("toy2d", ["method=tvm", "train.teacher=/x", "tvm.guidance=2"])
     assert load_config("toy2d", ["method=tvm", "tvm.guidance=2"]).tvm.guidance == 2  # trained from data: used
+    # another method's run, and a trained TVM loaded to sample, do not hear about it
+    assert load_config("toy2d", ["method=meanflow", "train.teacher=/x", "tvm.guidance=2"]).method == "meanflow"

@@ -9,7 +9,7 @@ The baseline, measured in the same run: the first trial's settings trained in th
     share    = sum of the trials' training-loop time (`time/train_s`, logged by rank 0) / the sweep's wall time,
                Ray's start-up and shut-down included                      target: >= 0.85 for trials of ~30 s
     overhead = (wall time - sum of training) / trials: what each trial costs beyond its training, split into a
-               trial's own (its span in the study beyond its training loop), the driver's between two trials, and
+               trial's span in the study (ask to tell) beyond its training loop, the time between two trials, and
                what a sweep pays once (Ray's start-up, the study, the parent run, the final report)
     loop / plain = a trial's training loop / the same loop in this process (threads, Ray's worker env)
 
@@ -142,9 +142,10 @@ def main() -> int:
           " | ".join(f"{sum(t) / wall:.3f}" for wall, t, _ in rows.values()) + " |")
     print("| overhead per trial: (wall - training) / trials | " +
           " | ".join(f"{(wall - sum(t)) / len(t):.1f} s" for wall, t, _ in rows.values()) + " |")
-    for label, key in [("of which a trial's own: its span beyond its training loop (MLflow run, evaluation, "
-                        "checkpoints)", "in_trial_s"),
-                       ("of which the driver's, between one trial's end and the next one's start", "between_s")]:
+    for label, key in [("of which within a trial's span in the study (ask to tell) beyond its training loop: the "
+                        "driver's turnaround, the task's start, the MLflow run, the evaluation, the checkpoints",
+                        "in_trial_s"),
+                       ("of which from one trial's tell to the next one's ask", "between_s")]:
         print(f"| {label} | " + " | ".join(f"{e[key]:.1f} s" for _, _, e in rows.values()) + " |")
     print("| once per sweep: Ray's start-up, the study, the parent run, the report (wall - spans - betweens) | " +
           " | ".join(f"{e['fixed_s']:.1f} s (Ray {e['ray_start_s']:.1f} s)" for _, _, e in rows.values()) + " |")

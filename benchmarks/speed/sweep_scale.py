@@ -352,9 +352,10 @@ def main() -> None:
                         help="PostgreSQL and an mlflow server on it, started here (default: the embedded stores)")
     parser.add_argument("--phases", action="store_true", help="print the driver's time per step and trial")
     parser.add_argument("--profile", default=None, help="write the driver's cProfile stats of the last sweep here")
-    parser.add_argument("--real", action="store_true", help="real tiny toy2d trials instead of simulated ones")
+    parser.add_argument("--real", action="store_true", help="real tiny toy2d trials instead of simulated ones "
+                        "(embedded stores; --work, --reports, --servers, --phases and --profile do not apply)")
     parser.add_argument("--keep", type=Path, default=None,
-                        help="keep the last sweep's stores here (its MLflow runs, plots and study), to look at")
+                        help="keep each sweep's stores here, a folder per sweep (its MLflow runs, plots, study)")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as imm-orch does: the report's downloads
     if args.real:

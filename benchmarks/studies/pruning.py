@@ -14,6 +14,9 @@ stopped where it says so. Per pruner:
     top-3 pruned   how often any of the three best is stopped
     steps          the steps trained, as a share of training every trial to the end
 
+The toy2d sets each start with the sweep's enqueued trial (the shipped config, the same curve in each and the best
+of each), so toy2d is also replayed on the random draws alone.
+
     .venv/bin/python -m benchmarks.studies.pruning train --out docs/results/pruning/toy2d_curves.json
                                                        # 3 sets x 8 toy2d trials of 3000 steps: ~25 min on 2 cores
     .venv/bin/python -m benchmarks.studies.pruning replay [--out docs/results/pruning/replay.json]   # seconds
@@ -26,7 +29,9 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -67,7 +72,6 @@ def curve(sweep_file: str, values: dict, steps: int | None, every: int) -> dict[
     if steps:
         OmegaConf.update(cfg, "train.steps", steps)
     OmegaConf.update(cfg, "train.checkpoint_every", int(cfg.train.steps))
-    OmegaConf.update(cfg, "train.out_dir", f"/tmp/pruning-study/{abs(hash(str(values)))}")
     metric = sweep.metrics[0]
     seen: dict[str, float] = {}
 
@@ -75,7 +79,9 @@ def curve(sweep_file: str, values: dict, steps: int | None, every: int) -> dict[
         if metric in metrics:
             seen[str(int(metrics["step"]))] = float(metrics[metric])
 
-    train_loop(cfg, device="cpu", report=report)
+    with tempfile.TemporaryDirectory(prefix="imm-pruning-") as out:
+        OmegaConf.update(cfg, "train.out_dir", out)
+        train_loop(cfg, device="cpu", report=report)
     return seen
 
 
@@ -125,7 +131,7 @@ def digits_noise(n: int = 1000) -> float:
     return noise_floor(draw, data.heldout, n)
 
 
-def candidates(budget: int, floor: float) -> dict[str, callable]:
+def candidates(budget: int, floor: float) -> dict[str, Callable]:
     """The pruners compared, their rungs as shares of the budget: the demo's ASHA (first rung at 1/6 of it), later
     rungs, the median rule, Hyperband, and Optuna's PatientPruner around ASHA and the median rule, which lets the
     inner pruner decide only once a trial has stopped improving by more than the metric's noise floor."""
@@ -157,7 +163,8 @@ def replay_order(curves: list[dict[int, float]], order: list[int], pruner, concu
     in step (a trial starts when one ends), in `order`."""
     import optuna
 
-    study = optuna.create_study(pruner=pruner)
+    # a fixed name: Hyperband puts a trial in a bracket by a hash of the study's name and the trial's number
+    study = optuna.create_study(study_name="replay", pruner=pruner)
     queue, active, trained = list(order), [], {}
     while queue or active:
         while queue and len(active) < concurrency:
@@ -172,7 +179,7 @@ def replay_order(curves: list[dict[int, float]], order: list[int], pruner, concu
                 continue
             trial.report(curves[i][step], step)
             trained[i] = step
-            if trial.should_prune():
+            if step < max(curves[i]) and trial.should_prune():  # as the driver: a trial at its last step completes
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 active.remove(entry)
     return trained
@@ -226,9 +233,17 @@ def replay(args) -> int:
     toy = [[{int(s): v for s, v in t["by_step"].items()} for t in one] for one in stored["sets"]]
     digits_runs = json.loads(DIGITS.read_text())
     digits = [[{int(s): v for s, v in r["by_step"].items()} for r in digits_runs["results"]["fixed"]]]
+    # Each set starts with the sweep's enqueued trial (the shipped config), the same curve in every set and its
+    # best: the sets of random draws alone have a best of their own each.
+    from orchestrator.sweep.spec import load_sweep
+
+    enqueued = len(load_sweep(stored["sweep"]).spec.enqueue)
+    draws_only = [one[enqueued:] for one in toy]
     studies = {
         f"toy2d ({stored['sweep']}, {len(toy)} sets of {len(toy[0])})":
             (toy, max(toy[0][0]), stored["noise_floor"]),
+        f"toy2d, random draws only ({len(toy)} sets of {len(draws_only[0])})":
+            (draws_only, max(toy[0][0]), stored["noise_floor"]),
         f"digits (ema_ranking, 1 set of {len(digits[0])})": (digits, max(digits[0][0]), digits_noise()),
     }
     table = {}

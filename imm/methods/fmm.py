@@ -32,7 +32,7 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import check_choice, check_range, resolved_T
+from imm.checks import ConfigError, check_choice, check_range, resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, ot_fm_point
 from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
@@ -63,17 +63,21 @@ class FMMLoss:
         self.diagnostics: dict[str, float] = {}  # LMD's gradient norms by path, from the last diagnosed call
 
     def gradient_paths(self, model, residual: Tensor, own: Tensor) -> dict[str, float]:
-        """The norms of the LMD loss's gradient (over the model's parameters) through the map's own terms and
-        through the teacher's input: `own` is the residual with the teacher's input detached. Two extra backward
-        passes, on the steps that log."""
+        """The norms of the LMD term's gradient (over the model's parameters; the anchor's term left out) through
+        the map's own terms and through the teacher's input: `own` is the residual with the teacher's velocity held
+        fixed. Two extra backward passes (one with fmm.teacher_grad=false), on the steps that log (each micro-batch
+        of such a step; the last one's are logged)."""
         params = [p for p in model.parameters() if p.requires_grad]
 
         def grads(r: Tensor) -> list[Tensor]:
             gs = torch.autograd.grad(r.square().mean(), params, retain_graph=True, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, gs, strict=True)]
 
-        full, mine = grads(residual), grads(own)
         norm = lambda gs: float(sum(g.double().square().sum() for g in gs)) ** 0.5  # noqa: E731
+        mine = grads(own)
+        if not self.c.teacher_grad:
+            return {"fmm/grad_norm_own": norm(mine), "fmm/grad_norm_teacher_input": 0.0}
+        full = grads(residual)
         return {"fmm/grad_norm_own": norm(mine),
                 "fmm/grad_norm_teacher_input": norm([f - m for f, m in zip(full, mine, strict=True)])}
 
@@ -89,8 +93,8 @@ class FMMLoss:
         v_end = self.teacher.velocity(end, s[:n], head, grad=self.c.teacher_grad)
         residual = u_map - gap * du_ds[:n] - at_least_fp32(v_end)
         if self.diagnose and torch.is_grad_enabled():
-            v_fixed = at_least_fp32(self.teacher.velocity(end.detach(), s[:n], head))
-            self.diagnostics = self.gradient_paths(model, residual, u_map - gap * du_ds[:n] - v_fixed)
+            own = u_map - gap * du_ds[:n] - at_least_fp32(v_end).detach()
+            self.diagnostics = self.gradient_paths(model, residual, own)
         return residual, u[n:]
 
     def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
@@ -124,6 +128,9 @@ class FMMLoss:
 def check_section(cfg: DictConfig) -> None:
     check_choice(cfg, "fmm.objective", OBJECTIVES)
     check_range(cfg, "fmm.time_scale", 0.0, None, strict_low=True)
+    if not cfg.fmm.teacher_grad and cfg.fmm.objective != "lagrangian":
+        raise ConfigError("fmm.teacher_grad: false applies to fmm.objective=lagrangian only (the Eulerian residual "
+                          "has no gradient through the teacher's input)")
 
 
 METHOD = register(Method(

@@ -155,6 +155,12 @@ def check_section(cfg: DictConfig) -> None:
     check_range(cfg, "tvm.time_scale", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.guidance", 0.0, None, strict_low=True)
     check_range(cfg, "tvm.target_ema", 0.0, 1.0)
+
+
+def check_run(cfg: DictConfig) -> None:
+    """What a TVM run cannot do: another trajectory, or guidance while distilling (the targets are the teacher's
+    velocities, so tvm.guidance would be silently ignored)."""
+    check_ot_fm(cfg)
     if cfg.train.teacher and cfg.tvm.guidance != 1:
         raise ConfigError(f"tvm.guidance: {cfg.tvm.guidance} is not used by a distilled TVM (train.teacher), whose "
                           "targets are the teacher's velocities; set tvm.guidance=1, or distill a guided teacher")
@@ -164,6 +170,6 @@ METHOD = register(Method(
     "tvm", "Terminal Velocity Matching: a flow map trained on the velocity at its end point (one JVP in s per step)",
     model_kind="average_velocity", build_model=build_model,
     build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), section="tvm",
-    config=TVMConfig, check_section=check_section, check_run=check_ot_fm,
+    config=TVMConfig, check_section=check_section, check_run=check_run,
     velocity=instantaneous_velocity, distills=True,
 ))

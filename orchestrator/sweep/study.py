@@ -107,7 +107,9 @@ PROPOSALS = 16  # the sampler's tries at a parameter set not run yet, before one
 # at 1,000-2,000). Past MODELLED finished trials the mirror models the best tenth of them and the most recent rest:
 # TPE's good group is at most its best 25 trials, and it weighs older trials of the other group less and less.
 # It is built again each time it has grown by a fifth (a rebuild costs about as much as one proposal), so the
-# trials modelled, and a proposal's cost, stay within a fifth of the cap.
+# trials modelled, and a proposal's cost, stay within a fifth of the cap. Its size counts its entries: a trial
+# run from it is two (its running copy, failed once it ends, and its finished copy), so the first rebuild comes at
+# about MODELLED / 2 + MODELLED / 10 finished trials.
 MODELLED = 500
 
 

@@ -27,7 +27,6 @@ STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[str]:
     """Tag, log and plot; returns the notes of what was skipped."""
-
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     if best:
         b = best[0]

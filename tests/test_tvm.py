@@ -154,3 +154,28 @@ def test_the_end_points_velocity_comes_from_an_ema_of_the_weights_when_asked():
     resumed.load_state_dict(loss.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(resumed.velocity_model(model).parameters(), target.parameters(),
                                                   strict=True))
+
+
+def test_the_loss_is_the_terminal_error_plus_flow_matching_at_the_drawn_times():
+    """The whole loss against its two terms written out at the same draws (times, then noise): the terminal error
+    through the JVP at (z_t, s, t) and flow matching's squared error at (z_s', s', s'), in value and in gradient.
+    (The flow-matching half runs as a plain forward, not on dual numbers with a zero tangent: the same loss, cheaper.)"""
+    torch.manual_seed(0)
+    model = AverageVelocityModel(MLP(2, hidden=16, depth=1, emb_dim=8), get_trajectory("ot_fm"), sigma_d=0.5).double()
+    loss = TVMLoss(TVMConfig(), T=1.0)
+    x = torch.randn(16, 2, dtype=torch.float64)
+    torch.manual_seed(1)
+    got = loss(model, x)
+    grads = torch.autograd.grad(got, list(model.parameters()))
+    torch.manual_seed(1)
+    t, s, s_fm = loss.times(16, x.device)
+    eps = torch.randn_like(x) * 0.5
+    z_t, z_fm = (1 - t[:, None]) * x + t[:, None] * eps, (1 - s_fm[:, None]) * x + s_fm[:, None] * eps
+    u, du_ds = TVMLoss.velocity_and_jvp(model, z_t, s, t, torch.ones_like(s))
+    with torch.no_grad():
+        v_end = model(z_t - (t - s)[:, None] * u, s, s)
+    want = ((u - (t - s)[:, None] * du_ds - v_end).square().mean(1)
+            + (model(z_fm, s_fm, s_fm) - (eps - x)).square().mean(1)).mean()
+    assert torch.allclose(got, want, rtol=1e-12)
+    for a, b in zip(grads, torch.autograd.grad(want, list(model.parameters())), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -17,15 +17,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.dual import GroupNorm, attention
 from imm.networks.registry import Architecture, register
 from imm.networks.unet import zero_init
 
 SKIP_SCALE = math.sqrt(0.5)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> GroupNorm:
     """The official GroupNorm: min(32, channels // 4) groups, eps 1e-6."""
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+    return GroupNorm(min(32, channels // 4), channels, eps=1e-6)
 
 
 def positional_embedding(x: Tensor, channels: int, max_positions: int = 10000) -> Tensor:
@@ -76,7 +77,7 @@ class Block(nn.Module):
         if self.attention:
             b, c, hh, ww = x.shape
             q, k, v = self.qkv(self.norm2(x)).reshape(b, c, 3, hh * ww).unbind(2)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            a = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             x = (self.proj(a.transpose(1, 2).reshape(b, c, hh, ww)) + x) * SKIP_SCALE
         return x
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.dual import attention
 from imm.networks.registry import Architecture, register
 
 SIZES = {  # name: (hidden size, depth, heads), DiT's table 1
@@ -91,7 +92,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        return self.proj(attention(q, k, v).transpose(1, 2).reshape(b, n, c))
 
 
 class Mlp(nn.Module):

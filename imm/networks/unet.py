@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from imm.networks.dual import GroupNorm, attention
 from imm.networks.mlp import sinusoidal_embedding, time_embedder
 from imm.networks.registry import Architecture, register
 
@@ -26,8 +27,8 @@ def num_groups(channels: int) -> int:
     return g
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups(channels), channels, eps=1e-6)
+def group_norm(channels: int) -> GroupNorm:
+    return GroupNorm(num_groups(channels), channels, eps=1e-6)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -66,7 +67,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         return (x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))) * SKIP_SCALE
 
 

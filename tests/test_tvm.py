@@ -126,13 +126,18 @@ def test_tvm_trains_and_samples(conditional):
     assert isinstance(build_loss(cfg), TVMLoss)
 
 
-def test_the_end_points_velocity_comes_from_an_ema_of_the_weights_when_asked():
-    """tvm.target_ema: the target starts as the weights, then moves a (1 - decay) share toward them after each step;
-    the terminal error's v(f, s) is the target's; 0 keeps the online weights; the checkpoint round trip keeps it."""
+def test_the_end_points_velocity_comes_from_an_ema_of_the_weights_by_default():
+    """tvm.target_ema (0.99 by default, the official ema_target_beta): the target starts as the weights, then moves
+    a (1 - decay) share toward them after each step; the terminal error's v(f, s) is the target's; 0 keeps the
+    online weights; the checkpoint round trip keeps it."""
     torch.manual_seed(0)
     model = AverageVelocityModel(MLP(2, hidden=16, depth=1, emb_dim=8), get_trajectory("ot_fm"), sigma_d=0.5)
-    online = TVMLoss(TVMConfig(), T=1.0)
+    online = TVMLoss(TVMConfig(target_ema=0.0), T=1.0)
     assert online.velocity_model(model) is model and online.state_dict() == {}
+    # the official code's target by default: a run config's and the dataclass's
+    assert TVMConfig().target_ema == load_config("toy2d", ["method=tvm"]).tvm.target_ema == 0.99
+    by_default = TVMLoss(TVMConfig(), T=1.0)
+    assert by_default.velocity_model(model) is not model and by_default.state_dict()
     loss = TVMLoss(TVMConfig(target_ema=0.9), T=1.0)
     target = loss.velocity_model(model)
     assert target is not model and target is loss.velocity_model(model)

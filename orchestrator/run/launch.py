@@ -30,6 +30,10 @@ from orchestrator.track import provenance, run_record, tracking
 from orchestrator.track.rank_zero import Superseded
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in current Ray; older 2.x need the flag
+# Ray Train's controller looks at its workers every 2 s by default, and a worker's report (with its checkpoint) and
+# the run's end wait for that look: a tiny two-worker run took 31 s at 2 s and 20 s at 0.5 s (benchmarks/speed/
+# train_poll.py). Train copies this variable from the driver to its controller; a user's own value wins.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

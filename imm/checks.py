@@ -9,8 +9,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from imm.maths.trajectories import TRAJECTORIES
-
 
 class ConfigError(ValueError):
     """A user mistake in a config: the message names the key and what is allowed."""
@@ -46,11 +44,6 @@ def omegaconf_message(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0]
     return f"{key}: {msg}" if key else msg
-
-
-def resolved_T(cfg: DictConfig) -> float:
-    """The largest time: T, else the trajectory's default."""
-    return cfg.T if cfg.T is not None else TRAJECTORIES[cfg.trajectory].default_T
 
 
 def planned_precision(cfg: DictConfig) -> str:

@@ -10,9 +10,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from imm.checks import ConfigError, check_choice, check_range, omegaconf_message, resolved_T
+from imm.checks import ConfigError, check_choice, check_range, omegaconf_message
 from imm.maths.trajectories import TRAJECTORIES
 from imm.methods import METHODS
+from imm.methods.registry import resolved_T
 from imm.metrics.features import FEATURES
 from imm.networks import ARCHITECTURES, PARAMETERIZATIONS, S_EMBEDDINGS
 from imm.networks.dit import NAMES as DIT_NAMES
@@ -57,7 +58,9 @@ class ModelConfig:
     dropout: float = 0.0  # unet, ddpmpp: dropout in the residual blocks (the paper's CIFAR-10 net: 0.2)
     # how f_{s,t}(x_t) mixes x_t and the network: simple_edm, euler_fm or identity (docs/method.md 3)
     parameterization: str = "simple_edm"
-    s_embedding: str = "identity"  # how s enters the network: identity (s itself) or stride (t - s)
+    # how s enters the network: identity (s itself) or stride (t - s); null = the method's own: stride for the flow
+    # maps (meanflow, tvm, fmm: their official code feeds t - s), identity for the rest
+    s_embedding: str | None = None
     class_conditional: bool = False  # a label embedding with a null label (classifier-free guidance)
 
 
@@ -169,7 +172,10 @@ class RunConfig:
     method: str = "imm"
     trajectory: str = "ot_fm"  # the interpolant x_t = alpha_t x + sigma_t eps: ot_fm (alpha = 1 - t, sigma = t) or cosine
     eps_t: float = 0.0  # the smallest time: the few-step samplers end there and training draws t > eps_t
-    T: float | None = None  # None = the trajectory's default (0.994 ot_fm, 0.996 cosine)
+    # the largest time; None = the method's own: 1 for the flow maps (meanflow, tvm, fmm: from pure noise, as their
+    # official code), else the trajectory's default (0.994 ot_fm, 0.996 cosine: IMM's eta = sigma / alpha is
+    # singular at 1)
+    T: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # + one section per method that has one (imm, ddpm, vae, ...): see run_schema()
@@ -187,7 +193,7 @@ def choices() -> dict[str, tuple]:
         "trajectory": tuple(TRAJECTORIES),
         "model.dit": DIT_NAMES,
         "model.parameterization": tuple(PARAMETERIZATIONS),
-        "model.s_embedding": S_EMBEDDINGS,
+        "model.s_embedding": (None, *S_EMBEDDINGS),
         "train.optimizer": tuple(OPTIMIZERS),
         "train.precision": PRECISIONS,
         "sample.schedule": (None, *SCHEDULES),
@@ -233,6 +239,11 @@ def config_from_dict(d: dict[str, Any], training: bool = True) -> DictConfig:
         cfg = OmegaConf.merge(run_schema(), OmegaConf.create(d))
     except OmegaConfBaseException as e:
         raise ConfigError(omegaconf_message(e)) from None
+    if not training:  # a model trained before the methods had times of their own stored T null and (t, s) inputs
+        if cfg.T is None:
+            cfg.T = TRAJECTORIES[cfg.trajectory].default_T
+        if cfg.model.s_embedding is None:
+            cfg.model.s_embedding = "identity"
     validate(cfg, training)
     return cfg
 
@@ -316,8 +327,10 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
     check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
     check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
     T = resolved_T(cfg)
-    if not 0.0 <= cfg.eps_t < T < 1.0:
-        raise ConfigError(f"eps_t, T: need 0 <= eps_t < T < 1, got eps_t={cfg.eps_t}, T={T}")
+    top = 1.0 if method.default_T == 1.0 else None  # a method that starts from pure noise may set T = 1
+    if not (0.0 <= cfg.eps_t < T and (T <= top if top else T < 1.0)):
+        raise ConfigError(f"eps_t, T: need 0 <= eps_t < T {'<=' if top else '<'} 1 for method={cfg.method}, got "
+                          f"eps_t={cfg.eps_t}, T={T}")
     b, w = cfg.train.batch_size, cfg.trainer.num_workers
     if b % w:
         raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from imm.checks import resolved_T
 from imm.maths.estimators import at_least_fp32
 from imm.maths.trajectories import get_trajectory
 from imm.methods.common import build_network, check_ot_fm, ot_fm_point
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_s_embedding, resolved_T
 from imm.networks import VelocityModel
 from imm.networks.precond import unwrap
 
@@ -33,7 +32,10 @@ METHOD = register(Method(
     model_kind="velocity",
     build_model=lambda cfg, shape, sigma_d, classes=0: VelocityModel(
         build_network(cfg, shape, classes), get_trajectory(cfg.trajectory), sigma_d=sigma_d,
-        s_embedding=cfg.model.s_embedding),
+        s_embedding=resolved_s_embedding(cfg)),
     build_loss=lambda cfg: FlowMatchingLoss(eps_t=cfg.eps_t, T=resolved_T(cfg)),
     check_run=check_ot_fm, velocity=lambda model, z, t, labels=None: model(z, t, labels),
+    # its network sees (t, t - s) = (t, 0), the flow maps' inputs at gap 0: a teacher whose network starts them
+    # (train.init_from) as it is
+    s_embedding="stride",
 ))

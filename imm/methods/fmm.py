@@ -32,12 +32,12 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import ConfigError, check_choice, check_range, resolved_T
+from imm.checks import ConfigError, check_choice, check_range
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, ot_fm_point
 from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_T
 from imm.methods.tvm import TVMLoss
 from imm.networks.precond import bcast, unwrap
 
@@ -141,4 +141,5 @@ METHOD = register(Method(
     build_loss=lambda cfg: FMMLoss(cfg.fmm, TVMLoss(cfg.tvm, T=resolved_T(cfg))),
     section="fmm", config=FMMConfig, check_section=check_section, check_run=check_ot_fm,
     velocity=instantaneous_velocity, distills=True, needs_teacher=True,
+    default_T=1.0, s_embedding="stride",  # TVM's (its sampler and model): from pure noise, inputs (t, t - s)
 ))

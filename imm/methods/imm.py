@@ -16,14 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from imm.checks import ConfigError, check_choice, check_range, planned_precision, resolved_T
+from imm.checks import ConfigError, check_choice, check_range, planned_precision
 from imm.maths.estimators import ESTIMATORS, at_least_fp32, mmd2
 from imm.maths.kernels import KERNELS, get_kernel
 from imm.maths.mapping import MAPPINGS, mapping_fn
 from imm.maths.trajectories import Trajectory, ddim, get_trajectory
 from imm.maths.weighting import TIME_SAMPLERS, WEIGHTINGS, Weighting, sample_times
 from imm.methods.common import build_network
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_s_embedding, resolved_T
 from imm.networks.precond import OneStepModel, unwrap
 
 
@@ -155,7 +155,7 @@ class IMMLoss:
 def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, num_classes: int = 0) -> OneStepModel:
     """f_{s,t} = the parameterisation's mix of x_t and the shared network G (also the consistency model's)."""
     return OneStepModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
-                        cfg.model.parameterization, sigma_d=sigma_d, s_embedding=cfg.model.s_embedding)
+                        cfg.model.parameterization, sigma_d=sigma_d, s_embedding=resolved_s_embedding(cfg))
 
 
 def build_loss(cfg: DictConfig, consistency: bool = False) -> IMMLoss:

@@ -26,12 +26,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import check_choice, check_range, resolved_T
+from imm.checks import check_choice, check_range
 from imm.maths.estimators import at_least_fp32
 from imm.maths.trajectories import Trajectory, get_trajectory
 from imm.methods.common import build_network, check_ot_fm, ot_fm_point
 from imm.methods.imm import replay_rng
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_s_embedding, resolved_T
 from imm.networks.precond import EDM_TIME_SCALE, OneStepModel, bcast, unwrap
 
 # k in a flow map's time inputs (k t, k r): the official MeanFlow, iMF and TVM code's unscaled 1, the default of
@@ -145,7 +145,7 @@ def build_model(cfg: DictConfig, data_shape: tuple[int, ...], sigma_d: float, nu
                 time_scale: float | None = None):
     """MeanFlow's model; time_scale None = meanflow.time_scale (shortcut models pass their own)."""
     return AverageVelocityModel(build_network(cfg, data_shape, num_classes), get_trajectory(cfg.trajectory),
-                                sigma_d=sigma_d, s_embedding=cfg.model.s_embedding,
+                                sigma_d=sigma_d, s_embedding=resolved_s_embedding(cfg),
                                 time_scale=cfg.meanflow.time_scale if time_scale is None else time_scale)
 
 
@@ -172,4 +172,5 @@ METHOD = register(Method(
     model_kind="average_velocity", build_model=build_model, build_loss=build_loss,
     section="meanflow", config=MeanFlowConfig, check_section=check_section, check_run=check_ot_fm,
     velocity=instantaneous_velocity, distills=True,
+    default_T=1.0, s_embedding="stride",  # the official code's: from pure noise, the network sees (t, t - s)
 ))

@@ -12,6 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from imm.maths.trajectories import TRAJECTORIES
+
 # What a trained model computes, which says which samplers step it (imm.sampling registers them by kind).
 MODEL_KINDS = ("one_step_map", "velocity", "noise_prediction", "average_velocity", "decoder")
 # start(model, cfg, n, steps, data_shape, generator) -> (x_start, grid): the sampler's first input and its grid
@@ -41,6 +43,12 @@ class Method:
     velocity: Callable[..., Tensor] | None = None
     distills: bool = False  # its loss takes train.teacher's velocity in place of the data's eps - x
     needs_teacher: bool = False  # it trains only from a teacher
+    # Its authors' time conventions, used where the config leaves them null. default_T: the largest time it trains
+    # and samples from (None: the trajectory's, 0.994 on ot_fm, which IMM's eta = sigma / alpha needs; 1.0: from
+    # pure noise, which also lets T = 1 be set). s_embedding: how the network sees its second time (identity: s;
+    # stride: t - s).
+    default_T: float | None = None
+    s_embedding: str = "identity"
 
 
 METHODS: dict[str, Method] = {}
@@ -50,3 +58,24 @@ def register(method: Method) -> Method:
     """Add (or replace) a method in the table; returns it, so a module can write METHOD = register(Method(...))."""
     METHODS[method.name] = method
     return method
+
+
+def resolved_T(cfg: DictConfig) -> float:
+    """The largest time: T, else the method's own, else the trajectory's default."""
+    if cfg.T is not None:
+        return cfg.T
+    method = METHODS.get(cfg.method)
+    return method.default_T if method and method.default_T is not None else TRAJECTORIES[cfg.trajectory].default_T
+
+
+def resolved_s_embedding(cfg: DictConfig) -> str:
+    """How the network sees its second time: model.s_embedding, else the method's own."""
+    return cfg.model.s_embedding or METHODS[cfg.method].s_embedding
+
+
+def pinned(cfg: DictConfig) -> DictConfig:
+    """`cfg` with T and model.s_embedding set to what they resolve to: what a checkpoint stores, so that a trained
+    model keeps its times when a method's defaults change."""
+    out = cfg.copy()
+    out.T, out.model.s_embedding = resolved_T(cfg), resolved_s_embedding(cfg)
+    return out

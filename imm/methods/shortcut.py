@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import check_range, resolved_T
+from imm.checks import check_range
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm, ot_fm_point
 from imm.methods.imm import replay_rng
 from imm.methods.meanflow import build_model as meanflow_model
 from imm.methods.meanflow import instantaneous_velocity
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_T
 from imm.networks.precond import EDM_TIME_SCALE, bcast, unwrap
 
 

@@ -28,12 +28,12 @@ import torch.autograd.forward_ad as fwAD
 from omegaconf import DictConfig
 from torch import Tensor
 
-from imm.checks import ConfigError, check_range, resolved_T
+from imm.checks import ConfigError, check_range
 from imm.maths.estimators import at_least_fp32
 from imm.methods.common import check_ot_fm
 from imm.methods.meanflow import FLOW_MAP_TIME_SCALE, instantaneous_velocity
 from imm.methods.meanflow import build_model as meanflow_model
-from imm.methods.registry import Method, register
+from imm.methods.registry import Method, register, resolved_T
 from imm.networks.precond import bcast, unwrap
 
 
@@ -174,4 +174,5 @@ METHOD = register(Method(
     build_loss=lambda cfg: TVMLoss(cfg.tvm, T=resolved_T(cfg)), section="tvm",
     config=TVMConfig, check_section=check_section, check_run=check_run,
     velocity=instantaneous_velocity, distills=True,
+    default_T=1.0, s_embedding="stride",  # the official code's: from pure noise, the network sees (t, t - s)
 ))

@@ -9,9 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from imm.checks import resolved_T
 from imm.maths.trajectories import Trajectory
-from imm.methods.registry import METHODS
+from imm.methods.registry import METHODS, resolved_T
 from imm.sampling.registry import sampler_named, samplers_for
 from imm.sampling.schedules import time_grid
 

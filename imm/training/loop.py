@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from imm.checks import ConfigError
 from imm.data import load_data, random_xflip, shard
 from imm.methods import build_loss, build_model
+from imm.methods.registry import pinned
 from imm.metrics.evaluator import QUALITY_PREFIXES, Evaluator
 from imm.training import accelerate
 from imm.training.checkpoint import CHECKPOINT_FILE
@@ -252,7 +253,7 @@ def train_loop(
                     "step": step, "model": model.state_dict(), "ema": ema.module.state_dict(),
                     "ema_updates": int(ema.n_averaged), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "train_s": metrics["time/train_s"], "skipped_steps": skipped, "skipped_in_a_row": in_a_row,
-                    "config": OmegaConf.to_container(cfg, resolve=True), "sigma_d": sigma_d,
+                    "config": OmegaConf.to_container(pinned(cfg), resolve=True), "sigma_d": sigma_d,
                     "data_shape": list(data_shape), "num_classes": num_classes,
                     **({"loss": loss_fn.state_dict()} if hasattr(loss_fn, "state_dict") else {}),
                 }

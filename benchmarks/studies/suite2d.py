@@ -45,14 +45,16 @@ DISTILLED = " (distilled)"  # the row of a method trained from its set's flow-ma
 OUT = Path("docs/results/suite2d")  # where the report is published (suite2d_tuning's tables go there too)
 
 
-def job_config(method: str, data: str, seed: int, n_heldout: int = N_EVAL, teacher: str | None = None):
+def job_config(method: str, data: str, seed: int, n_heldout: int = N_EVAL, teacher: str | None = None,
+               extra: tuple[str, ...] = ()):
     """The toy2d config with only the method, set and seed changed (and the held-out size the score uses; a
-    distilled job's train.teacher); the 2D studies (restart_grids, restart_bias) train theirs with it too."""
+    distilled job's train.teacher; a study's `extra` overrides); the 2D studies (restart_grids, restart_bias,
+    flow_map_defaults) train theirs with it too."""
     from imm.config import load_config
 
     return load_config("toy2d", [f"method={method}", f"data.name={data}", f"train.seed={seed}",
                                  f"data.n_heldout={n_heldout}", "eval.every=1000000", "eval.steps=[1]",
-                                 *([f"train.teacher={teacher}"] if teacher else [])])
+                                 *([f"train.teacher={teacher}"] if teacher else []), *extra])
 
 
 def teacher_checkpoint(data: str, cache: str) -> str:

@@ -19,8 +19,8 @@ TVM's sampler (the `tvm` section's keys); model and sampler MeanFlow's.
 Both conditions fix the map only from its value at gap 0, u(z, t, t) = v_T(z, t). The paper draws (s, t) uniformly, so
 small gaps are drawn; TVM's sampler almost never draws them (t - s ~ sigmoid(N(-0.8, 1))), and without them both
 objectives lost the data on digits (energy 0.5 at 2 steps). `fmm.anchor` adds that condition as a term at TVM's
-flow-matching time s', ||u(z_s', s', s') - v_T(z_s', s')||^2, as TVM adds flow matching. Both terms are one network
-call on dual numbers (the anchor's half with zero tangents), which is also DDP's one forward.
+flow-matching time s', ||u(z_s', s', s') - v_T(z_s', s')||^2, as TVM adds flow matching. As in TVM, the anchor is a
+plain network call (on dual numbers with a zero tangent it cost 3x a forward for nothing).
 """
 
 from __future__ import annotations
@@ -81,47 +81,40 @@ class FMMLoss:
         return {"fmm/grad_norm_own": norm(mine),
                 "fmm/grad_norm_teacher_input": norm([f - m for f, m in zip(full, mine, strict=True)])}
 
-    def lagrangian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
-        """The LMD residual of the first n rows and u of the rest (their tangent is 0)."""
-        ds = torch.cat([torch.ones_like(s[:n]), torch.zeros_like(s[n:])])
-        u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, ds, labels)
-        u_map, gap = u[:n], bcast(t[:n] - s[:n], u[:n])
-        head = None if labels is None else labels[:n]
-        end = z[:n] - (gap * u_map).to(z.dtype)
+    def lagrangian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        """The LMD residual."""
+        u, du_ds = TVMLoss.velocity_and_jvp(model, z, s, t, torch.ones_like(s), labels)
+        gap = bcast(t - s, u)
+        end = z - (gap * u).to(z.dtype)
         if not self.c.teacher_grad:  # the one path by which LMD's gradient differs from TVM distilled's
             end = end.detach()
-        v_end = self.teacher.velocity(end, s[:n], head, grad=self.c.teacher_grad)
-        residual = u_map - gap * du_ds[:n] - at_least_fp32(v_end)
+        v_end = self.teacher.velocity(end, s, labels, grad=self.c.teacher_grad)
+        residual = u - gap * du_ds - at_least_fp32(v_end)
         if self.diagnose and torch.is_grad_enabled():
-            own = u_map - gap * du_ds[:n] - at_least_fp32(v_end).detach()
+            own = u - gap * du_ds - at_least_fp32(v_end).detach()
             self.diagnostics = self.gradient_paths(model, residual, own)
-        return residual, u[n:]
+        return residual
 
-    def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
-        """The EMD residual of the first n rows and u of the rest (their tangent is 0)."""
-        v = self.teacher.velocity(z[:n], t[:n], None if labels is None else labels[:n])
-        dz = torch.cat([v.to(z.dtype), torch.zeros_like(z[n:])])
-        dt = torch.cat([torch.ones_like(t[:n]), torch.zeros_like(t[n:])])
+    def eulerian(self, model, z: Tensor, s: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        """The EMD residual."""
+        v = self.teacher.velocity(z, t, labels)
         with fwAD.dual_level():
-            out = fwAD.unpack_dual(model(fwAD.make_dual(z, dz), s, fwAD.make_dual(t, dt), labels))
+            out = fwAD.unpack_dual(model(fwAD.make_dual(z, v.to(z.dtype)), s, fwAD.make_dual(t, torch.ones_like(t)),
+                                         labels))
         u, dudt = at_least_fp32(out.primal), at_least_fp32(out.tangent)
-        return u[:n] - at_least_fp32(v) + bcast(t[:n] - s[:n], u[:n]) * dudt[:n], u[n:]
+        return u - at_least_fp32(v) + bcast(t - s, u) * dudt
 
     def __call__(self, model, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.teacher is None:
             raise ValueError("method=fmm distills train.teacher, and none was given")
         m, n = unwrap(model), x.shape[0]
         t, s, s_fm = self.times(n, x.device)
-        z, rows_labels = ot_fm_point(x, t, m.sigma_d)[0], labels
-        if self.c.anchor:  # the anchor's rows follow the map's, in the same network call
-            z_fm, _ = ot_fm_point(x, s_fm, m.sigma_d)
-            z, s, t = torch.cat([z, z_fm]), torch.cat([s, s_fm]), torch.cat([t, s_fm])
-            rows_labels = None if labels is None else torch.cat([labels, labels])
-        residual, u_fm = getattr(self, self.c.objective)(model, z, s, t, rows_labels, n)
-        loss = residual.flatten(1).square().mean()
+        z = ot_fm_point(x, t, m.sigma_d)[0]
+        loss = getattr(self, self.c.objective)(model, z, s, t, labels).flatten(1).square().mean()
         if self.c.anchor:
-            v_fm = at_least_fp32(self.teacher.velocity(z[n:], s_fm, labels))
-            loss = loss + (u_fm - v_fm).flatten(1).square().mean()
+            z_fm, _ = ot_fm_point(x, s_fm, m.sigma_d)
+            v_fm = at_least_fp32(self.teacher.velocity(z_fm, s_fm, labels))
+            loss = loss + (at_least_fp32(model(z_fm, s_fm, s_fm, labels)) - v_fm).flatten(1).square().mean()
         return loss
 
 

@@ -327,10 +327,10 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
     check_range(cfg, "trainer.cpus_per_worker", 0.0, None)
     check_range(cfg, "trainer.gpus_per_worker", 0.0, None, strict_low=True)
     T = resolved_T(cfg)
-    top = 1.0 if method.default_T == 1.0 else None  # a method that starts from pure noise may set T = 1
-    if not (0.0 <= cfg.eps_t < T and (T <= top if top else T < 1.0)):
-        raise ConfigError(f"eps_t, T: need 0 <= eps_t < T {'<=' if top else '<'} 1 for method={cfg.method}, got "
-                          f"eps_t={cfg.eps_t}, T={T}")
+    may_be_one = method.default_T == 1.0  # a method that starts from pure noise may set T = 1
+    if not (0.0 <= cfg.eps_t < T and (T <= 1.0 if may_be_one else T < 1.0)):
+        raise ConfigError(f"eps_t, T: need 0 <= eps_t < T {'<=' if may_be_one else '<'} 1 for method={cfg.method}, "
+                          f"got eps_t={cfg.eps_t}, T={T}")
     b, w = cfg.train.batch_size, cfg.trainer.num_workers
     if b % w:
         raise ConfigError(f"train.batch_size: {b} must split evenly over trainer.num_workers={w}")

@@ -21,8 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.studies.common import quality, train_ema
-from benchmarks.studies.suite2d import N_EVAL, STEPS, cache_file, job_config
+from benchmarks.studies.suite2d import STEPS, job_config, scored
 
 METHODS = ("meanflow", "tvm")
 BEFORE = {"meanflow": ["T=0.994", "model.s_embedding=identity"],
@@ -34,24 +33,7 @@ OUT = Path("docs/results/flow_map_defaults")
 def score(method: str, variant: str, data: str, seed: int, cache: str) -> dict:
     """The energy distance at each of STEPS for one trained (method, variant, set, seed), cached as JSON."""
     cfg = job_config(method, data, seed, extra=tuple(BEFORE[method]) if variant == "before" else ())
-    out = cache_file(cache, cfg)
-    if out.is_file():
-        return json.loads(out.read_text())
-    import torch
-
-    torch.set_num_threads(1)
-    from imm.data import load_data
-    from imm.methods import build_model
-
-    state = train_ema(cfg)
-    model = build_model(cfg, tuple(state["data_shape"]), state["sigma_d"])
-    model.load_state_dict(state["ema"])
-    heldout = load_data(cfg.data).heldout
-    energy = [quality(model.eval(), cfg, None, k, N_EVAL, (2,), heldout) for k in STEPS]
-    result = {"method": method, "variant": variant, "set": data, "seed": seed, "train_s": state["train_s"],
-              "energy": energy}
-    out.write_text(json.dumps(result))
-    return result
+    return scored(cfg, cache, method=method, variant=variant, set=data, seed=seed)
 
 
 def table(results: list[dict]) -> str:

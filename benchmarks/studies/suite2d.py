@@ -102,6 +102,12 @@ def score(method: str, data: str, seed: int, cache: str) -> dict:
     trains M from the set's teacher (teacher_checkpoint)."""
     base = method.removesuffix(DISTILLED)
     cfg = job_config(base, data, seed, teacher=teacher_checkpoint(data, cache) if base != method else None)
+    return scored(cfg, cache, method=method, set=data, seed=seed)
+
+
+def scored(cfg, cache: str, **labels) -> dict:
+    """`cfg` trained on one CPU thread and scored at each of STEPS, as {**labels, train_s, energy}: read back from
+    `cache` (cache_file) if it was trained before, else trained and written there."""
     out = cache_file(cache, cfg)
     if out.is_file():
         return json.loads(out.read_text())
@@ -116,8 +122,7 @@ def score(method: str, data: str, seed: int, cache: str) -> dict:
     model.load_state_dict(state["ema"])
     heldout = load_data(cfg.data).heldout
     energy = [quality(model.eval(), cfg, None, k, N_EVAL, (2,), heldout) for k in STEPS]
-    train_s = state["train_s"]
-    result = {"method": method, "set": data, "seed": seed, "train_s": train_s, "energy": energy}
+    result = {**labels, "train_s": state["train_s"], "energy": energy}
     out.write_text(json.dumps(result))
     return result
 

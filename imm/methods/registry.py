@@ -64,8 +64,8 @@ def resolved_T(cfg: DictConfig) -> float:
     """The largest time: T, else the method's own, else the trajectory's default."""
     if cfg.T is not None:
         return cfg.T
-    method = METHODS.get(cfg.method)
-    return method.default_T if method and method.default_T is not None else TRAJECTORIES[cfg.trajectory].default_T
+    default_T = METHODS[cfg.method].default_T
+    return default_T if default_T is not None else TRAJECTORIES[cfg.trajectory].default_T
 
 
 def resolved_s_embedding(cfg: DictConfig) -> str:

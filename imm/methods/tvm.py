@@ -139,7 +139,7 @@ class TVMLoss:
         v = self.teacher.velocity(z_fm, s_fm, labels) if self.teacher is not None else \
             self.fm_target(m, z_fm, eps - x, s_fm, labels)
         # The flow-matching half is a plain call: on dual numbers (tangent 0) it cost the JVP's 3x a forward for
-        # nothing (TVM's step 6.2x flow matching's against 4.4x; benchmarks/speed/step_cost.py). Under DDP the two
+        # nothing (TVM's step 6.2x flow matching's against 4.2x; benchmarks/speed/step_cost.py). Under DDP the two
         # calls are two forwards before one backward, which sums each weight's gradient once.
         u, du_ds = self.velocity_and_jvp(model, z_t, s, t, torch.ones_like(s), labels)
         terminal = self.terminal_error(m, z_t, s, t, u, du_ds, labels)

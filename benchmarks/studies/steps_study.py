@@ -234,7 +234,10 @@ def gmm_flow(x_t, t: float, s: float, sigma_d: float, n: int = 100):
 def plan(quick: bool, seeds: int) -> list[Job]:
     if quick:
         return [*(Job("8gaussians", "imm", seed, 3000, sample_steps=(1, 2, 4, 8), every_sampler=False)
-                  for seed in range(2)), Job("8gaussians", "fm", 0, 3000, sample_steps=(1, 2, 4, 8))]
+                  for seed in range(2)),
+                # flow matching only has to show how far behind it is at 2 steps, which its Euler steps decide
+                # (8 steps: 0.0006 at 3000 training steps): a third of the budget, run alone on one core, is enough
+                Job("8gaussians", "fm", 0, 1000, sample_steps=(1, 2, 4, 8))]
     jobs = []
     for name in SETS:  # 3000 steps: the shipped budget; 1000 and 8000 (8gaussians) bracket it
         budgets = (3000,) if name == "digits" else (1000, 3000, 8000) if name == "8gaussians" else (1000, 3000)

@@ -189,7 +189,7 @@ class SweepRunner:
             return None
         plan = plan_run(cfg, name=f"{self.sweep.name}-{self.records.sweep_id}-t{number:04d}",
                         tracking_uri=self.tracking_uri, experiment=self.experiment, param_keys=tuple(params),
-                        title=trial_title(number, params))
+                        title=trial_title(number, params), fresh=True)
         record = self.records.trial_record(number, trial._trial_id, params, new=frozen is None)
         trial.set_user_attr("run_name", plan.name)
         evaluating = bool(self.sweep.spec.model)

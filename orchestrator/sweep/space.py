@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,19 +125,34 @@ class Sweep:
 
     def trial_config(self, params: dict[str, Any]) -> DictConfig:
         """The base run config with the trial's params set, validated."""
-        return apply_values(self.base, params)
+        return apply_values(self._resolved_base, params)
+
+    @functools.cached_property
+    def _resolved_base(self) -> bytes:
+        return resolved(self.base)
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(self.spec)
 
 
-def apply_values(base: DictConfig, values: dict[str, Any]) -> DictConfig:
-    """`base` (a validated run config) with `values` set at their dotted keys, validated. Set in a copy of the typed
-    config (each value checked by its field's type): building the config again from the schema costs a driver tens
-    of milliseconds per trial."""
+def resolved(base: DictConfig) -> bytes:
+    """`base` with its interpolations resolved (they keep the base's values, as in a config stored for a run),
+    pickled: `apply_values` unpickles a trial's config from it in 0.5 ms, where a deepcopy and a resolve take 3.5 (a
+    sweep's driver makes one per trial). The bytes are this process's own, never a file's."""
     cfg = copy.deepcopy(base)
     try:
-        OmegaConf.resolve(cfg)  # the base's interpolations keep its values, as in a config stored for a run
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(omegaconf_message(e)) from None
+    return pickle.dumps(cfg)
+
+
+def apply_values(base: DictConfig | bytes, values: dict[str, Any]) -> DictConfig:
+    """`base` (a validated run config, or `resolved`'s bytes of one) with `values` set at their dotted keys,
+    validated. Set in a copy of the typed config (each value checked by its field's type): building the config again
+    from the schema costs a driver tens of milliseconds per trial."""
+    cfg = pickle.loads(base if isinstance(base, bytes) else resolved(base))
+    try:
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException as e:

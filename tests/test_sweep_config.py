@@ -57,6 +57,27 @@ def test_types_are_inferred_and_conditions_hold_in_every_sampled_trial():
     assert seen == {"sigmoid", "constant"}
 
 
+def test_each_trial_config_is_its_own_and_typed():
+    """A trial's config is the plan's without a copy (plan_run(fresh=True)): what a run changes in it (its name, its
+    absolute paths) must not reach the base or the next trial's config."""
+    from omegaconf import OmegaConf
+
+    from imm.config import RunConfig
+
+    sweep = sweep_from_dict(spec())
+    one = sweep.trial_config({"imm.k": 9, "imm.weighting": "constant"})
+    one.name, one.data.name, one.imm.b = "t0", "moons", 7.0
+    two = sweep.trial_config({"imm.k": 10})
+    assert (two.imm.k, two.imm.weighting, two.name, two.data.name) == (10, sweep.base.imm.weighting,
+                                                                       sweep.base.name, sweep.base.data.name)
+    assert two.imm.b == sweep.base.imm.b and sweep.base.imm.k != 9
+    assert OmegaConf.get_type(two) is RunConfig  # typed: a wrong value is still refused by its field
+    with pytest.raises(Exception, match="imm.k"):
+        two.imm.k = "many"
+    with pytest.raises(ConfigError, match=r"^imm\.k"):
+        sweep.trial_config({"imm.k": 0})
+
+
 def test_shorthands_and_base_overrides_from_the_command_line():
     sweep = sweep_from_dict(spec(sampler="random", pruner="median"), base_overrides=["train.steps=7"])
     assert sweep.spec.sampler.name == "random" and sweep.spec.pruner.name == "median"

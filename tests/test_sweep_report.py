@@ -99,6 +99,12 @@ def test_a_big_sweep_reads_its_runs_a_page_at_a_time_and_plots_a_readable_share(
     assert report.trial_metrics(client, parent, study, finished) == {t.number: {"energy/steps_1": 1.0 + t.number}
                                                                      for t in finished}
     assert len(searches) == 8  # 30 runs, 4 a page: 8 pages, 0 calls per run
+    # what the driver saw at each trial's end is not read back: a sweep run by one driver searches nothing
+    searches.clear()
+    known = {t.number: {"energy/steps_1": -1.0} for t in finished}
+    assert report.trial_metrics(client, parent, study, finished, known) == known and searches == []
+    partly = report.trial_metrics(client, parent, study, finished, {0: {"energy/steps_1": -1.0}})
+    assert partly[0] == {"energy/steps_1": -1.0} and partly[29] == {"energy/steps_1": 30.0} and len(partly) == 30
 
     shown, which = report.plotted_study(study, sweep)
     numbers = [t.number for t in shown.get_trials(deepcopy=False)]

@@ -21,12 +21,13 @@ from orchestrator.terminal import root_cause
 
 class TrialOutcomes:
     """The pruner's feed and the study's tell for one sweep. `tally`: the finished trials' counts and the best;
-    `fit_s`: each finished trial's training time."""
+    `fit_s`: each finished trial's training time; `metrics`: each complete trial's final metrics (the report's)."""
 
     def __init__(self, sweep: Sweep, study, records: SweepRecords, progress: SweepProgress, ray_address: str):
         self.sweep, self.study, self.records, self.progress = sweep, study, records, progress
         self.say, self.ray_address = progress.say, ray_address
         self.fit_s: dict[int, float] = {}
+        self.metrics: dict[int, dict[str, float]] = {}
         self.discarded: set[int] = set()  # trials that ended here and whose checkpoints are gone
         self.tally = Tally(study)
         self.board = None if sweep.spec.model else new_board()  # the sweep's one board: each trial reports in a slot
@@ -108,6 +109,7 @@ class TrialOutcomes:
             metrics = outcome.metrics if set(self.sweep.metrics) <= set(outcome.metrics) else \
                 {**self.records.logged_metrics(tr.run_id), **outcome.metrics}
             values = trials.objective_values(self.sweep, metrics)
+            self.metrics[tr.number] = metrics
         except Exception as e:
             error = root_cause(e)
         took = time.perf_counter() - tr.started

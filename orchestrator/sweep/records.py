@@ -78,8 +78,8 @@ class SweepRecords:
                                    search=f"tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}' and tags.`{ROLE_TAG}` = 'trial'",
                                    order_by=f"metrics.`{m[0]}`", ascending=self.sweep.directions[0] == "minimize")
 
-    def finished(self, best: list[dict]) -> None:
-        report.log_to_parent(self.mlc, self.parent_id, self.study, self.sweep, best)
+    def finished(self, best: list[dict], known: dict[int, dict[str, float]]) -> None:
+        report.log_to_parent(self.mlc, self.parent_id, self.study, self.sweep, best, known)
         tracking.close_run(self.mlc, self.parent_id, "FINISHED")
 
     def abandoned(self, runs: list[str], *, interrupted: bool, why: str, sweep_error: str) -> None:

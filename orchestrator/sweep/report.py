@@ -25,8 +25,10 @@ from orchestrator.sweep.study import best_trials, trial_counts
 STEPS_METRIC = re.compile(r"^(energy|fid|fd)/steps_(\d+)$")
 
 
-def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[str]:
-    """Tag, log and plot; returns the notes of what was skipped."""
+def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict],
+                  known: dict[int, dict[str, float]] | None = None) -> list[str]:
+    """Tag, log and plot; returns the notes of what was skipped. `known`: the final metrics of the trials this
+    driver saw end, by number (only the others are read back from MLflow)."""
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     if best:
         b = best[0]
@@ -36,7 +38,7 @@ def log_to_parent(mlc, parent_id: str, study, sweep, best: list[dict]) -> list[s
             mlc.set_tag(parent_id, f"best.{k}", str(v))
         if len(best) == 1:
             log_best(mlc, parent_id, sweep, b["values"], len(finished))
-    run_metrics = trial_metrics(mlc, parent_id, study, finished)
+    run_metrics = trial_metrics(mlc, parent_id, study, finished, known)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="imm-sweep-report-") as tmp:
         out = Path(tmp)
@@ -62,16 +64,22 @@ def log_best(mlc, parent_id: str, sweep, values: list[float], finished: int) -> 
                                       for m, v in zip(sweep.metrics, values, strict=True)])
 
 
-def trial_metrics(mlc, parent_id: str, study, finished: list) -> dict[int, dict[str, float]]:
-    """The finished trials' latest metrics, by trial number: read from the sweep's trial runs a page at a time (a
-    run not found by its sweep's tags is read on its own)."""
+def trial_metrics(mlc, parent_id: str, study, finished: list,
+                  known: dict[int, dict[str, float]] | None = None) -> dict[int, dict[str, float]]:
+    """The finished trials' latest metrics, by trial number: those in `known` as they are, the others read from
+    the sweep's trial runs a page at a time (a run not found by its sweep's tags is read on its own). A sweep that
+    one driver ran start to end reads none: its report costs no MLflow search however many trials it had."""
     from orchestrator.track import tracking
 
+    known = known or {}
+    finished = [t for t in finished if t.number not in known]
+    if not any(t.user_attrs.get("mlflow_run_id") for t in finished):
+        return dict(known)
     exp_id = mlc.get_run(parent_id).info.experiment_id
     runs = tracking.runs_by_tags(mlc, exp_id, {SWEEP_ID_TAG: study.user_attrs["sweep_id"], ROLE_TAG: "trial"})
     by_id = {r.info.run_id: r.data.metrics for r in runs}
-    return {t.number: by_id[run_id] if run_id in by_id else mlc.get_run(run_id).data.metrics
-            for t in finished if (run_id := t.user_attrs.get("mlflow_run_id"))}
+    return {**known, **{t.number: by_id[run_id] if run_id in by_id else mlc.get_run(run_id).data.metrics
+                        for t in finished if (run_id := t.user_attrs.get("mlflow_run_id"))}}
 
 
 GRID_ARTIFACT = "sweep_samples.png"

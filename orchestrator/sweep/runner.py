@@ -209,7 +209,7 @@ class SweepRunner:
             if "run_name" in t.user_attrs and t.number not in self.outcomes.discarded:
                 self.outcomes.discard_checkpoints(t.user_attrs["run_name"], t.user_attrs.get("mlflow_run_id"))
         best = best_trials(self.study)
-        self.records.finished(best)
+        self.records.finished(best, self.outcomes.metrics)
         return SweepResult(parent_run_id=self.records.parent_id, study_name=self.study.study_name, storage=redact(url),
                            best=best, counts=trial_counts(self.study), wall_s=wall_s, trial_fit_s=dict(self.outcomes.fit_s))
 

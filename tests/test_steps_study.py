@@ -47,10 +47,10 @@ def test_the_monotonicity_check_allows_the_larger_of_the_seed_spreads_and_the_me
 
 @pytest.mark.slow
 def test_the_quick_study_shows_the_shipped_toy2d_improving_from_two_to_four_and_eight_steps(tmp_path):
-    """Two seeds of the shipped toy2d config (3000 steps each, two at a time) and flow matching (1000 steps): the study exits 0
-    only if IMM's quality at 4 and 8 steps is no worse than at 2 (within the seed spread or the metric's noise
-    floor); the tables and figure are written. (This also holds what tests/test_quality.py held: IMM at 1-2 steps far
-    ahead of FM at 2.)"""
+    """Two seeds of the shipped toy2d config (3000 steps each, two at a time) and flow matching (1000 steps): the
+    study exits 0 only if IMM's quality at 4 and 8 steps is no worse than at 2 (within the seed spread or the
+    metric's noise floor); the tables and figure are written. (This also holds what tests/test_quality.py held: IMM
+    at 1-2 steps far ahead of FM at 2.)"""
     code = study.main(["--quick", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     imm = [r for r in results if r["job"]["method"] == "imm"]

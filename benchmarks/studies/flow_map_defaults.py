@@ -36,8 +36,9 @@ def score(method: str, variant: str, data: str, seed: int, cache: str) -> dict:
     return scored(cfg, cache, method=method, variant=variant, set=data, seed=seed)
 
 
-def table(results: list[dict]) -> str:
-    rows = ["| method | times | set | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
+def table(results: list[dict], variant: str = "times") -> str:
+    """A row per (method, variant, set): the mean ± half the range over seeds at each step count."""
+    rows = [f"| method | {variant} | set | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in STEPS) + " |",
             "|---|---|---|" + "---|" * len(STEPS)]
     groups: dict[tuple, list[list[float]]] = {}
     for r in results:

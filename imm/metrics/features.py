@@ -174,6 +174,14 @@ def accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def classifier_extractor(data, cache: str | Path) -> FeatureExtractor:
     """The digits-style extractor: trained once per training set, then read from `cache` (a folder or s3://)."""
+    net, acc, key = trained_classifier(data, cache)
+    note = f"classifier trained on this data's labels ({CLASSIFIER_STEPS} steps), held-out accuracy {acc:.3f}"
+    return FeatureExtractor("classifier", f"classifier-{key}", net.features, Classifier.dim, note)
+
+
+def trained_classifier(data, cache: str | Path) -> tuple[Classifier, float, str]:
+    """(the classifier of `data`'s labels, its held-out accuracy, its training set's key): trained once per
+    training set, then read from `cache`. The guidance study reads class-conditioned samples' labels with it."""
     key = data_key(data.train, data.train_labels)
     name = f"classifier-{key}.pt"
     path = cached(cache, name)
@@ -189,8 +197,7 @@ def classifier_extractor(data, cache: str | Path) -> FeatureExtractor:
         with tempfile.TemporaryDirectory(prefix="imm-cache-") as tmp:
             torch.save({"state": net.state_dict(), "heldout_accuracy": acc}, Path(tmp) / name)
             publish(Path(tmp) / name, cache, name)
-    note = f"classifier trained on this data's labels ({CLASSIFIER_STEPS} steps), held-out accuracy {acc:.3f}"
-    return FeatureExtractor("classifier", f"classifier-{key}", net.features, Classifier.dim, note)
+    return net, acc, key
 
 
 def build_extractor(kind: str, data, *, inception_weights: str | None, cache: str | Path) -> FeatureExtractor:

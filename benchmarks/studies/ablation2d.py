@@ -3,12 +3,11 @@
 Each (variant, set, seed) trains the 2D suite's job (benchmarks/studies/suite2d.py: the toy2d config with the
 method, set and seed changed, at toy2d's budget) with the variant's overrides, from the set's flow-matching teacher
 with --distill (suite2d's teacher_checkpoint: seed 0, trained once), and is scored by the energy distance of 4000
-samples to 4000 held-out points (the mean of two sampling seeds). The studies it has run (their commands are in
+samples to 4000 held-out points (the mean of two sampling seeds). The study it has run (its command is in
 benchmarks/README.md):
 
   fmm.teacher_grad   flow map matching's Lagrangian distillation with and without the gradient through the
                      teacher's input, the one path by which it differs from TVM distilled
-  meanflow.adaptive_c  MeanFlow's adaptive weight constant: the paper's text (1e-3) against the official code (0.01)
 
     .venv/bin/python -m benchmarks.studies.ablation2d --method M [--distill] [--base OVERRIDE ...]
         --variant "LABEL:OVERRIDE[,OVERRIDE]" ... [--sets grid spirals] [--seeds 2] --out DIR

@@ -19,11 +19,11 @@ config.
 from __future__ import annotations
 
 import argparse
-import json
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from benchmarks.studies.common import publish
 from benchmarks.studies.flow_map_defaults import table
 from benchmarks.studies.suite2d import job_config, scored, teacher_checkpoint
 
@@ -64,15 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(args.method, label, (*args.base, *overrides), s, seed, args.cache, args.distill)
                 for label, overrides in args.variant for s in args.sets for seed in range(args.seeds)]
         results = list(pool.map(score, *zip(*jobs, strict=True)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     shared = f" Shared overrides: {' '.join(args.base)}." if args.base else ""
     variants = "; ".join(f"{label}: {' '.join(o)}" for label, o in args.variant)
     text = (f"Energy distance to held-out points (mean ± half the range over {args.seeds} seeds), toy2d's budget "
             f"(3000 steps){', each set' + chr(39) + 's flow-matching teacher' if args.distill else ''}.{shared} "
             f"Variants: {variants}.\n\n{table(results, 'variant')}\n")
-    (args.out / "tables.md").write_text(text)
-    print(text)
+    publish(args.out, results, text)
     return 0
 
 

@@ -8,8 +8,11 @@ imported where they are used, so that importing this module is cheap.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
+from pathlib import Path
 
 
 def train_ema(cfg) -> dict:
@@ -44,3 +47,17 @@ def within(mean: list[float], spread: list[float], a: int, b: int, noise: float 
     """Score b no higher than score a beyond what tells them apart: the larger of their seed spreads and the
     metric's noise floor (a few seeds' spread alone can be far below what the metric resolves)."""
     return mean[b] <= mean[a] + max(spread[a], spread[b], noise)
+
+
+def mean_spread(values: list[float], fmt: str = "{:.4f}") -> str:
+    """A table cell: the mean over seeds ± half their range."""
+    spread = (max(values) - min(values)) / 2
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(spread)}"
+
+
+def publish(out: Path, results: list[dict], text: str) -> None:
+    """A study's report: results.json and tables.md (`text`) under `out`, and the text on the terminal."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "tables.md").write_text(text)
+    print(text)

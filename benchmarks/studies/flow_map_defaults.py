@@ -15,12 +15,11 @@ under --cache, by a digest of the resolved config.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from benchmarks.studies.common import mean_spread, publish
 from benchmarks.studies.suite2d import STEPS, job_config, scored
 
 METHODS = ("meanflow", "tvm")
@@ -44,11 +43,7 @@ def table(results: list[dict], variant: str = "times") -> str:
     for r in results:
         groups.setdefault((r["method"], r["variant"], r["set"]), []).append(r["energy"])
     for (method, variant, data), runs in sorted(groups.items()):
-        cells = []
-        for i in range(len(STEPS)):
-            values = [e[i] for e in runs]
-            spread = (max(values) - min(values)) / 2
-            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+        cells = [mean_spread([e[i] for e in runs]) for i in range(len(STEPS))]
         rows.append(f"| {method} | {variant} | {data} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -67,12 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs.sort(key=lambda j: j[0] != "tvm")  # the long ones first
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(score, *zip(*jobs, strict=True)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    text = (f"Energy distance to held-out points (mean ± half the range over {args.seeds} seeds), toy2d's budget "
-            f"(3000 steps):\n\n{table(results)}\n")
-    (args.out / "tables.md").write_text(text)
-    print(text)
+    publish(args.out, results, f"Energy distance to held-out points (mean ± half the range over {args.seeds} seeds), "
+                               f"toy2d's budget (3000 steps):\n\n{table(results)}\n")
     return 0
 
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.studies.common import train_ema
+from benchmarks.studies.common import mean_spread, publish, train_ema
 
 METHODS = ("imm", "meanflow", "tvm")
 TRAINED_IN = {"meanflow": "meanflow.guidance", "tvm": "tvm.guidance"}  # the rest guide at sampling
@@ -99,19 +98,15 @@ def evaluate(cfg, sample_scales: tuple[float, ...]) -> list[dict]:
     return rows
 
 
-def table(results: list[dict], seeds: int) -> str:
+def table(results: list[dict]) -> str:
     head = " | ".join(f"{m} {k} step{'s' * (k > 1)}" for k in STEPS for m in ("accuracy", "fd"))
     rows = [f"| method | scale | {head} |", "|---|---|" + "---|" * 2 * len(STEPS)]
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in results:
         groups.setdefault((METHODS.index(r["method"]), r["scale"]), {}).setdefault(r["steps"], []).append(r)
     for (m, scale), by_steps in sorted(groups.items()):
-        cells = []
-        for k in STEPS:
-            for key, fmt in (("accuracy", "{:.3f}"), ("fd", "{:.2f}")):
-                values = [r[key] for r in by_steps[k]]
-                spread = (max(values) - min(values)) / 2
-                cells.append(f"{fmt.format(statistics.mean(values))} ± {fmt.format(spread)}")
+        cells = [mean_spread([r[key] for r in by_steps[k]], fmt)
+                 for k in STEPS for key, fmt in (("accuracy", "{:.3f}"), ("fd", "{:.2f}"))]
         rows.append(f"| {METHODS[m]} | {scale:g} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -138,14 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             for s in (args.scales if m in TRAINED_IN else [None]) for seed in range(args.seeds)]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         results = [row for rows in pool.map(score, *zip(*jobs, strict=True)) for row in rows]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     text = (f"Class-conditional digits, {args.budget} training steps, {N_SAMPLES} samples (200 per class); accuracy: the "
             f"digits classifier's reading of the asked class (its held-out accuracy on real digits: "
             f"{heldout_accuracy:.3f}); fd to the training set in its features. Mean ± half the range over "
-            f"{args.seeds} seeds:\n\n{table(results, args.seeds)}\n")
-    (args.out / "tables.md").write_text(text)
-    print(text)
+            f"{args.seeds} seeds:\n\n{table(results)}\n")
+    publish(args.out, results, text)
     return 0
 
 

@@ -147,11 +147,11 @@ def resolved(base: DictConfig) -> bytes:
     return pickle.dumps(cfg)
 
 
-def apply_values(base: DictConfig | bytes, values: dict[str, Any]) -> DictConfig:
-    """`base` (a validated run config, or `resolved`'s bytes of one) with `values` set at their dotted keys,
-    validated. Set in a copy of the typed config (each value checked by its field's type): building the config again
-    from the schema costs a driver tens of milliseconds per trial."""
-    cfg = pickle.loads(base if isinstance(base, bytes) else resolved(base))
+def apply_values(base: bytes, values: dict[str, Any]) -> DictConfig:
+    """The run config `resolved` made `base` of, with `values` set at their dotted keys, validated. Set in a copy of
+    the typed config (each value checked by its field's type): building the config again from the schema costs a
+    driver tens of milliseconds per trial."""
+    cfg = pickle.loads(base)
     try:
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=False)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from imm.checks import check_value
 from imm.config import ConfigError, load_config
 from imm.metrics.evaluator import metric_names
-from orchestrator.sweep.space import Param, Sweep, apply_values, same_value
+from orchestrator.sweep.space import Param, Sweep, same_value
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid")
 EVAL_ONLY = ("sample.", "eval.")  # what a sweep of a trained model may search
@@ -150,7 +150,7 @@ def _check_edges(sweep: Sweep) -> None:
     for p in sweep.params:
         for value in p.edges():
             try:
-                apply_values(sweep.base, {**dict(p.when), p.key: value})
+                sweep.trial_config({**dict(p.when), p.key: value})
             except ConfigError as e:
                 raise ConfigError(f"space.{p.key}: the value {value!r} gives an invalid run: {e}") from None
 
